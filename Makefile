@@ -1,0 +1,45 @@
+# kilib: `make help` lists the targets. Every target sets up the environment first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= auto
+ONLY ?=
+STAMP := $(VENV)/.kilib-env
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.DEFAULT_GOAL := help
+.PHONY: help env reproduce test bench lab lock clean-cache
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: PROFILE=auto|paper|tiny|smoke (default auto)  ONLY=00,01 (default all)"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[notebooks,test]'
+	$(PY) -m ipykernel install --sys-prefix --name kilib --display-name "Python (kilib)" >/dev/null
+	@touch $(STAMP)
+
+env: $(STAMP) ## create or update the project environment (.venv, pinned by constraints.txt)
+
+reproduce: $(STAMP) ## run the notebook series with papermill (PROFILE=auto picks paper on a GPU, else tiny)
+	$(PY) -m kilib.cli reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+
+test: $(STAMP) ## run the test suite offline (math checks + every notebook at smoke size)
+	$(OFFLINE) $(PY) -m pytest -q
+
+bench: $(STAMP) ## measure kilib's QLoRA SFT step against a bare transformers+peft loop (results/bench/)
+	$(OFFLINE) $(PY) -m kilib.bench
+
+lab: $(STAMP) ## open JupyterLab on notebooks/ with the project's kernel
+	$(VENV)/bin/jupyter lab notebooks/
+
+lock: $(STAMP) ## rewrite constraints.txt from the current environment
+	@(echo "# Exact versions for every package of the kilib environment (pip -c, and environment.yml)."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(PY) -m pip freeze --exclude-editable | sed 's/+cpu//' | grep -v '^kilib') > constraints.txt.tmp && mv constraints.txt.tmp constraints.txt
+
+clean-cache: ## delete cached worlds, zoos and training runs (.cache/)
+	rm -rf .cache

@@ -1,0 +1,141 @@
+"""Command line: ``python -m kilib.cli reproduce`` runs the notebook series with papermill.
+
+``make reproduce [PROFILE=auto] [ONLY=00,01]`` calls this. Each notebook runs with the
+project's Jupyter kernel and ``PROFILE`` injected into its ``parameters`` cell; the executed
+copy goes to ``results/<profile>/notebooks/`` and the tables, figures and ``run.json`` the
+notebook wrote are listed afterwards. A ``KilibError`` raised inside a notebook is printed
+as one line, and the run exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from kilib.runtime import KilibError, repo_root, resolve_profile, results_root
+
+KERNEL_NAME = "kilib"
+TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict, "None": type(None)}
+
+
+def discover_notebooks(only: str | None = None, folder: Path | None = None) -> list[Path]:
+    """``notebooks/NN_*.ipynb`` in order, filtered by ``only`` (e.g. ``"00,01"``)."""
+    folder = folder or repo_root() / "notebooks"
+    notebooks = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {w.strip().zfill(2) for w in only.replace(" ", ",").split(",") if w.strip()}
+        unknown = wanted - {p.name[:2] for p in notebooks}
+        if unknown:
+            raise KilibError(
+                f"no notebook numbered {', '.join(sorted(unknown))}: choose from "
+                f"{', '.join(p.name[:2] for p in notebooks)} (e.g. ONLY=00,01)"
+            )
+        notebooks = [p for p in notebooks if p.name[:2] in wanted]
+    return notebooks
+
+
+def parse_value(text: str):
+    """A ``-p NAME VALUE`` value as a Python literal where it parses as one, else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def check_parameters(notebook: Path, parameters: dict) -> None:
+    """Reject names the notebook's ``parameters`` cell does not define, and wrong types."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    for name, value in parameters.items():
+        if name not in declared:
+            raise KilibError(f"{notebook.name} has no parameter {name!r}: its parameters are {', '.join(declared)}")
+        type_name = (declared[name].get("inferred_type_name") or "None").split("[")[0].strip()
+        expected = TYPES.get(type_name)
+        if expected is not None and type_name != "None" and (not isinstance(value, expected) or (type_name in ("int", "float") and isinstance(value, bool))):
+            raise KilibError(
+                f"parameter {name}={value!r} of {notebook.name} has the wrong type: expected {type_name} "
+                f"(default {declared[name].get('default')})"
+            )
+
+
+def run_notebook(notebook: Path, profile: str, parameters: dict | None = None, out_dir: Path | None = None, progress: bool = True) -> Path:
+    """Execute one notebook; the executed copy is written only when it succeeds."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    params = {"PROFILE": profile, **(parameters or {})}
+    check_parameters(notebook, params)
+    out_dir = out_dir or results_root() / profile / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / notebook.name
+    failed = out_dir / f"{notebook.stem}.failed.ipynb"
+    tmp = out_dir / f".{notebook.name}.running"
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(tmp), parameters=params, kernel_name=KERNEL_NAME,
+            cwd=str(notebook.parent), progress_bar=progress, log_output=False,
+        )
+    except PapermillExecutionError as e:
+        if tmp.exists():
+            os.replace(tmp, failed)
+        if e.ename == "KilibError":
+            raise KilibError(f"{notebook.name}: {e.evalue}") from None
+        raise KilibError(f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (executed copy: {failed})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+    failed.unlink(missing_ok=True)
+    return final
+
+
+def artifacts_of(profile: str, notebook: Path) -> list[Path]:
+    run_json = results_root() / profile / notebook.stem / "run.json"
+    if not run_json.exists():
+        return []
+    record = json.loads(run_json.read_text())
+    return [run_json] + [run_json.parent / a for a in record.get("artifacts", [])]
+
+
+def reproduce(args) -> int:
+    profile = resolve_profile(args.profile)
+    parameters = {name: parse_value(value) for name, value in (args.param or [])}
+    notebooks = discover_notebooks(args.only)
+    print(f"kilib: profile {profile} ({'from auto' if args.profile == 'auto' else 'as asked'}), {len(notebooks)} notebook(s)")
+    for nb in notebooks:
+        start = time.time()
+        print(f"\n==> {nb.name}")
+        executed = run_notebook(nb, profile, parameters, progress=not args.quiet)
+        print(f"    done in {time.time() - start:.0f} s; executed copy: {executed.relative_to(repo_root()) if executed.is_relative_to(repo_root()) else executed}")
+        for path in artifacts_of(profile, nb):
+            shown = path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path
+            print(f"    {shown}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kilib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    rep = sub.add_parser("reproduce", help="run the notebook series with papermill")
+    rep.add_argument("--profile", default="auto", help="auto | paper | tiny | smoke (default auto)")
+    rep.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 00,01")
+    rep.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="extra notebook parameter")
+    rep.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "reproduce":
+            return reproduce(args)
+    except KilibError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

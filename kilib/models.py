@@ -1,0 +1,236 @@
+"""Loading causal LMs (Hub id or local folder, 4-bit NF4 by default) and attaching LoRA.
+
+One path serves both profiles: the paper profile loads Hub models, the tiny profile loads
+the zoo's ``save_pretrained`` folders, both through ``from_pretrained`` with a
+``BitsAndBytesConfig``. bitsandbytes runs NF4 on the CPU too; there the compute dtype
+stays float32 (bf16 matmuls are an order of magnitude slower on CPUs without bf16 units).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from kilib.runtime import KilibError, cuda_available, hub_offline
+
+QUANTIZATIONS = ("4bit", "8bit", "none")
+
+# LoRA targets per architecture: every linear of attention and MLP (Zhong et al. §4, the
+# QLoRA recipe). GPT-NeoX (Pythia) fuses q, k, v into one ``query_key_value`` matrix.
+LORA_TARGETS = {
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+EMBEDDING_MODULES = {
+    "llama": ("embed_tokens", "lm_head"),
+    "gpt_neox": ("embed_in", "embed_out"),
+}
+
+
+def _quiet_bitsandbytes() -> None:
+    # bitsandbytes looks for an optional Hub kernel package on the CPU and logs a warning
+    # when it is absent; the built-in CPU kernels are used instead and work.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*kernels-community.*")
+
+
+def compute_dtype(device: str | None = None):
+    """bf16 on CUDA, float32 on the CPU."""
+    import torch
+
+    device = device or ("cuda" if cuda_available() else "cpu")
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def quantization_config(quantization: str, device: str | None = None):
+    """The ``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quant) or ``"8bit"``; None for ``"none"``."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization not in QUANTIZATIONS:
+        raise KilibError(f"unknown quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
+    if quantization == "none":
+        return None
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(device),
+    )
+
+
+def _hub_error(name: str, err: BaseException) -> KilibError | None:
+    """Translate a Hub failure (possibly wrapped by transformers) into a one-line fix."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    chain, e = [], err
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(c) for c in chain).lower()
+    if any(isinstance(c, GatedRepoError) for c in chain) or "gated repo" in text:
+        return KilibError(
+            f"{name} is a gated model: accept its licence on its Hub page, then set HF_TOKEN "
+            "(or run `hf auth login`) and try again"
+        )
+    if any(isinstance(c, RevisionNotFoundError) for c in chain):
+        return KilibError(f"revision not found for {name}: check the revision pinned in the preset")
+    if any(isinstance(c, RepositoryNotFoundError) for c in chain) and not hub_offline():
+        return KilibError(f"{name} is neither a local folder nor a Hub repository: check the name (or pass a path)")
+    if any(isinstance(c, LocalEntryNotFoundError) for c in chain) or "offline" in text or "cannot find the requested files" in text or "couldn't connect" in text:
+        return KilibError(
+            f"{name} is not in the local Hugging Face cache and the Hub cannot be reached: download it once "
+            f"on a connected machine (`hf download {name}`) or pass a local folder"
+        )
+    return None
+
+
+def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, token: str | None = None):
+    """``AutoTokenizer`` with a pad token guaranteed (eos, else unk)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision, trust_remote_code=trust_remote_code, token=token)
+    except (OSError, ValueError) as e:
+        raise (_hub_error(str(name_or_path), e) or e) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if tok.pad_token is None:
+        raise KilibError(f"the tokenizer of {name_or_path} has no pad, eos or unk token: add one before training")
+    return tok
+
+
+def load_causal_lm(
+    name_or_path: str | Path,
+    *,
+    quantization: str = "4bit",
+    revision: str | None = None,
+    device: str | None = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    token: str | None = None,
+):
+    """Load ``(model, tokenizer)`` by Hub id or local folder.
+
+    ``quantization``: ``"4bit"`` (NF4 through ``BitsAndBytesConfig``, the default),
+    ``"8bit"`` or ``"none"`` (full precision in ``dtype``, default: the compute dtype).
+    ``revision`` pins a Hub commit. ``trust_remote_code`` stays off unless passed.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _quiet_bitsandbytes()
+    device = device or ("cuda" if cuda_available() else "cpu")
+    if device.startswith("cuda") and not cuda_available():
+        raise KilibError("a CUDA device was asked for and none was found: pass device='cpu' or use a GPU machine")
+    local = Path(str(name_or_path)).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():
+            raise KilibError(f"{local} is a folder without config.json: point to a `save_pretrained` model folder")
+        name_or_path = str(local)
+    tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token)
+    qconfig = quantization_config(quantization, device)
+    kwargs: dict[str, Any] = dict(
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        token=token,
+        dtype=dtype or compute_dtype(device),
+        device_map={"": 0} if device.startswith("cuda") else {"": "cpu"},
+    )
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    except (OSError, ValueError) as e:
+        raise (_hub_error(str(name_or_path), e) or e) from e
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    torch.set_grad_enabled(True)
+    return model, tokenizer
+
+
+def is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def model_type(model) -> str:
+    return getattr(getattr(model, "config", None), "model_type", "") or ""
+
+
+def lora_target_modules(model, include_embeddings: bool = False) -> list[str]:
+    """The linear layers LoRA adapts for this architecture (Llama and GPT-NeoX known)."""
+    kind = model_type(model)
+    if kind not in LORA_TARGETS:
+        raise KilibError(f"no LoRA target list for model type {kind!r}: pass target_modules explicitly")
+    targets = list(LORA_TARGETS[kind])
+    if include_embeddings:
+        targets += list(EMBEDDING_MODULES[kind])
+    return targets
+
+
+def attach_lora(
+    model,
+    *,
+    r: int = 16,
+    alpha: float | None = None,
+    dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    include_embeddings: bool = False,
+    gradient_checkpointing: bool = False,
+):
+    """Wrap ``model`` with a LoRA adapter (peft); quantized bases first go through
+    ``prepare_model_for_kbit_training`` (the QLoRA recipe). ``alpha`` defaults to ``r``
+    (a LoRA scale of 1)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha if alpha is not None else r,
+        lora_dropout=dropout,
+        target_modules=target_modules or lora_target_modules(model, include_embeddings),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def decoder_layers(model):
+    """The ``nn.ModuleList`` of transformer blocks (through peft wrappers)."""
+    import torch.nn as nn
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for path in ("model.layers", "gpt_neox.layers", "transformer.h", "model.decoder.layers"):
+        obj = base
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise KilibError(f"cannot find the decoder blocks of {type(base).__name__}: supported are Llama and GPT-NeoX families")
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def check_same_tokenizer(tok_a, tok_b, names: tuple[str, str] = ("model A", "model B")) -> None:
+    """Fail clearly when two models do not read the same token ids (CALM needs that)."""
+    if tok_a.get_vocab() != tok_b.get_vocab():
+        raise KilibError(
+            f"{names[0]} and {names[1]} use different tokenizers: pick two models of one family "
+            "(same vocabulary), since both must read the same token ids"
+        )

@@ -1,0 +1,288 @@
+"""Results with provenance, atomic writes and hash-keyed caching.
+
+Every run writes JSON (metrics, config, seed, package versions, git commit, hardware, wall
+time, peak memory) under ``results/<profile>/<notebook>/``; tables and figures are rendered
+from those files. Every file is written to a temporary name and renamed, so a crash never
+leaves half a result (style.md, "Results are files with provenance").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from kilib.runtime import KilibError, cache_root, repo_root, results_root
+
+PACKAGES = (
+    "kilib", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
+    "tokenizers", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "bm25s", "papermill",
+)
+
+
+# ---------------------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------------------
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, tuples, numpy scalars and paths to plain JSON; NaN/inf become None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# ---------------------------------------------------------------------------------------
+# Provenance
+# ---------------------------------------------------------------------------------------
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """The commit and whether the work tree differs from it (``dirty``)."""
+    root = root or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout
+        return {"commit": commit, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    return info
+
+
+def peak_memory() -> dict[str, float | None]:
+    """Peak resident memory of this process (MiB) and the CUDA allocator's peak (MiB)."""
+    import resource
+
+    import torch
+
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mib": round(rss_kib / 1024, 1), "peak_cuda_allocated_mib": None if cuda is None else round(cuda, 1)}
+
+
+def provenance() -> dict[str, Any]:
+    return {"packages": package_versions(), "git": git_state(), "hardware": hardware()}
+
+
+# ---------------------------------------------------------------------------------------
+# A run and its output folder
+# ---------------------------------------------------------------------------------------
+class Run:
+    """One notebook's results: ``results/<profile>/<notebook>/``.
+
+    Use as a context manager; on a clean exit it writes ``run.json`` (metrics, config,
+    seed, provenance, wall time, peak memory). On an exception it writes nothing, so a
+    failed run never looks finished.
+    """
+
+    def __init__(self, notebook: str, profile: str, config: Any = None, seed: int | None = None, root: Path | None = None):
+        self.notebook, self.profile, self.config, self.seed = notebook, profile, config, seed
+        self.dir = Path(root or results_root()) / profile / notebook
+        self.metrics: dict[str, Any] = {}
+        self.artifacts: list[str] = []
+        self._start = None
+
+    def __enter__(self) -> "Run":
+        self._start = time.time()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.write()
+
+    def log(self, **metrics: Any) -> None:
+        """Record metrics (merged into ``run.json``'s ``metrics``)."""
+        self.metrics.update(to_jsonable(metrics))
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def save_json(self, name: str, obj: Any) -> Path:
+        path = write_json(self.dir / name, obj)
+        self._note(path)
+        return path
+
+    def save_table(self, df, name: str, floatfmt: str = ".3f") -> Path:
+        """Write a pandas DataFrame as ``<name>.csv`` and ``<name>.md``."""
+        csv = atomic_write_text(self.dir / f"{name}.csv", df.to_csv(index=False))
+        md = atomic_write_text(self.dir / f"{name}.md", markdown_table(df, floatfmt) + "\n")
+        self._note(csv)
+        self._note(md)
+        return csv
+
+    def save_figure(self, fig, name: str) -> Path:
+        """Write a matplotlib figure as ``<name>.png`` and ``<name>.svg``."""
+        paths = []
+        for ext in ("png", "svg"):
+            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=f".{ext}")
+            os.close(fd)
+            try:
+                fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+                os.replace(tmp, self.dir / f"{name}.{ext}")
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            paths.append(self.dir / f"{name}.{ext}")
+            self._note(paths[-1])
+        return paths[0]
+
+    def _note(self, path: Path) -> None:
+        name = str(path.relative_to(self.dir))
+        if name not in self.artifacts:
+            self.artifacts.append(name)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "notebook": self.notebook,
+            "profile": self.profile,
+            "seed": self.seed,
+            "config": to_jsonable(self.config),
+            "metrics": self.metrics,
+            "artifacts": sorted(self.artifacts),
+            "wall_time_s": round(time.time() - (self._start or time.time()), 2),
+            "memory": peak_memory(),
+            **provenance(),
+        }
+
+    def write(self) -> Path:
+        return write_json(self.dir / "run.json", self.record())
+
+
+def markdown_table(df, floatfmt: str = ".3f") -> str:
+    """A DataFrame as Markdown: floats with ``floatfmt``, integers and text as they are."""
+    shown = df.copy()
+    for column in shown.columns:
+        if shown[column].dtype.kind == "f":
+            shown[column] = shown[column].map(lambda v: "" if v != v else format(v, floatfmt))
+    return shown.to_markdown(index=False, disable_numparse=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Hash-keyed cache
+# ---------------------------------------------------------------------------------------
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """SHA-256 of the canonical JSON of ``obj`` (dataclasses and tuples included)."""
+    blob = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def cached_dir(kind: str, key: Any, build: Callable[[Path], None], root: Path | None = None, resumable: bool = False) -> Path:
+    """Return ``<cache>/<kind>/<hash(key)>``, building it once with ``build(folder)``.
+
+    ``build`` fills a work folder that is renamed into place only when it returns, so an
+    interrupted build is never mistaken for a finished one; ``key.json`` records the inputs.
+    With ``resumable`` the work folder (``.<hash>.partial``) survives a failure, so a build
+    that checkpoints into it (a training run) continues where it stopped.
+    """
+    base = Path(root or cache_root()) / kind
+    final = base / stable_hash(key)
+    if (final / "key.json").exists():
+        return final
+    base.mkdir(parents=True, exist_ok=True)
+    if resumable:
+        work = base / f".{final.name}.partial"
+        work.mkdir(exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(dir=base, prefix=f".{final.name}."))
+    try:
+        build(work)
+        write_json(work / "key.json", key)
+        if final.exists():  # a leftover without key.json
+            shutil.rmtree(final)
+        os.replace(work, final)
+    except BaseException:
+        if not resumable:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final
+
+
+@contextlib.contextmanager
+def timed(store: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall time of a block to ``store[name]`` (seconds)."""
+    start = time.time()
+    try:
+        yield
+    finally:
+        store[name] = round(store.get(name, 0.0) + time.time() - start, 3)
+
+
+def load_run(profile: str, notebook: str, root: Path | None = None) -> dict[str, Any]:
+    path = Path(root or results_root()) / profile / notebook / "run.json"
+    if not path.exists():
+        raise KilibError(f"no results at {path}: run `make reproduce PROFILE={profile} ONLY={notebook[:2]}` first")
+    return read_json(path)

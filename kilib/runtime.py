@@ -1,0 +1,90 @@
+"""Runtime: profiles, the one error type, seeds, devices and project paths.
+
+Nothing here runs at import time: a notebook calls :func:`set_seed` and
+:func:`resolve_profile` itself (seeds are explicit, never an import side effect).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+PROFILES = ("paper", "tiny", "smoke")
+"""The profiles every study implements. ``auto`` resolves to one of them."""
+
+
+class KilibError(RuntimeError):
+    """A user-facing error: one line that says what is wrong and names the fix.
+
+    The notebook runner prints it without a traceback and exits non-zero.
+    """
+
+
+def resolve_profile(name: str) -> str:
+    """Map a profile name (``auto`` included) to one of :data:`PROFILES`.
+
+    ``auto`` is ``paper`` where a CUDA GPU is present and ``tiny`` elsewhere.
+    """
+    name = str(name).strip().lower()
+    if name == "auto":
+        return "paper" if cuda_available() else "tiny"
+    if name not in PROFILES:
+        raise KilibError(
+            f"unknown profile {name!r}: choose one of auto, {', '.join(PROFILES)} "
+            "(e.g. make reproduce PROFILE=tiny)"
+        )
+    if name == "paper":
+        require_cuda("the paper profile")
+    return name
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def require_cuda(what: str) -> None:
+    """Fail with a clear message where ``what`` needs a CUDA GPU and none is present."""
+    if not cuda_available():
+        raise KilibError(
+            f"{what} needs a CUDA GPU and none was found: run PROFILE=tiny on this machine "
+            "(CPU, minutes), or run on a machine with an NVIDIA GPU"
+        )
+
+
+def default_device() -> str:
+    return "cuda" if cuda_available() else "cpu"
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA). Call it from the notebook."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def repo_root() -> Path:
+    """The project checkout (the folder holding ``kilib/``)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def results_root() -> Path:
+    """Where results go: ``$KILIB_RESULTS_DIR`` or ``<repo>/results``."""
+    return Path(os.environ.get("KILIB_RESULTS_DIR") or repo_root() / "results")
+
+
+def cache_root() -> Path:
+    """Where expensive, hash-keyed artefacts go: ``$KILIB_CACHE_DIR`` or ``<repo>/.cache``."""
+    return Path(os.environ.get("KILIB_CACHE_DIR") or repo_root() / ".cache")
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}

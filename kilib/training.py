@@ -1,0 +1,249 @@
+"""Training: SFT on (prompt, answer) pairs with the loss on answer tokens only, LM training
+on raw documents, and one ``train`` entry point over transformers' ``Trainer``.
+
+``Trainer`` brings gradient accumulation, schedulers, clipping, progress bars and
+checkpoints that resume; ``train`` adds what the studies share: only parameters with
+``requires_grad`` train (LoRA, memory modules, CALM's cross-attention), and a run resumes
+from the newest checkpoint in its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kilib.runtime import KilibError
+
+IGNORE_INDEX = -100  # label value the cross-entropy ignores: prompt and padding tokens
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every study (each study's preset fills them)."""
+
+    epochs: float = 3.0  # Mecklenburg et al. and Zhong et al. both train 3 epochs
+    batch_size: int = 1  # Mecklenburg et al.: batch size 1
+    grad_accum: int = 1  # effective batch = batch_size * grad_accum
+    lr: float = 2e-4  # a common QLoRA rate; Mecklenburg et al. give none
+    scheduler: str = "linear"  # any transformers scheduler name: linear, cosine, constant...
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # overrides warmup_ratio when > 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optimizer: str = "adamw_torch"
+    max_length: int = 512  # tokens per example; longer examples are cut
+    seed: int = 0
+    logging_steps: int = 10
+    save_every_epoch: bool = True  # checkpoints let an interrupted run resume
+    gradient_checkpointing: bool = False
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------------------
+# Prompts and SFT examples
+# ---------------------------------------------------------------------------------------
+def _adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
+def render_prompt(tokenizer, prompt: str) -> str:
+    """The text the model sees before its answer: the chat template with the assistant turn
+    opened when the tokenizer has one, else the prompt itself. Evaluation uses the same
+    rendering, so training and evaluation prompts agree token for token."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    # Templates that write the BOS token as text would get a second one from the tokenizer.
+    if tokenizer.bos_token and _adds_bos(tokenizer) and text.startswith(tokenizer.bos_token):
+        text = text[len(tokenizer.bos_token):]
+    return text
+
+
+def render_answer(tokenizer, prompt: str, answer: str) -> str:
+    """The answer as it follows :func:`render_prompt` (template suffix and EOS included)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return answer + (tokenizer.eos_token or "")
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    head = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    if not full.startswith(head):
+        raise KilibError("the tokenizer's chat template does not extend the prompt with the answer: pass a tokenizer whose template does")
+    tail = full[len(head):]
+    if tokenizer.eos_token and tokenizer.eos_token not in tail:
+        tail += tokenizer.eos_token
+    return tail
+
+
+def tokenize_sft(tokenizer, prompt: str, answer: str, max_length: int = 512) -> dict[str, list[int]]:
+    """Token ids and labels for one (prompt, answer) pair; prompt labels are ``-100``.
+
+    The prompt and the answer are tokenised separately and concatenated, so the boundary
+    is exact: the loss covers the answer tokens (and the template's end-of-turn), never the
+    prompt (Mecklenburg et al. §3: "gradient updates only on the answer").
+    """
+    if not str(answer).strip():
+        raise KilibError(f"empty answer for prompt {prompt[:60]!r}: drop the pair or fix the data file")
+    prompt_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=True).input_ids
+    answer_ids = tokenizer(render_answer(tokenizer, prompt, answer), add_special_tokens=False).input_ids
+    if len(answer_ids) >= max_length:
+        answer_ids = answer_ids[: max_length - 1]
+    keep = max_length - len(answer_ids)
+    prompt_ids = prompt_ids[-keep:]  # cut the prompt's start, never the answer
+    ids = prompt_ids + answer_ids
+    return {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+    }
+
+
+def sft_dataset(tokenizer, pairs, prompt_key: str = "prompt", answer_key: str = "answer", max_length: int = 512):
+    """A ``datasets.Dataset`` of tokenised SFT examples from rows with a prompt and an answer."""
+    from datasets import Dataset
+
+    rows = pairs.to_list() if hasattr(pairs, "to_list") else list(pairs)
+    if not rows:
+        raise KilibError("no (prompt, answer) pairs to train on: check the data file or the generation step")
+    missing = [k for k in (prompt_key, answer_key) if k not in rows[0]]
+    if missing:
+        raise KilibError(f"training rows lack field(s) {', '.join(missing)}: found {', '.join(rows[0])}")
+    return Dataset.from_list([tokenize_sft(tokenizer, r[prompt_key], r[answer_key], max_length) for r in rows])
+
+
+def lm_dataset(tokenizer, texts: Iterable[str], block_size: int):
+    """Causal-LM blocks from raw documents: each text is tokenised, EOS-terminated,
+    concatenated, and cut into ``block_size`` windows (the last partial one is padded)."""
+    from datasets import Dataset
+
+    stream: list[int] = []
+    n = 0
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            raise KilibError(f"document {n} is empty or not text: remove it or fix the source file")
+        stream += tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        n += 1
+    if n == 0:
+        raise KilibError("no documents to train on: check the document folder")
+    rows = []
+    for start in range(0, len(stream), block_size):
+        ids = stream[start : start + block_size]
+        pad = block_size - len(ids)
+        rows.append({
+            "input_ids": ids + [tokenizer.pad_token_id] * pad,
+            "attention_mask": [1] * len(ids) + [0] * pad,
+            "labels": ids + [IGNORE_INDEX] * pad,
+        })
+    return Dataset.from_list(rows)
+
+
+def collator(tokenizer):
+    """Right-pads ``input_ids`` and ``attention_mask``; labels are padded with ``-100``."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+
+
+# ---------------------------------------------------------------------------------------
+# The training entry point
+# ---------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    steps: int
+    train_loss: float
+    losses: list[dict[str, float]]  # [{"step", "epoch", "loss"}], from the Trainer's log
+    seconds: float
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer=None, data_collator=None, resume: bool = True) -> TrainResult:
+    """Train the parameters of ``model`` that require grad on ``dataset``.
+
+    Checkpoints go to ``output_dir`` at each epoch end; with ``resume`` a rerun continues
+    from the newest one. The base stays frozen wherever its parameters do not require grad.
+    """
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    if len(dataset) == 0:
+        raise KilibError("the training set is empty: check the data")
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise KilibError("no parameter requires grad: attach an adapter or a module to train first")
+    output_dir = Path(output_dir)
+    steps_per_epoch = math.ceil(len(dataset) / (config.batch_size * config.grad_accum))
+    total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_steps if config.warmup_steps > 0 else round(config.warmup_ratio * total_steps),
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=config.optimizer,
+        logging_steps=max(1, min(config.logging_steps, total_steps)),
+        save_strategy="epoch" if config.save_every_epoch else "no",
+        save_total_limit=1,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        disable_tqdm=not config.progress,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        remove_unused_columns=False,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+    if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=data_collator or (collator(tokenizer) if tokenizer is not None else None),
+    )
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    losses = [
+        {"step": h["step"], "epoch": h.get("epoch"), "loss": h["loss"]}
+        for h in trainer.state.log_history
+        if "loss" in h
+    ]
+    return TrainResult(
+        steps=trainer.state.global_step,
+        train_loss=float(output.training_loss),
+        losses=losses,
+        seconds=float(output.metrics.get("train_runtime", 0.0)),
+    )
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def freeze_all_but(model, trainable: Sequence[str] | Mapping | None = None) -> None:
+    """Freeze every parameter except those whose name contains one of ``trainable``."""
+    keys = tuple(trainable or ())
+    for name, p in model.named_parameters():
+        p.requires_grad = any(k in name for k in keys)
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use ``n`` (default: all) CPU threads for torch; returns the count set."""
+    import torch
+
+    n = n or os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n

@@ -1,0 +1,70 @@
+"""Shared fixtures: offline Hub, a private cache and results folder, tiny local models."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kilib_dirs(tmp_path_factory):
+    """Every test session gets its own cache and results folder (also seen by notebook kernels,
+    which inherit the environment), so tests never read or write the user's results."""
+    root = tmp_path_factory.mktemp("kilib")
+    old = {k: os.environ.get(k) for k in ("KILIB_CACHE_DIR", "KILIB_RESULTS_DIR")}
+    os.environ["KILIB_CACHE_DIR"] = os.environ.get("KILIB_TEST_CACHE_DIR") or str(root / "cache")
+    os.environ["KILIB_RESULTS_DIR"] = str(root / "results")
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def make_tokenizer(chat: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from kilib.zoo import CHAT_TEMPLATE, SPECIAL_TOKENS
+
+    tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["who won the cup in the year of the final? the rovers won it 3-1."] * 5, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|eos|>", unk_token="<|unk|>")
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_model(family: str, tokenizer, seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=128, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(**common) if family == "llama" else GPTNeoXConfig(**common)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session", params=["llama", "gpt_neox"])
+def saved_model(request, tmp_path_factory, tokenizer):
+    """A tiny model of each family saved with save_pretrained, as a Hub download would be."""
+    folder = tmp_path_factory.mktemp(f"model-{request.param}")
+    model = make_model(request.param, tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return request.param, folder, model

@@ -1,0 +1,145 @@
+"""Profiles, presets, results provenance, atomic writes and the hash-keyed cache."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from kilib import runtime
+from kilib.config import apply_overrides, select_preset
+from kilib.results import Run, atomic_write_text, cached_dir, stable_hash
+from kilib.runtime import KilibError
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    lr: float = 1e-3
+    epochs: int = 3
+    name: str = "x"
+    scales: tuple[int, ...] = (1, 5, 10)
+    seed: int | None = None
+
+
+PRESETS = {"tiny": Demo(), "smoke": Demo(epochs=1), "paper": Demo(lr=2e-4)}
+
+
+def test_unknown_profile_is_one_line_naming_the_choices():
+    with pytest.raises(KilibError) as e:
+        runtime.resolve_profile("huge")
+    msg = str(e.value)
+    assert "\n" not in msg and "auto" in msg and "tiny" in msg and "PROFILE=" in msg
+
+
+def test_auto_is_tiny_without_a_gpu_and_paper_needs_one(monkeypatch):
+    monkeypatch.setattr(runtime, "cuda_available", lambda: False)
+    assert runtime.resolve_profile("auto") == "tiny"
+    with pytest.raises(KilibError, match="needs a CUDA GPU.*PROFILE=tiny"):
+        runtime.resolve_profile("paper")
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)
+    assert runtime.resolve_profile("auto") == "paper"
+    assert runtime.resolve_profile("smoke") == "smoke"
+
+
+def test_presets_reject_unknown_keys_and_wrong_types():
+    assert select_preset(PRESETS, "smoke").epochs == 1
+    with pytest.raises(KilibError) as e:
+        select_preset(PRESETS, "tiny", {"epoch": 2})
+    assert "epoch" in str(e.value) and "valid keys are epochs, lr, name, scales, seed" in str(e.value)
+    with pytest.raises(KilibError, match="wrong type: expected int"):
+        apply_overrides(Demo(), {"epochs": "3"})
+    with pytest.raises(KilibError, match="wrong type"):
+        apply_overrides(Demo(), {"epochs": True})
+    p = apply_overrides(Demo(), {"lr": 1, "scales": [1, 2], "seed": 7})
+    assert p.lr == 1.0 and isinstance(p.lr, float) and p.scales == (1, 2) and p.seed == 7
+    assert apply_overrides(Demo(), {"seed": None}).seed is None
+    with pytest.raises(KilibError):
+        select_preset(PRESETS, "nope")
+
+
+def test_run_json_holds_provenance(tmp_path):
+    with Run("99_demo", "smoke", config=Demo(), seed=3, root=tmp_path) as run:
+        run.log(accuracy=0.5, ci=(0.4, 0.6))
+        run.save_json("extra.json", {"a": 1})
+    record = json.loads((tmp_path / "smoke" / "99_demo" / "run.json").read_text())
+    assert record["metrics"] == {"accuracy": 0.5, "ci": [0.4, 0.6]}
+    assert record["config"]["scales"] == [1, 5, 10] and record["seed"] == 3
+    for field in ("packages", "git", "hardware", "wall_time_s", "memory"):
+        assert field in record
+    assert record["packages"]["torch"] and record["packages"]["transformers"]
+    assert set(record["git"]) == {"commit", "dirty"}
+    assert record["memory"]["peak_rss_mib"] > 10
+    assert record["artifacts"] == ["extra.json"]
+
+
+def test_failed_run_writes_no_run_json(tmp_path):
+    with pytest.raises(ValueError):
+        with Run("99_demo", "smoke", root=tmp_path):
+            raise ValueError("boom")
+    assert not (tmp_path / "smoke" / "99_demo" / "run.json").exists()
+
+
+def test_tables_and_figures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    with Run("99_demo", "smoke", root=tmp_path) as run:
+        run.save_table(pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}), "t")
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        run.save_figure(fig, "f")
+    d = tmp_path / "smoke" / "99_demo"
+    assert (d / "t.csv").read_text().splitlines()[0] == "a,b"
+    assert (d / "t.md").read_text().splitlines()[2].split() == ["|", "1", "|", "0.500", "|"]
+    assert (d / "f.png").stat().st_size > 1000 and (d / "f.svg").exists()
+    assert not [p for p in d.iterdir() if p.name.startswith(".")]
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "x.txt"
+    atomic_write_text(target, "old")
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_cached_dir_builds_once_and_never_keeps_half_a_build(tmp_path):
+    calls = []
+
+    def build(folder):
+        calls.append(folder)
+        (folder / "out.txt").write_text("done")
+
+    key = {"a": 1, "t": (1, 2)}
+    first = cached_dir("demo", key, build, root=tmp_path)
+    second = cached_dir("demo", key, build, root=tmp_path)
+    assert first == second and len(calls) == 1 and (first / "out.txt").read_text() == "done"
+    assert first.name == stable_hash(key) and stable_hash(key) != stable_hash({"a": 2, "t": (1, 2)})
+
+    def broken(folder):
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        cached_dir("demo", {"b": 1}, broken, root=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [first.name]
+
+
+def test_resumable_build_keeps_its_work_folder(tmp_path):
+    seen = []
+
+    def build(folder):
+        seen.append(sorted(p.name for p in folder.iterdir()))
+        if not (folder / "checkpoint").exists():
+            (folder / "checkpoint").write_text("step 5")
+            raise KeyboardInterrupt
+        (folder / "model").write_text("ok")
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_dir("runs", {"r": 1}, build, root=tmp_path, resumable=True)
+    final = cached_dir("runs", {"r": 1}, build, root=tmp_path, resumable=True)
+    assert seen == [[], ["checkpoint"]] and (final / "model").exists()

@@ -1,0 +1,99 @@
+"""The one loading path: local folders and Hub ids, 4-bit NF4, LoRA, clear errors."""
+
+import pytest
+import torch
+
+from kilib import models
+from kilib.models import attach_lora, check_same_tokenizer, decoder_layers, load_causal_lm
+from kilib.runtime import KilibError
+
+from conftest import make_tokenizer
+
+
+def test_saved_model_loads_through_the_4bit_path(saved_model):
+    import bitsandbytes as bnb
+
+    family, folder, reference = saved_model
+    model, tok = load_causal_lm(folder)  # 4-bit NF4 is the default
+    linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert linear4 and linear4[0].weight.quant_type == "nf4"
+    assert linear4[0].compute_dtype == torch.float32  # float32 compute on the CPU
+    assert tok.pad_token_id is not None and model.config.pad_token_id == tok.pad_token_id
+    ids = tok(["the rovers won the cup"], return_tensors="pt")
+    with torch.no_grad():
+        q = model(**ids).logits
+        ref = reference(**ids).logits
+    # NF4 is lossy, but close to the full-precision model it came from.
+    assert torch.nn.functional.cosine_similarity(q.flatten(), ref.flatten(), dim=0) > 0.95
+    full, _ = load_causal_lm(folder, quantization="none")
+    with torch.no_grad():
+        assert torch.allclose(full(**ids).logits, ref, atol=1e-5)
+    assert len(decoder_layers(model)) == 2
+
+
+def test_lora_on_a_4bit_base_trains_only_the_adapter(saved_model):
+    family, folder, _ = saved_model
+    model, tok = load_causal_lm(folder)
+    peft_model = attach_lora(model, r=4)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    ids = tok(["the rovers won"], return_tensors="pt").input_ids
+    peft_model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in peft_model.parameters() if p.requires_grad)
+    # LoRA starts as the identity: B is zero, so the adapted model equals the base.
+    with torch.no_grad(), peft_model.disable_adapter():
+        base = peft_model(input_ids=ids).logits
+    with torch.no_grad():
+        assert torch.allclose(peft_model(input_ids=ids).logits, base)
+    assert len(decoder_layers(peft_model)) == 2
+
+
+def test_missing_model_offline_is_one_line_naming_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(KilibError) as e:
+        load_causal_lm("kilib-test/no-such-model")
+    msg = str(e.value)
+    assert "\n" not in msg and "not in the local Hugging Face cache" in msg and "hf download kilib-test/no-such-model" in msg
+
+
+def test_gated_model_without_token_names_the_fix(monkeypatch):
+    from huggingface_hub.errors import GatedRepoError
+
+    import httpx
+
+    response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/meta-llama/Llama-2-7b-hf"))
+
+    def gated(*args, **kwargs):
+        try:
+            raise GatedRepoError("401 Client Error: access to model meta-llama/Llama-2-7b-hf is restricted", response=response)
+        except GatedRepoError as inner:
+            raise OSError("You are trying to access a gated repo.") from inner
+
+    monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", gated)
+    with pytest.raises(KilibError, match="gated model.*HF_TOKEN"):
+        load_causal_lm("meta-llama/Llama-2-7b-hf")
+
+
+def test_folder_without_config_and_unknown_quantization(tmp_path, saved_model):
+    with pytest.raises(KilibError, match="without config.json"):
+        load_causal_lm(tmp_path)
+    with pytest.raises(KilibError, match="unknown quantization"):
+        load_causal_lm(saved_model[1], quantization="3bit")
+    monkey_cuda = models.cuda_available
+    try:
+        models.cuda_available = lambda: False
+        with pytest.raises(KilibError, match="CUDA device was asked for"):
+            load_causal_lm(saved_model[1], device="cuda")
+    finally:
+        models.cuda_available = monkey_cuda
+
+
+def test_mismatched_tokenizers_are_refused():
+    a = make_tokenizer()
+    check_same_tokenizer(a, make_tokenizer())
+    from transformers import AutoTokenizer  # noqa: F401
+
+    b = make_tokenizer()
+    b.add_tokens(["<new>"])
+    with pytest.raises(KilibError, match="different tokenizers"):
+        check_same_tokenizer(a, b, ("anchor", "augmenting model"))

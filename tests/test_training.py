@@ -1,0 +1,108 @@
+"""SFT masking, LM blocks and the training loop (resume included)."""
+
+import pytest
+import torch
+
+from kilib.runtime import KilibError
+from kilib.training import (
+    IGNORE_INDEX, TrainConfig, collator, latest_checkpoint, lm_dataset, render_prompt, sft_dataset, tokenize_sft, train,
+)
+
+from conftest import make_model, make_tokenizer
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_prompt_tokens_carry_no_loss(chat):
+    tok = make_tokenizer(chat=chat)
+    prompt, answer = "who won the cup?", "the rovers"
+    ex = tokenize_sft(tok, prompt, answer)
+    prompt_ids = tok(render_prompt(tok, prompt)).input_ids
+    n = len(prompt_ids)
+    assert ex["input_ids"][:n] == prompt_ids
+    assert ex["labels"][:n] == [IGNORE_INDEX] * n
+    assert ex["labels"][n:] == ex["input_ids"][n:] and len(ex["labels"]) > n
+    assert ex["input_ids"][-1] == tok.eos_token_id  # the answer ends the turn
+    assert tok.decode(ex["input_ids"][n:], skip_special_tokens=True).strip() == answer
+
+    # The model's loss equals cross-entropy over the answer tokens alone, computed directly.
+    model = make_model("llama", tok)
+    ids = torch.tensor([ex["input_ids"]])
+    out = model(input_ids=ids, labels=torch.tensor([ex["labels"]]))
+    logp = torch.log_softmax(out.logits[0, :-1].double(), -1)
+    targets = ids[0, 1:]
+    answer_positions = range(n - 1, len(targets))
+    direct = -torch.stack([logp[t, targets[t]] for t in answer_positions]).mean()
+    assert out.loss.item() == pytest.approx(direct.item(), rel=1e-5)
+    # ...and changing the prompt's own next-token targets cannot change it.
+    prompt_only = -torch.stack([logp[t, targets[t]] for t in range(n - 1)]).mean()
+    assert abs(prompt_only.item() - direct.item()) > 1e-3
+
+
+def test_long_examples_cut_the_prompt_not_the_answer():
+    tok = make_tokenizer()
+    ex = tokenize_sft(tok, "who won " * 50, "the rovers", max_length=20)
+    assert len(ex["input_ids"]) == 20
+    assert tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX], skip_special_tokens=True).strip() == "the rovers"
+
+
+def test_bad_training_data_is_a_clear_error():
+    tok = make_tokenizer()
+    with pytest.raises(KilibError, match="empty answer"):
+        tokenize_sft(tok, "q", "  ")
+    with pytest.raises(KilibError, match="no \\(prompt, answer\\) pairs"):
+        sft_dataset(tok, [])
+    with pytest.raises(KilibError, match="lack field"):
+        sft_dataset(tok, [{"question": "q", "answer": "a"}])
+    with pytest.raises(KilibError, match="document 1 is empty"):
+        lm_dataset(tok, ["the cup", ""], block_size=8)
+
+
+def test_lm_blocks_cover_the_stream_and_mask_padding():
+    tok = make_tokenizer()
+    texts = ["the rovers won the cup", "the final was 3-1"]
+    ds = lm_dataset(tok, texts, block_size=8)
+    stream = []
+    for t in texts:
+        stream += tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    got = [i for row in ds for i, m in zip(row["input_ids"], row["attention_mask"]) if m]
+    assert got == stream
+    last = ds[len(ds) - 1]
+    assert all(l == IGNORE_INDEX for l, m in zip(last["labels"], last["attention_mask"]) if not m)
+
+
+def test_training_lowers_the_loss_and_resumes(tmp_path):
+    tok = make_tokenizer()
+    data = sft_dataset(tok, [{"prompt": "who won the cup?", "answer": "the rovers"}] * 8)
+    config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, progress=False, logging_steps=1)
+    model = make_model("llama", tok)
+    result = train(model, data, config, tmp_path / "run", tokenizer=tok)
+    assert result.steps == 8 and result.losses[-1]["loss"] < result.losses[0]["loss"]
+    assert latest_checkpoint(tmp_path / "run").name == "checkpoint-8"
+    # A rerun with more epochs resumes from the checkpoint (weights, optimizer, log): a model
+    # initialised differently would log other losses for steps 1-8 had it started afresh.
+    more = train(make_model("llama", tok, seed=1), data, TrainConfig(**{**config.__dict__, "epochs": 3}), tmp_path / "run", tokenizer=tok)
+    assert more.steps == 12 and more.losses[:8] == result.losses
+
+
+def test_only_parameters_that_require_grad_train(tmp_path):
+    tok = make_tokenizer()
+    model = make_model("llama", tok)
+    for name, p in model.named_parameters():
+        p.requires_grad = "lm_head" in name
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = sft_dataset(tok, [{"prompt": "who won?", "answer": "the rovers"}] * 4)
+    train(model, data, TrainConfig(epochs=1, lr=1e-2, progress=False, save_every_epoch=False), tmp_path, tokenizer=tok)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"lm_head.weight"}
+    for p in model.parameters():
+        p.requires_grad = False
+    with pytest.raises(KilibError, match="no parameter requires grad"):
+        train(model, data, TrainConfig(progress=False), tmp_path, tokenizer=tok)
+
+
+def test_collator_pads_labels_with_ignore_index():
+    tok = make_tokenizer()
+    rows = [tokenize_sft(tok, "who?", "the rovers"), tokenize_sft(tok, "who won the cup in the final?", "the rovers")]
+    batch = collator(tok)(rows)
+    short = len(rows[0]["input_ids"])
+    assert (batch["labels"][0, short:] == IGNORE_INDEX).all() and (batch["attention_mask"][0, short:] == 0).all()
