@@ -142,9 +142,10 @@ def provenance() -> dict[str, Any]:
 class Run:
     """One notebook's results: ``results/<profile>/<notebook>/``.
 
-    Use as a context manager; on a clean exit it writes ``run.json`` (metrics, config,
-    seed, provenance, wall time, peak memory). On an exception it writes nothing, so a
-    failed run never looks finished.
+    A notebook creates it at the top and calls :meth:`finish` at the end; code can use it as
+    a context manager. ``finish`` (or a clean exit) writes ``run.json`` (metrics, config,
+    seed, provenance, wall time, peak memory). A run that fails before never writes it, so
+    a failed run never looks finished.
     """
 
     def __init__(self, notebook: str, profile: str, config: Any = None, seed: int | None = None, root: Path | None = None):
@@ -152,16 +153,15 @@ class Run:
         self.dir = Path(root or results_root()) / profile / notebook
         self.metrics: dict[str, Any] = {}
         self.artifacts: list[str] = []
-        self._start = None
-
-    def __enter__(self) -> "Run":
         self._start = time.time()
         self.dir.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> "Run":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.write()
+            self.finish()
 
     def log(self, **metrics: Any) -> None:
         """Record metrics (merged into ``run.json``'s ``metrics``)."""
@@ -213,12 +213,13 @@ class Run:
             "config": to_jsonable(self.config),
             "metrics": self.metrics,
             "artifacts": sorted(self.artifacts),
-            "wall_time_s": round(time.time() - (self._start or time.time()), 2),
+            "wall_time_s": round(time.time() - self._start, 2),
             "memory": peak_memory(),
             **provenance(),
         }
 
-    def write(self) -> Path:
+    def finish(self) -> Path:
+        """Write ``run.json``: the run is complete."""
         return write_json(self.dir / "run.json", self.record())
 
 

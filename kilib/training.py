@@ -42,6 +42,7 @@ class TrainConfig:
     save_every_epoch: bool = True  # checkpoints let an interrupted run resume
     gradient_checkpointing: bool = False
     progress: bool = True
+    max_steps: int = -1  # > 0 stops after that many optimiser steps (benchmarks, smoke runs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer=None, data_collator=None, resume: bool = True) -> TrainResult:
+def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer=None, data_collator=None, resume: bool = True, callbacks=None) -> TrainResult:
     """Train the parameters of ``model`` that require grad on ``dataset``.
 
     Checkpoints go to ``output_dir`` at each epoch end; with ``resume`` a rerun continues
@@ -185,6 +186,7 @@ def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer
     args = TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.lr,
@@ -213,6 +215,7 @@ def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer
         args=args,
         train_dataset=dataset,
         data_collator=data_collator or (collator(tokenizer) if tokenizer is not None else None),
+        callbacks=callbacks,
     )
     checkpoint = latest_checkpoint(output_dir) if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -1,0 +1,75 @@
+"""Figures shared by the notebooks: grouped bars with confidence intervals, loss curves.
+
+Figures are drawn from the tables the notebooks save (never from printed output) and
+saved with :meth:`kilib.results.Run.save_figure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "agg"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return plt
+
+
+def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low", high: str = "ci_high",
+                 title: str = "", ylabel: str = "accuracy", order: Sequence[str] | None = None,
+                 hue_order: Sequence[str] | None = None, ax=None):
+    """Grouped bars of ``y`` with asymmetric error bars from the ``low``/``high`` columns."""
+    import numpy as np
+
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6, 0.9 * df[x].nunique() * (df[hue].nunique() if hue else 1) ** 0.5 + 3), 4))
+    xs = list(order or dict.fromkeys(df[x]))
+    hues = list(hue_order or (dict.fromkeys(df[hue]) if hue else [None]))
+    width = 0.8 / len(hues)
+    palette = _palette(len(hues))
+    for j, h in enumerate(hues):
+        sub = df if h is None else df[df[hue] == h]
+        rows = [sub[sub[x] == v] for v in xs]
+        vals = np.array([r[y].iloc[0] if len(r) else np.nan for r in rows], dtype=float)
+        lo = np.array([r[low].iloc[0] if len(r) else np.nan for r in rows], dtype=float)
+        hi = np.array([r[high].iloc[0] if len(r) else np.nan for r in rows], dtype=float)
+        pos = np.arange(len(xs)) + (j - (len(hues) - 1) / 2) * width
+        ax.bar(pos, vals, width, label=None if h is None else str(h), color=palette[j])
+        ax.errorbar(pos, vals, yerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=2, lw=1)
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels([str(v) for v in xs], rotation=20 if max(len(str(v)) for v in xs) > 8 else 0, ha="right" if max(len(str(v)) for v in xs) > 8 else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    if hue:
+        ax.legend(title=hue, fontsize="small", frameon=False, ncol=min(len(hues), 6))
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def loss_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], title: str = "training loss", x: str = "step"):
+    """One line per run from ``[{"step", "loss"}, ...]`` logs."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (name, log), color in zip(curves.items(), _palette(len(curves))):
+        ax.plot([h[x] for h in log], [h["loss"] for h in log], label=name, color=color)
+    ax.set_xlabel(x)
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def _palette(n: int):
+    import seaborn as sns
+
+    return sns.color_palette("colorblind", max(n, 1))
