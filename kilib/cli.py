@@ -75,7 +75,7 @@ def run_notebook(notebook: Path, profile: str, parameters: dict | None = None, o
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / notebook.name
     failed = out_dir / f"{notebook.stem}.failed.ipynb"
-    tmp = out_dir / f".{notebook.name}.running"
+    tmp = out_dir / f".{notebook.stem}.running.ipynb"
     try:
         papermill.execute_notebook(
             str(notebook), str(tmp), parameters=params, kernel_name=KERNEL_NAME,

@@ -137,6 +137,8 @@ def load_causal_lm(
             raise KilibError(f"{local} is a folder without config.json: point to a `save_pretrained` model folder")
         name_or_path = str(local)
     tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token)
+    if quantization == "4bit" and not device.startswith("cuda"):
+        _check_cpu_4bit_widths(name_or_path, revision, token)
     qconfig = quantization_config(quantization, device)
     kwargs: dict[str, Any] = dict(
         revision=revision,
@@ -158,6 +160,21 @@ def load_causal_lm(
     model.eval()
     torch.set_grad_enabled(True)
     return model, tokenizer
+
+
+def _check_cpu_4bit_widths(name_or_path, revision, token) -> None:
+    """bitsandbytes' CPU 4-bit kernels need every quantized layer's width divisible by 64
+    (the quantization block size)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(name_or_path), revision=revision, token=token)
+    widths = {w for w in (getattr(config, "hidden_size", 0), getattr(config, "intermediate_size", 0)) if w}
+    odd = sorted(w for w in widths if w % 64)
+    if odd:
+        raise KilibError(
+            f"{name_or_path} has layer widths {odd} not divisible by 64, which bitsandbytes' 4-bit CPU kernels "
+            "need: load it with quantization='none' on the CPU, or use a GPU"
+        )
 
 
 def is_quantized(model) -> bool:

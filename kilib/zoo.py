@@ -1,0 +1,363 @@
+"""The tiny profile's models: a tokenizer trained on the generated world and a zoo of small
+Llama and GPT-NeoX (Pythia-like) models pretrained on its pre-cutoff part.
+
+Everything is built once and cached under ``.cache/`` by a hash of what made it (world
+seed and size, tokenizer and model configs, pretraining recipe), saved with
+``save_pretrained`` and loaded back through :func:`kilib.models.load_causal_lm`, the same
+4-bit path the paper profile uses for Hub models (tiny-world.md, "A zoo of small models").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kilib.data import FEVER_LABELS, fever_prompt, qa_prompt
+from kilib.results import cached_dir, read_json, write_json
+from kilib.runtime import KilibError
+from kilib.training import TrainConfig, lm_dataset, render_answer, render_prompt, train
+
+RECIPE_VERSION = 1  # bump when the corpus recipe changes, so cached zoos are rebuilt
+
+SPECIAL_TOKENS = ("<|pad|>", "<|eos|>", "<|unk|>", "<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}<|user|>{{ m['content'] }}"
+    "{% else %}<|assistant|>{{ m['content'] }}<|eos|>{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One zoo member: architecture and shape (built from config, never downloaded)."""
+
+    name: str
+    family: str  # "llama" | "gpt_neox"
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """What the zoo is made of; its hash keys the cache."""
+
+    world_size: str = "tiny"
+    world_seed: int = 0
+    vocab_size: int = 1024  # the world's text is small and regular: 1k BPE tokens cover it
+    block_size: int = 256  # packed pretraining sequence length (articles are shorter)
+    qa_per_fact: int = 6  # train-split paraphrases of each pre-cutoff fact seen in pretraining
+    rc_per_fact: int = 2  # reading-comprehension examples (section in context) per fact
+    claims_per_page: int = 3
+    arithmetic_examples: int = 1500
+    models: tuple[ModelSpec, ...] = ()
+    train: TrainConfig = TrainConfig()
+
+
+# Llama for the SFT, transfer and CALM studies; GPT-NeoX as Pythia for the memory study's
+# sweep across sizes. Sizes are a few hundred thousand to a few million parameters so the
+# whole zoo pretrains in minutes on two CPU cores. Every width is a multiple of 64, the block
+# size of bitsandbytes' 4-bit CPU kernels.
+LLAMA_S = ModelSpec("llama-s", "llama", hidden=128, layers=4, heads=4, ffn=384)
+LLAMA_M = ModelSpec("llama-m", "llama", hidden=192, layers=6, heads=6, ffn=512)
+NEOX_XS = ModelSpec("neox-xs", "gpt_neox", hidden=64, layers=2, heads=4, ffn=256)
+NEOX_S = ModelSpec("neox-s", "gpt_neox", hidden=128, layers=4, heads=4, ffn=512)
+NEOX_M = ModelSpec("neox-m", "gpt_neox", hidden=192, layers=6, heads=6, ffn=768)
+
+ZOO_PRESETS = {
+    "tiny": ZooConfig(
+        world_size="tiny",
+        models=(LLAMA_S, LLAMA_M, NEOX_XS, NEOX_S, NEOX_M),
+        train=TrainConfig(epochs=8, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
+                          weight_decay=0.01, max_grad_norm=1.0, logging_steps=10, save_every_epoch=True, progress=True),
+    ),
+    "smoke": ZooConfig(
+        world_size="smoke",
+        vocab_size=512,
+        block_size=128,
+        qa_per_fact=2,
+        rc_per_fact=1,
+        claims_per_page=1,
+        arithmetic_examples=200,
+        models=(
+            ModelSpec("llama-s", "llama", hidden=64, layers=1, heads=2, ffn=128),
+            ModelSpec("llama-m", "llama", hidden=64, layers=2, heads=4, ffn=192),
+            ModelSpec("neox-xs", "gpt_neox", hidden=64, layers=1, heads=2, ffn=128),
+            ModelSpec("neox-s", "gpt_neox", hidden=64, layers=2, heads=4, ffn=128),
+            ModelSpec("neox-m", "gpt_neox", hidden=64, layers=3, heads=4, ffn=256),
+        ),
+        train=TrainConfig(epochs=6, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
+                          weight_decay=0.01, logging_steps=5, save_every_epoch=False, progress=False),
+    ),
+}
+
+
+def zoo_config(profile: str) -> ZooConfig:
+    """The zoo for a profile: ``smoke`` for tests, ``tiny`` otherwise (the paper profile uses
+    Hub models; notebook 00 shows the tiny zoo whatever the profile)."""
+    return ZOO_PRESETS["smoke" if profile == "smoke" else "tiny"]
+
+
+def world_of(config: ZooConfig):
+    from kilib.world import generate_world
+
+    return generate_world(seed=config.world_seed, size=config.world_size)
+
+
+# ---------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------
+def tokenizer_texts(world) -> list[str]:
+    """Every text a tiny model may read: all articles (post-cutoff too, since notebook 01
+    trains on them), questions, claims, tasks, digits."""
+    texts = [a.text for a in world.articles.values()]
+    for fact_id in sorted(world.facts):
+        texts += world.questions(fact_id, "train")[:2] + world.questions(fact_id, "eval")[:1]
+    texts += list(world.claims(per_page=1)["claim"])
+    texts.append(fever_prompt("x", [("y", label) for label in FEVER_LABELS]))
+    texts += [" ".join(str(i) for i in range(100)), "+ - x = ( ) , . ?"]
+    return texts
+
+
+def build_tokenizer(world, vocab_size: int, folder: Path):
+    """Train a byte-level BPE on the world's text (digits split one by one, which keeps
+    arithmetic learnable) and save it as a standard ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(tokenizer_texts(world), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<|pad|>",
+        eos_token="<|eos|>",
+        unk_token="<|unk|>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 1024
+    fast.save_pretrained(folder)
+    return fast
+
+
+# ---------------------------------------------------------------------------------------
+# Pretraining corpus
+# ---------------------------------------------------------------------------------------
+def chat_example(tokenizer, prompt: str, answer: str) -> str:
+    return render_prompt(tokenizer, prompt) + render_answer(tokenizer, prompt, answer)
+
+
+def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> list[str]:
+    """The pre-cutoff world as documents: articles, closed-book Q&A in the chat format,
+    reading comprehension with the section in context, few-shot FEVER-like claims and
+    numeric arithmetic. Post-cutoff facts never appear (they are the new knowledge)."""
+    rng = random.Random(seed)
+    doc_ids = world.pretraining_doc_ids()
+    texts = [world.articles[d].text for d in doc_ids]
+    pre_facts = [world.facts[f] for f in sorted(world.facts) if world.facts[f].period == "pre"]
+    for fact in pre_facts:
+        questions = world.questions(fact.id, "train")
+        for q in rng.sample(questions, min(config.qa_per_fact, len(questions))):
+            texts.append(chat_example(tokenizer, qa_prompt(q), fact.object))
+        section = section_text(world, fact)
+        for q in rng.sample(questions, min(config.rc_per_fact, len(questions))):
+            texts.append(chat_example(tokenizer, qa_prompt(q, [section]), fact.object))
+    claims = world.claims(doc_ids=doc_ids, per_page=config.claims_per_page, seed=seed).to_list()
+    for i, row in enumerate(claims):
+        k = rng.randint(0, 3)
+        demos = [(d["claim"], d["label"]) for d in rng.sample(claims[:i] + claims[i + 1:], k)]
+        texts.append(fever_prompt(row["claim"], demos) + " " + fever_answer_text(row["label"]))
+    for row in world.numeric_arithmetic(config.arithmetic_examples, seed=seed).to_list():
+        texts.append(f"{row['prompt']} = {row['target']}")
+    rng.shuffle(texts)
+    return texts
+
+
+def fever_answer_text(label: str) -> str:
+    from kilib.data import fever_answer
+
+    return fever_answer(label)
+
+
+def section_text(world, fact) -> str:
+    """The text of the section that states ``fact`` (the passage RAG should retrieve)."""
+    for section in world.articles[fact.doc_id].sections:
+        if section.title == fact.section:
+            return section.text
+    raise KilibError(f"fact {fact.id} names section {fact.section!r}, absent from {fact.doc_id}")
+
+
+# ---------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------
+def model_config(spec: ModelSpec, tokenizer, block_size: int):
+    from transformers import GPTNeoXConfig, LlamaConfig
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        intermediate_size=spec.ffn,
+        max_position_embeddings=4 * block_size,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    if spec.family == "llama":
+        return LlamaConfig(num_key_value_heads=spec.heads, **common)
+    if spec.family == "gpt_neox":
+        return GPTNeoXConfig(use_parallel_residual=True, rotary_pct=0.25, **common)
+    raise KilibError(f"unknown model family {spec.family!r}: use llama or gpt_neox")
+
+
+def _world_key(config: ZooConfig) -> dict[str, Any]:
+    from kilib.world import WORLD_SIZES
+
+    return {"seed": config.world_seed, "size": config.world_size, "size_fields": dataclasses.asdict(WORLD_SIZES[config.world_size])}
+
+
+def tokenizer_dir(config: ZooConfig) -> Path:
+    key = {"kind": "tokenizer", "recipe": RECIPE_VERSION, "world": _world_key(config), "vocab_size": config.vocab_size}
+    return cached_dir("tokenizer", key, lambda tmp: build_tokenizer(world_of(config), config.vocab_size, tmp))
+
+
+def model_dir(config: ZooConfig, name: str) -> Path:
+    """The pretrained zoo member ``name``: built on first use, cached afterwards."""
+    spec = next((m for m in config.models if m.name == name), None)
+    if spec is None:
+        raise KilibError(f"no zoo model {name!r}: choose one of {', '.join(m.name for m in config.models)}")
+    tok_dir = tokenizer_dir(config)
+    key = {
+        "kind": "zoo-model",
+        "recipe": RECIPE_VERSION,
+        "world": _world_key(config),
+        "tokenizer": tok_dir.name,
+        "spec": dataclasses.asdict(spec),
+        "corpus": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("models", "train", "world_size", "world_seed")},
+        "train": dataclasses.asdict(config.train),
+    }
+    return cached_dir("zoo", key, lambda tmp: _pretrain(config, spec, tok_dir, tmp), resumable=True)
+
+
+def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kilib.runtime import set_seed
+
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    world = world_of(config)
+    texts = pretraining_texts(world, tokenizer, config, seed=config.train.seed)
+    dataset = lm_dataset(tokenizer, texts, config.block_size)
+    set_seed(config.train.seed)
+    model = AutoModelForCausalLM.from_config(model_config(spec, tokenizer, config.block_size), dtype=torch.float32)
+    result = train(model, dataset, config.train, folder / "checkpoints", tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_json(folder / "pretraining.json", {
+        "model": spec.name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "non_embedding_parameters": sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n),
+        "corpus_documents": len(texts),
+        "corpus_tokens": int(sum(sum(r) for r in dataset["attention_mask"])),
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "losses": result.losses,
+        "seconds": result.seconds,
+        "torch_threads": torch.get_num_threads(),
+    })
+    import shutil
+
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+
+def pretraining_log(config: ZooConfig, name: str) -> dict[str, Any]:
+    return read_json(model_dir(config, name) / "pretraining.json")
+
+
+# ---------------------------------------------------------------------------------------
+# What the zoo knows
+# ---------------------------------------------------------------------------------------
+def qa_items(world, fact_ids, split: str = "eval", per_fact: int = 1, with_passage: bool = False) -> list[dict]:
+    """Question items for ``fact_ids``: prompt (closed-book, or with the fact's section in
+    context), gold answer, relation."""
+    items = []
+    for fid in fact_ids:
+        fact = world.facts[fid]
+        for q in world.questions(fid, split)[:per_fact]:
+            passages = [section_text(world, fact)] if with_passage else []
+            items.append({"fact_id": fid, "relation": fact.relation, "question": q,
+                          "prompt": qa_prompt(q, passages), "answer": fact.object})
+    return items
+
+
+def majority_answers(world, period: str = "pre") -> dict[str, str]:
+    """Each relation's most common object among ``period`` facts (the "always give the most
+    common answer" baseline)."""
+    by_relation: dict[str, Counter] = {}
+    for fact in world.facts.values():
+        if fact.period == period:
+            by_relation.setdefault(fact.relation, Counter())[fact.object] += 1
+    return {rel: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for rel, c in by_relation.items()}
+
+
+def answer_accuracy(model, tokenizer, items: list[dict], batch_size: int = 32, max_new_tokens: int = 12) -> dict[str, Any]:
+    """Greedy answers scored by normalised exact match, with a bootstrap interval."""
+    from kilib.evaluation import accuracy_with_ci, exact_match, generate
+
+    prompts = [render_prompt(tokenizer, it["prompt"]) for it in items]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    correct = [exact_match(o, it["answer"]) for o, it in zip(outputs, items)]
+    return {**accuracy_with_ci(correct), "predictions": outputs, "correct": correct}
+
+
+def baseline_accuracy(items: list[dict], answers: dict[str, str]) -> dict[str, Any]:
+    from kilib.evaluation import accuracy_with_ci, exact_match
+
+    return accuracy_with_ci([exact_match(answers.get(it["relation"], ""), it["answer"]) for it in items])
+
+
+def knowledge_report(config: ZooConfig, name: str, per_fact: int = 1) -> dict[str, Any]:
+    """What zoo member ``name`` knows, each with a bootstrap interval (tiny-world.md checks):
+    closed-book accuracy on held-out paraphrases of pre-cutoff facts, on the control
+    document, on the post-cutoff documents (beside the most-common-answer baseline), and on
+    post-cutoff questions with the right section in context (what RAG needs)."""
+    from kilib.models import load_causal_lm
+
+    world = world_of(config)
+    model, tok = load_causal_lm(model_dir(config, name))
+    pre = [f for f in sorted(world.facts) if world.facts[f].period == "pre"]
+    control = [f.id for f in world.facts_of(world.control_doc_id)]
+    post = [f.id for d in world.post_cutoff_doc_ids for f in world.facts_of(d)]
+    pre_items = qa_items(world, pre, "eval", per_fact)
+    post_items = qa_items(world, post, "eval", per_fact)
+    report = {
+        "model": name,
+        "pre_closed_book": answer_accuracy(model, tok, pre_items),
+        "control_closed_book": answer_accuracy(model, tok, qa_items(world, control, "eval", per_fact)),
+        "post_closed_book": answer_accuracy(model, tok, post_items),
+        "post_majority_baseline": baseline_accuracy(post_items, majority_answers(world, "pre")),
+        "post_with_passage": answer_accuracy(model, tok, qa_items(world, post, "eval", per_fact, with_passage=True)),
+    }
+    return {k: ({kk: vv for kk, vv in v.items() if kk not in ("predictions", "correct")} if isinstance(v, dict) else v)
+            for k, v in report.items()}

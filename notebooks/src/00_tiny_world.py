@@ -1,0 +1,164 @@
+CELLS = [
+("md", r"""
+# 00 · The tiny world and its zoo of small models
+
+The paper profile of this series needs a GPU, the Hugging Face Hub and hours. The **tiny profile** runs the same
+`kilib` code on a CPU, offline, in minutes: on a *generated* encyclopedia whose facts no pretrained model has
+seen, with small Llama and GPT-NeoX (Pythia-like) models pretrained on its pre-cutoff part.
+
+This notebook shows that world to a reader: an article, its atomic facts, the question paraphrases, the
+FEVER-like claims, the task analogues for the transfer and CALM studies, and the zoo with what each model knows.
+Everything below comes from a real run; nothing is hard-coded.
+"""),
+("params", r"""
+PROFILE: str = "tiny"  # tiny | smoke | paper (paper shows the tiny zoo too: it is the CPU stand-in)
+SEED: int = 0  # world seed
+QUESTIONS_PER_FACT: int = 1  # held-out paraphrases asked per fact when measuring what the zoo knows
+"""),
+("code", r"""
+from IPython.display import Markdown, display
+import pandas as pd
+
+from kilib import zoo
+from kilib.plots import bars_with_ci, loss_curves
+from kilib.results import Run
+from kilib.runtime import resolve_profile
+from kilib.training import set_threads
+
+profile = resolve_profile(PROFILE)
+config = zoo.zoo_config(profile)
+if SEED != config.world_seed:
+    import dataclasses
+    config = dataclasses.replace(config, world_seed=SEED)
+set_threads()
+world = zoo.world_of(config)
+run = Run("00_tiny_world", profile, config=config, seed=SEED)
+print(f"profile {profile}: world size {config.world_size!r}, seed {SEED}, {len(world.articles)} articles, {len(world.facts)} facts")
+"""),
+("md", r"""
+## An article
+
+Each tournament edition renders as a Wikipedia-like article with sections. Five series have one edition after the
+cutoff year: those five articles are the **new knowledge** (the paper's five 2023 events). The sixth series' latest
+edition before the cutoff is the **control** (the paper's 2018 FIFA World Cup), which the models saw in pretraining.
+"""),
+("code", r"""
+control = world.articles[world.control_doc_id]
+post = [world.articles[d] for d in world.post_cutoff_doc_ids]
+print(f"cutoff year {world.cutoff_year}; control: {control.title}; new documents: {', '.join(a.title for a in post)}\n")
+print(post[0].text)
+"""),
+("md", r"""
+## Its atomic facts
+
+Facts are (subject, relation, object) triples. **Salience** is how many times the article states a fact: sampling
+Q&A pairs in proportion to the text (the paper's token-based scaling) therefore covers facts unevenly.
+"""),
+("code", r"""
+facts = pd.DataFrame(world.facts_dataset([post[0].id]).to_list())
+display(facts[["subject", "relation", "object", "section", "salience"]])
+counts = pd.DataFrame(world.facts_dataset().to_list()).groupby("period").size().rename("facts")
+display(counts.to_frame())
+"""),
+("md", r"""
+## Questions: disjoint paraphrases for training and evaluation
+
+Every relation has many question templates, split into a **train** and an **eval** set, so a model can be trained
+on some phrasings of a fact and tested on phrasings it never saw.
+"""),
+("code", r"""
+fact = world.facts_of(post[0].id)[0]
+print(f"fact: ({fact.subject}, {fact.relation}, {fact.object})")
+print("train paraphrases:", *world.questions(fact.id, "train")[:5], "...", sep="\n  ")
+print("eval paraphrases:", *world.questions(fact.id, "eval"), sep="\n  ")
+"""),
+("md", r"""
+## Claims, tasks and key-value arithmetic
+
+FEVER-like claims (supports / refutes / not enough info) serve the memory study (04); task analogues of GSM8K,
+MMLU, Super-NaturalInstructions and AlpacaFarm serve the transfer study (02); key-value arithmetic, as CALM defines
+it, serves the composition study (03).
+"""),
+("code", r"""
+display(pd.DataFrame(world.claims(per_page=1).to_list()).groupby("label").head(2)[["claim", "label", "page"]])
+for name, ds in [("gsm", world.gsm(2, seed=0)), ("mmlu", world.mmlu(2, seed=0)), ("sni", world.sni(2, seed=0)),
+                 ("open-ended", world.open_ended(1, seed=0)), ("kv substitution", world.kv_substitution(2, seed=0)),
+                 ("numeric arithmetic", world.numeric_arithmetic(2, seed=0)), ("kv arithmetic", world.kv_arithmetic(2, seed=0, split="eval"))]:
+    print(f"--- {name}")
+    for row in ds.to_list():
+        print("  ", row)
+"""),
+("md", r"""
+## The zoo
+
+Small models built from config, pretrained once on the pre-cutoff world (articles, Q&A in the chat format,
+reading comprehension with a passage in context, few-shot claims, arithmetic) and cached by a hash of everything
+that made them. The first run trains them (minutes); later runs load them. They load back through the same 4-bit
+`from_pretrained` path as Hub models.
+"""),
+("code", r"""
+logs = {spec.name: zoo.pretraining_log(config, spec.name) for spec in config.models}
+zoo_table = pd.DataFrame([
+    {"model": name, "family": spec.family, "parameters": log["parameters"], "non-embedding": log["non_embedding_parameters"],
+     "corpus tokens": log["corpus_tokens"], "steps": log["steps"], "final loss": log["losses"][-1]["loss"],
+     "pretraining s": round(log["seconds"], 1)}
+    for spec, (name, log) in zip(config.models, logs.items())
+])
+run.save_table(zoo_table, "zoo")
+display(zoo_table)
+fig = loss_curves({name: log["losses"] for name, log in logs.items()}, title="pretraining loss on the pre-cutoff world")
+run.save_figure(fig, "pretraining_loss")
+"""),
+("md", r"""
+## What the zoo knows
+
+For each model, greedy answers scored by normalised exact match, with 95% bootstrap intervals:
+
+* **pre-cutoff, closed book**: held-out paraphrases of facts it was pretrained on;
+* **control, closed book**: the control edition alone;
+* **post-cutoff, closed book**: the five new documents, beside the baseline that always gives each relation's most
+  common answer;
+* **post-cutoff, passage in context**: the section that states the fact is given in the prompt (what RAG needs).
+"""),
+("code", r"""
+reports = [zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT) for spec in config.models]
+labels = {"pre_closed_book": "pre-cutoff, closed book", "control_closed_book": "control, closed book",
+          "post_closed_book": "post-cutoff, closed book", "post_majority_baseline": "post-cutoff, most-common answer",
+          "post_with_passage": "post-cutoff, passage in context"}
+knowledge = pd.DataFrame([{"model": r["model"], "measure": labels[k], **r[k]} for r in reports for k in labels])
+run.save_table(knowledge, "knowledge")
+fig = bars_with_ci(knowledge, x="model", y="accuracy", hue="measure", hue_order=list(labels.values()),
+                   title="what the zoo knows (95% bootstrap intervals)")
+run.save_figure(fig, "knowledge")
+display(knowledge.pivot(index="model", columns="measure", values="accuracy")[list(labels.values())].round(3))
+"""),
+("md", r"""
+## Does the tiny profile meet its bar?
+
+The checks below compare measured numbers with the targets the tiny profile was designed for. They are printed as
+they come out of this run: a target that is missed is reported as missed.
+"""),
+("code", r"""
+largest = max(config.models, key=lambda s: logs[s.name]["parameters"]).name
+by = {r["model"]: r for r in reports}
+big = by[largest]
+checks = {
+    f"{largest} answers held-out pre-cutoff paraphrases with >= 50% accuracy": big["pre_closed_book"]["accuracy"] >= 0.5,
+    f"{largest} on post-cutoff questions is no better than the most-common-answer baseline (upper CI bound)":
+        big["post_closed_book"]["accuracy"] <= big["post_majority_baseline"]["ci_high"],
+    f"{largest} with the right passage in context answers post-cutoff questions with >= 50% accuracy": big["post_with_passage"]["accuracy"] >= 0.5,
+    "smaller models score lower on pre-cutoff questions than the largest of their family": all(
+        by[s.name]["pre_closed_book"]["accuracy"] <= max(by[t.name]["pre_closed_book"]["accuracy"] for t in config.models if t.family == s.family)
+        for s in config.models),
+}
+for text, ok in checks.items():
+    print(("MET    " if ok else "MISSED ") + text)
+run.log(world={"articles": len(world.articles), "facts": len(world.facts), "seed": SEED, "size": config.world_size},
+        zoo={r["model"]: {k: r[k] for k in labels} for r in reports},
+        pretraining_seconds={name: log["seconds"] for name, log in logs.items()},
+        pretraining_loss_first_last={name: [log["losses"][0]["loss"], log["losses"][-1]["loss"]] for name, log in logs.items()},
+        parameters={name: log["parameters"] for name, log in logs.items()},
+        checks=checks, largest_model=largest)
+print(f"results: {run.finish().parent}")
+"""),
+]

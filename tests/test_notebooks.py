@@ -1,0 +1,69 @@
+"""Every notebook: committed clean, and run end to end at the smoke size through papermill."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kilib import cli
+from kilib.runtime import KilibError, results_root
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_is_clean(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert not any(c.get("outputs") or c.get("execution_count") for c in code), "committed with outputs"
+    params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    assert "PROFILE: str =" in "".join(params[0]["source"])
+    assert nb["metadata"]["kernelspec"]["name"] == cli.KERNEL_NAME
+
+
+def test_notebooks_are_built_from_their_sources():
+    import runpy
+
+    for path in NOTEBOOKS:
+        src = path.parent / "src" / f"{path.stem}.py"
+        cells = runpy.run_path(str(src))["CELLS"]
+        nb = json.loads(path.read_text())
+        assert ["".join(c["source"]) for c in nb["cells"]] == [s.strip("\n") for _, s in cells], f"rebuild {path.name}: python tools/nbbuild.py"
+
+
+def test_runner_rejects_bad_input():
+    with pytest.raises(KilibError, match="no notebook numbered 77"):
+        cli.discover_notebooks("77")
+    with pytest.raises(KilibError, match="wrong type: expected int"):
+        cli.check_parameters(NOTEBOOKS[0], {"SEED": "one"})
+    with pytest.raises(KilibError, match="has no parameter 'SEEDS'"):
+        cli.check_parameters(NOTEBOOKS[0], {"SEEDS": 1})
+    assert cli.main(["reproduce", "--profile", "huge"]) == 2
+
+
+def run_smoke(number: str) -> dict:
+    path = cli.discover_notebooks(number)[0]
+    executed = cli.run_notebook(path, "smoke", progress=False)
+    assert executed.exists()
+    record = json.loads((results_root() / "smoke" / path.stem / "run.json").read_text())
+    assert record["profile"] == "smoke" and record["git"]["commit"] is not None
+    for artifact in record["artifacts"]:
+        assert (results_root() / "smoke" / path.stem / artifact).exists()
+    return record
+
+
+@pytest.mark.notebook
+def test_00_tiny_world_smoke():
+    record = run_smoke("00")
+    m = record["metrics"]
+    assert m["world"]["size"] == "smoke" and m["world"]["facts"] > 50
+    zoo = m["zoo"]
+    assert set(zoo) == {"llama-s", "llama-m", "neox-xs", "neox-s", "neox-m"}
+    for name, r in zoo.items():
+        for measure in r.values():
+            assert 0.0 <= measure["ci_low"] <= measure["accuracy"] <= measure["ci_high"] <= 1.0
+    assert set(m["checks"]) and all(isinstance(v, bool) for v in m["checks"].values())
+    for name, (first, last) in m["pretraining_loss_first_last"].items():
+        assert last < 0.8 * first, f"{name} did not learn: loss {first:.2f} -> {last:.2f}"
+    assert {"zoo.csv", "knowledge.csv", "knowledge.png", "pretraining_loss.png"} <= set(record["artifacts"])
