@@ -92,7 +92,7 @@ def test_only_parameters_that_require_grad_train(tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = sft_dataset(tok, [{"prompt": "who won?", "answer": "the rovers"}] * 4)
     train(model, data, TrainConfig(epochs=1, lr=1e-2, progress=False, save_every_epoch=False), tmp_path, tokenizer=tok)
-    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach().cpu(), before[n])}
     assert changed == {"lm_head.weight"}
     for p in model.parameters():
         p.requires_grad = False
