@@ -49,7 +49,8 @@ def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low"
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     if hue:
-        ax.legend(title=hue, fontsize="small", frameon=False, ncol=min(len(hues), 6))
+        ax.legend(title=hue, fontsize="small", frameon=False, ncol=min(len(hues), 3),
+                  loc="upper center", bbox_to_anchor=(0.5, -0.12 if len(xs) < 8 else -0.25))
     ax.figure.tight_layout()
     return ax.figure
 
