@@ -13,7 +13,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from kilib.runtime import PROFILES, KilibError
+from kilib.runtime import KilibError
 
 T = TypeVar("T")
 
@@ -75,15 +75,3 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
-def check_presets(presets: Mapping[str, Any]) -> None:
-    """Assert a study defines every profile (used by the tests)."""
-    missing = [p for p in PROFILES if p not in presets]
-    if missing:
-        raise KilibError(f"presets miss profile(s) {', '.join(missing)}")
-
-
-def as_dict(preset: Any) -> dict:
-    """A JSON-ready dict of a preset (tuples become lists)."""
-    return dataclasses.asdict(preset)

@@ -240,10 +240,6 @@ def decoder_layers(model):
     raise KilibError(f"cannot find the decoder blocks of {type(base).__name__}: supported are Llama and GPT-NeoX families")
 
 
-def count_parameters(model, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 def check_same_tokenizer(tok_a, tok_b, names: tuple[str, str] = ("model A", "model B")) -> None:
     """Fail clearly when two models do not read the same token ids (CALM needs that)."""
     if tok_a.get_vocab() != tok_b.get_vocab():

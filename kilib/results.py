@@ -19,12 +19,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kilib.runtime import KilibError, cache_root, repo_root, results_root
+from kilib.runtime import cache_root, repo_root, results_root
 
 PACKAGES = (
     "kilib", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
@@ -270,20 +270,3 @@ def cached_dir(kind: str, key: Any, build: Callable[[Path], None], root: Path | 
             shutil.rmtree(work, ignore_errors=True)
         raise
     return final
-
-
-@contextlib.contextmanager
-def timed(store: dict[str, float], name: str) -> Iterator[None]:
-    """Add the wall time of a block to ``store[name]`` (seconds)."""
-    start = time.time()
-    try:
-        yield
-    finally:
-        store[name] = round(store.get(name, 0.0) + time.time() - start, 3)
-
-
-def load_run(profile: str, notebook: str, root: Path | None = None) -> dict[str, Any]:
-    path = Path(root or results_root()) / profile / notebook / "run.json"
-    if not path.exists():
-        raise KilibError(f"no results at {path}: run `make reproduce PROFILE={profile} ONLY={notebook[:2]}` first")
-    return read_json(path)

@@ -54,10 +54,6 @@ def require_cuda(what: str) -> None:
         )
 
 
-def default_device() -> str:
-    return "cuda" if cuda_available() else "cpu"
-
-
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA). Call it from the notebook."""
     import numpy as np

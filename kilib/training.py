@@ -9,13 +9,11 @@ from the newest checkpoint in its folder.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from kilib.runtime import KilibError
 
@@ -232,13 +230,10 @@ def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer
     )
 
 
-def config_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def freeze_all_but(model, trainable: Sequence[str] | Mapping | None = None) -> None:
-    """Freeze every parameter except those whose name contains one of ``trainable``."""
-    keys = tuple(trainable or ())
+def freeze_all_but(model, trainable: Sequence[str] = ()) -> None:
+    """Freeze every parameter except those whose name contains one of ``trainable``
+    (a memory module, CALM's cross-attention): the base stays as it was."""
+    keys = tuple(trainable)
     for name, p in model.named_parameters():
         p.requires_grad = any(k in name for k in keys)
 

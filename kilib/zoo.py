@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kilib.data import FEVER_LABELS, fever_prompt, qa_prompt
+from kilib.data import FEVER_LABELS, fever_answer, fever_prompt, qa_prompt
 from kilib.results import cached_dir, read_json, write_json
 from kilib.runtime import KilibError
 from kilib.training import TrainConfig, lm_dataset, render_answer, render_prompt, train
@@ -186,17 +187,11 @@ def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> lis
     for i, row in enumerate(claims):
         k = rng.randint(0, 3)
         demos = [(d["claim"], d["label"]) for d in rng.sample(claims[:i] + claims[i + 1:], k)]
-        texts.append(fever_prompt(row["claim"], demos) + " " + fever_answer_text(row["label"]))
+        texts.append(fever_prompt(row["claim"], demos) + " " + fever_answer(row["label"]))
     for row in world.numeric_arithmetic(config.arithmetic_examples, seed=seed).to_list():
         texts.append(f"{row['prompt']} = {row['target']}")
     rng.shuffle(texts)
     return texts
-
-
-def fever_answer_text(label: str) -> str:
-    from kilib.data import fever_answer
-
-    return fever_answer(label)
 
 
 def section_text(world, fact) -> str:
@@ -288,8 +283,6 @@ def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -
         "seconds": result.seconds,
         "torch_threads": torch.get_num_threads(),
     })
-    import shutil
-
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
 

@@ -143,3 +143,21 @@ def test_resumable_build_keeps_its_work_folder(tmp_path):
         cached_dir("runs", {"r": 1}, build, root=tmp_path, resumable=True)
     final = cached_dir("runs", {"r": 1}, build, root=tmp_path, resumable=True)
     assert seen == [[], ["checkpoint"]] and (final / "model").exists()
+
+
+def test_data_files_fail_with_the_line_and_the_fix(tmp_path):
+    from kilib.data import read_jsonl, write_jsonl
+
+    good = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
+    assert read_jsonl(good, required=("question", "answer")) == [{"question": "q", "answer": "a"}]
+    (tmp_path / "bad.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": \n')
+    with pytest.raises(KilibError, match="bad.jsonl:2 is not valid JSON"):
+        read_jsonl(tmp_path / "bad.jsonl")
+    (tmp_path / "missing.jsonl").write_text('{"question": "q"}\n')
+    with pytest.raises(KilibError, match="missing.jsonl:1 lacks field\\(s\\) answer"):
+        read_jsonl(tmp_path / "missing.jsonl", required=("question", "answer"))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(KilibError, match="holds no rows"):
+        read_jsonl(tmp_path / "empty.jsonl")
+    with pytest.raises(KilibError, match="does not exist"):
+        read_jsonl(tmp_path / "nope.jsonl")

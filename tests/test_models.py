@@ -88,7 +88,6 @@ def test_folder_without_config_and_unknown_quantization(tmp_path, saved_model, m
 def test_mismatched_tokenizers_are_refused():
     a = make_tokenizer()
     check_same_tokenizer(a, make_tokenizer())
-    from transformers import AutoTokenizer  # noqa: F401
 
     b = make_tokenizer()
     b.add_tokens(["<new>"])

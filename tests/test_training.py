@@ -5,7 +5,7 @@ import torch
 
 from kilib.runtime import KilibError
 from kilib.training import (
-    IGNORE_INDEX, TrainConfig, collator, latest_checkpoint, lm_dataset, render_prompt, sft_dataset, tokenize_sft, train,
+    IGNORE_INDEX, TrainConfig, collator, freeze_all_but, latest_checkpoint, lm_dataset, render_prompt, sft_dataset, tokenize_sft, train,
 )
 
 from conftest import make_model, make_tokenizer
@@ -87,8 +87,7 @@ def test_training_lowers_the_loss_and_resumes(tmp_path):
 def test_only_parameters_that_require_grad_train(tmp_path):
     tok = make_tokenizer()
     model = make_model("llama", tok)
-    for name, p in model.named_parameters():
-        p.requires_grad = "lm_head" in name
+    freeze_all_but(model, ["lm_head"])
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = sft_dataset(tok, [{"prompt": "who won?", "answer": "the rovers"}] * 4)
     train(model, data, TrainConfig(epochs=1, lr=1e-2, progress=False, save_every_epoch=False), tmp_path, tokenizer=tok)
