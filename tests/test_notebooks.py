@@ -67,3 +67,18 @@ def test_00_tiny_world_smoke():
     for name, (first, last) in m["pretraining_loss_first_last"].items():
         assert last < 0.8 * first, f"{name} did not learn: loss {first:.2f} -> {last:.2f}"
     assert {"zoo.csv", "knowledge.csv", "knowledge.png", "pretraining_loss.png"} <= set(record["artifacts"])
+
+
+@pytest.mark.notebook
+def test_reproduce_twice_recomputes_nothing(capsys):
+    """The runner's second pass reuses every cached model and report (run after the smoke test)."""
+    from kilib.runtime import cache_root
+
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "00", "--quiet"]) == 0
+    cached = sorted(cache_root().glob("*/*/key.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in cached}
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "00", "--quiet"]) == 0
+    assert sorted(cache_root().glob("*/*/key.json")) == cached
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert not [p for p in cache_root().glob("*/.*") if p.name.endswith(".partial")]
+    assert "00_tiny_world/run.json" in capsys.readouterr().out  # the runner lists what was written
