@@ -103,6 +103,11 @@ def artifacts_of(profile: str, notebook: Path) -> list[Path]:
     return [run_json] + [run_json.parent / a for a in record.get("artifacts", [])]
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the checkout where it lies inside it."""
+    return path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path
+
+
 def reproduce(args) -> int:
     profile = resolve_profile(args.profile)
     parameters = {name: parse_value(value) for name, value in (args.param or [])}
@@ -112,10 +117,9 @@ def reproduce(args) -> int:
         start = time.time()
         print(f"\n==> {nb.name}")
         executed = run_notebook(nb, profile, parameters, progress=not args.quiet)
-        print(f"    done in {time.time() - start:.0f} s; executed copy: {executed.relative_to(repo_root()) if executed.is_relative_to(repo_root()) else executed}")
+        print(f"    done in {time.time() - start:.0f} s; executed copy: {_shown(executed)}")
         for path in artifacts_of(profile, nb):
-            shown = path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path
-            print(f"    {shown}")
+            print(f"    {_shown(path)}")
     return 0
 
 

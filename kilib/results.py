@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,20 +35,28 @@ PACKAGES = (
 # ---------------------------------------------------------------------------------------
 # Atomic writes
 # ---------------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block
+    ends cleanly, deleted when it raises, so ``path`` is never half written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -167,9 +175,6 @@ class Run:
         """Record metrics (merged into ``run.json``'s ``metrics``)."""
         self.metrics.update(to_jsonable(metrics))
 
-    def path(self, name: str) -> Path:
-        return self.dir / name
-
     def save_json(self, name: str, obj: Any) -> Path:
         path = write_json(self.dir / name, obj)
         self._note(path)
@@ -185,20 +190,11 @@ class Run:
 
     def save_figure(self, fig, name: str) -> Path:
         """Write a matplotlib figure as ``<name>.png`` and ``<name>.svg``."""
-        paths = []
         for ext in ("png", "svg"):
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{name}.", suffix=f".{ext}")
-            os.close(fd)
-            try:
+            with atomic_path(self.dir / f"{name}.{ext}") as tmp:
                 fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-                os.replace(tmp, self.dir / f"{name}.{ext}")
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            paths.append(self.dir / f"{name}.{ext}")
-            self._note(paths[-1])
-        return paths[0]
+            self._note(self.dir / f"{name}.{ext}")
+        return self.dir / f"{name}.png"
 
     def _note(self, path: Path) -> None:
         name = str(path.relative_to(self.dir))

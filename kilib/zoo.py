@@ -322,8 +322,7 @@ def answer_accuracy(model, tokenizer, items: list[dict], batch_size: int = 32, m
 
     prompts = [render_prompt(tokenizer, it["prompt"]) for it in items]
     outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    correct = [exact_match(o, it["answer"]) for o, it in zip(outputs, items)]
-    return {**accuracy_with_ci(correct), "predictions": outputs, "correct": correct}
+    return accuracy_with_ci([exact_match(o, it["answer"]) for o, it in zip(outputs, items)])
 
 
 def baseline_accuracy(items: list[dict], answers: dict[str, str]) -> dict[str, Any]:
@@ -354,7 +353,7 @@ def _knowledge(config: ZooConfig, name: str, folder: Path, per_fact: int) -> dic
     control = [f.id for f in world.facts_of(world.control_doc_id)]
     post = [f.id for d in world.post_cutoff_doc_ids for f in world.facts_of(d)]
     post_items = qa_items(world, post, "eval", per_fact)
-    report = {
+    return {
         "model": name,
         "pre_closed_book": answer_accuracy(model, tok, qa_items(world, pre, "eval", per_fact)),
         "control_closed_book": answer_accuracy(model, tok, qa_items(world, control, "eval", per_fact)),
@@ -362,5 +361,3 @@ def _knowledge(config: ZooConfig, name: str, folder: Path, per_fact: int) -> dic
         "post_majority_baseline": baseline_accuracy(post_items, majority_answers(world, "pre")),
         "post_with_passage": answer_accuracy(model, tok, qa_items(world, post, "eval", per_fact, with_passage=True)),
     }
-    return {k: ({kk: vv for kk, vv in v.items() if kk not in ("predictions", "correct")} if isinstance(v, dict) else v)
-            for k, v in report.items()}

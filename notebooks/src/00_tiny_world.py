@@ -16,7 +16,9 @@ SEED: int = 0  # world seed
 QUESTIONS_PER_FACT: int = 1  # held-out paraphrases asked per fact when measuring what the zoo knows
 """),
 ("code", r"""
-from IPython.display import Markdown, display
+import dataclasses
+
+from IPython.display import display
 import pandas as pd
 
 from kilib import zoo
@@ -26,10 +28,7 @@ from kilib.runtime import resolve_profile
 from kilib.training import set_threads
 
 profile = resolve_profile(PROFILE)
-config = zoo.zoo_config(profile)
-if SEED != config.world_seed:
-    import dataclasses
-    config = dataclasses.replace(config, world_seed=SEED)
+config = dataclasses.replace(zoo.zoo_config(profile), world_seed=SEED)
 set_threads()
 world = zoo.world_of(config)
 run = Run("00_tiny_world", profile, config=config, seed=SEED)
