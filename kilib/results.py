@@ -102,11 +102,13 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
-    """The commit and whether the work tree differs from it (``dirty``)."""
+    """The commit and whether the code differs from it (``dirty``; ``results/`` excluded)."""
     root = root or repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout
+        # results/ is what runs write (a rerun rewrites committed figures), not what made them.
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+                                cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout
         return {"commit": commit, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

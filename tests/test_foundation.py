@@ -161,3 +161,24 @@ def test_data_files_fail_with_the_line_and_the_fix(tmp_path):
         read_jsonl(tmp_path / "empty.jsonl")
     with pytest.raises(KilibError, match="does not exist"):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_git_state_ignores_results_but_not_code(tmp_path):
+    import subprocess
+
+    from kilib.results import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "fig.svg").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "c")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "fig.svg").write_text("new")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_state(tmp_path)["dirty"] is True
