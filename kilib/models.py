@@ -211,8 +211,6 @@ def attach_lora(
     (a LoRA scale of 1)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if is_quantized(model):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha if alpha is not None else r,
@@ -221,7 +219,11 @@ def attach_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads a transformers property deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if is_quantized(model):
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        return get_peft_model(model, config)
 
 
 def decoder_layers(model):

@@ -49,8 +49,32 @@ def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low"
     ax.set_ylim(0, 1.02)
     ax.set_title(title)
     if hue:
-        ax.legend(title=hue, fontsize="small", frameon=False, ncol=min(len(hues), 3),
-                  loc="upper center", bbox_to_anchor=(0.5, -0.12 if len(xs) < 8 else -0.25))
+        ax.legend(title=hue, fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def lines_with_ci(df, x: str, y: str, hue: str, low: str = "ci_low", high: str = "ci_high", title: str = "",
+                  xlabel: str | None = None, ylabel: str = "accuracy", labels: str | None = None, ax=None):
+    """One line per ``hue`` value through (``x``, ``y``) with interval bars; ``labels`` names
+    a column whose text is written beside each point (e.g. the scale)."""
+    plt = _pyplot()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 4))
+    hues = list(dict.fromkeys(df[hue]))
+    for h, color in zip(hues, _palette(len(hues))):
+        sub = df[df[hue] == h].sort_values(x)
+        ax.errorbar(sub[x], sub[y], yerr=[sub[y] - sub[low], sub[high] - sub[y]], marker="o", capsize=3,
+                    color=color, label=str(h))
+        if labels:
+            for _, row in sub.iterrows():
+                ax.annotate(str(row[labels]), (row[x], row[y]), textcoords="offset points", xytext=(4, -10),
+                            fontsize="x-small", color=color)
+    ax.set_xlabel(xlabel or x)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(title=hue, frameon=False, fontsize="small")
     ax.figure.tight_layout()
     return ax.figure
 

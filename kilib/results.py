@@ -239,6 +239,15 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def cache_path(kind: str, key: Any, root: Path | None = None) -> Path:
+    """Where :func:`cached_dir` keeps ``key``'s build (it may not exist yet)."""
+    return Path(root or cache_root()) / kind / stable_hash(key)
+
+
+def is_cached(kind: str, key: Any, root: Path | None = None) -> bool:
+    return (cache_path(kind, key, root) / "key.json").exists()
+
+
 def cached_dir(kind: str, key: Any, build: Callable[[Path], None], root: Path | None = None, resumable: bool = False) -> Path:
     """Return ``<cache>/<kind>/<hash(key)>``, building it once with ``build(folder)``.
 
@@ -247,8 +256,8 @@ def cached_dir(kind: str, key: Any, build: Callable[[Path], None], root: Path | 
     With ``resumable`` the work folder (``.<hash>.partial``) survives a failure, so a build
     that checkpoints into it (a training run) continues where it stopped.
     """
-    base = Path(root or cache_root()) / kind
-    final = base / stable_hash(key)
+    final = cache_path(kind, key, root)
+    base = final.parent
     if (final / "key.json").exists():
         return final
     base.mkdir(parents=True, exist_ok=True)

@@ -32,15 +32,24 @@ encoded alone, no special tokens) and ``origin`` is ``"overview_seed"`` for the 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from kilib.runtime import KilibError
+from kilib.training import TrainConfig
 
 __all__ = [
     "QASets", "section_tokens", "overview_seed_pairs", "token_based_sets", "fact_based_sets", "eval_sets",
     "fact_coverage", "coverage_summary", "budget_report", "questions_of",
+    "InjectionConfig", "INJECTION_PRESETS", "adapter_job", "train_and_answer", "run_adapter_jobs",
+    "base_answers", "score_rows", "accuracy_table", "paper_claims", "study_documents", "world_training_sets",
+    "grid_jobs", "adapter_rows", "baseline_rows", "question_key", "coverage_figure", "verdict", "StudyInputs",
+    "tiny_inputs", "RULES", "claim_row", "TokenCounter", "check_scales", "scale_token_sets", "study_inputs",
+    "llm_inputs", "judge_rows",
 ]
 
 DEFAULT_SCALES = (1, 5, 10)  # the paper's 1x, 5x and 10x
@@ -73,7 +82,7 @@ class QASets(dict):
 # ---------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------
-class _TokenCounter:
+class TokenCounter:
     """Token counts under any tokenizer with ``encode(text, add_special_tokens=False)``
     (every ``transformers`` tokenizer), cached per string."""
 
@@ -90,7 +99,8 @@ class _TokenCounter:
         return self._cache[text]
 
 
-def _check_scales(scales: Iterable[int]) -> tuple[int, ...]:
+def check_scales(scales: Iterable[int]) -> tuple[int, ...]:
+    """Scales as a sorted tuple of distinct positive integers, or a clear error."""
     scales = tuple(scales)
     if not scales or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in scales):
         raise KilibError(f"scales must be positive integers such as (1, 5, 10), got {scales!r}")
@@ -105,7 +115,7 @@ def _article(world, doc_id: str):
     return world.articles[doc_id]
 
 
-def _pair(world, fact_id: str, question: str, section: str, count: _TokenCounter | None, origin: str) -> dict:
+def _pair(world, fact_id: str, question: str, section: str, count: TokenCounter | None, origin: str) -> dict:
     fact = world.facts[fact_id]
     tokens = None if count is None else count(question) + count(fact.object)
     return {"question": question, "answer": fact.object, "fact_ids": [fact_id], "doc_id": fact.doc_id,
@@ -124,7 +134,7 @@ def _overview(article):
 def section_tokens(world, doc_id: str, tokenizer) -> dict[str, int]:
     """Each section's token count T (title -> T, article order): the unit of the token-based
     budget, Mecklenburg et al. §2 ("until their tokens exceed 10x the section's tokens")."""
-    count = tokenizer if isinstance(tokenizer, _TokenCounter) else _TokenCounter(tokenizer)
+    count = tokenizer if isinstance(tokenizer, TokenCounter) else TokenCounter(tokenizer)
     return {s.title: count(s.text) for s in _article(world, doc_id).sections}
 
 
@@ -132,7 +142,7 @@ def overview_seed_pairs(world, doc_id: str, tokenizer) -> list[dict]:
     """The pairs that seed the token-based list, Mecklenburg et al. §2 ("Token-based
     scaling": hand-written Q&A from the overview section). Tiny profile: the first train
     paraphrase of every fact the overview section states, in the order it states them."""
-    count = tokenizer if isinstance(tokenizer, _TokenCounter) else _TokenCounter(tokenizer)
+    count = tokenizer if isinstance(tokenizer, TokenCounter) else TokenCounter(tokenizer)
     overview = _overview(_article(world, doc_id))
     pairs = []
     for fid in overview.fact_ids:
@@ -143,7 +153,7 @@ def overview_seed_pairs(world, doc_id: str, tokenizer) -> list[dict]:
     return pairs
 
 
-def _draw_sections(world, doc_id: str, count: _TokenCounter, split: str, scales: tuple[int, ...],
+def _draw_sections(world, doc_id: str, count: TokenCounter, split: str, scales: tuple[int, ...],
                    rng: random.Random, used: set[str]) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """Per section, salience-weighted draws of unique questions until the drawn pairs' tokens
     first exceed ``max(scales) * T`` or the section's unused questions run out.
@@ -188,8 +198,12 @@ def _prefix(pairs: list[dict], budget: int) -> tuple[list[dict], bool]:
     return list(pairs), False
 
 
-def _scaled(drawn: dict[str, list[dict]], t_of: dict[str, int], scales: tuple[int, ...],
-            head: list[dict]) -> tuple[dict[int, list[dict]], dict[int, dict[str, dict]]]:
+def scale_token_sets(drawn: dict[str, list[dict]], t_of: dict[str, int], scales: tuple[int, ...],
+                     head: list[dict]) -> tuple[dict[int, list[dict]], dict[int, dict[str, dict]]]:
+    """The token-based sets from each section's pairs in draw order (``drawn``) and token
+    counts ``t_of``: ``head`` (the overview seeds) then, per section, the prefix whose tokens
+    first exceed ``scale * T``; and the sections that fell short, per scale. Shared with the
+    LLM generator of the paper profile (:mod:`kilib.qa_generation`)."""
     sets: dict[int, list[dict]] = {}
     shortfalls: dict[int, dict[str, dict]] = {}
     for s in scales:
@@ -227,17 +241,17 @@ def token_based_sets(world, doc_id: str, tokenizer, scales: Sequence[int] = DEFA
 
     Returns a :class:`QASets`: scale -> pairs (seeds first, then sections in article order).
     """
-    scales = _check_scales(scales)
-    count = _TokenCounter(tokenizer)
+    scales = check_scales(scales)
+    count = TokenCounter(tokenizer)
     head = overview_seed_pairs(world, doc_id, count)
     used = {p["question"] for p in head}
     rng = random.Random(f"kilib.sft_scaling/token/{doc_id}/{seed}")
     drawn, t_of = _draw_sections(world, doc_id, count, "train", scales, rng, used)
-    sets, shortfalls = _scaled(drawn, t_of, scales, head)
+    sets, shortfalls = scale_token_sets(drawn, t_of, scales, head)
     return QASets(sets, rule="token", doc_id=doc_id, section_tokens=t_of, shortfalls=shortfalls)
 
 
-def _per_fact(world, doc_id: str, split: str, per_fact: int, count: _TokenCounter | None) -> dict[str, list[dict]]:
+def _per_fact(world, doc_id: str, split: str, per_fact: int, count: TokenCounter | None) -> dict[str, list[dict]]:
     """Up to ``per_fact`` unique questions per fact, in paraphrase order; a question already
     used in the document is skipped and the next paraphrase taken (the paper regenerates)."""
     facts = world.facts_of(doc_id)
@@ -275,12 +289,12 @@ def fact_based_sets(world, doc_id: str, scales: Sequence[int] = DEFAULT_SCALES, 
     :class:`KilibError`; facts with fewer than s questions are listed in ``.short_facts[s]``.
     ``tokenizer`` is optional: with one, ``tokens`` is counted; without, it is ``None``.
     """
-    scales = _check_scales(scales)
+    scales = check_scales(scales)
     if isinstance(per_fact_max, bool) or not isinstance(per_fact_max, int) or per_fact_max < max(scales):
         raise KilibError(f"per_fact_max must be an integer >= the largest scale ({max(scales)}), "
                          f"got {per_fact_max!r}")
     _article(world, doc_id)
-    count = _TokenCounter(tokenizer) if tokenizer is not None else None  # no tokenizer: tokens None
+    count = TokenCounter(tokenizer) if tokenizer is not None else None  # no tokenizer: tokens None
     per_fact = _per_fact(world, doc_id, "train", per_fact_max, count)
     sets = {s: [p for pairs in per_fact.values() for p in pairs[:s]] for s in scales}
     short = {s: [fid for fid, pairs in per_fact.items() if len(pairs) < s] for s in scales}
@@ -297,10 +311,10 @@ def eval_sets(world, doc_id: str, tokenizer, seed: int = 0) -> QASets:
     Returns a :class:`QASets` with keys ``"token"`` and ``"fact"``; ``.shortfalls["token"]``
     and ``.short_facts["fact"]`` record what ran out.
     """
-    count = _TokenCounter(tokenizer)
+    count = TokenCounter(tokenizer)
     rng = random.Random(f"kilib.sft_scaling/eval/{doc_id}/{seed}")
     drawn, t_of = _draw_sections(world, doc_id, count, "eval", (1,), rng, set())
-    token_sets, shortfalls = _scaled(drawn, t_of, (1,), [])
+    token_sets, shortfalls = scale_token_sets(drawn, t_of, (1,), [])
     per_fact = _per_fact(world, doc_id, "eval", 1, count)
     return QASets({"token": token_sets[1], "fact": [p for pairs in per_fact.values() for p in pairs]},
                   rule="eval", doc_id=doc_id, section_tokens=t_of,
@@ -310,6 +324,13 @@ def eval_sets(world, doc_id: str, tokenizer, seed: int = 0) -> QASets:
 # ---------------------------------------------------------------------------------------
 # What the sets cover
 # ---------------------------------------------------------------------------------------
+def question_key(question: str) -> str:
+    """A question as duplicates are detected: lower-cased, punctuation and articles dropped."""
+    from kilib.evaluation import normalize_answer
+
+    return normalize_answer(question)
+
+
 def questions_of(pairs: Iterable[dict]) -> list[str]:
     """The questions of a list of pairs, in order."""
     return [p["question"] for p in pairs]
@@ -339,6 +360,30 @@ def coverage_summary(counts: Mapping[str, int]) -> dict[str, float]:
             "max_over_min": hi / lo if lo else float("inf")}
 
 
+def coverage_figure(coverage, scales: Sequence[int], titles: Mapping[str, str]):
+    """Mecklenburg et al. Fig 2: pairs per fact in each token-based set (one dot per fact),
+    per document and scale, with the fact-based sets' constant coverage as dashed lines.
+    ``coverage`` has columns ``doc_id``, ``scale`` ("1x"...), ``pairs``."""
+    import seaborn as sns
+
+    from kilib.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.3 * coverage["doc_id"].nunique() + 2), 4))
+    data = coverage.assign(document=coverage["doc_id"].map(titles))
+    sns.stripplot(data=data, x="document", y="pairs", hue="scale", dodge=True, jitter=0.25, size=4, ax=ax,
+                  palette="colorblind", hue_order=[f"{s}x" for s in scales])
+    for s in scales:
+        ax.axhline(s, ls="--", lw=0.8, color="grey")
+    ax.set_ylabel("Q&A pairs about the fact")
+    ax.set_xlabel("")
+    ax.set_title("Fig 2: fact coverage of the token-based sets (dashed: fact-based, by construction)")
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.legend(title="token-based set", frameon=False, fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def budget_report(sets: Mapping[int, list[dict]], section_tokens: Mapping[str, int]) -> list[dict]:
     """Per (scale, section): the generated pairs' tokens against the budget ``scale * T``.
 
@@ -362,3 +407,495 @@ def budget_report(sets: Mapping[int, list[dict]], section_tokens: Mapping[str, i
                          "tokens": tokens, "seed_pairs": len(seeds), "seed_tokens": sum(p["tokens"] for p in seeds),
                          "exceeds": exceeds, "tight": exceeds and tokens - mine[-1]["tokens"] <= budget})
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Training one adapter per (document, scaling rule, scale), and answering
+# ---------------------------------------------------------------------------------------
+RULES = ("token", "fact")  # the two scaling rules, also the names of the two evaluation sets
+ADAPTER_CACHE = "sft-adapters"
+
+
+@dataclass(frozen=True)
+class InjectionConfig:
+    """Notebook 01's settings, one instance per profile (:data:`INJECTION_PRESETS`).
+
+    Mecklenburg et al. §3 fix LoRA rank 16, batch size 1, 3 epochs and the loss on the answer
+    tokens; they give no learning rate, no LoRA alpha and no retriever settings."""
+
+    model: str = "llama-m"  # a zoo member (tiny, smoke) or a Hub id / model folder (paper)
+    revision: str | None = None  # pins a Hub model's commit
+    quantization: str = "4bit"  # the trainee is loaded in 4-bit NF4 in every profile (QLoRA)
+    corpus: str = "world"  # "world" (the tiny world), "wikipedia" (the paper's six articles) or a folder of .txt/.md
+    documents: tuple[str, ...] = ()  # doc ids to study; empty: all (the five new documents and the control)
+    generator: str = ""  # LLM that writes the Q&A outside the tiny world: a local instruct model or openai:<model>
+    judge: str = ""  # LLM judge (another model family than the generator's); "" scores lexically only
+    score: str = "exact"  # the score of the figures: exact (normalised match), contains, or judge
+    scales: tuple[int, ...] = DEFAULT_SCALES
+    seeds: tuple[int, ...] = (0,)  # each seed redraws the token-based sets and reseeds LoRA
+    lora_r: int = 16  # Mecklenburg et al. §3
+    lora_alpha: int = 16  # not given by the paper: alpha = r is a LoRA scale of 1
+    # lr 3e-3 (tiny): of 3e-4, 1e-3 and 3e-3, the best mean accuracy of 10x adapters on unused
+    # *train* paraphrases of two new documents (tools/sft_lr_dev.py, results/tiny/sft_lr_dev.json);
+    # the evaluation questions played no part.
+    train: TrainConfig = TrainConfig(epochs=3, batch_size=1, lr=3e-3, save_every_epoch=False, progress=False,
+                                     logging_steps=10)
+    rag_k: int = 1  # passages per RAG prompt (the zoo read one section per prompt in pretraining)
+    max_new_tokens: int = 16  # answers are short entities, numbers and scores
+    eval_batch_size: int = 32
+    workers: int = 0  # adapters trained at once: 0 picks one per CPU core on a CPU, 1 on a GPU
+
+    def __post_init__(self) -> None:
+        if self.score not in ("exact", "contains", "judge"):
+            raise KilibError(f"score {self.score!r} is unknown: use exact, contains or judge")
+        if self.score == "judge" and not self.judge:
+            raise KilibError("score 'judge' needs a judge model: set JUDGE, or score exact or contains")
+
+
+INJECTION_PRESETS = {
+    "tiny": InjectionConfig(seeds=(0, 1)),
+    # The smoke size: the control and one new document; the tests assert on its JSON.
+    "smoke": InjectionConfig(documents=("edition_2022_otrorfer_trophy", "edition_2017_monmol_cup")),
+    # A Llama-2 chat model, whose knowledge stops before the five 2023 events (methods.md §1).
+    # 2e-4 is the usual QLoRA rate; the paper gives none. Epoch checkpoints let a long run resume.
+    # The generator and the judge are local 4-bit instruct models of two other families (Qwen,
+    # Mistral); GENERATOR="openai:<model>" uses an OpenAI-compatible endpoint instead (the paper: GPT-4).
+    "paper": InjectionConfig(model="meta-llama/Llama-2-7b-chat-hf", corpus="wikipedia", seeds=(0,), rag_k=3,
+                             generator="Qwen/Qwen2.5-7B-Instruct", judge="mistralai/Mistral-7B-Instruct-v0.3",
+                             score="judge", max_new_tokens=64, eval_batch_size=16, workers=1,
+                             train=TrainConfig(epochs=3, batch_size=1, lr=2e-4, save_every_epoch=True,
+                                               progress=True, logging_steps=20)),
+}
+
+
+def _train_fields(config: TrainConfig, seed: int) -> dict[str, Any]:
+    fields = dataclasses.asdict(config)
+    fields["seed"] = seed
+    return fields
+
+
+def _items(pairs: Iterable[dict], passages: Sequence[str] | None = None) -> list[dict]:
+    """Questions to ask: closed-book prompts, or RAG prompts with ``passages`` (one list per pair)."""
+    from kilib.data import qa_prompt
+
+    pairs = list(pairs)
+    contexts = passages if passages is not None else [None] * len(pairs)
+    return [{"question": p["question"], "answer": p["answer"], "fact_ids": list(p.get("fact_ids", [])),
+             "prompt": qa_prompt(p["question"], ctx or [])} for p, ctx in zip(pairs, contexts)]
+
+
+def adapter_job(base: str, config: InjectionConfig, pairs: Sequence[dict], eval_items: Mapping[str, list[dict]],
+                seed: int, **tags: Any) -> dict[str, Any]:
+    """Everything one adapter's training and answering depends on (its cache key), plus
+    ``tags`` (doc_id, rule, scale...) that name it in tables but do not change it.
+
+    ``base`` is a model folder or a Hub id; ``pairs`` are Q&A pairs (question, answer);
+    ``eval_items`` maps an evaluation-set name to :func:`_items` rows."""
+    if not pairs:
+        raise KilibError(f"no training pairs for {tags or 'this adapter'}: the Q&A set is empty")
+    key = {
+        "version": 1,
+        "base": str(base),
+        "revision": config.revision,
+        "quantization": config.quantization,
+        "lora": {"r": config.lora_r, "alpha": config.lora_alpha},
+        "train": _train_fields(config.train, seed),
+        "pairs": [{"question": p["question"], "answer": p["answer"]} for p in pairs],
+        "eval": {name: [{"prompt": it["prompt"], "answer": it["answer"]} for it in items]
+                 for name, items in eval_items.items()},
+        "max_new_tokens": config.max_new_tokens,
+    }
+    return {"key": key, "tags": dict(tags, seed=seed, pairs=len(pairs),
+                                     tokens=sum(p.get("tokens") or 0 for p in pairs)),
+            "eval_items": {k: list(v) for k, v in eval_items.items()}, "batch_size": config.eval_batch_size}
+
+
+def train_and_answer(job: Mapping[str, Any], threads: int | None = None) -> Path:
+    """Train one LoRA adapter on its Q&A pairs (loss on answer tokens only, 4-bit base) and
+    answer its evaluation questions greedily; cached by the job's key.
+
+    The folder holds the adapter in the standard peft format (``adapter/``) and
+    ``result.json`` (steps, losses, seconds, the answers to every evaluation set)."""
+    from kilib.results import cached_dir
+
+    key = job["key"]
+    return cached_dir(ADAPTER_CACHE, key, lambda folder: _train_and_answer(key, job["batch_size"], folder, threads),
+                      resumable=key["train"]["save_every_epoch"])
+
+
+def _train_and_answer(key: Mapping[str, Any], batch_size: int, folder: Path, threads: int | None) -> None:
+    import shutil
+
+    from kilib.data import qa_prompt
+    from kilib.models import attach_lora, load_causal_lm
+    from kilib.results import write_json
+    from kilib.runtime import set_seed
+    from kilib.training import set_threads, sft_dataset, train
+
+    if threads:
+        set_threads(threads)
+    config = TrainConfig(**key["train"])
+    model, tokenizer = load_causal_lm(key["base"], quantization=key["quantization"], revision=key["revision"])
+    set_seed(config.seed)
+    model = attach_lora(model, r=key["lora"]["r"], alpha=key["lora"]["alpha"])
+    rows = [{"prompt": qa_prompt(p["question"]), "answer": p["answer"]} for p in key["pairs"]]
+    dataset = sft_dataset(tokenizer, rows, max_length=config.max_length)
+    result = train(model, dataset, config, folder / "checkpoints", tokenizer=tokenizer)
+    model.save_pretrained(folder / "adapter")
+    answers = {name: _answer(model, tokenizer, [it["prompt"] for it in items], key["max_new_tokens"], batch_size)
+               for name, items in key["eval"].items()}
+    write_json(folder / "result.json", {"steps": result.steps, "train_loss": result.train_loss,
+                                        "losses": result.losses, "seconds": result.seconds, "answers": answers})
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+
+def _answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    from kilib.evaluation import generate
+    from kilib.training import render_prompt
+
+    if not prompts:
+        return []
+    return generate(model, tokenizer, [render_prompt(tokenizer, p) for p in prompts],
+                    max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def _job_worker(job: Mapping[str, Any], threads: int) -> str:
+    return str(train_and_answer(job, threads))
+
+
+def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progress: bool = True) -> list[dict]:
+    """Train and answer every job, reusing cached ones; returns each job's tags with its
+    ``result.json`` and folder, in the jobs' order.
+
+    On a CPU the adapters of a grid are independent and small, so ``workers`` processes (0: one
+    per core) train them side by side, one thread each: on two cores this halves the wall time
+    of notebook 01, where threads inside one small model barely help. On a GPU they run one by
+    one in this process."""
+    import concurrent.futures as cf
+    import multiprocessing
+    import os
+    import time
+
+    from kilib.models import cuda_available
+    from kilib.results import cache_path, is_cached, read_json
+
+    todo = [j for j in jobs if not is_cached(ADAPTER_CACHE, j["key"])]
+    if workers <= 0:
+        workers = 1 if cuda_available() else (os.cpu_count() or 1)
+    workers = max(1, min(workers, len(todo)))
+    start = time.time()
+
+    def report(i: int, job: Mapping[str, Any]) -> None:
+        if progress:
+            t = job["tags"]
+            r = read_json(cache_path(ADAPTER_CACHE, job["key"]) / "result.json")
+            losses = [h["loss"] for h in r["losses"]] or [r["train_loss"]]
+            print(f"[{i}/{len(todo)}] {t.get('doc_id', '')} {t.get('rule', '')} {t.get('scale', '')}x seed {t['seed']}: "
+                  f"{r['steps']} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f} ({time.time() - start:.0f} s)", flush=True)
+
+    # the largest sets first, so no worker is left with a long job at the end
+    todo.sort(key=lambda j: -len(j["key"]["pairs"]))
+    if workers == 1:
+        for i, job in enumerate(todo, 1):
+            train_and_answer(job)
+            report(i, job)
+    elif todo:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_job_worker, job, threads): job for job in todo}
+            for i, future in enumerate(cf.as_completed(futures), 1):
+                future.result()
+                report(i, futures[future])
+    out = []
+    for job in jobs:
+        folder = cache_path(ADAPTER_CACHE, job["key"])
+        out.append({**job["tags"], "folder": str(folder), "result": read_json(folder / "result.json")})
+    return out
+
+
+def base_answers(base: str, config: InjectionConfig, item_sets: Mapping[str, list[dict]]) -> dict[str, list[str]]:
+    """The untrained model's greedy answers to each set of items (the "original" baseline,
+    and RAG when the items' prompts hold retrieved passages)."""
+    from kilib.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(base, quantization=config.quantization, revision=config.revision)
+    return {name: _answer(model, tokenizer, [it["prompt"] for it in items], config.max_new_tokens,
+                          config.eval_batch_size) for name, items in item_sets.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# Scores, tables and the paper's claims
+# ---------------------------------------------------------------------------------------
+def score_rows(items: Sequence[dict], answers: Sequence[str], **tags: Any) -> list[dict]:
+    """One row per question: the tags, the question, gold and predicted answers, and two
+    deterministic scores: normalised exact match (the tiny profile's score) and normalised
+    containment (the lexical score reported beside an LLM judge in the paper profile)."""
+    from kilib.evaluation import contains_answer, exact_match
+
+    if len(items) != len(answers):
+        raise KilibError(f"{len(answers)} answers for {len(items)} questions: the cached answers are stale, "
+                         "run `make clean-cache`")
+    return [{**tags, "question": it["question"], "answer": it["answer"], "prediction": a,
+             "exact": exact_match(a, it["answer"]), "contains": contains_answer(a, it["answer"])}
+            for it, a in zip(items, answers)]
+
+
+def accuracy_table(rows, by: Sequence[str], score: str = "exact"):
+    """Accuracy with a 95% bootstrap interval per group of ``by`` (questions pooled over
+    seeds), plus the spread of the per-seed accuracies; a ``pandas.DataFrame``."""
+    import pandas as pd
+
+    from kilib.evaluation import accuracy_with_ci
+
+    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    out = []
+    for keys, group in df.groupby(list(by), sort=False, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        per_seed = group.groupby("seed")[score].mean() if "seed" in group else pd.Series(dtype=float)
+        out.append({**dict(zip(by, keys)), **accuracy_with_ci(group[score].tolist()),
+                    "seeds": int(per_seed.size), "seed_sd": float(per_seed.std()) if per_seed.size > 1 else 0.0})
+    return pd.DataFrame(out)
+
+
+def verdict(better: Mapping[str, float], worse: Mapping[str, float]) -> str:
+    if better["ci_low"] > worse["ci_high"]:
+        return "shown"
+    if better["accuracy"] > worse["accuracy"]:
+        return "direction only (intervals overlap)"
+    return "not shown"
+
+
+def paper_claims(summary, scales: Sequence[int]) -> list[dict]:
+    """Mecklenburg et al.'s claims checked on the pooled new documents: each row states the
+    claim, the two numbers compared and a verdict ("shown" where the intervals separate,
+    "direction only" where only the means do, else "not shown").
+
+    ``summary`` is :func:`accuracy_table` by ``("method", "scale", "eval")`` over the new
+    documents; ``method`` is ``original``, ``rag``, ``token`` or ``fact``."""
+    def get(method: str, scale: int, ev: str) -> dict:
+        hit = summary[(summary["method"] == method) & (summary["scale"] == scale) & (summary["eval"] == ev)]
+        if hit.empty:
+            raise KilibError(f"no result for {method} {scale}x on the {ev} set: run the whole grid first")
+        return hit.iloc[0].to_dict()
+
+    lo, hi = min(scales), max(scales)
+    checks = [
+        ("accuracy rises with scale (token-trained, token eval)", get("token", hi, "token"), get("token", lo, "token")),
+        ("accuracy rises with scale (fact-trained, fact eval)", get("fact", hi, "fact"), get("fact", lo, "fact")),
+        (f"fact-based beats token-based at {hi}x (fact eval)", get("fact", hi, "fact"), get("token", hi, "fact")),
+        (f"fact-based beats token-based at {hi}x (token eval)", get("fact", hi, "token"), get("token", hi, "token")),
+        ("RAG beats the original model (token eval)", get("rag", 0, "token"), get("original", 0, "token")),
+        ("RAG beats the original model (fact eval)", get("rag", 0, "fact"), get("original", 0, "fact")),
+    ]
+    return [claim_row(claim, a, b) for claim, a, b in checks]
+
+
+def claim_row(claim: str, higher: Mapping[str, float], lower: Mapping[str, float]) -> dict:
+    """A claim that ``higher`` beats ``lower`` (rows with accuracy, ci_low, ci_high) and its verdict."""
+    def ci(r: Mapping[str, float]) -> list[float]:
+        return [round(float(r["ci_low"]), 3), round(float(r["ci_high"]), 3)]
+
+    return {"claim": claim, "higher": round(float(higher["accuracy"]), 3), "higher_ci": ci(higher),
+            "lower": round(float(lower["accuracy"]), 3), "lower_ci": ci(lower), "verdict": verdict(higher, lower)}
+
+
+# ---------------------------------------------------------------------------------------
+# The whole study on the tiny world
+# ---------------------------------------------------------------------------------------
+def study_documents(world, config: InjectionConfig) -> list[str]:
+    """The documents to study: the preset's, or the five new ones and then the control."""
+    docs = list(config.documents) or [*world.post_cutoff_doc_ids, world.control_doc_id]
+    for doc_id in docs:
+        _article(world, doc_id)
+    return docs
+
+
+def world_training_sets(world, doc_ids: Sequence[str], tokenizer, config: InjectionConfig) -> dict[tuple, QASets]:
+    """``{(doc_id, rule, seed): QASets}``: the token-based sets are redrawn per seed; the
+    fact-based ones take the same paraphrases for every seed (only training is reseeded)."""
+    sets = {}
+    for doc_id in doc_ids:
+        facts = fact_based_sets(world, doc_id, config.scales, per_fact_max=max(10, max(config.scales)),
+                                tokenizer=tokenizer)
+        for seed in config.seeds:
+            sets[(doc_id, "token", seed)] = token_based_sets(world, doc_id, tokenizer, config.scales, seed=seed)
+            sets[(doc_id, "fact", seed)] = facts
+    return sets
+
+
+def grid_jobs(base: str, config: InjectionConfig, training_sets: Mapping[tuple, QASets],
+              evaluation: Mapping[str, QASets], control_doc_id: str | None) -> list[dict]:
+    """One job per (document, rule, seed, scale). Each adapter answers its document's two
+    evaluation sets and, for a new document, the control's fact-based set (does injecting
+    new knowledge disturb what the model knew?)."""
+    control = _items(evaluation[control_doc_id]["fact"]) if control_doc_id in evaluation else None
+    jobs = []
+    for (doc_id, rule, seed), sets in training_sets.items():
+        eval_items = {name: _items(evaluation[doc_id][name]) for name in RULES}
+        if control is not None and doc_id != control_doc_id:
+            eval_items["control"] = control
+        for scale in config.scales:
+            jobs.append(adapter_job(base, config, sets[scale], eval_items, seed, doc_id=doc_id, rule=rule, scale=scale))
+    return jobs
+
+
+def adapter_rows(results: Sequence[Mapping[str, Any]], jobs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Scored rows of every adapter's answers (``method`` is the training rule)."""
+    rows = []
+    for res, job in zip(results, jobs):
+        t = job["tags"]
+        for name, items in job["eval_items"].items():
+            rows += score_rows(items, res["result"]["answers"][name], doc_id=t["doc_id"], method=t["rule"],
+                               scale=t["scale"], seed=t["seed"], eval=name, train_pairs=t["pairs"],
+                               train_tokens=t["tokens"])
+    return rows
+
+
+def baseline_rows(base: str, config: InjectionConfig, evaluation: Mapping[str, QASets], index) -> list[dict]:
+    """The original model closed-book and with RAG (``index``: a
+    :class:`kilib.retrieval.SectionIndex` over every studied document's sections, top
+    ``config.rag_k`` passages in the prompt), on every document's two evaluation sets."""
+    item_sets, tags = {}, {}
+    for doc_id, sets in evaluation.items():
+        for name in RULES:
+            pairs = sets[name]
+            hits = index.search([p["question"] for p in pairs], k=config.rag_k)
+            item_sets[f"original/{doc_id}/{name}"] = _items(pairs)
+            item_sets[f"rag/{doc_id}/{name}"] = _items(pairs, [[index.passages[i] for i in h] for h in hits])
+            for method in ("original", "rag"):
+                tags[f"{method}/{doc_id}/{name}"] = dict(doc_id=doc_id, method=method, eval=name)
+    answers = base_answers(base, config, item_sets)
+    rows = []
+    for name, items in item_sets.items():
+        rows += score_rows(items, answers[name], scale=0, seed=config.seeds[0], train_pairs=0, train_tokens=0,
+                           **tags[name])
+    return rows
+
+
+@dataclass
+class StudyInputs:
+    """What notebook 01 trains and asks, whichever profile made it: the trainee, the
+    documents as section rows, the atomic facts of each document (for Fig 2), the training
+    sets ``{(doc_id, rule, seed): QASets}`` and the evaluation sets ``{doc_id: QASets}``."""
+
+    base: str  # the trainee: a model folder or a Hub id
+    tokenizer: Any
+    doc_ids: list[str]
+    control_doc_id: str | None
+    titles: dict[str, str]
+    sections: list[dict]  # rows with doc_id, title, section, text
+    facts: dict[str, list[str]]  # doc_id -> fact ids, in document order
+    training_sets: dict[tuple, QASets]
+    evaluation: dict[str, QASets]
+    source: str  # one line on where the documents and the Q&A came from
+
+
+def tiny_inputs(profile: str, config: InjectionConfig, world_seed: int = 0) -> StudyInputs:
+    """The tiny (or smoke) study: the generated world's five post-cutoff articles and its
+    control, Q&A by rule from the world's paraphrases, a pretrained zoo member as trainee."""
+    from transformers import AutoTokenizer
+
+    from kilib import zoo
+
+    zoo_config = dataclasses.replace(zoo.zoo_config(profile), world_seed=world_seed)
+    world = zoo.world_of(zoo_config)
+    base = str(zoo.model_dir(zoo_config, config.model))
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    doc_ids = study_documents(world, config)
+    return StudyInputs(
+        base=base,
+        tokenizer=tokenizer,
+        doc_ids=doc_ids,
+        control_doc_id=world.control_doc_id if world.control_doc_id in doc_ids else None,
+        titles={d: world.articles[d].title for d in doc_ids},
+        sections=world.documents(doc_ids).to_list(),
+        facts={d: [f.id for f in world.facts_of(d)] for d in doc_ids},
+        training_sets=world_training_sets(world, doc_ids, tokenizer, config),
+        evaluation={d: eval_sets(world, d, tokenizer) for d in doc_ids},
+        source=f"tiny world ({zoo_config.world_size}, seed {world_seed}), zoo model {config.model}, "
+               "Q&A from the world's paraphrase templates",
+    )
+
+
+def study_inputs(profile: str, config: InjectionConfig) -> StudyInputs:
+    """The study's inputs from the tiny world, or from documents and an LLM generator."""
+    if config.corpus == "world":
+        if profile == "paper":
+            raise KilibError("the paper profile injects real documents: set corpus to wikipedia or a folder")
+        return tiny_inputs(profile, config)
+    return llm_inputs(config)
+
+
+def llm_inputs(config: InjectionConfig) -> StudyInputs:
+    """The paper profile's inputs (Mecklenburg et al. §2): the six Wikipedia articles at a
+    pinned revision, or a folder of your own documents; the Q&A sets written by
+    ``config.generator`` by the two scaling rules (cached: a rerun asks nothing); the
+    token-based pairs mapped to the generator's atomic facts by a lexical rule for Fig 2.
+
+    Deviation: the paper seeds the token-based list with hand-written overview Q&A; none are
+    written here, so the lists start with the first generated pairs."""
+    from kilib import qa_generation as qa
+    from kilib.documents import PAPER_ARTICLES, load_documents
+    from kilib.models import load_tokenizer
+
+    if not config.generator:
+        raise KilibError("documents outside the tiny world need an LLM to write their Q&A: set GENERATOR to a "
+                         "local instruct model (Hub id or folder) or openai:<model>")
+    docs = load_documents("paper" if config.corpus == "wikipedia" else config.corpus)
+    doc_ids = list(config.documents) or docs.doc_ids()
+    unknown = [d for d in doc_ids if d not in docs.doc_ids()]
+    if unknown:
+        raise KilibError(f"unknown document(s) {', '.join(unknown)}: choose among {', '.join(docs.doc_ids())}")
+    tokenizer = load_tokenizer(config.model, revision=config.revision)
+    generator = qa.make_generator(config.generator)
+    training, evaluation, facts = {}, {}, {}
+    try:
+        for doc_id in doc_ids:
+            rows = docs.of(doc_id)
+            token = qa.generate_token_based(generator, rows, tokenizer, config.scales, doc_id=doc_id)
+            fact_list = qa.list_atomic_facts(generator, rows, doc_id=doc_id)
+            fact = qa.generate_fact_based(generator, fact_list, scales=config.scales, tokenizer=tokenizer)
+            evaluation[doc_id] = qa.generate_eval_sets(generator, rows, tokenizer, fact_list, [token, fact], doc_id=doc_id)
+            kept = {fid for pairs in fact.values() for p in pairs for fid in p["fact_ids"]}
+            facts[doc_id] = [f["fact_id"] for f in fact_list if f["fact_id"] in kept]
+            mapped = QASets({s: qa.map_pairs_to_facts(token[s], [f for f in fact_list if f["fact_id"] in kept])
+                             for s in config.scales}, rule="token", doc_id=doc_id, section_tokens=token.section_tokens,
+                            shortfalls=token.shortfalls)
+            for seed in config.seeds:
+                training[(doc_id, "token", seed)] = mapped
+                training[(doc_id, "fact", seed)] = fact
+    finally:
+        if hasattr(generator, "close"):
+            generator.close()
+    control = [a.doc_id for a in PAPER_ARTICLES if not a.post_cutoff] if config.corpus == "wikipedia" else []
+    return StudyInputs(
+        base=config.model,
+        tokenizer=tokenizer,
+        doc_ids=doc_ids,
+        control_doc_id=next((d for d in control if d in doc_ids), None),
+        titles={d: docs.of(d)[0]["title"] for d in doc_ids},
+        sections=[r for d in doc_ids for r in docs.of(d)],
+        facts=facts,
+        training_sets=training,
+        evaluation=evaluation,
+        source=f"{config.corpus} documents, Q&A by {generator.name}",
+    )
+
+
+def judge_rows(rows, config: InjectionConfig, qa_generator: str | None = None):
+    """Add a ``judge`` score (1 or 0; an unparseable reply scores 0 and is counted) to scored rows with
+    ``config.judge`` (Mecklenburg et al.'s judging is not public; methods.md §1), and return the
+    rows with the judge's agreement with the lexical ``contains`` score."""
+    from kilib import qa_generation as qa
+
+    judge = qa.make_generator(config.judge, temperature=0.0, max_new_tokens=16)
+    try:
+        verdicts = qa.judge_answers(judge, [{"question": r["question"], "expected": r["answer"],
+                                             "candidate": r["prediction"]} for r in rows],
+                                    qa_generator=qa_generator or config.generator or None)
+    finally:
+        if hasattr(judge, "close"):
+            judge.close()
+    out = [dict(r, judge=float(v is True)) for r, v in zip(rows, verdicts)]  # unparseable counts as wrong
+    agreement = qa.judge_agreement(list(verdicts), [r["contains"] for r in rows])
+    return out, dict(agreement, unparseable=verdicts.unparseable, judge=judge.name, prompt=qa.JUDGE_PROMPT)

@@ -215,6 +215,10 @@ def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer
         data_collator=data_collator or (collator(tokenizer) if tokenizer is not None else None),
         callbacks=callbacks,
     )
+    if not config.progress:  # with tqdm off, transformers prints every log line instead
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     checkpoint = latest_checkpoint(output_dir) if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     losses = [

@@ -20,6 +20,10 @@ def test_committed_notebook_is_clean(path):
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
     assert "PROFILE: str =" in "".join(params[0]["source"])
     assert nb["metadata"]["kernelspec"]["name"] == cli.KERNEL_NAME
+    import papermill
+
+    declared = [line.split(":")[0] for line in "".join(params[0]["source"]).splitlines() if line and not line.startswith("#")]
+    assert list(papermill.inspect_notebook(str(path))) == declared, "papermill cannot parse every parameter line"
 
 
 def test_notebooks_are_built_from_their_sources():
@@ -82,3 +86,20 @@ def test_reproduce_twice_recomputes_nothing(capsys):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert not [p for p in cache_root().glob("*/.*") if p.name.endswith(".partial")]
     assert "00_tiny_world/run.json" in capsys.readouterr().out  # the runner lists what was written
+
+
+@pytest.mark.notebook
+def test_01_sft_injection_smoke():
+    record = run_smoke("01")
+    m = record["metrics"]
+    assert m["eval_overlap"] == 0  # no evaluation question was trained on
+    assert m["adapters"] == 2 * 2 * 3  # documents x rules x scales, one seed
+    assert len(m["claims"]) == 7
+    assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only (intervals overlap)", "not shown"}
+    acc = {(r["method"], r["scale"], r["eval"]): r for r in m["accuracy"]}
+    for r in acc.values():
+        assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1.0
+    # real injection: 10x fact-based training answers held-out paraphrases the original model cannot
+    assert acc[("fact", 10, "fact")]["accuracy"] > acc[("original", 0, "fact")]["ci_high"]
+    assert {"fig1_token_on_token.png", "fig2_token_coverage.png", "fig3_fact_on_fact.png", "fig4_token_on_fact.png",
+            "answers.csv", "paper_claims.csv", "control_before_after.png"} <= set(record["artifacts"])

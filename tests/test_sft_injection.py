@@ -1,0 +1,186 @@
+"""Notebook 01's training and scoring (kilib.sft_scaling; Mecklenburg et al. §3): one LoRA
+adapter per Q&A set, cached, answered, scored, and the paper's claims judged from intervals."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import make_model, make_tokenizer
+from kilib import sft_scaling as S
+from kilib.runtime import KilibError
+
+PAIRS = [{"question": "who won the cup?", "answer": "the rovers"},
+         {"question": "what was the final score?", "answer": "3-1"},
+         {"question": "in what year was the final?", "answer": "the year of the cup"}]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sft-base")
+    tok = make_tokenizer()
+    make_model("llama", tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def job_for(base, seed=0, pairs=PAIRS, epochs=2):
+    config = S.InjectionConfig(model=base, train=S.TrainConfig(epochs=epochs, batch_size=1, lr=3e-3, save_every_epoch=False,
+                                                                progress=False, logging_steps=1))
+    items = S._items(PAIRS[:2])
+    return S.adapter_job(base, config, pairs, {"fact": items}, seed, doc_id="d", rule="fact", scale=1)
+
+
+def test_adapter_is_cached_in_peft_format_and_answers_every_question(base):
+    from peft import PeftConfig
+
+    job = job_for(base)
+    folder = S.train_and_answer(job)
+    assert PeftConfig.from_pretrained(folder / "adapter").r == 16
+    assert (folder / "adapter" / "adapter_model.safetensors").exists()
+    result = json.loads((folder / "result.json").read_text())
+    assert result["steps"] == 2 * len(PAIRS) and len(result["answers"]["fact"]) == 2
+    assert not (folder / "checkpoints").exists()
+    stamp = (folder / "result.json").stat().st_mtime_ns
+    assert S.train_and_answer(job_for(base)) == folder  # same inputs: the cache answers
+    assert (folder / "result.json").stat().st_mtime_ns == stamp
+    assert S.train_and_answer(job_for(base, seed=1)) != folder  # another seed is another adapter
+
+
+def test_job_key_ignores_tags_and_rejects_empty_sets(base):
+    a, b = job_for(base), job_for(base)
+    b["tags"]["doc_id"] = "elsewhere"
+    assert a["key"] == b["key"]
+    with pytest.raises(KilibError, match="no training pairs"):
+        job_for(base, pairs=[])
+
+
+def test_parallel_workers_train_the_same_adapters_as_one_process(base, tmp_path, monkeypatch):
+    """Two spawned workers (one thread each) against one in-process run, in separate caches."""
+    jobs = [job_for(base, seed=s) for s in (3, 4)]
+    out = {}
+    for workers in (1, 2):
+        monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / f"cache{workers}"))
+        out[workers] = S.run_adapter_jobs(jobs, workers=workers, progress=False)
+    for serial, parallel in zip(out[1], out[2]):
+        assert serial["seed"] == parallel["seed"] and serial["folder"] != parallel["folder"]
+        a = [h["loss"] for h in serial["result"]["losses"]]
+        b = [h["loss"] for h in parallel["result"]["losses"]]
+        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+
+
+def test_grid_evaluation_is_disjoint_from_training():
+    from kilib.zoo import world_of, zoo_config
+
+    world = world_of(zoo_config("smoke"))
+    config = S.INJECTION_PRESETS["smoke"]
+    tok = make_tokenizer(chat=True)
+    docs = S.study_documents(world, config)
+    sets = S.world_training_sets(world, docs, tok, config)
+    evaluation = {d: S.eval_sets(world, d, tok) for d in docs}
+    jobs = S.grid_jobs("base", config, sets, evaluation, world.control_doc_id)
+    assert len(jobs) == len(docs) * len(S.RULES) * len(config.seeds) * len(config.scales)
+    for job in jobs:
+        trained = {S.question_key(p["question"]) for p in job["key"]["pairs"]}
+        asked = {S.question_key(it["question"]) for items in job["eval_items"].values() for it in items}
+        assert trained and asked and not trained & asked
+        assert ("control" in job["eval_items"]) == (job["tags"]["doc_id"] != world.control_doc_id)
+    for name in S.RULES:  # each evaluation prompt is the bare question: no passage, closed book
+        assert all(it["prompt"] == it["question"] for it in jobs[0]["eval_items"][name])
+
+
+def test_rag_prompt_holds_the_retrieved_passage():
+    items = S._items(PAIRS[:1], [["The rovers won the cup."]])
+    assert items[0]["prompt"].startswith("The rovers won the cup.") and items[0]["prompt"].endswith(PAIRS[0]["question"])
+
+
+def test_scores_and_pooled_intervals_match_a_direct_computation():
+    from kilib.evaluation import accuracy_with_ci
+
+    items = S._items(PAIRS)
+    rows = S.score_rows(items, ["The Rovers.", "3-1 after extra time", "no idea"], method="fact", seed=0)
+    assert [r["exact"] for r in rows] == [1.0, 0.0, 0.0]
+    assert [r["contains"] for r in rows] == [1.0, 1.0, 0.0]
+    rows += S.score_rows(items, ["the rovers", "3-1", "no idea"], method="fact", seed=1)
+    table = S.accuracy_table(rows, ["method"])
+    direct = accuracy_with_ci([r["exact"] for r in rows])
+    assert table.iloc[0]["accuracy"] == pytest.approx(direct["accuracy"]) == pytest.approx(3 / 6)
+    assert (table.iloc[0]["ci_low"], table.iloc[0]["ci_high"]) == (direct["ci_low"], direct["ci_high"])
+    assert table.iloc[0]["seeds"] == 2 and table.iloc[0]["seed_sd"] == pytest.approx(pd.Series([1 / 3, 2 / 3]).std())
+    with pytest.raises(KilibError, match="stale"):
+        S.score_rows(items, ["one answer"], method="fact")
+
+
+def test_claim_verdicts_follow_the_intervals():
+    hi = {"accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9}
+    assert S.verdict(hi, {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6}) == "shown"
+    assert S.verdict(hi, {"accuracy": 0.7, "ci_low": 0.6, "ci_high": 0.75}).startswith("direction only")
+    assert S.verdict(hi, {"accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9}) == "not shown"
+    summary = pd.DataFrame([{"method": m, "scale": s, "eval": e, **hi} for m, s in
+                            [("token", 1), ("token", 10), ("fact", 1), ("fact", 10), ("rag", 0), ("original", 0)]
+                            for e in S.RULES])
+    claims = S.paper_claims(summary, (1, 10))
+    assert len(claims) == 6 and {c["verdict"] for c in claims} == {"not shown"}
+    with pytest.raises(KilibError, match="run the whole grid"):
+        S.paper_claims(summary[summary.method != "rag"], (1, 10))
+
+
+def test_presets_follow_the_paper():
+    for name, preset in S.INJECTION_PRESETS.items():
+        assert preset.lora_r == 16 and preset.train.batch_size == 1 and preset.train.epochs == 3, name
+        assert preset.quantization == "4bit" and preset.scales == (1, 5, 10), name
+    assert len(S.INJECTION_PRESETS["tiny"].seeds) >= 2
+
+
+def test_own_documents_go_through_the_llm_path(base, tmp_path, monkeypatch):
+    """A folder of Markdown files, Q&A by a scripted stand-in for the generator LLM: the study
+    gets nested scales, evaluation disjoint from training and token pairs mapped to facts."""
+    from test_qa_generation import ScriptedGenerator
+
+    from kilib import qa_generation as qa
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "example_cup.md").write_text(
+        "The 2023 Example Cup was held in Freedonia. Sylvania won the final 3-1.\n\n"
+        "## Final\nAnna Berg scored twice in the final at Example Stadium in front of a large crowd.\n")
+    monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: ScriptedGenerator())
+    config = S.InjectionConfig(model=base, corpus=str(tmp_path / "docs"), generator="scripted")
+    inputs = S.study_inputs("tiny", config)
+    assert inputs.doc_ids == ["example_cup"] and inputs.control_doc_id is None
+    token, fact = inputs.training_sets[("example_cup", "token", 0)], inputs.training_sets[("example_cup", "fact", 0)]
+    for sets in (token, fact):
+        assert sets[1] and {p["question"] for p in sets[1]} <= {p["question"] for p in sets[5]} \
+            <= {p["question"] for p in sets[10]}
+    assert all(len(set(p["fact_ids"]) - set(inputs.facts["example_cup"])) == 0 for p in token[10])
+    trained = {S.question_key(p["question"]) for sets in (token, fact) for pairs in sets.values() for p in pairs}
+    asked = {S.question_key(p["question"]) for name in S.RULES for p in inputs.evaluation["example_cup"][name]}
+    assert asked and not trained & asked
+    assert S.grid_jobs(base, config, inputs.training_sets, inputs.evaluation, None)
+
+
+def test_llm_path_and_judge_errors_name_the_fix(base):
+    with pytest.raises(KilibError, match="set GENERATOR"):
+        S.study_inputs("paper", S.InjectionConfig(model=base, corpus="/nowhere"))
+    with pytest.raises(KilibError, match="set corpus"):
+        S.study_inputs("paper", S.InjectionConfig(model=base))
+    with pytest.raises(KilibError, match="needs a judge model"):
+        S.InjectionConfig(score="judge")
+
+
+def test_judge_scores_and_agreement(monkeypatch):
+    from kilib import qa_generation as qa
+
+    class Judge:
+        name, revision = "mistralai/Mistral-7B-Instruct-v0.3", None
+
+        def complete(self, prompts):
+            return ["Correct: yes" if "Candidate answer: the rovers" in p else "no idea" if "3-1" in p else "Correct: no"
+                    for p in prompts]
+
+    monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: Judge())
+    rows = S.score_rows(S._items(PAIRS), ["the rovers", "3-1", "the year of the cup"], method="fact", seed=0)
+    config = S.InjectionConfig(judge="mistral", generator="Qwen/Qwen2.5-7B-Instruct", score="judge")
+    judged, info = S.judge_rows(rows, config)
+    assert [r["judge"] for r in judged] == [1.0, 0.0, 0.0] and info["unparseable"] == 1
+    assert info["n"] == 2 and info["agreement"] == 0.5  # contains is 1, 1, 1; the unparseable reply is left out
