@@ -298,6 +298,39 @@ def bootstrap_ci(
     return mean, min(low, mean), max(high, mean)
 
 
+def difference_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    paired: bool,
+    confidence: float = 0.95,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``(diff, low, high)``: mean(a) - mean(b) and its percentile-bootstrap interval.
+
+    ``paired``: ``a[i]`` and ``b[i]`` score the same item under two conditions, so the items are
+    resampled together (the interval of the mean per-item difference, which removes the
+    items' shared difficulty); otherwise the two samples are resampled independently."""
+    import numpy as np
+    from scipy import stats
+
+    a = np.asarray(list(a), dtype=float)
+    b = np.asarray(list(b), dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise KilibError("difference_ci needs values on both sides: evaluate both conditions first")
+    if paired and a.size != b.size:
+        raise KilibError(f"paired samples differ in size ({a.size} vs {b.size}): pair each item once")
+    if paired:
+        return bootstrap_ci(a - b, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    diff = float(a.mean() - b.mean())
+    if (a.size == 1 or np.all(a == a[0])) and (b.size == 1 or np.all(b == b[0])):
+        return diff, diff, diff
+    result = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
+                             n_resamples=int(n_resamples), paired=False, vectorized=True,
+                             confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    return diff, min(float(result.confidence_interval.low), diff), max(float(result.confidence_interval.high), diff)
+
+
 def accuracy_with_ci(correct: Sequence[float | bool], **kw) -> dict:
     """``{"accuracy", "ci_low", "ci_high", "n"}`` for 0/1 correctness values.
 

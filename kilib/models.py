@@ -8,6 +8,7 @@ stays float32 (bf16 matmuls are an order of magnitude slower on CPUs without bf1
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -219,11 +220,26 @@ def attach_lora(
         bias="none",
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():  # peft reads a transformers property deprecated in v5
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with _peft_quietly():
         if is_quantized(model):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
         return get_peft_model(model, config)
+
+
+def load_adapter(model, folder: str | Path):
+    """``model`` with the peft adapter saved in ``folder`` (``save_pretrained``) attached."""
+    from peft import PeftModel
+
+    with _peft_quietly():
+        return PeftModel.from_pretrained(model, str(folder))
+
+
+@contextlib.contextmanager
+def _peft_quietly():
+    """peft reads a transformers property deprecated in v5; its warning says nothing to a user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def decoder_layers(model):

@@ -215,7 +215,7 @@ class OpenAICompatibleGenerator:
 
     def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.7, max_tokens: int = 1024, seed: int | None = 0, revision: str | None = None,
-                 timeout: float = 120.0, max_retries: int = 2, workers: int = 4) -> None:
+                 timeout: float = 120.0, max_retries: int = 8, workers: int = 4) -> None:
         if not str(model).strip():
             raise KilibError("an empty model name was given: pass the endpoint's model id, e.g. 'gpt-4-0613'")
         if int(workers) < 1:
@@ -281,6 +281,9 @@ class OpenAICompatibleGenerator:
                                                       temperature=self.temperature, max_tokens=self.max_tokens, **extra)
         except openai.AuthenticationError:
             raise KilibError(f"{self._where} rejected the API key in {self.api_key_env}: check the key") from None
+        except openai.RateLimitError:
+            raise KilibError(f"{self._where} kept answering 429 (rate limit) after {self.max_retries} retries: lower "
+                             "workers, raise max_retries, or wait; finished sets are cached") from None
         except openai.NotFoundError:
             raise KilibError(f"{self._where} does not serve model {self.name!r}: check the model name "
                              "(the endpoint's /models lists what it serves)") from None
@@ -928,6 +931,10 @@ def generate_eval_sets(generator: Generator, sections_rows: Iterable[Mapping[str
         token_sets, shortfalls = scale_token_sets(drawn, t_of, (1,), [])
         per_fact, short = _fact_pairs(generator, facts, 1, count, used, by_fact, fact_prompt, fact_id, max_rounds, report)
         data = {"token": token_sets[1], "fact": [p for pairs in per_fact.values() for p in pairs]}
+        empty = [name for name, pairs in data.items() if not pairs]
+        if empty:  # nothing to score: better said here than as missing bars hours later
+            raise KilibError(f"the {' and '.join(empty)} evaluation set of {doc_id!r} came out empty (every reply "
+                             "repeated a training question or was malformed): raise max_rounds or use another generator")
         return GeneratedQASets(data, rule="eval", doc_id=doc_id, section_tokens=t_of, shortfalls={"token": shortfalls[1]},
                                short_facts={"fact": short}, report=report)
 

@@ -153,18 +153,21 @@ class Run:
     """One notebook's results: ``results/<profile>/<notebook>/``.
 
     A notebook creates it at the top and calls :meth:`finish` at the end; code can use it as
-    a context manager. ``finish`` (or a clean exit) writes ``run.json`` (metrics, config,
-    seed, provenance, wall time, peak memory). A run that fails before never writes it, so
-    a failed run never looks finished.
+    a context manager. Files are written to a staging folder (``.<notebook>.partial``) that
+    :meth:`finish` writes ``run.json`` into (metrics, config, seed, provenance, wall time, peak
+    memory) and then swaps for the previous results, so a failed run leaves the last complete
+    results as they were, and a finished one leaves no file of an older run beside its own.
     """
 
     def __init__(self, notebook: str, profile: str, config: Any = None, seed: int | None = None, root: Path | None = None):
         self.notebook, self.profile, self.config, self.seed = notebook, profile, config, seed
-        self.dir = Path(root or results_root()) / profile / notebook
+        self.final = Path(root or results_root()) / profile / notebook
+        self.dir = self.final.parent / f".{notebook}.partial"
         self.metrics: dict[str, Any] = {}
         self.artifacts: list[str] = []
         self._start = time.time()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)  # an earlier failed run's files
+        self.dir.mkdir(parents=True)
 
     def __enter__(self) -> "Run":
         return self
@@ -217,8 +220,15 @@ class Run:
         }
 
     def finish(self) -> Path:
-        """Write ``run.json``: the run is complete."""
-        return write_json(self.dir / "run.json", self.record())
+        """Write ``run.json`` and put the results in place: the run is complete."""
+        write_json(self.dir / "run.json", self.record())
+        old = self.final.parent / f".{self.notebook}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.final.exists():
+            os.replace(self.final, old)
+        os.replace(self.dir, self.final)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.final / "run.json"
 
 
 def markdown_table(df, floatfmt: str = ".3f") -> str:

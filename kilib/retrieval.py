@@ -35,12 +35,22 @@ class SectionIndex:
         self._index.index(self._tokenize(passages), show_progress=False)
 
     @classmethod
-    def from_sections(cls, rows) -> "SectionIndex":
+    def from_sections(cls, rows, max_words: int = 0) -> "SectionIndex":
         """An index over document sections: rows with ``doc_id``, ``title``, ``section`` and
-        ``text`` (the fields of ``World.documents()`` and of the paper-profile loaders)."""
+        ``text`` (the fields of ``World.documents()`` and of the paper-profile loaders).
+
+        ``max_words > 0`` cuts longer sections into consecutive passages of at most that many
+        words (a long Wikipedia section would otherwise fill a model's context); each passage
+        keeps its section's id, ``"<doc_id>/<section>"``."""
         rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
-        return cls([passage_text(r["title"], r["section"], r["text"]) for r in rows],
-                   ids=[f"{r['doc_id']}/{r['section']}" for r in rows])
+        passages, ids = [], []
+        for r in rows:
+            words = r["text"].split()
+            step = max_words if max_words > 0 else max(1, len(words))
+            for start in range(0, max(1, len(words)), step):
+                passages.append(passage_text(r["title"], r["section"], " ".join(words[start:start + step])))
+                ids.append(f"{r['doc_id']}/{r['section']}")
+        return cls(passages, ids=ids)
 
     def _tokenize(self, texts: Sequence[str]):
         # No stopword list: the questions' content words ("won", "final") carry the match.

@@ -46,9 +46,9 @@ __all__ = [
     "QASets", "section_tokens", "overview_seed_pairs", "token_based_sets", "fact_based_sets", "eval_sets",
     "fact_coverage", "coverage_summary", "budget_report", "questions_of",
     "InjectionConfig", "INJECTION_PRESETS", "adapter_job", "train_and_answer", "run_adapter_jobs",
-    "base_answers", "score_rows", "accuracy_table", "paper_claims", "study_documents", "world_training_sets",
-    "grid_jobs", "adapter_rows", "baseline_rows", "question_key", "coverage_figure", "verdict", "StudyInputs",
-    "tiny_inputs", "RULES", "claim_row", "TokenCounter", "check_scales", "scale_token_sets", "study_inputs",
+    "base_answers", "score_rows", "accuracy_table", "paper_claims", "compare", "VERDICTS", "study_documents", "world_training_sets",
+    "grid_jobs", "adapter_rows", "baseline_rows", "question_key", "coverage_figure", "StudyInputs",
+    "tiny_inputs", "RULES", "TokenCounter", "check_scales", "scale_token_sets", "study_inputs",
     "llm_inputs", "judge_rows",
 ]
 
@@ -413,7 +413,8 @@ def budget_report(sets: Mapping[int, list[dict]], section_tokens: Mapping[str, i
 # Training one adapter per (document, scaling rule, scale), and answering
 # ---------------------------------------------------------------------------------------
 RULES = ("token", "fact")  # the two scaling rules, also the names of the two evaluation sets
-ADAPTER_CACHE = "sft-adapters"
+ADAPTER_CACHE = "sft-adapters"  # trained adapters, keyed by what they were trained on
+ANSWER_CACHE = "sft-answers"  # their answers, keyed by the adapter and the questions
 
 
 @dataclass(frozen=True)
@@ -426,13 +427,13 @@ class InjectionConfig:
     model: str = "llama-m"  # a zoo member (tiny, smoke) or a Hub id / model folder (paper)
     revision: str | None = None  # pins a Hub model's commit
     quantization: str = "4bit"  # the trainee is loaded in 4-bit NF4 in every profile (QLoRA)
-    corpus: str = "world"  # "world" (the tiny world), "wikipedia" (the paper's six articles) or a folder of .txt/.md
+    corpus: str = "world"  # "world" (the tiny world), "wikipedia" or "paper" (the paper's six articles), or a folder
     documents: tuple[str, ...] = ()  # doc ids to study; empty: all (the five new documents and the control)
     generator: str = ""  # LLM that writes the Q&A outside the tiny world: a local instruct model or openai:<model>
     judge: str = ""  # LLM judge (another model family than the generator's); "" scores lexically only
     score: str = "exact"  # the score of the figures: exact (normalised match), contains, or judge
     scales: tuple[int, ...] = DEFAULT_SCALES
-    seeds: tuple[int, ...] = (0,)  # each seed redraws the token-based sets and reseeds LoRA
+    seeds: tuple[int, ...] = (0,)  # reseed LoRA and data order; the tiny world also redraws the token-based sets
     lora_r: int = 16  # Mecklenburg et al. §3
     lora_alpha: int = 16  # not given by the paper: alpha = r is a LoRA scale of 1
     # lr 3e-3 (tiny): of 3e-4, 1e-3 and 3e-3, the best mean accuracy of 10x adapters on unused
@@ -441,6 +442,7 @@ class InjectionConfig:
     train: TrainConfig = TrainConfig(epochs=3, batch_size=1, lr=3e-3, save_every_epoch=False, progress=False,
                                      logging_steps=10)
     rag_k: int = 1  # passages per RAG prompt (the zoo read one section per prompt in pretraining)
+    rag_passage_words: int = 0  # 0: a passage is a section; n: long sections cut into n-word passages
     max_new_tokens: int = 16  # answers are short entities, numbers and scores
     eval_batch_size: int = 32
     workers: int = 0  # adapters trained at once: 0 picks one per CPU core on a CPU, 1 on a GPU
@@ -461,17 +463,34 @@ INJECTION_PRESETS = {
     # The generator and the judge are local 4-bit instruct models of two other families (Qwen,
     # Mistral); GENERATOR="openai:<model>" uses an OpenAI-compatible endpoint instead (the paper: GPT-4).
     "paper": InjectionConfig(model="meta-llama/Llama-2-7b-chat-hf", corpus="wikipedia", seeds=(0,), rag_k=3,
+                             rag_passage_words=150,
                              generator="Qwen/Qwen2.5-7B-Instruct", judge="mistralai/Mistral-7B-Instruct-v0.3",
-                             score="judge", max_new_tokens=64, eval_batch_size=16, workers=1,
+                             score="judge", max_new_tokens=64, eval_batch_size=8, workers=1,
                              train=TrainConfig(epochs=3, batch_size=1, lr=2e-4, save_every_epoch=True,
                                                progress=True, logging_steps=20)),
 }
 
 
+_COSMETIC = ("progress", "logging_steps", "save_every_epoch")  # change what is printed or kept, not the model
+
+
 def _train_fields(config: TrainConfig, seed: int) -> dict[str, Any]:
-    fields = dataclasses.asdict(config)
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in _COSMETIC}
     fields["seed"] = seed
     return fields
+
+
+def model_fingerprint(base: str) -> str:
+    """What identifies a trainee in a cache key: a Hub id as given (pin ``revision`` too), a
+    local folder by its path and a hash of its config and weight files' names and sizes, so
+    weights replaced in place are not mistaken for the old ones."""
+    from kilib.results import stable_hash
+
+    folder = Path(str(base)).expanduser()
+    if not folder.is_dir():
+        return str(base)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
+    return f"{folder}@{stable_hash([(p.name, p.stat().st_size, p.read_text() if p.name == 'config.json' else '') for p in files])}"
 
 
 def _items(pairs: Iterable[dict], passages: Sequence[str] | None = None) -> list[dict]:
@@ -486,67 +505,117 @@ def _items(pairs: Iterable[dict], passages: Sequence[str] | None = None) -> list
 
 def adapter_job(base: str, config: InjectionConfig, pairs: Sequence[dict], eval_items: Mapping[str, list[dict]],
                 seed: int, **tags: Any) -> dict[str, Any]:
-    """Everything one adapter's training and answering depends on (its cache key), plus
-    ``tags`` (doc_id, rule, scale...) that name it in tables but do not change it.
+    """One adapter's work: ``train_key`` (everything the adapter depends on: trainee, LoRA and
+    optimisation settings, seed, pairs) and ``answer_key`` (the adapter plus the evaluation
+    prompts and decoding), each the key of its own cache, so a new evaluation set re-asks a
+    trained adapter instead of retraining it; plus ``tags`` (doc_id, rule, scale...) that
+    name it in tables.
 
     ``base`` is a model folder or a Hub id; ``pairs`` are Q&A pairs (question, answer);
     ``eval_items`` maps an evaluation-set name to :func:`_items` rows."""
     if not pairs:
         raise KilibError(f"no training pairs for {tags or 'this adapter'}: the Q&A set is empty")
-    key = {
-        "version": 1,
+    train_key = {
+        "version": 2,
         "base": str(base),
+        "fingerprint": model_fingerprint(base),
         "revision": config.revision,
         "quantization": config.quantization,
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha},
         "train": _train_fields(config.train, seed),
         "pairs": [{"question": p["question"], "answer": p["answer"]} for p in pairs],
-        "eval": {name: [{"prompt": it["prompt"], "answer": it["answer"]} for it in items]
-                 for name, items in eval_items.items()},
+    }
+    answer_key = {
+        "version": 1,
+        "adapter": train_key,
+        "eval": {name: [it["prompt"] for it in items] for name, items in eval_items.items()},
         "max_new_tokens": config.max_new_tokens,
     }
-    return {"key": key, "tags": dict(tags, seed=seed, pairs=len(pairs),
-                                     tokens=sum(p.get("tokens") or 0 for p in pairs)),
-            "eval_items": {k: list(v) for k, v in eval_items.items()}, "batch_size": config.eval_batch_size}
+    return {"train_key": train_key, "answer_key": answer_key,
+            "tags": dict(tags, seed=seed, pairs=len(pairs), tokens=sum(p.get("tokens") or 0 for p in pairs)),
+            "eval_items": {k: list(v) for k, v in eval_items.items()}, "batch_size": config.eval_batch_size,
+            "checkpoints": config.train.save_every_epoch, "logging_steps": config.train.logging_steps}
 
 
-def train_and_answer(job: Mapping[str, Any], threads: int | None = None) -> Path:
-    """Train one LoRA adapter on its Q&A pairs (loss on answer tokens only, 4-bit base) and
-    answer its evaluation questions greedily; cached by the job's key.
+def train_and_answer(job: Mapping[str, Any], threads: int | None = None) -> tuple[Path, Path]:
+    """Train one LoRA adapter on its Q&A pairs (loss on answer tokens only, 4-bit base), then
+    answer its evaluation questions greedily; each step cached by its key.
 
-    The folder holds the adapter in the standard peft format (``adapter/``) and
-    ``result.json`` (steps, losses, seconds, the answers to every evaluation set)."""
+    Returns the adapter folder (the adapter in the standard peft format under ``adapter/``,
+    and ``train.json``: steps, losses, seconds) and the answers folder (``answers.json``)."""
     from kilib.results import cached_dir
 
-    key = job["key"]
-    return cached_dir(ADAPTER_CACHE, key, lambda folder: _train_and_answer(key, job["batch_size"], folder, threads),
-                      resumable=key["train"]["save_every_epoch"])
+    if threads:
+        from kilib.training import set_threads
+
+        set_threads(threads)
+    trained: dict[str, Any] = {}
+
+    def build_adapter(folder: Path) -> None:
+        trained["model"], trained["tokenizer"] = _train(job, folder)
+
+    adapter = cached_dir(ADAPTER_CACHE, job["train_key"], build_adapter, resumable=job["checkpoints"])
+
+    def build_answers(folder: Path) -> None:
+        from kilib.results import write_json
+
+        if "model" not in trained:
+            trained["model"], trained["tokenizer"] = _load_adapter(job["train_key"], adapter)
+        answers = {name: _answer(trained["model"], trained["tokenizer"], prompts, job["answer_key"]["max_new_tokens"],
+                                 job["batch_size"]) for name, prompts in job["answer_key"]["eval"].items()}
+        write_json(folder / "answers.json", answers)
+
+    try:
+        answers = cached_dir(ANSWER_CACHE, job["answer_key"], build_answers)
+    finally:
+        _release(trained)
+    return adapter, answers
 
 
-def _train_and_answer(key: Mapping[str, Any], batch_size: int, folder: Path, threads: int | None) -> None:
+def _train(job: Mapping[str, Any], folder: Path):
+    import dataclasses as dc
     import shutil
 
     from kilib.data import qa_prompt
     from kilib.models import attach_lora, load_causal_lm
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.training import set_threads, sft_dataset, train
+    from kilib.training import sft_dataset, train
 
-    if threads:
-        set_threads(threads)
-    config = TrainConfig(**key["train"])
+    key = job["train_key"]
+    config = dc.replace(TrainConfig(**key["train"]), save_every_epoch=job["checkpoints"],
+                        logging_steps=job["logging_steps"], progress=False)
     model, tokenizer = load_causal_lm(key["base"], quantization=key["quantization"], revision=key["revision"])
     set_seed(config.seed)
     model = attach_lora(model, r=key["lora"]["r"], alpha=key["lora"]["alpha"])
     rows = [{"prompt": qa_prompt(p["question"]), "answer": p["answer"]} for p in key["pairs"]]
-    dataset = sft_dataset(tokenizer, rows, max_length=config.max_length)
-    result = train(model, dataset, config, folder / "checkpoints", tokenizer=tokenizer)
+    result = train(model, sft_dataset(tokenizer, rows, max_length=config.max_length), config, folder / "checkpoints",
+                   tokenizer=tokenizer)
     model.save_pretrained(folder / "adapter")
-    answers = {name: _answer(model, tokenizer, [it["prompt"] for it in items], key["max_new_tokens"], batch_size)
-               for name, items in key["eval"].items()}
-    write_json(folder / "result.json", {"steps": result.steps, "train_loss": result.train_loss,
-                                        "losses": result.losses, "seconds": result.seconds, "answers": answers})
+    write_json(folder / "train.json", {"steps": result.steps, "train_loss": result.train_loss,
+                                       "losses": result.losses, "seconds": result.seconds})
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return model, tokenizer
+
+
+def _load_adapter(key: Mapping[str, Any], folder: Path):
+    from kilib.models import load_adapter, load_causal_lm
+
+    model, tokenizer = load_causal_lm(key["base"], quantization=key["quantization"], revision=key["revision"])
+    return load_adapter(model, folder / "adapter"), tokenizer
+
+
+def _release(loaded: dict) -> None:
+    """Drop a model and return its memory now: a 7B model left to the cycle collector could
+    still hold the GPU when the next one loads."""
+    import gc
+
+    import torch
+
+    loaded.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
@@ -559,57 +628,77 @@ def _answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch
                     max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
-def _job_worker(job: Mapping[str, Any], threads: int) -> str:
-    return str(train_and_answer(job, threads))
+def _job_worker(job: Mapping[str, Any], threads: int) -> None:
+    train_and_answer(job, threads)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (CPU affinity and container limits), not the host's."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progress: bool = True) -> list[dict]:
     """Train and answer every job, reusing cached ones; returns each job's tags with its
-    ``result.json`` and folder, in the jobs' order.
+    ``train.json`` (as ``train``) and answers, in the jobs' order.
 
     On a CPU the adapters of a grid are independent and small, so ``workers`` processes (0: one
-    per core) train them side by side, one thread each: on two cores this halves the wall time
-    of notebook 01, where threads inside one small model barely help. On a GPU they run one by
-    one in this process."""
+    per usable core) train them side by side, splitting the cores between them: on two cores
+    this nearly halves notebook 01's wall time, where more threads inside one small model barely
+    help. ``workers=0`` on a GPU runs them one by one in this process."""
     import concurrent.futures as cf
     import multiprocessing
-    import os
     import time
 
     from kilib.models import cuda_available
     from kilib.results import cache_path, is_cached, read_json
 
-    todo = [j for j in jobs if not is_cached(ADAPTER_CACHE, j["key"])]
+    todo, seen = [], set()
+    for job in jobs:  # two jobs with one key (a 5x set equal to the 10x) train once
+        path = cache_path(ANSWER_CACHE, job["answer_key"])
+        if path not in seen and not is_cached(ANSWER_CACHE, job["answer_key"]):
+            todo.append(job)
+        seen.add(path)
+    cores = usable_cores()
     if workers <= 0:
-        workers = 1 if cuda_available() else (os.cpu_count() or 1)
+        workers = 1 if cuda_available() else cores
     workers = max(1, min(workers, len(todo)))
     start = time.time()
 
     def report(i: int, job: Mapping[str, Any]) -> None:
         if progress:
             t = job["tags"]
-            r = read_json(cache_path(ADAPTER_CACHE, job["key"]) / "result.json")
+            r = read_json(cache_path(ADAPTER_CACHE, job["train_key"]) / "train.json")
             losses = [h["loss"] for h in r["losses"]] or [r["train_loss"]]
             print(f"[{i}/{len(todo)}] {t.get('doc_id', '')} {t.get('rule', '')} {t.get('scale', '')}x seed {t['seed']}: "
                   f"{r['steps']} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f} ({time.time() - start:.0f} s)", flush=True)
 
-    # the largest sets first, so no worker is left with a long job at the end
-    todo.sort(key=lambda j: -len(j["key"]["pairs"]))
+    todo.sort(key=lambda j: -len(j["train_key"]["pairs"]))  # the largest first: no long job left for the end
     if workers == 1:
         for i, job in enumerate(todo, 1):
             train_and_answer(job)
             report(i, job)
     elif todo:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_job_worker, job, threads): job for job in todo}
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = {pool.submit(_job_worker, job, max(1, cores // workers)): job for job in todo}
             for i, future in enumerate(cf.as_completed(futures), 1):
                 future.result()
                 report(i, futures[future])
+        except cf.process.BrokenProcessPool:
+            raise KilibError(f"an adapter worker died (out of memory?): set WORKERS below {workers}") from None
+        finally:  # on an error, do not wait for the rest of the grid before saying so
+            pool.shutdown(wait=True, cancel_futures=True)
     out = []
     for job in jobs:
-        folder = cache_path(ADAPTER_CACHE, job["key"])
-        out.append({**job["tags"], "folder": str(folder), "result": read_json(folder / "result.json")})
+        train = read_json(cache_path(ADAPTER_CACHE, job["train_key"]) / "train.json")
+        answers = read_json(cache_path(ANSWER_CACHE, job["answer_key"]) / "answers.json")
+        out.append({**job["tags"], "folder": str(cache_path(ADAPTER_CACHE, job["train_key"])), "train": train,
+                    "answers": answers})
     return out
 
 
@@ -618,9 +707,13 @@ def base_answers(base: str, config: InjectionConfig, item_sets: Mapping[str, lis
     and RAG when the items' prompts hold retrieved passages)."""
     from kilib.models import load_causal_lm
 
-    model, tokenizer = load_causal_lm(base, quantization=config.quantization, revision=config.revision)
-    return {name: _answer(model, tokenizer, [it["prompt"] for it in items], config.max_new_tokens,
-                          config.eval_batch_size) for name, items in item_sets.items()}
+    loaded = dict(zip(("model", "tokenizer"), load_causal_lm(base, quantization=config.quantization,
+                                                              revision=config.revision)))
+    try:
+        return {name: _answer(loaded["model"], loaded["tokenizer"], [it["prompt"] for it in items],
+                              config.max_new_tokens, config.eval_batch_size) for name, items in item_sets.items()}
+    finally:
+        _release(loaded)
 
 
 # ---------------------------------------------------------------------------------------
@@ -640,63 +733,82 @@ def score_rows(items: Sequence[dict], answers: Sequence[str], **tags: Any) -> li
             for it, a in zip(items, answers)]
 
 
+def _frame(rows):
+    import pandas as pd
+
+    return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+
+
 def accuracy_table(rows, by: Sequence[str], score: str = "exact"):
-    """Accuracy with a 95% bootstrap interval per group of ``by`` (questions pooled over
-    seeds), plus the spread of the per-seed accuracies; a ``pandas.DataFrame``."""
+    """Accuracy per group of ``by`` with a 95% bootstrap interval over *questions*: each
+    question's score is first averaged over the seeds and adapters that answered it, since the
+    questions, not the answers, are what was sampled (a question asked by two seeds is one
+    draw, not two). Also the number of answers and the spread of the per-seed accuracies."""
     import pandas as pd
 
     from kilib.evaluation import accuracy_with_ci
 
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     out = []
-    for keys, group in df.groupby(list(by), sort=False, dropna=False):
+    for keys, group in _frame(rows).groupby(list(by), sort=False, dropna=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
+        per_item = group.groupby("question", sort=False)[score].mean()
         per_seed = group.groupby("seed")[score].mean() if "seed" in group else pd.Series(dtype=float)
-        out.append({**dict(zip(by, keys)), **accuracy_with_ci(group[score].tolist()),
+        out.append({**dict(zip(by, keys)), **accuracy_with_ci(per_item.tolist()), "answers": len(group),
                     "seeds": int(per_seed.size), "seed_sd": float(per_seed.std()) if per_seed.size > 1 else 0.0})
     return pd.DataFrame(out)
 
 
-def verdict(better: Mapping[str, float], worse: Mapping[str, float]) -> str:
-    if better["ci_low"] > worse["ci_high"]:
-        return "shown"
-    if better["accuracy"] > worse["accuracy"]:
-        return "direction only (intervals overlap)"
-    return "not shown"
+VERDICTS = ("shown", "direction only", "not shown", "opposite shown")
 
 
-def paper_claims(summary, scales: Sequence[int]) -> list[dict]:
-    """Mecklenburg et al.'s claims checked on the pooled new documents: each row states the
-    claim, the two numbers compared and a verdict ("shown" where the intervals separate,
-    "direction only" where only the means do, else "not shown").
+def compare(rows, higher: Mapping[str, Any], lower: Mapping[str, Any], claim: str, score: str = "exact") -> dict:
+    """Does the condition ``higher`` (a dict of column -> value selecting rows) score above
+    ``lower``? Each side's per-question accuracy (averaged over seeds and adapters); where both
+    answered the same questions, a paired bootstrap of the per-question differences, else the
+    difference of two independent resamples. Verdict: **shown** where the 95% interval of the
+    difference lies above 0, **opposite shown** where it lies below, **direction only** where
+    only the mean difference is positive, **not shown** otherwise."""
+    from kilib.evaluation import accuracy_with_ci, difference_ci
 
-    ``summary`` is :func:`accuracy_table` by ``("method", "scale", "eval")`` over the new
-    documents; ``method`` is ``original``, ``rag``, ``token`` or ``fact``."""
-    def get(method: str, scale: int, ev: str) -> dict:
-        hit = summary[(summary["method"] == method) & (summary["scale"] == scale) & (summary["eval"] == ev)]
-        if hit.empty:
-            raise KilibError(f"no result for {method} {scale}x on the {ev} set: run the whole grid first")
-        return hit.iloc[0].to_dict()
+    df = _frame(rows)
 
+    def side(condition: Mapping[str, Any]):
+        mask = True
+        for column, value in condition.items():
+            mask = mask & (df[column] == value)
+        chosen = df[mask]
+        if chosen.empty:
+            raise KilibError(f"no answers for {dict(condition)}: run the whole grid first")
+        return chosen.groupby("question", sort=True)[score].mean()
+
+    a, b = side(higher), side(lower)
+    paired = a.index.equals(b.index)
+    diff, low, high = difference_ci(a.tolist(), b.tolist(), paired=paired)
+    verdict = ("shown" if low > 0 else "opposite shown" if high < 0 else
+               "direction only" if diff > 0 else "not shown")
+    ca, cb = accuracy_with_ci(a.tolist()), accuracy_with_ci(b.tolist())
+    return {"claim": claim, "higher": round(ca["accuracy"], 3), "lower": round(cb["accuracy"], 3),
+            "difference": round(diff, 3), "difference_ci": [round(low, 3), round(high, 3)],
+            "paired": paired, "questions": [int(a.size), int(b.size)], "verdict": verdict}
+
+
+def paper_claims(rows, scales: Sequence[int], score: str = "exact") -> list[dict]:
+    """Mecklenburg et al.'s claims, each checked by :func:`compare` on the answers about the new
+    documents (rows with ``method`` original, rag, token or fact, ``scale`` and ``eval``)."""
     lo, hi = min(scales), max(scales)
+
+    def c(method: str, scale: int, ev: str) -> dict:
+        return {"method": method, "scale": scale, "eval": ev}
+
     checks = [
-        ("accuracy rises with scale (token-trained, token eval)", get("token", hi, "token"), get("token", lo, "token")),
-        ("accuracy rises with scale (fact-trained, fact eval)", get("fact", hi, "fact"), get("fact", lo, "fact")),
-        (f"fact-based beats token-based at {hi}x (fact eval)", get("fact", hi, "fact"), get("token", hi, "fact")),
-        (f"fact-based beats token-based at {hi}x (token eval)", get("fact", hi, "token"), get("token", hi, "token")),
-        ("RAG beats the original model (token eval)", get("rag", 0, "token"), get("original", 0, "token")),
-        ("RAG beats the original model (fact eval)", get("rag", 0, "fact"), get("original", 0, "fact")),
+        ("accuracy rises with scale (token-trained, token eval)", c("token", hi, "token"), c("token", lo, "token")),
+        ("accuracy rises with scale (fact-trained, fact eval)", c("fact", hi, "fact"), c("fact", lo, "fact")),
+        (f"fact-based beats token-based at {hi}x (fact eval)", c("fact", hi, "fact"), c("token", hi, "fact")),
+        (f"fact-based beats token-based at {hi}x (token eval)", c("fact", hi, "token"), c("token", hi, "token")),
+        ("RAG beats the original model (token eval)", c("rag", 0, "token"), c("original", 0, "token")),
+        ("RAG beats the original model (fact eval)", c("rag", 0, "fact"), c("original", 0, "fact")),
     ]
-    return [claim_row(claim, a, b) for claim, a, b in checks]
-
-
-def claim_row(claim: str, higher: Mapping[str, float], lower: Mapping[str, float]) -> dict:
-    """A claim that ``higher`` beats ``lower`` (rows with accuracy, ci_low, ci_high) and its verdict."""
-    def ci(r: Mapping[str, float]) -> list[float]:
-        return [round(float(r["ci_low"]), 3), round(float(r["ci_high"]), 3)]
-
-    return {"claim": claim, "higher": round(float(higher["accuracy"]), 3), "higher_ci": ci(higher),
-            "lower": round(float(lower["accuracy"]), 3), "lower_ci": ci(lower), "verdict": verdict(higher, lower)}
+    return [compare(rows, a, b, claim, score) for claim, a, b in checks]
 
 
 # ---------------------------------------------------------------------------------------
@@ -745,7 +857,7 @@ def adapter_rows(results: Sequence[Mapping[str, Any]], jobs: Sequence[Mapping[st
     for res, job in zip(results, jobs):
         t = job["tags"]
         for name, items in job["eval_items"].items():
-            rows += score_rows(items, res["result"]["answers"][name], doc_id=t["doc_id"], method=t["rule"],
+            rows += score_rows(items, res["answers"][name], doc_id=t["doc_id"], method=t["rule"],
                                scale=t["scale"], seed=t["seed"], eval=name, train_pairs=t["pairs"],
                                train_tokens=t["tokens"])
     return rows
@@ -835,13 +947,20 @@ def llm_inputs(config: InjectionConfig) -> StudyInputs:
     Deviation: the paper seeds the token-based list with hand-written overview Q&A; none are
     written here, so the lists start with the first generated pairs."""
     from kilib import qa_generation as qa
-    from kilib.documents import PAPER_ARTICLES, load_documents
+    from kilib.documents import load_documents
     from kilib.models import load_tokenizer
 
     if not config.generator:
         raise KilibError("documents outside the tiny world need an LLM to write their Q&A: set GENERATOR to a "
                          "local instruct model (Hub id or folder) or openai:<model>")
-    docs = load_documents("paper" if config.corpus == "wikipedia" else config.corpus)
+    if config.judge:  # before hours of generation and training, not after
+        qa.check_judge_family(config.judge, config.generator)
+    from kilib.zoo import ZOO_PRESETS
+
+    if config.model in {m.name for preset in ZOO_PRESETS.values() for m in preset.models}:
+        raise KilibError(f"zoo model {config.model!r} knows only the tiny world: set MODEL to a Hub id or a model "
+                         "folder to inject your own documents")
+    docs = load_documents("paper" if config.corpus in ("wikipedia", "paper") else config.corpus)
     doc_ids = list(config.documents) or docs.doc_ids()
     unknown = [d for d in doc_ids if d not in docs.doc_ids()]
     if unknown:
@@ -867,7 +986,7 @@ def llm_inputs(config: InjectionConfig) -> StudyInputs:
     finally:
         if hasattr(generator, "close"):
             generator.close()
-    control = [a.doc_id for a in PAPER_ARTICLES if not a.post_cutoff] if config.corpus == "wikipedia" else []
+    control = [d for d in doc_ids if docs.sources.get(d, {}).get("post_cutoff") is False]  # the 2018 World Cup
     return StudyInputs(
         base=config.model,
         tokenizer=tokenizer,
@@ -885,17 +1004,31 @@ def llm_inputs(config: InjectionConfig) -> StudyInputs:
 def judge_rows(rows, config: InjectionConfig, qa_generator: str | None = None):
     """Add a ``judge`` score (1 or 0; an unparseable reply scores 0 and is counted) to scored rows with
     ``config.judge`` (Mecklenburg et al.'s judging is not public; methods.md §1), and return the
-    rows with the judge's agreement with the lexical ``contains`` score."""
+    rows with the judge's agreement with the lexical ``contains`` score. Each distinct
+    (question, gold, answer) is judged once, and the verdicts are cached."""
     from kilib import qa_generation as qa
+    from kilib.results import cached_dir, read_json, stable_hash, write_json
 
-    judge = qa.make_generator(config.judge, temperature=0.0, max_new_tokens=16)
-    try:
-        verdicts = qa.judge_answers(judge, [{"question": r["question"], "expected": r["answer"],
-                                             "candidate": r["prediction"]} for r in rows],
-                                    qa_generator=qa_generator or config.generator or None)
-    finally:
-        if hasattr(judge, "close"):
-            judge.close()
+    rows = [dict(r) for r in rows]
+    triples = sorted({(r["question"], r["answer"], r["prediction"]) for r in rows})
+    key = {"kind": "judgements", "version": 1, "judge": config.judge, "generator": qa_generator or config.generator,
+           "prompt": qa.JUDGE_PROMPT, "items": stable_hash(triples)}
+
+    def build(folder: Path) -> None:
+        judge = qa.make_generator(config.judge, temperature=0.0, max_new_tokens=16)
+        try:
+            verdicts = qa.judge_answers(judge, [{"question": q, "expected": a, "candidate": p} for q, a, p in triples],
+                                        qa_generator=key["generator"] or None)
+        finally:
+            if hasattr(judge, "close"):
+                judge.close()
+        write_json(folder / "verdicts.json", {"judge": judge.name, "items": [list(t) for t in triples],
+                                              "verdicts": list(verdicts), "replies": verdicts.replies})
+
+    stored = read_json(cached_dir("judgements", key, build) / "verdicts.json")
+    by_triple = {tuple(t): v for t, v in zip(stored["items"], stored["verdicts"])}
+    verdicts = [by_triple[(r["question"], r["answer"], r["prediction"])] for r in rows]
     out = [dict(r, judge=float(v is True)) for r, v in zip(rows, verdicts)]  # unparseable counts as wrong
-    agreement = qa.judge_agreement(list(verdicts), [r["contains"] for r in rows])
-    return out, dict(agreement, unparseable=verdicts.unparseable, judge=judge.name, prompt=qa.JUDGE_PROMPT)
+    agreement = qa.judge_agreement(verdicts, [r["contains"] for r in rows])
+    return out, dict(agreement, unparseable=sum(v is None for v in verdicts), judge=stored["judge"],
+                     prompt=qa.JUDGE_PROMPT)

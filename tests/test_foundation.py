@@ -79,6 +79,23 @@ def test_failed_run_writes_no_run_json(tmp_path):
     assert not (tmp_path / "smoke" / "99_demo" / "run.json").exists()
 
 
+def test_a_failed_rerun_keeps_the_last_results_and_a_finished_one_replaces_them(tmp_path):
+    final = tmp_path / "smoke" / "99_demo"
+    with Run("99_demo", "smoke", root=tmp_path) as run:
+        run.save_json("old_only.json", {"a": 1})
+        run.log(value=1)
+    with pytest.raises(ValueError):
+        with Run("99_demo", "smoke", root=tmp_path) as run:
+            run.save_json("half.json", {"a": 2})
+            raise ValueError("boom")
+    assert json.loads((final / "run.json").read_text())["metrics"] == {"value": 1}
+    assert not (final / "half.json").exists()
+    with Run("99_demo", "smoke", root=tmp_path) as run:
+        run.save_json("new.json", {"a": 3})
+    assert sorted(p.name for p in final.iterdir()) == ["new.json", "run.json"]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["99_demo"]  # no staging or old folder left
+
+
 def test_tables_and_figures(tmp_path):
     import matplotlib
 

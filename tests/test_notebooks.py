@@ -94,8 +94,8 @@ def test_01_sft_injection_smoke():
     m = record["metrics"]
     assert m["eval_overlap"] == 0  # no evaluation question was trained on
     assert m["adapters"] == 2 * 2 * 3  # documents x rules x scales, one seed
-    assert len(m["claims"]) == 7
-    assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only (intervals overlap)", "not shown"}
+    assert len(m["claims"]) == 6 + 1 + 2  # the paper's, the control known, the control after each rule
+    assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
     acc = {(r["method"], r["scale"], r["eval"]): r for r in m["accuracy"]}
     for r in acc.values():
         assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1.0

@@ -32,3 +32,13 @@ def test_empty_passages_are_refused():
         SectionIndex([])
     with pytest.raises(KilibError, match="passage 1 is empty"):
         SectionIndex(["the cup", "  "])
+
+
+def test_long_sections_are_cut_into_passages_that_keep_their_section_id():
+    text = " ".join(f"w{i}" for i in range(25))
+    index = SectionIndex.from_sections([{"doc_id": "d", "title": "T", "section": "S", "text": text},
+                                        {"doc_id": "d", "title": "T", "section": "R", "text": "short one"}], max_words=10)
+    assert index.ids == ["d/S"] * 3 + ["d/R"]
+    assert [len(p.split(". ", 1)[1].split()) for p in index.passages] == [10, 10, 5, 2]
+    assert " ".join(p.split(". ", 1)[1] for p in index.passages[:3]) == text  # nothing lost, nothing repeated
+    assert len(SectionIndex.from_sections([{"doc_id": "d", "title": "T", "section": "S", "text": text}]).passages) == 1

@@ -24,33 +24,37 @@ def base(tmp_path_factory):
     return str(folder)
 
 
-def job_for(base, seed=0, pairs=PAIRS, epochs=2):
-    config = S.InjectionConfig(model=base, train=S.TrainConfig(epochs=epochs, batch_size=1, lr=3e-3, save_every_epoch=False,
-                                                                progress=False, logging_steps=1))
-    items = S._items(PAIRS[:2])
-    return S.adapter_job(base, config, pairs, {"fact": items}, seed, doc_id="d", rule="fact", scale=1)
+def job_for(base, seed=0, pairs=PAIRS, epochs=2, asked=PAIRS[:2], **train):
+    config = S.InjectionConfig(model=base, train=S.TrainConfig(**{**dict(epochs=epochs, batch_size=1, lr=3e-3,
+                                                                        save_every_epoch=False, progress=False,
+                                                                        logging_steps=1), **train}))
+    return S.adapter_job(base, config, pairs, {"fact": S._items(asked)}, seed, doc_id="d", rule="fact", scale=1)
 
 
 def test_adapter_is_cached_in_peft_format_and_answers_every_question(base):
     from peft import PeftConfig
 
     job = job_for(base)
-    folder = S.train_and_answer(job)
-    assert PeftConfig.from_pretrained(folder / "adapter").r == 16
-    assert (folder / "adapter" / "adapter_model.safetensors").exists()
-    result = json.loads((folder / "result.json").read_text())
-    assert result["steps"] == 2 * len(PAIRS) and len(result["answers"]["fact"]) == 2
-    assert not (folder / "checkpoints").exists()
-    stamp = (folder / "result.json").stat().st_mtime_ns
-    assert S.train_and_answer(job_for(base)) == folder  # same inputs: the cache answers
-    assert (folder / "result.json").stat().st_mtime_ns == stamp
-    assert S.train_and_answer(job_for(base, seed=1)) != folder  # another seed is another adapter
+    adapter, answers = S.train_and_answer(job)
+    assert PeftConfig.from_pretrained(adapter / "adapter").r == 16
+    assert (adapter / "adapter" / "adapter_model.safetensors").exists() and not (adapter / "checkpoints").exists()
+    assert json.loads((adapter / "train.json").read_text())["steps"] == 2 * len(PAIRS)
+    first = json.loads((answers / "answers.json").read_text())["fact"]
+    assert len(first) == 2
+    stamp = (adapter / "train.json").stat().st_mtime_ns
+    assert S.train_and_answer(job_for(base, logging_steps=5, progress=True)) == (adapter, answers)  # cosmetic only
+    # new questions re-ask the saved adapter (loaded back from disk) without retraining it
+    adapter2, answers2 = S.train_and_answer(job_for(base, asked=PAIRS))
+    assert adapter2 == adapter and answers2 != answers
+    assert (adapter / "train.json").stat().st_mtime_ns == stamp
+    assert json.loads((answers2 / "answers.json").read_text())["fact"][:2] == first  # the saved adapter is the trained one
+    assert S.train_and_answer(job_for(base, seed=1))[0] != adapter  # another seed is another adapter
 
 
 def test_job_key_ignores_tags_and_rejects_empty_sets(base):
     a, b = job_for(base), job_for(base)
     b["tags"]["doc_id"] = "elsewhere"
-    assert a["key"] == b["key"]
+    assert (a["train_key"], a["answer_key"]) == (b["train_key"], b["answer_key"])
     with pytest.raises(KilibError, match="no training pairs"):
         job_for(base, pairs=[])
 
@@ -64,8 +68,8 @@ def test_parallel_workers_train_the_same_adapters_as_one_process(base, tmp_path,
         out[workers] = S.run_adapter_jobs(jobs, workers=workers, progress=False)
     for serial, parallel in zip(out[1], out[2]):
         assert serial["seed"] == parallel["seed"] and serial["folder"] != parallel["folder"]
-        a = [h["loss"] for h in serial["result"]["losses"]]
-        b = [h["loss"] for h in parallel["result"]["losses"]]
+        a = [h["loss"] for h in serial["train"]["losses"]]
+        b = [h["loss"] for h in parallel["train"]["losses"]]
         assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
 
 
@@ -81,7 +85,7 @@ def test_grid_evaluation_is_disjoint_from_training():
     jobs = S.grid_jobs("base", config, sets, evaluation, world.control_doc_id)
     assert len(jobs) == len(docs) * len(S.RULES) * len(config.seeds) * len(config.scales)
     for job in jobs:
-        trained = {S.question_key(p["question"]) for p in job["key"]["pairs"]}
+        trained = {S.question_key(p["question"]) for p in job["train_key"]["pairs"]}
         asked = {S.question_key(it["question"]) for items in job["eval_items"].values() for it in items}
         assert trained and asked and not trained & asked
         assert ("control" in job["eval_items"]) == (job["tags"]["doc_id"] != world.control_doc_id)
@@ -94,7 +98,7 @@ def test_rag_prompt_holds_the_retrieved_passage():
     assert items[0]["prompt"].startswith("The rovers won the cup.") and items[0]["prompt"].endswith(PAIRS[0]["question"])
 
 
-def test_scores_and_pooled_intervals_match_a_direct_computation():
+def test_scores_and_intervals_resample_questions_not_answers():
     from kilib.evaluation import accuracy_with_ci
 
     items = S._items(PAIRS)
@@ -102,27 +106,57 @@ def test_scores_and_pooled_intervals_match_a_direct_computation():
     assert [r["exact"] for r in rows] == [1.0, 0.0, 0.0]
     assert [r["contains"] for r in rows] == [1.0, 1.0, 0.0]
     rows += S.score_rows(items, ["the rovers", "3-1", "no idea"], method="fact", seed=1)
-    table = S.accuracy_table(rows, ["method"])
-    direct = accuracy_with_ci([r["exact"] for r in rows])
-    assert table.iloc[0]["accuracy"] == pytest.approx(direct["accuracy"]) == pytest.approx(3 / 6)
-    assert (table.iloc[0]["ci_low"], table.iloc[0]["ci_high"]) == (direct["ci_low"], direct["ci_high"])
-    assert table.iloc[0]["seeds"] == 2 and table.iloc[0]["seed_sd"] == pytest.approx(pd.Series([1 / 3, 2 / 3]).std())
+    table = S.accuracy_table(rows, ["method"]).iloc[0]
+    direct = accuracy_with_ci([1.0, 0.5, 0.0])  # each question averaged over the two seeds
+    assert (table["accuracy"], table["ci_low"], table["ci_high"]) == (direct["accuracy"], direct["ci_low"], direct["ci_high"])
+    assert table["n"] == 3 and table["answers"] == 6
+    assert table["seeds"] == 2 and table["seed_sd"] == pytest.approx(pd.Series([1 / 3, 2 / 3]).std())
     with pytest.raises(KilibError, match="stale"):
         S.score_rows(items, ["one answer"], method="fact")
 
 
-def test_claim_verdicts_follow_the_intervals():
-    hi = {"accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9}
-    assert S.verdict(hi, {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6}) == "shown"
-    assert S.verdict(hi, {"accuracy": 0.7, "ci_low": 0.6, "ci_high": 0.75}).startswith("direction only")
-    assert S.verdict(hi, {"accuracy": 0.8, "ci_low": 0.7, "ci_high": 0.9}) == "not shown"
-    summary = pd.DataFrame([{"method": m, "scale": s, "eval": e, **hi} for m, s in
-                            [("token", 1), ("token", 10), ("fact", 1), ("fact", 10), ("rag", 0), ("original", 0)]
-                            for e in S.RULES])
-    claims = S.paper_claims(summary, (1, 10))
-    assert len(claims) == 6 and {c["verdict"] for c in claims} == {"not shown"}
+def rows_for(method, scale, correct, ev="fact", seed=0):
+    return [{"method": method, "scale": scale, "eval": ev, "seed": seed, "question": f"q{i}", "exact": float(c)}
+            for i, c in enumerate(correct)]
+
+
+def test_compare_pairs_questions_and_reports_each_direction():
+    import numpy as np
+
+    from kilib.evaluation import bootstrap_ci
+
+    n = 40
+    high = rows_for("fact", 10, [1] * 30 + [0] * 10)
+    low = rows_for("fact", 1, [1] * 10 + [0] * 30)
+    shown = S.compare(high + low, {"method": "fact", "scale": 10}, {"method": "fact", "scale": 1}, "rises")
+    diffs = np.array([1] * 10 + [1] * 20 + [0] * 10, dtype=float) - np.array([1] * 10 + [0] * 30, dtype=float)
+    assert shown["paired"] and shown["questions"] == [n, n] and shown["verdict"] == "shown"
+    assert shown["difference"] == pytest.approx(0.5)
+    assert shown["difference_ci"] == [round(v, 3) for v in bootstrap_ci(diffs)[1:]]
+    flipped = S.compare(high + low, {"method": "fact", "scale": 1}, {"method": "fact", "scale": 10}, "falls")
+    assert flipped["verdict"] == "opposite shown" and flipped["difference"] == pytest.approx(-0.5)
+    near = rows_for("token", 10, [1] * 11 + [0] * 29)
+    assert S.compare(near + low, {"method": "token"}, {"method": "fact", "scale": 1}, "x")["verdict"] == "direction only"
+    assert S.compare(low + low, {"method": "fact"}, {"method": "fact"}, "same")["verdict"] == "not shown"
+    other = [dict(r, question="other " + r["question"]) for r in rows_for("rag", 0, [1] * 5)]
+    assert not S.compare(other + low, {"method": "rag"}, {"method": "fact"}, "unpaired")["paired"]
     with pytest.raises(KilibError, match="run the whole grid"):
-        S.paper_claims(summary[summary.method != "rag"], (1, 10))
+        S.compare(low, {"method": "rag"}, {"method": "fact"}, "missing")
+
+
+def test_paper_claims_compare_the_right_conditions():
+    levels = {("token", 1): 0.1, ("token", 10): 0.3, ("fact", 1): 0.5, ("fact", 10): 0.7, ("rag", 0): 0.9,
+              ("original", 0): 0.0}
+    rows = [r for (m, s), acc in levels.items() for ev in S.RULES
+            for r in rows_for(m, s, [1] * round(20 * acc) + [0] * (20 - round(20 * acc)), ev)]
+    claims = {c["claim"]: c for c in S.paper_claims(rows, (1, 5, 10))}
+    expected = {"accuracy rises with scale (token-trained, token eval)": (0.3, 0.1),
+                "accuracy rises with scale (fact-trained, fact eval)": (0.7, 0.5),
+                "fact-based beats token-based at 10x (fact eval)": (0.7, 0.3),
+                "fact-based beats token-based at 10x (token eval)": (0.7, 0.3),
+                "RAG beats the original model (token eval)": (0.9, 0.0),
+                "RAG beats the original model (fact eval)": (0.9, 0.0)}
+    assert {k: (c["higher"], c["lower"]) for k, c in claims.items()} == expected
 
 
 def test_presets_follow_the_paper():
@@ -162,6 +196,8 @@ def test_own_documents_go_through_the_llm_path(base, tmp_path, monkeypatch):
 def test_llm_path_and_judge_errors_name_the_fix(base):
     with pytest.raises(KilibError, match="set GENERATOR"):
         S.study_inputs("paper", S.InjectionConfig(model=base, corpus="/nowhere"))
+    with pytest.raises(KilibError, match="knows only the tiny world"):
+        S.study_inputs("tiny", S.InjectionConfig(corpus="/nowhere", generator="openai:gpt-4o"))
     with pytest.raises(KilibError, match="set corpus"):
         S.study_inputs("paper", S.InjectionConfig(model=base))
     with pytest.raises(KilibError, match="needs a judge model"):
@@ -184,3 +220,22 @@ def test_judge_scores_and_agreement(monkeypatch):
     judged, info = S.judge_rows(rows, config)
     assert [r["judge"] for r in judged] == [1.0, 0.0, 0.0] and info["unparseable"] == 1
     assert info["n"] == 2 and info["agreement"] == 0.5  # contains is 1, 1, 1; the unparseable reply is left out
+
+
+def test_the_paper_corpus_keeps_its_control(base, tmp_path, monkeypatch):
+    """DOCUMENTS=paper (or wikipedia): the pre-cutoff article is the control, whatever its position."""
+    from test_qa_generation import ScriptedGenerator
+
+    from kilib import documents, qa_generation as qa
+
+    text = "The {} was won by Sylvania, who beat Freedonia 3-1 in the final in front of a large crowd."
+    fetched = documents.Documents(
+        [{"doc_id": d, "title": t, "section": "Overview", "text": text.format(t)}
+         for d, t in [("fifa_world_cup_2018", "2018 FIFA World Cup"), ("super_bowl_lvii", "Super Bowl LVII")]],
+        sources={"fifa_world_cup_2018": {"post_cutoff": False}, "super_bowl_lvii": {"post_cutoff": True}})
+    monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(documents, "load_documents", lambda spec, **kw: fetched if spec == "paper" else None)
+    monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: ScriptedGenerator())
+    for corpus in ("paper", "wikipedia"):
+        inputs = S.study_inputs("paper", S.InjectionConfig(model=base, corpus=corpus, generator="scripted"))
+        assert inputs.control_doc_id == "fifa_world_cup_2018" and inputs.doc_ids == fetched.doc_ids()

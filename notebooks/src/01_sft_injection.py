@@ -122,11 +122,11 @@ evaluation sets and, for a new document, the control's questions.
 """),
 ("code", r"""
 jobs = sft.grid_jobs(inputs.base, config, inputs.training_sets, inputs.evaluation, inputs.control_doc_id)
-print(f"{len(jobs)} adapters, {sum(len(j['key']['pairs']) for j in jobs) * config.train.epochs:,.0f} training steps")
+print(f"{len(jobs)} adapters, {sum(len(j['train_key']['pairs']) for j in jobs) * config.train.epochs:,.0f} training steps")
 results = sft.run_adapter_jobs(jobs, workers=config.workers)
 training = pd.DataFrame([{**{k: r[k] for k in ("doc_id", "rule", "scale", "seed", "pairs", "tokens")},
-                          "steps": r["result"]["steps"], "final_loss": r["result"]["losses"][-1]["loss"],
-                          "seconds": round(r["result"]["seconds"], 1)} for r in results])
+                          "steps": r["train"]["steps"], "final_loss": r["train"]["losses"][-1]["loss"],
+                          "seconds": round(r["train"]["seconds"], 1)} for r in results])
 run.save_table(training, "training")
 display(training.groupby(["rule", "scale"]).agg(adapters=("steps", "size"), steps=("steps", "mean"),
                                                final_loss=("final_loss", "mean"), seconds=("seconds", "mean")).round(3))
@@ -138,7 +138,7 @@ display(training.groupby(["rule", "scale"]).agg(adapters=("steps", "size"), step
 passage(s) placed before the question. Both answer the same evaluation sets.
 """),
 ("code", r"""
-index = SectionIndex.from_sections(inputs.sections)
+index = SectionIndex.from_sections(inputs.sections, max_words=config.rag_passage_words)
 rows = pd.DataFrame(sft.adapter_rows(results, jobs) + sft.baseline_rows(inputs.base, config, inputs.evaluation, index))
 rows["document"] = rows["doc_id"].map(inputs.titles)
 rows["condition"] = [m if m in ("original", "rag") else f"{s}x" for m, s in zip(rows["method"], rows["scale"])]
@@ -189,10 +189,12 @@ rules, on both evaluation sets. Then: does training on a new document disturb wh
 trained on a new document is asked the control's questions, beside the original model's score.
 """),
 ("code", r"""
-new = rows[rows["doc_id"] != inputs.control_doc_id]
+rows["new"] = rows["doc_id"] != inputs.control_doc_id
+new = rows[rows["new"]]
 trained = new[new["method"].isin(sft.RULES) & new["eval"].isin(sft.RULES)]
 budget = sft.accuracy_table(trained, ["method", "scale", "eval"], score=score)
-budget = budget.merge(trained.groupby(["method", "scale"])["train_tokens"].mean().rename("tokens").reset_index())
+tokens = training[training["doc_id"] != inputs.control_doc_id].groupby(["rule", "scale"])["tokens"].mean()
+budget["tokens"] = [tokens[(m, s)] for m, s in zip(budget["method"], budget["scale"])]
 budget["label"] = [f"{s}x" for s in budget["scale"]]
 run.save_table(budget, "equal_budget")
 for ev in sft.RULES:
@@ -211,30 +213,40 @@ if inputs.control_doc_id:
     fig = bars_with_ci(control, x="condition", y="accuracy", title="control questions: original model, and after training on a new document")
     run.save_figure(fig, "control_before_after")
     display(control.round(3))
+    known = {"doc_id": inputs.control_doc_id, "method": "original", "eval": "fact"}
+    drops = [sft.compare(rows, known, {"method": rule, "scale": max(config.scales), "eval": "control"},
+                         f"control accuracy falls after {rule}-based {max(config.scales)}x training on a new document",
+                         score) for rule in sft.RULES]
+    display(pd.DataFrame(drops))
 """),
 ("md", r"""
 ## What this run shows
 
-Each claim compares two pooled accuracies over the new documents: **shown** where the 95% intervals separate,
-**direction only** where only the means do, **not shown** otherwise.
+Each claim compares two conditions on the new documents' questions, each question's score averaged over seeds and
+adapters: the difference with a 95% bootstrap interval, paired by question where both sides answered the same
+ones. **shown**: the interval lies above zero; **opposite shown**: below zero; **direction only**: only the mean
+difference is positive; **not shown**: otherwise.
 """),
 ("code", r"""
 summary = sft.accuracy_table(new, ["method", "scale", "eval"], score=score)
-claims = sft.paper_claims(summary, config.scales)
+claims = sft.paper_claims(new, config.scales, score)
 if inputs.control_doc_id:
-    known = per_doc[(per_doc["document"] == inputs.titles[inputs.control_doc_id]) & (per_doc["method"] == "original")
-                    & (per_doc["eval"] == "fact")].iloc[0]
-    unknown = summary[(summary["method"] == "original") & (summary["eval"] == "fact")].iloc[0]
-    claims.append(sft.claim_row("the control is already known to the original model (fact eval, control vs new)",
-                                known, unknown))
+    claims.append(sft.compare(rows, {"new": False, "method": "original", "eval": "fact"},
+                              {"new": True, "method": "original", "eval": "fact"},
+                              "the control is already known to the original model (fact eval, control vs new)", score))
+    claims += drops
 claims_table = pd.DataFrame(claims)
 run.save_table(claims_table, "paper_claims")
 display(claims_table)
-display(Markdown("\n".join(f"* {c['claim']}: **{c['verdict']}** ({c['higher']:.2f} vs {c['lower']:.2f})" for c in claims)))
+display(Markdown("\n".join(f"* {c['claim']}: **{c['verdict']}** ({c['higher']:.2f} vs {c['lower']:.2f}, difference "
+                           f"{c['difference']:+.2f}, 95% interval {c['difference_ci'][0]:+.2f} to {c['difference_ci'][1]:+.2f})"
+                           for c in claims)))
 run.log(documents=inputs.doc_ids, control=inputs.control_doc_id, source=inputs.source, adapters=len(jobs), score=score,
         judging=judging,
         retrieval_recall=recall, eval_overlap=overlap, claims=claims,
         accuracy=summary.to_dict("records"), per_document=per_doc.to_dict("records"),
+        control_before_after=control.to_dict("records") if inputs.control_doc_id else None,
+        equal_budget=budget.to_dict("records"),
         coverage={s: {"min": int(g.min()), "max": int(g.max())} for s, g in coverage.groupby("scale")["pairs"]},
         training_seconds=float(training["seconds"].sum()))
 print(f"results: {run.finish().parent}")
