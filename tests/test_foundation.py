@@ -113,6 +113,9 @@ def test_tables_and_figures(tmp_path):
     assert (d / "t.md").read_text().splitlines()[2].split() == ["|", "1", "|", "0.500", "|"]
     assert (d / "f.png").stat().st_size > 1000 and (d / "f.svg").exists()
     assert not [p for p in d.iterdir() if p.name.startswith(".")]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (d / "t.csv").stat().st_mode & 0o777 == 0o666 & ~mask  # the permissions of any file the user writes
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
