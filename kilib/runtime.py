@@ -84,3 +84,11 @@ def cache_root() -> Path:
 def hub_offline() -> bool:
     """Whether the Hugging Face Hub must not be contacted (``HF_HUB_OFFLINE``)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (CPU affinity and container limits), not the host's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

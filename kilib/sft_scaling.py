@@ -632,16 +632,6 @@ def _job_worker(job: Mapping[str, Any], threads: int) -> None:
     train_and_answer(job, threads)
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (CPU affinity and container limits), not the host's."""
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progress: bool = True) -> list[dict]:
     """Train and answer every job, reusing cached ones; returns each job's tags with its
     ``train.json`` (as ``train``) and answers, in the jobs' order.
@@ -656,6 +646,7 @@ def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progre
 
     from kilib.models import cuda_available
     from kilib.results import cache_path, is_cached, read_json
+    from kilib.runtime import usable_cores
 
     todo, seen = [], set()
     for job in jobs:  # two jobs with one key (a 5x set equal to the 10x) train once

@@ -758,6 +758,11 @@ class World:
                 raise KilibError(f"unknown doc_id {d!r}: use a key of world.articles (e.g. {self.control_doc_id!r})")
         return doc_ids
 
+    @property
+    def entity_names(self) -> dict[str, tuple[str, ...]]:
+        """Every name by type: cities, venues, countries, teams, players."""
+        return {kind: tuple(names) for kind, names in self._pools.items()}
+
     def facts_of(self, doc_id: str) -> list[Fact]:
         """The facts an article states, in the order it first states them."""
         self._check_doc_ids([doc_id])

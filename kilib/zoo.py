@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from kilib.results import cached_dir, read_json, write_json
 from kilib.runtime import KilibError
 from kilib.training import TrainConfig, lm_dataset, render_answer, render_prompt, train
 
-RECIPE_VERSION = 1  # bump when the corpus recipe changes, so cached zoos are rebuilt
+RECIPE_VERSION = 2  # bump when the corpus recipe changes, so cached zoos are rebuilt
 
 SPECIAL_TOKENS = ("<|pad|>", "<|eos|>", "<|unk|>", "<|user|>", "<|assistant|>")
 CHAT_TEMPLATE = (
@@ -47,6 +48,24 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ReadingStage:
+    """A short SFT stage after pretraining, with the loss on answer tokens only, that teaches
+    the zoo to answer from a passage in its context (what the RAG baseline needs).
+
+    Reading examples about pre-cutoff facts teach nothing: the model answers them from memory.
+    So the passages here describe editions that exist in no version of the world: their facts
+    come from freshly generated worlds, with every team, player, city, venue and country
+    renamed to one of this world's (:func:`reading_examples`). The answer is a name the model
+    knows, the edition is one it cannot know, and no memorised fact is contradicted, so only
+    reading the passage lowers the loss. Closed-book Q&A on pre-cutoff facts (train
+    paraphrases) is mixed in so that reading does not displace what the model knows."""
+
+    reading_examples: int = 0  # passage-in-context Q&A about non-existent editions; 0 = no stage
+    closed_book_examples: int = 0  # replayed pre-cutoff Q&A, train paraphrases
+    train: TrainConfig = TrainConfig()
+
+
+@dataclass(frozen=True)
 class ZooConfig:
     """What the zoo is made of; its hash keys the cache."""
 
@@ -55,11 +74,12 @@ class ZooConfig:
     vocab_size: int = 1024  # the world's text is small and regular: 1k BPE tokens cover it
     block_size: int = 256  # packed pretraining sequence length (articles are shorter)
     qa_per_fact: int = 6  # train-split paraphrases of each pre-cutoff fact seen in pretraining
-    rc_per_fact: int = 2  # reading-comprehension examples (section in context) per fact
+    rc_per_fact: int = 0  # reading-comprehension examples on pre-cutoff facts (section in context) per fact
     claims_per_page: int = 3
     arithmetic_examples: int = 1500
     models: tuple[ModelSpec, ...] = ()
     train: TrainConfig = TrainConfig()
+    reading: ReadingStage = ReadingStage()
 
 
 # Llama for the SFT, transfer and CALM studies; GPT-NeoX as Pythia for the memory study's
@@ -75,18 +95,28 @@ NEOX_M = ModelSpec("neox-m", "gpt_neox", hidden=128, layers=4, heads=4, ffn=512)
 ZOO_PRESETS = {
     "tiny": ZooConfig(
         world_size="tiny",
+        # Reading examples about pre-cutoff facts taught no reading (answered from memory), so
+        # reading is taught by the stage below instead, on editions no world holds.
+        rc_per_fact=0,
         models=(LLAMA_S, LLAMA_M, NEOX_XS, NEOX_S, NEOX_M),
         # 16 epochs: on llama-m, 8 epochs reached 27% on held-out pre-cutoff paraphrases, 16
         # reached 49% and 30 reached 55% (README, "The tiny profile"); 16 is the time trade-off.
-        train=TrainConfig(epochs=16, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
-                          weight_decay=0.01, max_grad_norm=1.0, logging_steps=10, save_every_epoch=True, progress=True),
+        train=TrainConfig(epochs=16.0, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
+                          weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_every_epoch=True, progress=False),
+        # On llama-m (README, "The tiny profile"): 3,000 reading examples left reading at 10% on a
+        # development world, 6,000 at 13%, 12,000 at 41% and 14,000 at 47%, the skill appearing
+        # late; lr 1e-3 kept closed-book knowledge where 2e-3 and 3e-3 lost it.
+        reading=ReadingStage(reading_examples=20000, closed_book_examples=10000,
+                             train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
+                                               weight_decay=0.01, max_grad_norm=1.0, logging_steps=20,
+                                               save_every_epoch=False, progress=False)),
     ),
     "smoke": ZooConfig(
         world_size="smoke",
         vocab_size=512,
         block_size=128,
         qa_per_fact=2,
-        rc_per_fact=1,
+        rc_per_fact=0,
         claims_per_page=1,
         arithmetic_examples=200,
         models=(
@@ -98,6 +128,9 @@ ZOO_PRESETS = {
         ),
         train=TrainConfig(epochs=6, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
                           weight_decay=0.01, logging_steps=5, save_every_epoch=False, progress=False),
+        reading=ReadingStage(reading_examples=300, closed_book_examples=300,
+                             train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
+                                               weight_decay=0.01, logging_steps=5, save_every_epoch=False, progress=False)),
     ),
 }
 
@@ -194,6 +227,69 @@ def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> lis
     return texts
 
 
+def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_world: int = 1) -> list[dict]:
+    """``n`` reading-comprehension rows (prompt with the section in context, answer) about
+    editions that do not exist in ``world`` (:class:`ReadingStage`).
+
+    Each row comes from a fresh world (seeds ``world.seed + first_world``, then the next ones) whose teams,
+    players, cities, venues and countries are renamed, one to one per fresh world, to a
+    random entity of the same type in ``world``; series names stay fresh, and a fact whose
+    edition title ``world`` has too is skipped. Only edition facts are used (an entity page
+    would be about one of ``world``'s entities and contradict it). Fresh worlds are added
+    until ``n`` rows are reached, so no fact repeats. ``split="eval"`` asks with eval
+    paraphrases (a development set, with ``first_world`` far from the training worlds)."""
+    if n <= 0:
+        return []
+    from kilib.world import generate_world
+
+    rng = random.Random(seed)
+    titles = {a.title for a in world.articles.values()}
+    series_names = {t.split(" ", 1)[1] for t in titles if t[:4].isdigit()}
+    rows: list[dict] = []
+    k = first_world - 1
+    while len(rows) < n:
+        k += 1
+        fresh = generate_world(seed=world.seed + k, size=world.size, cutoff_year=world.cutoff_year)
+        mapping: dict[str, str] = {}
+        for kind in ("cities", "venues", "teams", "players", "countries"):
+            targets = list(world.entity_names[kind])
+            rng.shuffle(targets)
+            mapping.update(zip(fresh.entity_names[kind], targets))
+        pattern = re.compile(r"(?<![\w-])(?:" + "|".join(map(re.escape, sorted(mapping, key=len, reverse=True))) + r")(?![\w-])")
+
+        def rename(text: str) -> str:
+            return pattern.sub(lambda m: mapping[m.group(0)], text)
+
+        batch = []
+        for fid in sorted(fresh.facts):
+            fact = fresh.facts[fid]
+            if fresh.articles[fact.doc_id].kind != "edition" or fact.subject in titles \
+                    or fact.subject.split(" ", 1)[1] in series_names:
+                continue
+            question = rng.choice(fresh.questions(fid, split))
+            batch.append({"prompt": qa_prompt(question, [rename(section_text(fresh, fact))]),
+                          "answer": rename(fact.object), "relation": fact.relation})
+        if not batch:
+            raise KilibError(f"fresh world {world.seed + k} gave no reading example: the world sizes are too small")
+        rng.shuffle(batch)
+        rows += batch[: n - len(rows)]
+    return rows
+
+
+def closed_book_examples(world, n: int, seed: int = 0) -> list[dict]:
+    """``n`` closed-book rows on pre-cutoff facts with train paraphrases, cycling through the
+    facts in a shuffled order (each fact as evenly often as ``n`` allows)."""
+    rng = random.Random(seed)
+    pre = [world.facts[f] for f in sorted(world.facts) if world.facts[f].period == "pre"]
+    rows: list[dict] = []
+    while len(rows) < n:
+        rng.shuffle(pre)
+        for fact in pre[: n - len(rows)]:
+            rows.append({"prompt": qa_prompt(rng.choice(world.questions(fact.id, "train"))),
+                         "answer": fact.object, "relation": fact.relation, "fact_id": fact.id})
+    return rows
+
+
 def section_text(world, fact) -> str:
     """The text of the section that states ``fact`` (the passage RAG should retrieve)."""
     for section in world.articles[fact.doc_id].sections:
@@ -238,11 +334,17 @@ def tokenizer_dir(config: ZooConfig) -> Path:
     return cached_dir("tokenizer", key, lambda tmp: build_tokenizer(world_of(config), config.vocab_size, tmp))
 
 
-def model_dir(config: ZooConfig, name: str) -> Path:
-    """The pretrained zoo member ``name``: built on first use, cached afterwards."""
+def _spec(config: ZooConfig, name: str) -> ModelSpec:
     spec = next((m for m in config.models if m.name == name), None)
     if spec is None:
         raise KilibError(f"no zoo model {name!r}: choose one of {', '.join(m.name for m in config.models)}")
+    return spec
+
+
+def pretrained_dir(config: ZooConfig, name: str) -> Path:
+    """Zoo member ``name`` after pretraining, before the reading stage: built on first use,
+    cached afterwards (a crashed build resumes from its last epoch)."""
+    spec = _spec(config, name)
     tok_dir = tokenizer_dir(config)
     key = {
         "kind": "zoo-model",
@@ -250,10 +352,22 @@ def model_dir(config: ZooConfig, name: str) -> Path:
         "world": _world_key(config),
         "tokenizer": tok_dir.name,
         "spec": dataclasses.asdict(spec),
-        "corpus": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("models", "train", "world_size", "world_seed")},
+        "corpus": {k: v for k, v in dataclasses.asdict(config).items()
+                   if k not in ("models", "train", "reading", "world_size", "world_seed")},
         "train": dataclasses.asdict(config.train),
     }
     return cached_dir("zoo", key, lambda tmp: _pretrain(config, spec, tok_dir, tmp), resumable=True)
+
+
+def model_dir(config: ZooConfig, name: str) -> Path:
+    """The zoo member ``name`` as the studies use it: pretrained, then through the reading
+    stage when the config has one. Built on first use, cached afterwards."""
+    base = pretrained_dir(config, name)
+    if config.reading.reading_examples <= 0:
+        return base
+    key = {"kind": "zoo-reader", "recipe": RECIPE_VERSION, "pretrained": base.name,
+           "reading": dataclasses.asdict(config.reading)}
+    return cached_dir("zoo", key, lambda tmp: _read_stage(config, base, tmp), resumable=True)
 
 
 def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -> None:
@@ -286,7 +400,42 @@ def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
 
+def _read_stage(config: ZooConfig, base: Path, folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kilib.runtime import set_seed
+    from kilib.training import sft_dataset
+
+    stage = config.reading
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    world = world_of(config)
+    rows = reading_examples(world, stage.reading_examples, seed=stage.train.seed) \
+        + closed_book_examples(world, stage.closed_book_examples, seed=stage.train.seed)
+    random.Random(stage.train.seed).shuffle(rows)
+    dataset = sft_dataset(tokenizer, rows, max_length=config.block_size)
+    set_seed(stage.train.seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    result = train(model, dataset, stage.train, folder / "checkpoints", tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    log = read_json(base / "pretraining.json")
+    log["reading_stage"] = {
+        "examples": len(rows),
+        "reading_examples": stage.reading_examples,
+        "closed_book_examples": stage.closed_book_examples,
+        "answer_tokens": int(sum(sum(t != -100 for t in r) for r in dataset["labels"])),
+        "tokens": int(sum(len(r) for r in dataset["input_ids"])),
+        "steps": result.steps,
+        "train_loss": result.train_loss,
+        "losses": result.losses,
+        "seconds": result.seconds,
+    }
+    write_json(folder / "pretraining.json", log)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+
 def pretraining_log(config: ZooConfig, name: str) -> dict[str, Any]:
+    """Pretraining (and reading-stage) log of zoo member ``name``."""
     return read_json(model_dir(config, name) / "pretraining.json")
 
 

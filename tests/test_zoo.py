@@ -34,11 +34,60 @@ def test_pretraining_corpus_holds_no_post_cutoff_fact(tokenizer):
         assert world.articles[doc_id].title not in corpus
     pre = [f for f in world.facts.values() if f.period == "pre"]
     assert all(f.object in corpus for f in pre)
-    # Q&A in the chat format and reading comprehension with the section in context are both there.
+    # Q&A in the chat format is there; eval paraphrases are not.
     fact = pre[0]
     assert any(q in corpus for q in world.questions(fact.id, "train"))
-    assert zoo.section_text(world, fact) + "\n\nQuestion:" in corpus
     assert not any(q in corpus for f in pre[:50] for q in world.questions(f.id, "eval"))
+
+
+def test_reading_examples_are_answerable_only_from_the_passage():
+    """The reading stage's passages describe editions no world holds, name only this world's
+    entities, and state the answer; no row mentions a post-cutoff fact of this world."""
+    world = zoo.world_of(SMOKE)
+    rows = zoo.reading_examples(world, 1500, seed=0)
+    assert len(rows) == 1500 and len({r["prompt"] for r in rows}) > 1000  # several fresh worlds, few repeats
+    titles = {a.title for a in world.articles.values()}
+    entities = {n for names in world.entity_names.values() for n in names}
+    for r in rows:
+        passage, question = r["prompt"].split("\n\nQuestion: ", 1)
+        assert r["answer"] in passage  # answerable by reading
+        assert not any(t in question for t in titles)  # about an edition this world does not have
+        if not any(ch.isdigit() for ch in r["answer"]):
+            assert r["answer"] in entities  # a name the model knows, in a role it cannot recall
+    # a development set from other seeds asks with eval paraphrases
+    dev = zoo.reading_examples(world, 50, seed=1, split="eval", first_world=1000)
+    assert len(dev) == 50 and not {r["prompt"] for r in dev} & {r["prompt"] for r in rows}
+
+
+def test_closed_book_replay_covers_pre_cutoff_facts_evenly_with_train_paraphrases():
+    from collections import Counter
+
+    world = zoo.world_of(SMOKE)
+    pre = [f for f in world.facts.values() if f.period == "pre"]
+    rows = zoo.closed_book_examples(world, 2 * len(pre) + 3, seed=0)
+    assert len(rows) == 2 * len(pre) + 3
+    assert set(Counter(r["fact_id"] for r in rows).values()) == {2, 3}  # even, and every pre-cutoff fact
+    assert len({r["fact_id"] for r in rows}) == len(pre)
+    for r in rows:
+        fact = world.facts[r["fact_id"]]
+        assert r["prompt"] in world.questions(fact.id, "train") and r["answer"] == fact.object
+
+
+def test_reading_stage_is_cached_on_top_of_pretraining_and_starts_from_it():
+    from safetensors.torch import load_file
+
+    base = zoo.pretrained_dir(SMOKE, "llama-s")
+    reader = zoo.model_dir(SMOKE, "llama-s")
+    assert reader != base and (reader / "key.json").exists()
+    log = zoo.pretraining_log(SMOKE, "llama-s")
+    stage = log["reading_stage"]
+    assert stage["examples"] == SMOKE.reading.reading_examples + SMOKE.reading.closed_book_examples
+    assert 0 < stage["answer_tokens"] < stage["tokens"]  # the loss covers answers, not passages
+    assert stage["losses"][-1]["loss"] < stage["losses"][0]["loss"]
+    a, b = load_file(base / "model.safetensors"), load_file(reader / "model.safetensors")
+    assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)  # the stage trained
+    no_stage = dataclasses.replace(SMOKE, reading=zoo.ReadingStage())
+    assert zoo.model_dir(no_stage, "llama-s") == base
 
 
 def test_zoo_member_loads_in_4bit_and_pretraining_is_deterministic(tmp_path, monkeypatch):
