@@ -164,16 +164,28 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def _trainer_class():
-    from transformers import Trainer
+    from transformers import PreTrainedModel, Trainer
 
-    class _NoFlopsTrainer(Trainer):
-        """``Trainer`` without its per-step FLOP count, which walks every parameter of the
-        model at each step: about 8% of a LoRA step on the tiny zoo. kilib reports no FLOPs."""
+    class _KilibTrainer(Trainer):
+        """``Trainer`` with two changes. No per-step FLOP count, which walks every parameter
+        of the model at each step: about 8% of a LoRA step on the tiny zoo (kilib reports no
+        FLOPs). And a full model resumes through ``from_pretrained``: ``Trainer`` loads a
+        checkpoint's raw state dict, which misses keys that transformers renames on loading
+        (GPT-NeoX's saved ``embed_out`` is ``lm_head``), and went on with a fresh output head."""
 
         def floating_point_ops(self, inputs) -> int:
             return 0
 
-    return _NoFlopsTrainer
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            model = model if model is not None else self.model
+            folder = Path(resume_from_checkpoint)
+            if not isinstance(model, PreTrainedModel) or not (folder / "model.safetensors").exists():
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            dtype = next(model.parameters()).dtype
+            saved = type(model).from_pretrained(folder, dtype=dtype)
+            model.load_state_dict(saved.state_dict(), strict=True)  # a mismatch is an error, not a fresh head
+
+    return _KilibTrainer
 
 
 def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer=None, data_collator=None, resume: bool = True, callbacks=None) -> TrainResult:

@@ -70,18 +70,33 @@ def test_lm_blocks_cover_the_stream_and_mask_padding():
     assert all(l == IGNORE_INDEX for l, m in zip(last["labels"], last["attention_mask"]) if not m)
 
 
-def test_training_lowers_the_loss_and_resumes(tmp_path):
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_training_lowers_the_loss_and_resumes(tmp_path, family):
+    from transformers import TrainerCallback
+
+    class CrashAfterSaving(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 8:
+                raise _Crash
+
     tok = make_tokenizer()
     data = sft_dataset(tok, [{"prompt": "who won the cup?", "answer": "the rovers"}] * 8)
-    config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, progress=False, logging_steps=1)
-    model = make_model("llama", tok)
-    result = train(model, data, config, tmp_path / "run", tokenizer=tok)
-    assert result.steps == 8 and result.losses[-1]["loss"] < result.losses[0]["loss"]
+    config = TrainConfig(epochs=3, batch_size=2, lr=1e-2, progress=False, logging_steps=1)
+    straight = train(make_model(family, tok), data, config, tmp_path / "straight", tokenizer=tok)
+    assert straight.steps == 12 and straight.losses[-1]["loss"] < straight.losses[0]["loss"]
+    with pytest.raises(_Crash):  # the same run, stopped after its second epoch's checkpoint
+        train(make_model(family, tok), data, config, tmp_path / "run", tokenizer=tok, callbacks=[CrashAfterSaving()])
     assert latest_checkpoint(tmp_path / "run").name == "checkpoint-8"
-    # A rerun with more epochs resumes from the checkpoint (weights, optimizer, log): a model
-    # initialised differently would log other losses for steps 1-8 had it started afresh.
-    more = train(make_model("llama", tok, seed=1), data, TrainConfig(**{**config.__dict__, "epochs": 3}), tmp_path / "run", tokenizer=tok)
-    assert more.steps == 12 and more.losses[:8] == result.losses
+    # The rerun resumes from the checkpoint (weights, optimizer, schedule, log): a model initialised
+    # differently logs the first 8 losses of the uninterrupted run, and the last 4 as well, which
+    # it would not with any weight left unloaded.
+    resumed = train(make_model(family, tok, seed=1), data, config, tmp_path / "run", tokenizer=tok)
+    assert resumed.steps == 12 and resumed.losses[:8] == straight.losses[:8]
+    assert [h["loss"] for h in resumed.losses[8:]] == pytest.approx([h["loss"] for h in straight.losses[8:]], rel=1e-4)
 
 
 def test_only_parameters_that_require_grad_train(tmp_path):
