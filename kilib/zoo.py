@@ -63,6 +63,9 @@ class ReadingStage:
     reading_examples: int = 0  # passage-in-context Q&A about non-existent editions; 0 = no stage
     closed_book_examples: int = 0  # replayed pre-cutoff Q&A, train paraphrases
     train: TrainConfig = TrainConfig()
+    # The Llama models are the studies' readers (01's RAG baseline); the GPT-NeoX family serves
+    # 04's FEVER sweep, which never puts a passage in the prompt, and skips the stage's cost.
+    families: tuple[str, ...] = ("llama",)
 
 
 @dataclass(frozen=True)
@@ -361,12 +364,12 @@ def pretrained_dir(config: ZooConfig, name: str) -> Path:
 
 def model_dir(config: ZooConfig, name: str) -> Path:
     """The zoo member ``name`` as the studies use it: pretrained, then through the reading
-    stage when the config has one. Built on first use, cached afterwards."""
+    stage when the config has one for its family. Built on first use, cached afterwards."""
     base = pretrained_dir(config, name)
-    if config.reading.reading_examples <= 0:
+    if config.reading.reading_examples <= 0 or _spec(config, name).family not in config.reading.families:
         return base
     key = {"kind": "zoo-reader", "recipe": RECIPE_VERSION, "pretrained": base.name,
-           "reading": dataclasses.asdict(config.reading)}
+           "reading": {k: v for k, v in dataclasses.asdict(config.reading).items() if k != "families"}}
     return cached_dir("zoo", key, lambda tmp: _read_stage(config, base, tmp), resumable=True)
 
 

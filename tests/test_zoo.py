@@ -88,6 +88,7 @@ def test_reading_stage_is_cached_on_top_of_pretraining_and_starts_from_it():
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)  # the stage trained
     no_stage = dataclasses.replace(SMOKE, reading=zoo.ReadingStage())
     assert zoo.model_dir(no_stage, "llama-s") == base
+    assert zoo.model_dir(SMOKE, "neox-xs") == zoo.pretrained_dir(SMOKE, "neox-xs")  # the family does not read
 
 
 def test_zoo_member_loads_in_4bit_and_pretraining_is_deterministic(tmp_path, monkeypatch):

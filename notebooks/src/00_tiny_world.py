@@ -99,7 +99,8 @@ memory whether or not the passage is in its prompt. So a short **reading stage**
 the loss on the answer tokens only: questions with the passage in context about tournament editions that exist in
 no version of this world (facts from freshly generated worlds, every name mapped to one of this world's entities),
 which only reading can answer, mixed with closed-book questions on pre-cutoff facts so that reading does not push
-out what the model knows. One such example is shown below.
+out what the model knows. The Llama models, the readers of the later studies, go through it; the GPT-NeoX family,
+used by the FEVER study (04), which never puts a passage in the prompt, does not. One such example is shown below.
 """),
 ("code", r"""
 example = zoo.reading_examples(world, 1, seed=0)[0]
