@@ -65,6 +65,7 @@ docs = sections.groupby("doc_id", sort=False).agg(title=("title", "first"), sect
                                                    tokens=("tokens", "sum")).reset_index()
 docs["facts"] = [len(inputs.facts[d]) for d in docs["doc_id"]]
 docs["role"] = ["control (known)" if d == inputs.control_doc_id else "new" for d in docs["doc_id"]]
+labels = {d: t + (" (control)" if d == inputs.control_doc_id else "") for d, t in inputs.titles.items()}  # figure labels
 display(docs)
 first = inputs.doc_ids[0]
 print(f"\n{inputs.titles[first]}, first section:\n{sections[sections.doc_id == first].iloc[0]['text']}")
@@ -107,7 +108,7 @@ coverage = pd.DataFrame([
     for scale in config.scales for fid, n in sft.fact_coverage(sets[scale], inputs.facts[doc_id]).items()
 ])
 run.save_table(coverage, "fact_coverage")
-fig = sft.coverage_figure(coverage[coverage.seed == config.seeds[0]], config.scales, inputs.titles)
+fig = sft.coverage_figure(coverage[coverage.seed == config.seeds[0]], config.scales, labels)
 run.save_figure(fig, "fig2_token_coverage")
 spread = coverage.groupby(["scale"], sort=False)["pairs"].describe()[["min", "50%", "max"]]
 display(spread.rename(columns={"50%": "median"}))
@@ -140,7 +141,7 @@ passage(s) placed before the question. Both answer the same evaluation sets.
 ("code", r"""
 index = SectionIndex.from_sections(inputs.sections, max_words=config.rag_passage_words)
 rows = pd.DataFrame(sft.adapter_rows(results, jobs) + sft.baseline_rows(inputs.base, config, inputs.evaluation, index))
-rows["document"] = rows["doc_id"].map(inputs.titles)
+rows["document"] = rows["doc_id"].map(labels)
 rows["condition"] = [m if m in ("original", "rag") else f"{s}x" for m, s in zip(rows["method"], rows["scale"])]
 judging = None
 if config.judge:
@@ -175,7 +176,7 @@ figures = {"fig1_token_on_token": ("token", "token", "Fig 1: token-based trainin
 for name, (rule, ev, title) in figures.items():
     sub = per_doc[(per_doc["eval"] == ev) & per_doc["method"].isin([rule, "original", "rag"])]
     fig = bars_with_ci(sub, x="document", y="accuracy", hue="condition", hue_order=conditions, title=title,
-                       order=list(inputs.titles.values()))
+                       order=list(labels.values()))
     run.save_figure(fig, name)
 display(per_doc.pivot_table(index=["eval", "document"], columns=["method", "condition"], values="accuracy",
                             sort=False).round(2))
