@@ -9,6 +9,7 @@ from the newest checkpoint in its folder.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -163,6 +164,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+@functools.cache
 def _trainer_class():
     from transformers import PreTrainedModel, Trainer
 

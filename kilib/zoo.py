@@ -21,7 +21,7 @@ from typing import Any
 from kilib.data import FEVER_LABELS, fever_answer, fever_prompt, qa_prompt
 from kilib.results import cached_dir, read_json, write_json
 from kilib.runtime import KilibError
-from kilib.training import TrainConfig, lm_dataset, render_answer, render_prompt, train
+from kilib.training import IGNORE_INDEX, TrainConfig, lm_dataset, render_answer, render_prompt, train
 
 RECIPE_VERSION = 2  # bump when the corpus recipe changes, so cached zoos are rebuilt
 
@@ -102,8 +102,9 @@ ZOO_PRESETS = {
         # reading is taught by the stage below instead, on editions no world holds.
         rc_per_fact=0,
         models=(LLAMA_S, LLAMA_M, NEOX_XS, NEOX_S, NEOX_M),
-        # 16 epochs: on llama-m, 8 epochs reached 27% on held-out pre-cutoff paraphrases, 16
-        # reached 49% and 30 reached 55% (README, "The tiny profile"); 16 is the time trade-off.
+        # 16 epochs: on llama-m under recipe version 1, 8 epochs reached 27% on held-out
+        # pre-cutoff paraphrases, 16 reached 49% and 30 reached 55% (results/tiny/
+        # zoo_recipe_sweep.json); 16 is the time trade-off.
         train=TrainConfig(epochs=16.0, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
                           weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_every_epoch=True, progress=False),
         # On llama-m (README, "The tiny profile"): 3,000 reading examples left reading at 10% on a
@@ -426,7 +427,7 @@ def _read_stage(config: ZooConfig, base: Path, folder: Path) -> None:
         "examples": len(rows),
         "reading_examples": stage.reading_examples,
         "closed_book_examples": stage.closed_book_examples,
-        "answer_tokens": int(sum(sum(t != -100 for t in r) for r in dataset["labels"])),
+        "answer_tokens": int(sum(sum(t != IGNORE_INDEX for t in r) for r in dataset["labels"])),
         "tokens": int(sum(len(r) for r in dataset["input_ids"])),
         "steps": result.steps,
         "train_loss": result.train_loss,
