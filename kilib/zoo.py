@@ -109,7 +109,7 @@ ZOO_PRESETS = {
                           weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_every_epoch=True, progress=False),
         # On llama-m (README, "The tiny profile"): 3,000 reading examples left reading at 10% on a
         # development world, 6,000 at 13%, 12,000 at 41% and 14,000 at 47%, the skill appearing
-        # late; lr 1e-3 kept closed-book knowledge where 2e-3 and 3e-3 lost it.
+        # late; lr 1e-3 kept more closed-book knowledge than 2e-3 and 3e-3.
         reading=ReadingStage(reading_examples=20000, closed_book_examples=10000,
                              train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
                                                weight_decay=0.01, max_grad_norm=1.0, logging_steps=20,
