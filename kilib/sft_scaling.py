@@ -482,15 +482,16 @@ def _train_fields(config: TrainConfig, seed: int) -> dict[str, Any]:
 
 def model_fingerprint(base: str) -> str:
     """What identifies a trainee in a cache key: a Hub id as given (pin ``revision`` too), a
-    local folder by its path and a hash of its config and weight files' names and sizes, so
-    weights replaced in place are not mistaken for the old ones."""
+    local folder by its path and a hash of its config and weight files' names, sizes and
+    modification times, so weights replaced in place (same shapes, same sizes) are not mistaken
+    for the old ones."""
     from kilib.results import stable_hash
 
     folder = Path(str(base)).expanduser()
     if not folder.is_dir():
         return str(base)
     files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
-    return f"{folder}@{stable_hash([(p.name, p.stat().st_size, p.read_text() if p.name == 'config.json' else '') for p in files])}"
+    return f"{folder}@{stable_hash([(p.name, p.stat().st_size, p.stat().st_mtime_ns, p.read_text() if p.name == 'config.json' else '') for p in files])}"
 
 
 def _items(pairs: Iterable[dict], passages: Sequence[str] | None = None) -> list[dict]:

@@ -239,3 +239,16 @@ def test_the_paper_corpus_keeps_its_control(base, tmp_path, monkeypatch):
     for corpus in ("paper", "wikipedia"):
         inputs = S.study_inputs("paper", S.InjectionConfig(model=base, corpus=corpus, generator="scripted"))
         assert inputs.control_doc_id == "fifa_world_cup_2018" and inputs.doc_ids == fetched.doc_ids()
+
+
+def test_model_fingerprint_changes_when_weights_are_replaced_in_place(tmp_path, tokenizer):
+    """Cached adapters are keyed by their trainee: new weights of the same shapes in the same
+    folder must not reuse adapters trained on the old ones."""
+    from kilib.sft_scaling import model_fingerprint
+
+    make_model("llama", tokenizer, seed=0).save_pretrained(tmp_path)
+    first = model_fingerprint(str(tmp_path))
+    assert model_fingerprint(str(tmp_path)) == first  # stable while nothing changes
+    make_model("llama", tokenizer, seed=1).save_pretrained(tmp_path)  # same shapes, same file sizes
+    assert model_fingerprint(str(tmp_path)) != first
+    assert model_fingerprint("meta-llama/Llama-2-7b-chat-hf") == "meta-llama/Llama-2-7b-chat-hf"
