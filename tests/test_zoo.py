@@ -41,8 +41,8 @@ def test_pretraining_corpus_holds_no_post_cutoff_fact(tokenizer):
 
 
 def test_reading_examples_are_answerable_only_from_the_passage():
-    """The reading stage's passages describe editions no world holds, name only this world's
-    entities, and state the answer; no row mentions a post-cutoff fact of this world."""
+    """The reading stage's passages describe editions this world does not have, name only
+    this world's entities, and state the answer."""
     world = zoo.world_of(SMOKE)
     rows = zoo.reading_examples(world, 1500, seed=0)
     assert len(rows) == 1500 and len({r["prompt"] for r in rows}) > 1000  # several fresh worlds, few repeats

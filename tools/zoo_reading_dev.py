@@ -10,7 +10,8 @@ One JSON line per measured model is appended to OUT_JSONL.
         '[{"rc": 14000, "qa": 10000, "lr": 1e-3}]' results/tiny/zoo_reading_dev.jsonl
 
 RC (default 0) sets ``rc_per_fact`` of pretraining; BASE_EVAL=1 also measures the pretrained
-model before any stage.
+model before any stage. The committed rows were written by the first form of this script, which
+measured the same things and printed them; its log lines were converted to these JSON rows.
 """
 
 import dataclasses
