@@ -15,6 +15,7 @@ measured the same things and printed them; its log lines were converted to these
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -41,8 +42,11 @@ def main() -> None:
         r["dev_reading"] = zoo.answer_accuracy(model, tok, dev)
         return {k: round(v["accuracy"], 3) for k, v in r.items() if isinstance(v, dict)}
 
+    weights = hashlib.sha256((pretrained / "model.safetensors").read_bytes()).hexdigest()[:16]
+
     def emit(row: dict) -> None:
-        row = {"model": name, "pretraining_epochs": epochs, "rc_per_fact": config.rc_per_fact, **row}
+        row = {"model": name, "pretraining_epochs": epochs, "rc_per_fact": config.rc_per_fact,
+               "pretrained_weights_sha256": weights, **row}
         with open(out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
