@@ -608,6 +608,12 @@ _RESERVED_WORDS = _template_words() | frozenset(
 # ---------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------
+def whole_items_pattern(items: Iterable[str]) -> re.Pattern:
+    """A regex matching any of ``items`` as a whole item, longest first: "1" is not found in
+    "2014" nor in "3-1", and "Ozu Rovers" is not read as "Ozu"."""
+    return re.compile(r"(?<![\w-])(?:" + "|".join(map(re.escape, sorted(items, key=len, reverse=True))) + r")(?![\w-])")
+
+
 def _rng(*labels: object) -> random.Random:
     """An independent stream per purpose, so changing one part never shifts another.
 
@@ -738,8 +744,7 @@ class World:
         # material, wrong answers included, may mention them.
         self._post_only = tuple(sorted({f.object for f in facts.values() if f.period == "post" and f.object not in pre_known}))
         # whole items only: "1" is not in "2014" nor in "3-1"
-        self._post_only_re = re.compile(
-            r"(?<![\w-])(?:" + "|".join(map(re.escape, self._post_only)) + r")(?![\w-])") if self._post_only else None
+        self._post_only_re = whole_items_pattern(self._post_only) if self._post_only else None
 
     def __repr__(self) -> str:
         n_pre = sum(f.period == "pre" for f in self.facts.values())

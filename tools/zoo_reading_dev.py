@@ -29,17 +29,16 @@ from kilib.training import TrainConfig
 def main() -> None:
     name, epochs, stages, out = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
     base = zoo.zoo_config("tiny")
-    config = dataclasses.replace(base, rc_per_fact=int(os.environ.get("RC", 0)),
-                                 train=dataclasses.replace(base.train, epochs=epochs))
+    config = dataclasses.replace(base, rc_per_fact=int(os.environ.get("RC", 0)), reading=zoo.ReadingStage(),
+                                 train=dataclasses.replace(base.train, epochs=epochs))  # the stages come below
     world = zoo.world_of(config)
     start = time.time()
     pretrained = zoo.pretrained_dir(config, name)
     dev = zoo.reading_examples(world, 150, seed=99, split="eval", first_world=1000)
 
-    def report(cfg, folder) -> dict:
-        model, tok = load_causal_lm(folder)
-        r = zoo._knowledge(cfg, name, folder, 1)
-        r["dev_reading"] = zoo.answer_accuracy(model, tok, dev)
+    def report(cfg) -> dict:
+        model, tok = load_causal_lm(zoo.model_dir(cfg, name))
+        r = {**zoo.knowledge_report(cfg, name), "dev_reading": zoo.answer_accuracy(model, tok, dev)}
         return {k: round(v["accuracy"], 3) for k, v in r.items() if isinstance(v, dict)}
 
     weights = hashlib.sha256((pretrained / "model.safetensors").read_bytes()).hexdigest()[:16]
@@ -52,7 +51,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
 
     if os.environ.get("BASE_EVAL"):
-        emit({"stage": None, "pretraining_s": round(time.time() - start), **report(config, pretrained)})
+        emit({"stage": None, "pretraining_s": round(time.time() - start), **report(config)})
     for st in stages:
         stage = zoo.ReadingStage(
             reading_examples=st["rc"], closed_book_examples=st["qa"],
@@ -60,8 +59,8 @@ def main() -> None:
                               weight_decay=0.01, max_grad_norm=1.0, logging_steps=20, save_every_epoch=False, progress=False))
         cfg = dataclasses.replace(config, reading=stage)
         start = time.time()
-        folder = zoo.model_dir(cfg, name)
-        emit({"stage": st, "stage_s": round(time.time() - start), **report(cfg, folder)})
+        zoo.model_dir(cfg, name)
+        emit({"stage": st, "stage_s": round(time.time() - start), **report(cfg)})
 
 
 if __name__ == "__main__":

@@ -108,12 +108,12 @@ print(example["prompt"], "\n->", example["answer"])
 """),
 ("code", r"""
 logs = {spec.name: zoo.pretraining_log(config, spec.name) for spec in config.models}
+stages = {name: log.get("reading_stage", {"examples": 0, "seconds": 0.0}) for name, log in logs.items()}  # NeoX: none
 zoo_table = pd.DataFrame([
     {"model": name, "family": spec.family, "parameters": log["parameters"], "non-embedding": log["non_embedding_parameters"],
      "corpus tokens": log["corpus_tokens"], "steps": log["steps"], "final loss": log["losses"][-1]["loss"],
      "pretraining s": round(log["seconds"], 1),
-     "reading-stage examples": log.get("reading_stage", {}).get("examples", 0),
-     "reading-stage s": round(log.get("reading_stage", {}).get("seconds", 0.0), 1)}
+     "reading-stage examples": stages[name]["examples"], "reading-stage s": round(stages[name]["seconds"], 1)}
     for spec, (name, log) in zip(config.models, logs.items())
 ])
 run.save_table(zoo_table, "zoo")
@@ -152,7 +152,7 @@ they come out of this run: a target that is missed is reported as missed.
 """),
 ("code", r"""
 largest = max(config.models, key=lambda s: logs[s.name]["parameters"]).name
-build_seconds = sum(log["seconds"] + log.get("reading_stage", {}).get("seconds", 0.0) for log in logs.values())
+build_seconds = sum(log["seconds"] + stages[name]["seconds"] for name, log in logs.items())
 threads = "/".join(sorted({str(log["torch_threads"]) for log in logs.values()}))
 print(f"zoo training time: {build_seconds:.0f} s (pretraining and reading stage, all models, when they were built)")
 by = {r["model"]: r for r in reports}
@@ -173,7 +173,7 @@ for text, ok in checks.items():
 run.log(world={"articles": len(world.articles), "facts": len(world.facts), "seed": SEED, "size": config.world_size},
         zoo={r["model"]: {k: r[k] for k in labels} for r in reports},
         pretraining_seconds={name: log["seconds"] for name, log in logs.items()},
-        reading_stage_seconds={name: log.get("reading_stage", {}).get("seconds", 0.0) for name, log in logs.items()},
+        reading_stage_seconds={name: stage["seconds"] for name, stage in stages.items()},
         pretraining_loss_first_last={name: [log["losses"][0]["loss"], log["losses"][-1]["loss"]] for name, log in logs.items()},
         parameters={name: log["parameters"] for name, log in logs.items()},
         checks=checks, largest_model=largest)
