@@ -28,7 +28,7 @@ import math
 import random
 import re
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from kilib.runtime import KilibError
 
@@ -767,6 +767,18 @@ class World:
     def entity_names(self) -> dict[str, tuple[str, ...]]:
         """Every name by type: cities, venues, countries, teams, players."""
         return {kind: tuple(names) for kind, names in self._pools.items()}
+
+    @property
+    def series(self) -> list[dict[str, Any]]:
+        """The tournament series in index order (the same sport at each index in every
+        world): name, sport, teams and players."""
+        out: dict[int, dict[str, Any]] = {}
+        for doc_id, article in self.articles.items():
+            if article.kind == "edition":
+                ctx = self._context[doc_id]
+                out.setdefault(ctx["series"], {"name": article.title.split(" ", 1)[1], "sport": ctx["sport"],
+                                               "teams": tuple(ctx["teams"]), "players": tuple(ctx["players"])})
+        return [out[i] for i in sorted(out)]
 
     def facts_of(self, doc_id: str) -> list[Fact]:
         """The facts an article states, in the order it first states them."""

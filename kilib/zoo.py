@@ -57,14 +57,22 @@ class ReadingStage:
     renamed to one of this world's (:func:`reading_examples`). The answer is a name the model
     knows, the edition is one it cannot know, and no memorised fact is contradicted, so only
     reading the passage lowers the loss. Closed-book Q&A on pre-cutoff facts (train
-    paraphrases) is mixed in so that reading does not displace what the model knows."""
+    paraphrases) is mixed in so that reading does not displace what the model knows.
+
+    With ``known_series`` > 0, that share of the fresh worlds also take this world's series
+    names (and each series' own teams and players): passages about editions of a series the
+    model has memorised other editions of, as the post-cutoff questions are, so that reading
+    learns to win over memory."""
 
     reading_examples: int = 0  # passage-in-context Q&A about non-existent editions; 0 = no stage
     closed_book_examples: int = 0  # replayed pre-cutoff Q&A, train paraphrases
     train: TrainConfig = TrainConfig()
-    # The Llama models are the studies' readers (01's RAG baseline); the GPT-NeoX family serves
-    # 04's FEVER sweep, which never puts a passage in the prompt, and skips the stage's cost.
-    families: tuple[str, ...] = ("llama",)
+    known_series: float = 0.0  # share of the fresh worlds renamed onto this world's series
+    # Only the reader goes through it: 01's RAG baseline runs on llama-m. The smaller models keep
+    # what pretraining alone gave them, with one recipe for all, so the zoo's sizes compare
+    # fairly, and 02's student learns nothing from the stage's replay; NeoX serves 04's FEVER
+    # study, which never puts a passage in the prompt. The stage costs as much as pretraining.
+    models: tuple[str, ...] = ("llama-m",)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,13 @@ class ZooConfig:
     train: TrainConfig = TrainConfig()
     reading: ReadingStage = ReadingStage()
 
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        unknown = [n for n in self.reading.models if n not in names]
+        if self.models and self.reading.reading_examples > 0 and unknown:
+            raise KilibError(f"the reading stage names no zoo model {', '.join(map(repr, unknown))}: "
+                             f"choose among {', '.join(names)}")
+
 
 # Llama for the SFT, transfer and CALM studies; GPT-NeoX as Pythia for the memory study's
 # sweep across sizes. Sizes are a few hundred thousand to a few million parameters so the
@@ -92,7 +107,9 @@ LLAMA_S = ModelSpec("llama-s", "llama", hidden=128, layers=4, heads=4, ffn=384)
 LLAMA_M = ModelSpec("llama-m", "llama", hidden=192, layers=6, heads=6, ffn=512)
 NEOX_XS = ModelSpec("neox-xs", "gpt_neox", hidden=64, layers=2, heads=4, ffn=256)
 NEOX_S = ModelSpec("neox-s", "gpt_neox", hidden=128, layers=2, heads=4, ffn=512)
-NEOX_M = ModelSpec("neox-m", "gpt_neox", hidden=128, layers=4, heads=4, ffn=512)
+# neox-m was 128 wide (1.06M) and tied neox-s; 192 wide it spreads the sizes (0.23M, 0.66M,
+# 2.17M) and scored higher on the development measure (results/tiny/zoo_size_dev.jsonl).
+NEOX_M = ModelSpec("neox-m", "gpt_neox", hidden=192, layers=4, heads=6, ffn=768)
 
 ZOO_PRESETS = {
     "tiny": ZooConfig(
@@ -108,8 +125,11 @@ ZOO_PRESETS = {
                           weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_every_epoch=True, progress=False),
         # On llama-m (results/tiny/zoo_reading_dev.jsonl): 3,000 reading examples left reading at 10% on a
         # development world, 6,000 at 13%, 12,000 at 41% and 14,000 at 47%, the skill appearing
-        # late; lr 1e-3 kept more closed-book knowledge than 2e-3 and 3e-3.
-        reading=ReadingStage(reading_examples=20000, closed_book_examples=10000,
+        # late; lr 1e-3 kept more closed-book knowledge than 2e-3 and 3e-3. Renaming half the
+        # fresh worlds onto this world's series raised reading on a known-series development set
+        # from 0.50 (mean of 3 seeds) to 0.55 (2 seeds) and lowered it on fresh series from 0.55
+        # to 0.52; all of them (1 seed) gave 0.58 and 0.43. Half is the balance.
+        reading=ReadingStage(reading_examples=20000, closed_book_examples=10000, known_series=0.5,
                              train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
                                                weight_decay=0.01, max_grad_norm=1.0, logging_steps=20,
                                                save_every_epoch=False, progress=False)),
@@ -131,7 +151,7 @@ ZOO_PRESETS = {
         ),
         train=TrainConfig(epochs=6, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
                           weight_decay=0.01, logging_steps=5, save_every_epoch=False, progress=False),
-        reading=ReadingStage(reading_examples=300, closed_book_examples=300,
+        reading=ReadingStage(reading_examples=300, closed_book_examples=300, known_series=0.5,
                              train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
                                                weight_decay=0.01, logging_steps=5, save_every_epoch=False, progress=False)),
     ),
@@ -230,7 +250,8 @@ def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> lis
     return texts
 
 
-def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_world: int = 1) -> list[dict]:
+def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_world: int = 1,
+                     known_series: float = 0.0) -> list[dict]:
     """``n`` reading-comprehension rows (prompt with the section in context, answer) about
     editions that do not exist in ``world`` (:class:`ReadingStage`).
 
@@ -240,7 +261,11 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
     edition title ``world`` has too is skipped. Only edition facts are used (an entity page
     would be about one of ``world``'s entities and contradict it). Fresh worlds are added
     until ``n`` rows are reached, so no fact repeats. ``split="eval"`` asks with eval
-    paraphrases (a development set, with ``first_world`` far from the training worlds)."""
+    paraphrases (a development set, with ``first_world`` far from the training worlds).
+
+    A share ``known_series`` of the fresh worlds (drawn per world) is renamed further: its
+    series to ``world``'s series of the same sport, and each series' teams and players to
+    that series' own, so the editions read as unseen editions of series ``world`` has."""
     if n <= 0:
         return []
     from kilib.world import generate_world, whole_items_pattern
@@ -258,6 +283,14 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
             targets = list(world.entity_names[kind])
             rng.shuffle(targets)
             mapping.update(zip(fresh.entity_names[kind], targets))
+        known = known_series > 0 and random.Random(f"known-series|{seed}|{k}").random() < known_series
+        if known:
+            for ours, theirs in zip(world.series, fresh.series):
+                mapping[theirs["name"]] = ours["name"]
+                for kind in ("teams", "players"):
+                    targets = list(ours[kind])
+                    rng.shuffle(targets)
+                    mapping.update(zip(theirs[kind], targets))
         pattern = whole_items_pattern(mapping)
 
         def rename(text: str) -> str:
@@ -266,11 +299,11 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
         batch = []
         for fid in sorted(fresh.facts):
             fact = fresh.facts[fid]
-            if fresh.articles[fact.doc_id].kind != "edition" or fact.subject in titles \
-                    or fact.subject.split(" ", 1)[1] in series_names:
+            if fresh.articles[fact.doc_id].kind != "edition" or (rename(fact.subject) if known else fact.subject) in titles \
+                    or (not known and fact.subject.split(" ", 1)[1] in series_names):
                 continue
             question = rng.choice(fresh.questions(fid, split))
-            batch.append({"prompt": qa_prompt(question, [rename(section_text(fresh, fact))]),
+            batch.append({"prompt": qa_prompt(rename(question), [rename(section_text(fresh, fact))]),
                           "answer": rename(fact.object), "relation": fact.relation})
         if not batch:
             raise KilibError(f"fresh world {world.seed + k} gave no reading example: the world sizes are too small")
@@ -364,12 +397,12 @@ def pretrained_dir(config: ZooConfig, name: str) -> Path:
 
 def model_dir(config: ZooConfig, name: str) -> Path:
     """The zoo member ``name`` as the studies use it: pretrained, then through the reading
-    stage when the config has one for its family. Built on first use, cached afterwards."""
+    stage when the config sends it through one. Built on first use, cached afterwards."""
     base = pretrained_dir(config, name)
-    if config.reading.reading_examples <= 0 or _spec(config, name).family not in config.reading.families:
+    if config.reading.reading_examples <= 0 or name not in config.reading.models:
         return base
     key = {"kind": "zoo-reader", "recipe": RECIPE_VERSION, "pretrained": base.name,
-           "reading": {k: v for k, v in dataclasses.asdict(config.reading).items() if k != "families"}}
+           "reading": {k: v for k, v in dataclasses.asdict(config.reading).items() if k != "models"}}
     return cached_dir("zoo", key, lambda tmp: _read_stage(config, base, tmp), resumable=True)
 
 
@@ -412,7 +445,7 @@ def _read_stage(config: ZooConfig, base: Path, folder: Path) -> None:
     stage = config.reading
     tokenizer = AutoTokenizer.from_pretrained(base)
     world = world_of(config)
-    rows = reading_examples(world, stage.reading_examples, seed=stage.train.seed) \
+    rows = reading_examples(world, stage.reading_examples, seed=stage.train.seed, known_series=stage.known_series) \
         + closed_book_examples(world, stage.closed_book_examples, seed=stage.train.seed)
     random.Random(stage.train.seed).shuffle(rows)
     dataset = sft_dataset(tokenizer, rows, max_length=config.block_size)
@@ -483,14 +516,15 @@ def baseline_accuracy(items: list[dict], answers: dict[str, str]) -> dict[str, A
     return accuracy_with_ci([exact_match(answers.get(it["relation"], ""), it["answer"]) for it in items])
 
 
-def knowledge_report(config: ZooConfig, name: str, per_fact: int = 1) -> dict[str, Any]:
+def knowledge_report(config: ZooConfig, name: str, per_fact: int = 1, pretrained_only: bool = False) -> dict[str, Any]:
     """What zoo member ``name`` knows, each with a bootstrap interval (tiny-world.md checks):
     closed-book accuracy on held-out paraphrases of pre-cutoff facts, on the control
     document, on the post-cutoff documents (beside the most-common-answer baseline), and on
     post-cutoff questions with the right section in context (what RAG needs).
+    ``pretrained_only`` measures the model before its reading stage (one recipe for all).
 
     Cached by the model's hash and the question count: a rerun recomputes nothing."""
-    folder = model_dir(config, name)
+    folder = pretrained_dir(config, name) if pretrained_only else model_dir(config, name)
     key = {"kind": "knowledge-report", "version": 1, "model": folder.name, "per_fact": per_fact}
     report = cached_dir("reports", key, lambda tmp: write_json(tmp / "report.json", _knowledge(config, name, folder, per_fact)))
     return read_json(report / "report.json")

@@ -62,11 +62,12 @@ def test_00_tiny_world_smoke():
     record = run_smoke("00")
     m = record["metrics"]
     assert m["world"]["size"] == "smoke" and m["world"]["facts"] > 50
-    zoo = m["zoo"]
-    assert set(zoo) == {"llama-s", "llama-m", "neox-xs", "neox-s", "neox-m"}
-    for name, r in zoo.items():
+    zoo, pretrained = m["zoo"], m["zoo_after_pretraining"]
+    assert set(zoo) == set(pretrained) == {"llama-s", "llama-m", "neox-xs", "neox-s", "neox-m"}
+    for r in [*zoo.values(), *pretrained.values()]:
         for measure in r.values():
             assert 0.0 <= measure["ci_low"] <= measure["accuracy"] <= measure["ci_high"] <= 1.0
+    assert zoo["llama-m"] != pretrained["llama-m"] and zoo["llama-s"] == pretrained["llama-s"]  # only the reader reads
     assert set(m["checks"]) and all(isinstance(v, bool) for v in m["checks"].values())
     for name, (first, last) in m["pretraining_loss_first_last"].items():
         assert last < 0.8 * first, f"{name} did not learn: loss {first:.2f} -> {last:.2f}"

@@ -59,6 +59,31 @@ def test_reading_examples_are_answerable_only_from_the_passage():
     assert len(dev) == 50 and not {r["prompt"] for r in dev} & {r["prompt"] for r in rows}
 
 
+def test_known_series_reading_examples_are_unseen_editions_of_this_worlds_series():
+    """With ``known_series`` the fresh editions take this world's series names and each
+    series' own teams and players, yet are still editions this world does not have."""
+    world = zoo.world_of(SMOKE)
+    rows = zoo.reading_examples(world, 600, seed=0, known_series=1.0)
+    titles = {a.title for a in world.articles.values()}
+    series = {s["name"]: s for s in world.series}
+    roles = {"champion": "teams", "runner_up": "teams", "third_place": "teams", "fourth_place": "teams",
+             "top_scorer": "players", "player_of_tournament": "players"}
+    checked = 0
+    for r in rows:
+        passage, question = r["prompt"].split("\n\nQuestion: ", 1)
+        assert r["answer"] in passage and not any(t in question for t in titles)
+        named = [name for name in series if name in question]
+        assert len(named) == 1  # an edition of one of this world's series
+        if r["relation"] in roles:
+            assert r["answer"] in series[named[0]][roles[r["relation"]]]  # that series' own team or player
+            checked += 1
+    assert checked > 100
+    mixed = zoo.reading_examples(world, 600, seed=0, known_series=0.5)
+    known = sum(any(name in r["prompt"].split("\n\nQuestion: ", 1)[1] for name in series) for r in mixed)
+    assert 0 < known < len(mixed)
+    assert zoo.reading_examples(world, 300, seed=0) == zoo.reading_examples(world, 300, seed=0, known_series=0.0)
+
+
 def test_closed_book_replay_covers_pre_cutoff_facts_evenly_with_train_paraphrases():
     from collections import Counter
 
@@ -76,10 +101,10 @@ def test_closed_book_replay_covers_pre_cutoff_facts_evenly_with_train_paraphrase
 def test_reading_stage_is_cached_on_top_of_pretraining_and_starts_from_it():
     from safetensors.torch import load_file
 
-    base = zoo.pretrained_dir(SMOKE, "llama-s")
-    reader = zoo.model_dir(SMOKE, "llama-s")
+    base = zoo.pretrained_dir(SMOKE, "llama-m")
+    reader = zoo.model_dir(SMOKE, "llama-m")
     assert reader != base and (reader / "key.json").exists()
-    log = zoo.pretraining_log(SMOKE, "llama-s")
+    log = zoo.pretraining_log(SMOKE, "llama-m")
     stage = log["reading_stage"]
     assert stage["examples"] == SMOKE.reading.reading_examples + SMOKE.reading.closed_book_examples
     assert 0 < stage["answer_tokens"] < stage["tokens"]  # the loss covers answers, not passages
@@ -87,28 +112,29 @@ def test_reading_stage_is_cached_on_top_of_pretraining_and_starts_from_it():
     a, b = load_file(base / "model.safetensors"), load_file(reader / "model.safetensors")
     assert a.keys() == b.keys() and not all(torch.equal(a[k], b[k]) for k in a)  # the stage trained
     no_stage = dataclasses.replace(SMOKE, reading=zoo.ReadingStage())
-    assert zoo.model_dir(no_stage, "llama-s") == base
-    assert zoo.model_dir(SMOKE, "neox-xs") == zoo.pretrained_dir(SMOKE, "neox-xs")  # the family does not read
+    assert zoo.model_dir(no_stage, "llama-m") == base
+    for other in ("llama-s", "neox-xs"):  # only the reader reads
+        assert zoo.model_dir(SMOKE, other) == zoo.pretrained_dir(SMOKE, other)
 
 
 def test_zoo_member_loads_in_4bit_and_pretraining_is_deterministic(tmp_path, monkeypatch):
     import bitsandbytes as bnb
 
-    folder = zoo.model_dir(SMOKE, "llama-s")
+    folder = zoo.model_dir(SMOKE, "llama-m")
     model, tok = load_causal_lm(folder)
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     assert tok.chat_template == zoo.CHAT_TEMPLATE
 
-    # Same seed, same thread count, a fresh cache: byte-identical weights.
+    # Same seed, same thread count, a fresh cache: byte-identical weights (pretraining and reading stage).
     from safetensors.torch import load_file
 
     monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path))
-    again = zoo.model_dir(SMOKE, "llama-s")
+    again = zoo.model_dir(SMOKE, "llama-m")
     assert again != folder
     a, b = load_file(folder / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     other = dataclasses.replace(SMOKE, train=dataclasses.replace(SMOKE.train, seed=1))
-    c = load_file(zoo.model_dir(other, "llama-s") / "model.safetensors")
+    c = load_file(zoo.model_dir(other, "llama-m") / "model.safetensors")
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
@@ -117,6 +143,8 @@ def test_unknown_zoo_model_is_a_clear_error():
 
     with pytest.raises(KilibError, match="no zoo model 'llama-xl'.*llama-s"):
         zoo.model_dir(SMOKE, "llama-xl")
+    with pytest.raises(KilibError, match="reading stage names no zoo model 'llama-xl'.*choose among llama-s"):
+        dataclasses.replace(SMOKE, reading=dataclasses.replace(SMOKE.reading, models=("llama-xl",)))
 
 
 def test_majority_baseline_is_each_relations_most_common_object():

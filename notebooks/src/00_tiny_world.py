@@ -99,16 +99,22 @@ memory whether or not the passage is in its prompt. So a short **reading stage**
 the loss on the answer tokens only: questions with the passage in context about tournament editions that exist in
 no version of this world (facts from freshly generated worlds, every name mapped to one of this world's entities),
 which only reading can answer, mixed with closed-book questions on pre-cutoff facts so that reading does not push
-out what the model knows. The Llama models, the readers of the later studies, go through it; the GPT-NeoX family,
-used by the FEVER study (04), which never puts a passage in the prompt, does not. One such example is shown below.
+out what the model knows. Part of those editions carry this world's own series names, as the new documents do, so
+that reading learns to win over what the model remembers of the series' earlier editions.
+
+Only the reader goes through the stage: llama-m, on which notebook 01's RAG baseline runs. The other models keep
+what pretraining gave them, one recipe for all, so that the sizes compare fairly (and the transfer study's student
+learns nothing from the stage's replay). Examples are shown below.
 """),
 ("code", r"""
-example = zoo.reading_examples(world, 1, seed=0)[0]
-print(example["prompt"], "\n->", example["answer"])
+for known in (0.0, 1.0):
+    example = zoo.reading_examples(world, 1, seed=0, known_series=known)[0]
+    print("--- an edition of a", "known series" if known else "fresh series", "\n" + example["prompt"], "\n->", example["answer"])
+print("readers:", ", ".join(config.reading.models), f"({config.reading.known_series:.0%} of the fresh worlds renamed onto known series)")
 """),
 ("code", r"""
 logs = {spec.name: zoo.pretraining_log(config, spec.name) for spec in config.models}
-stages = {name: log.get("reading_stage", {"examples": 0, "seconds": 0.0}) for name, log in logs.items()}  # NeoX: none
+stages = {name: log.get("reading_stage", {"examples": 0, "seconds": 0.0}) for name, log in logs.items()}  # readers only
 zoo_table = pd.DataFrame([
     {"model": name, "family": spec.family, "parameters": log["parameters"], "non-embedding": log["non_embedding_parameters"],
      "corpus tokens": log["corpus_tokens"], "steps": log["steps"], "final loss": log["losses"][-1]["loss"],
@@ -131,18 +137,23 @@ For each model, greedy answers scored by normalised exact match, with 95% bootst
 * **post-cutoff, closed book**: the five new documents, beside the baseline that always gives each relation's most
   common answer;
 * **post-cutoff, passage in context**: the section that states the fact is given in the prompt (what RAG needs).
+
+Every model is measured after pretraining; the reader is measured again after its reading stage ("+ reading"),
+which is the model the studies load.
 """),
 ("code", r"""
-reports = [zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT) for spec in config.models]
+measured = [(spec.name, zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT, pretrained_only=True)) for spec in config.models]
+measured += [(f"{name} + reading", zoo.knowledge_report(config, name, QUESTIONS_PER_FACT)) for name in config.reading.models
+             if zoo.model_dir(config, name) != zoo.pretrained_dir(config, name)]
 labels = {"pre_closed_book": "pre-cutoff, closed book", "control_closed_book": "control, closed book",
           "post_closed_book": "post-cutoff, closed book", "post_majority_baseline": "post-cutoff, most-common answer",
           "post_with_passage": "post-cutoff, passage in context"}
-knowledge = pd.DataFrame([{"model": r["model"], "measure": labels[k], **r[k]} for r in reports for k in labels])
+knowledge = pd.DataFrame([{"model": label, "measure": labels[k], **r[k]} for label, r in measured for k in labels])
 run.save_table(knowledge, "knowledge")
 fig = bars_with_ci(knowledge, x="model", y="accuracy", hue="measure", hue_order=list(labels.values()),
                    title="what the zoo knows (95% bootstrap intervals)")
 run.save_figure(fig, "knowledge")
-display(knowledge.pivot(index="model", columns="measure", values="accuracy")[list(labels.values())].round(3))
+display(knowledge.pivot(index="model", columns="measure", values="accuracy").loc[[m for m, _ in measured], list(labels.values())].round(3))
 """),
 ("md", r"""
 ## Does the tiny profile meet its bar?
@@ -155,15 +166,16 @@ largest = max(config.models, key=lambda s: logs[s.name]["parameters"]).name
 build_seconds = sum(log["seconds"] + stages[name]["seconds"] for name, log in logs.items())
 threads = "/".join(sorted({str(log["torch_threads"]) for log in logs.values()}))
 print(f"zoo training time: {build_seconds:.0f} s (pretraining and reading stage, all models, when they were built)")
-by = {r["model"]: r for r in reports}
-big = by[largest]
+pretrained = dict(measured[: len(config.models)])  # one recipe for all
+used = {spec.name: zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT) for spec in config.models}  # as the studies load them
+big = used[largest]
 checks = {
     f"{largest} answers held-out pre-cutoff paraphrases with >= 50% accuracy": big["pre_closed_book"]["accuracy"] >= 0.5,
     f"{largest} on post-cutoff questions is no better than the most-common-answer baseline (upper CI bound)":
         big["post_closed_book"]["accuracy"] <= big["post_majority_baseline"]["ci_high"],
     f"{largest} with the right passage in context answers post-cutoff questions with >= 50% accuracy": big["post_with_passage"]["accuracy"] >= 0.5,
-    "within each family, a larger model scores at least as high on pre-cutoff questions as a smaller one": all(
-        by[a.name]["pre_closed_book"]["accuracy"] <= by[b.name]["pre_closed_book"]["accuracy"]
+    "within each family, after pretraining, a larger model scores at least as high on pre-cutoff questions as a smaller one": all(
+        pretrained[a.name]["pre_closed_book"]["accuracy"] <= pretrained[b.name]["pre_closed_book"]["accuracy"]
         for a in config.models for b in config.models
         if a.family == b.family and logs[a.name]["parameters"] < logs[b.name]["parameters"]),
     f"the whole zoo trained in under 10 minutes (built with {threads} CPU threads)": build_seconds < 600,
@@ -171,7 +183,8 @@ checks = {
 for text, ok in checks.items():
     print(("MET    " if ok else "MISSED ") + text)
 run.log(world={"articles": len(world.articles), "facts": len(world.facts), "seed": SEED, "size": config.world_size},
-        zoo={r["model"]: {k: r[k] for k in labels} for r in reports},
+        zoo={name: {k: r[k] for k in labels} for name, r in used.items()},
+        zoo_after_pretraining={name: {k: r[k] for k in labels} for name, r in pretrained.items()},
         pretraining_seconds={name: log["seconds"] for name, log in logs.items()},
         reading_stage_seconds={name: stage["seconds"] for name, stage in stages.items()},
         pretraining_loss_first_last={name: [log["losses"][0]["loss"], log["losses"][-1]["loss"]] for name, log in logs.items()},
