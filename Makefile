@@ -9,7 +9,7 @@ STAMP := $(VENV)/.kilib-env
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
-.PHONY: help env reproduce test bench lab lock clean-cache
+.PHONY: help env reproduce test bench bench-stages lab lock clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: $(STAMP) ## run the test suite offline (math checks + every notebook at sm
 
 bench: $(STAMP) ## measure kilib's QLoRA SFT step against a bare transformers+peft loop (results/bench/)
 	$(OFFLINE) $(PY) -m kilib.bench
+
+bench-stages: $(STAMP) ## time and peak memory of notebook 01's paper-profile stages on a local 7B-shaped model (results/bench/)
+	$(OFFLINE) $(PY) -m kilib.stage_bench
 
 lab: $(STAMP) ## open JupyterLab on notebooks/ with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/
