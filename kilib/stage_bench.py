@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -166,8 +167,6 @@ def main(argv=None) -> int:
     work = WORK[device]
     if args.stage:
         with tempfile.TemporaryDirectory() as cache:
-            import os
-
             os.environ["KILIB_CACHE_DIR"] = cache  # the adapter trains, whatever the user's cache holds
             result = STAGES[args.stage](args.folder, work)
         print(json.dumps({**result, **_peaks()}))
