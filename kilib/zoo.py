@@ -9,6 +9,7 @@ seed and size, tokenizer and model configs, pretraining recipe), saved with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import shutil
@@ -406,6 +407,22 @@ def model_dir(config: ZooConfig, name: str) -> Path:
     return cached_dir("zoo", key, lambda tmp: _read_stage(config, base, tmp), resumable=True)
 
 
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """transformers' own progress bars on or off while a zoo member trains: with them on, each
+    epoch's checkpoint printed a bar, and a cold notebook 00 showed hundreds of lines."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -418,8 +435,9 @@ def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -
     dataset = lm_dataset(tokenizer, texts, config.block_size)
     set_seed(config.train.seed)
     model = AutoModelForCausalLM.from_config(model_config(spec, tokenizer, config.block_size), dtype=torch.float32)
-    result = train(model, dataset, config.train, folder / "checkpoints", tokenizer=tokenizer)
-    model.save_pretrained(folder)
+    with _progress_bars(config.train.progress):
+        result = train(model, dataset, config.train, folder / "checkpoints", tokenizer=tokenizer)
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(folder / "pretraining.json", {
         "model": spec.name,
@@ -450,9 +468,10 @@ def _read_stage(config: ZooConfig, base: Path, folder: Path) -> None:
     random.Random(stage.train.seed).shuffle(rows)
     dataset = sft_dataset(tokenizer, rows, max_length=config.block_size)
     set_seed(stage.train.seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    result = train(model, dataset, stage.train, folder / "checkpoints", tokenizer=tokenizer)
-    model.save_pretrained(folder)
+    with _progress_bars(stage.train.progress):
+        model = AutoModelForCausalLM.from_pretrained(base)
+        result = train(model, dataset, stage.train, folder / "checkpoints", tokenizer=tokenizer)
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     log = read_json(base / "pretraining.json")
     log["reading_stage"] = {
