@@ -29,8 +29,7 @@ WARMUP_STEPS = 3
 def build_model(folder: Path, shape: dict) -> None:
     """A random Llama and a character-level tokenizer, saved like a Hub download."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     if (folder / "config.json").exists():
         return
@@ -39,11 +38,23 @@ def build_model(folder: Path, shape: dict) -> None:
                          num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"],
                          intermediate_size=shape["ffn"], max_position_embeddings=2 * shape["seq"])
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2} | {chr(i): i - 29 for i in range(32, 127)}
+    char_tokenizer().save_pretrained(folder)
+
+
+def char_tokenizer(chat_template: str | None = None):
+    """A character-level tokenizer (printable ASCII and newline, one token per character;
+    pad 0, EOS 1), with ``chat_template`` when given: what random benchmark models need."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2} | {chr(i): i - 29 for i in range(32, 127)} | {"\n": 98}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.decoder = decoders.Fuse()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>").save_pretrained(folder)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
 
 
 def batches(shape: dict, steps: int):

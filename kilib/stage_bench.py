@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kilib.bench import char_tokenizer
 from kilib.results import hardware, package_versions, write_json
 from kilib.runtime import cuda_available, results_root
 
@@ -52,8 +53,7 @@ def build_model(folder: Path, shape: dict, device: str) -> None:
     """A random Llama of ``shape`` in bfloat16, initialised on ``device`` (a 7B model built
     on a CPU takes minutes), and a character-level tokenizer with a chat template."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     if (folder / "config.json").exists():
         return
@@ -74,13 +74,7 @@ def build_model(folder: Path, shape: dict, device: str) -> None:
             p.normal_(0.0, 0.02, generator=generator)
     model.save_pretrained(folder)
     del model
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2} | {chr(i): i - 29 for i in range(32, 127)} | {"\n": 98}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    fast.chat_template = TEMPLATE
-    fast.save_pretrained(folder)
+    char_tokenizer(TEMPLATE).save_pretrained(folder)
 
 
 def _sync() -> None:
