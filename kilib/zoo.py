@@ -274,6 +274,7 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
     rng = random.Random(seed)
     titles = {a.title for a in world.articles.values()}
     series_names = {t.split(" ", 1)[1] for t in titles if t[:4].isdigit()}
+    our_series = world.series
     rows: list[dict] = []
     k = first_world - 1
     while len(rows) < n:
@@ -286,7 +287,7 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
             mapping.update(zip(fresh.entity_names[kind], targets))
         known = known_series > 0 and random.Random(f"known-series|{seed}|{k}").random() < known_series
         if known:
-            for ours, theirs in zip(world.series, fresh.series):
+            for ours, theirs in zip(our_series, fresh.series):
                 mapping[theirs["name"]] = ours["name"]
                 for kind in ("teams", "players"):
                     targets = list(ours[kind])
