@@ -258,8 +258,8 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
 
     Each row comes from a fresh world (seeds ``world.seed + first_world``, then the next ones) whose teams,
     players, cities, venues and countries are renamed, one to one per fresh world, to a
-    random entity of the same type in ``world``; series names stay fresh, and a fact whose
-    edition title ``world`` has too is skipped. Only edition facts are used (an entity page
+    random entity of the same type in ``world``; series names stay fresh (but see
+    ``known_series`` below), and a fact whose edition title ``world`` has too is skipped. Only edition facts are used (an entity page
     would be about one of ``world``'s entities and contradict it). Fresh worlds are added
     until ``n`` rows are reached, so no fact repeats. ``split="eval"`` asks with eval
     paraphrases (a development set, with ``first_world`` far from the training worlds).
@@ -274,7 +274,7 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
     rng = random.Random(seed)
     titles = {a.title for a in world.articles.values()}
     series_names = {t.split(" ", 1)[1] for t in titles if t[:4].isdigit()}
-    our_series = world.series
+    our_names, our_series = world.entity_names, world.series
     rows: list[dict] = []
     k = first_world - 1
     while len(rows) < n:
@@ -282,7 +282,7 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
         fresh = generate_world(seed=world.seed + k, size=world.size, cutoff_year=world.cutoff_year)
         mapping: dict[str, str] = {}
         for kind in ("cities", "venues", "teams", "players", "countries"):
-            targets = list(world.entity_names[kind])
+            targets = list(our_names[kind])
             rng.shuffle(targets)
             mapping.update(zip(fresh.entity_names[kind], targets))
         known = known_series > 0 and random.Random(f"known-series|{seed}|{k}").random() < known_series
