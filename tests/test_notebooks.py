@@ -71,6 +71,11 @@ def test_00_tiny_world_smoke():
     assert set(m["checks"]) and all(isinstance(v, bool) for v in m["checks"].values())
     for name, (first, last) in m["pretraining_loss_first_last"].items():
         assert last < 0.8 * first, f"{name} did not learn: loss {first:.2f} -> {last:.2f}"
+    # ... and knowledge went in: the reader answers held-out pre-cutoff paraphrases above chance
+    # (the most-common answer per relation), where it answered almost none after pretraining.
+    reader = zoo["llama-m"]
+    assert reader["pre_closed_book"]["ci_low"] > reader["pre_majority_baseline"]["accuracy"], reader
+    assert pretrained["llama-m"]["pre_closed_book"]["accuracy"] < reader["pre_closed_book"]["accuracy"]
     assert {"zoo.csv", "knowledge.csv", "knowledge.png", "pretraining_loss.png"} <= set(record["artifacts"])
 
 

@@ -1,7 +1,7 @@
 """Compare zoo model shapes on a development measure, not on the held-out test questions.
 
 Pretrains one zoo member (the tiny preset's corpus and schedule; SPEC_JSON overrides fields of
-its ModelSpec) and measures closed-book accuracy on one *unused* train paraphrase per
+its ModelSpec, and a "train" key overrides fields of its TrainConfig) and measures closed-book accuracy on one *unused* train paraphrase per
 pre-cutoff fact: a paraphrase of the train split that the pretraining corpus does not hold
 (the corpus samples 6 of 16). Notebook 00 reports eval paraphrases, which this never asks.
 ``seen_train`` is the same on a paraphrase the corpus does hold (memorisation). One JSON line
@@ -23,9 +23,10 @@ from kilib.results import read_json
 
 def main() -> None:
     name, spec_over, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+    train_over = spec_over.pop("train", {})
     base = zoo.zoo_config("tiny")
     models = tuple(dataclasses.replace(m, **spec_over) if m.name == name else m for m in base.models)
-    config = dataclasses.replace(base, models=models)
+    config = dataclasses.replace(base, models=models, train=dataclasses.replace(base.train, **train_over))
     folder = zoo.pretrained_dir(config, name)
     world = zoo.world_of(config)
     model, tokenizer = load_causal_lm(folder)
@@ -41,6 +42,7 @@ def main() -> None:
         seen += [it for it, c in zip(items, in_corpus) if c][:1]
     log = read_json(folder / "pretraining.json")
     row = {"model": name, "spec": dataclasses.asdict(next(m for m in models if m.name == name)),
+           **({"train": train_over} if train_over else {}),
            "parameters": log["parameters"], "pretraining_s": round(log["seconds"]), "questions": len(unused),
            "dev_unused_train": round(zoo.answer_accuracy(model, tokenizer, unused)["accuracy"], 3),
            "seen_train": round(zoo.answer_accuracy(model, tokenizer, seen)["accuracy"], 3)}

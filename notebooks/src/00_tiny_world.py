@@ -132,10 +132,10 @@ run.save_figure(fig, "pretraining_loss")
 
 For each model, greedy answers scored by normalised exact match, with 95% bootstrap intervals:
 
-* **pre-cutoff, closed book**: held-out paraphrases of facts it was pretrained on;
+* **pre-cutoff, closed book**: held-out paraphrases of facts it was pretrained on, beside the baseline that always
+  gives each relation's most common answer (the chance level a model that learnt nothing would reach);
 * **control, closed book**: the control edition alone;
-* **post-cutoff, closed book**: the five new documents, beside the baseline that always gives each relation's most
-  common answer;
+* **post-cutoff, closed book**: the five new documents, beside the same baseline;
 * **post-cutoff, passage in context**: the section that states the fact is given in the prompt (what RAG needs).
 
 Every model is measured after pretraining; the reader is measured again after its reading stage ("+ reading"),
@@ -145,7 +145,8 @@ which is the model the studies load.
 measured = [(spec.name, zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT, pretrained_only=True)) for spec in config.models]
 measured += [(f"{name} + reading", zoo.knowledge_report(config, name, QUESTIONS_PER_FACT)) for name in config.reading.models
              if zoo.model_dir(config, name) != zoo.pretrained_dir(config, name)]
-labels = {"pre_closed_book": "pre-cutoff, closed book", "control_closed_book": "control, closed book",
+labels = {"pre_closed_book": "pre-cutoff, closed book", "pre_majority_baseline": "pre-cutoff, most-common answer",
+          "control_closed_book": "control, closed book",
           "post_closed_book": "post-cutoff, closed book", "post_majority_baseline": "post-cutoff, most-common answer",
           "post_with_passage": "post-cutoff, passage in context"}
 knowledge = pd.DataFrame([{"model": label, "measure": labels[k], **r[k]} for label, r in measured for k in labels])
@@ -170,6 +171,8 @@ pretrained = dict(measured[: len(config.models)])  # one recipe for all
 used = {spec.name: zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT) for spec in config.models}  # as the studies load them
 big = used[largest]
 checks = {
+    **{f"{name} answers held-out pre-cutoff paraphrases above the most-common-answer baseline (lower CI bound)":
+       used[name]["pre_closed_book"]["ci_low"] > used[name]["pre_majority_baseline"]["accuracy"] for name in config.reading.models},
     f"{largest} answers held-out pre-cutoff paraphrases with >= 50% accuracy": big["pre_closed_book"]["accuracy"] >= 0.5,
     f"{largest} on post-cutoff questions is no better than the most-common-answer baseline (upper CI bound)":
         big["post_closed_book"]["accuracy"] <= big["post_majority_baseline"]["ci_high"],
