@@ -200,6 +200,11 @@ def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer
     from transformers import TrainingArguments
 
     _Trainer = _trainer_class()
+    # Re-apply torch's own thread count. A process that never called torch.set_num_threads
+    # computes some backward passes in another summation order than one that did, with the same
+    # count (a tiny-zoo llama-s built by a script differed from the notebook's build), so
+    # without this the weights would depend on what the caller happened to do first.
+    torch.set_num_threads(torch.get_num_threads())
     if len(dataset) == 0:
         raise KilibError("the training set is empty: check the data")
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -120,3 +120,45 @@ def test_collator_pads_labels_with_ignore_index():
     batch = collator(tok)(rows)
     short = len(rows[0]["input_ids"])
     assert (batch["labels"][0, short:] == IGNORE_INDEX).all() and (batch["attention_mask"][0, short:] == 0).all()
+
+
+_THREADS_SCRIPT = r"""
+import hashlib, sys, tempfile
+import torch
+if sys.argv[1] == "caller-sets-threads":
+    torch.set_num_threads(torch.get_num_threads())  # what a notebook's set_threads() does
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, LlamaConfig, default_data_collator
+from kilib.training import TrainConfig, train
+
+cfg = LlamaConfig(vocab_size=512, hidden_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                  intermediate_size=256, max_position_embeddings=512, tie_word_embeddings=False)
+ids = torch.randint(0, 512, (8, 256), generator=torch.Generator().manual_seed(1)).tolist()
+data = Dataset.from_dict({"input_ids": ids, "labels": ids, "attention_mask": [[1] * 256] * 8})
+torch.manual_seed(0)
+raw = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+x = torch.tensor(ids[:4])
+raw(input_ids=x, labels=x).loss.backward()
+raw_hash = hashlib.sha256(b"".join(p.grad.numpy().tobytes() for p in raw.parameters())).hexdigest()
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+train(model, data, TrainConfig(max_steps=2, batch_size=4, lr=1e-3, save_every_epoch=False, progress=False),
+      tempfile.mkdtemp(), data_collator=default_data_collator)
+print(raw_hash, hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+"""
+
+
+def test_training_does_not_depend_on_whether_the_caller_set_torch_threads():
+    """A process that called torch.set_num_threads (a notebook) and one that did not (a script)
+    train to the same weights with the same thread count. Without the fix in ``train`` they did
+    not: torch computes some backward passes in another order (the raw gradients below may
+    differ; on the 2-core CI machine they do), and a tiny-zoo model built by a script differed
+    from the notebook's build."""
+    import subprocess
+    import sys
+
+    out = {mode: subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, mode], capture_output=True, text=True, check=True).stdout.split()
+           for mode in ("caller-sets-threads", "caller-does-not")}
+    (raw_a, trained_a), (raw_b, trained_b) = out.values()
+    print("raw gradients differ without kilib:", raw_a != raw_b)
+    assert trained_a == trained_b
