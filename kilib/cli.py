@@ -4,7 +4,8 @@
 project's Jupyter kernel and ``PROFILE`` injected into its ``parameters`` cell; the executed
 copy goes to ``results/<profile>/notebooks/`` and the tables, figures and ``run.json`` the
 notebook wrote are listed afterwards. A ``KilibError`` raised inside a notebook is printed
-as one line, and the run exits non-zero.
+as one line, and the run exits non-zero; a failed or interrupted run leaves the last complete
+results as they were and no staging files.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import argparse
 import ast
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +67,25 @@ def check_parameters(notebook: Path, parameters: dict) -> None:
             )
 
 
+def split_parameters(notebooks: list[Path], parameters: dict) -> dict[Path, dict]:
+    """Each notebook's share of the ``-p`` parameters: those its ``parameters`` cell declares.
+    Checked for every notebook before any runs, so a typo does not surface after an hour; a
+    name no selected notebook declares is an error."""
+    import papermill
+
+    if "PROFILE" in parameters:
+        raise KilibError("PROFILE is not a -p parameter: use --profile (or make reproduce PROFILE=...)")
+    declared = {nb: papermill.inspect_notebook(str(nb)) for nb in notebooks}
+    for name in parameters:
+        if not any(name in d for d in declared.values()):
+            offered = "; ".join(f"{nb.name[:2]}: {', '.join(k for k in d if k != 'PROFILE')}" for nb, d in declared.items())
+            raise KilibError(f"no selected notebook has a parameter {name!r} ({offered}); choose notebooks with --only")
+    shares = {nb: {k: v for k, v in parameters.items() if k in declared[nb]} for nb in notebooks}
+    for nb, share in shares.items():
+        check_parameters(nb, share)
+    return shares
+
+
 def run_notebook(notebook: Path, profile: str, parameters: dict | None = None, out_dir: Path | None = None, progress: bool = True) -> Path:
     """Execute one notebook; the executed copy is written only when it succeeds."""
     import papermill
@@ -82,17 +104,28 @@ def run_notebook(notebook: Path, profile: str, parameters: dict | None = None, o
             cwd=str(notebook.parent), progress_bar=progress, log_output=False,
         )
     except PapermillExecutionError as e:
+        _drop_staging(profile, notebook)
+        if e.ename == "KilibError":  # the one line says what to fix; no executed copy to look at
+            tmp.unlink(missing_ok=True)
+            raise KilibError(f"{notebook.name}: {e.evalue}") from None
         if tmp.exists():
             os.replace(tmp, failed)
-        if e.ename == "KilibError":
-            raise KilibError(f"{notebook.name}: {e.evalue}") from None
         raise KilibError(f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (executed copy: {failed})") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
+        _drop_staging(profile, notebook)
         raise
     os.replace(tmp, final)
     failed.unlink(missing_ok=True)
     return final
+
+
+def _drop_staging(profile: str, notebook: Path) -> None:
+    """Remove the staging folder of a run that failed (``results.Run`` writes there first), so
+    that it leaves nothing half-written; the last complete results stay as they were."""
+    import shutil
+
+    shutil.rmtree(results_root() / profile / f".{notebook.stem}.partial", ignore_errors=True)
 
 
 def artifacts_of(profile: str, notebook: Path) -> list[Path]:
@@ -112,11 +145,12 @@ def reproduce(args) -> int:
     profile = resolve_profile(args.profile)
     parameters = {name: parse_value(value) for name, value in (args.param or [])}
     notebooks = discover_notebooks(args.only)
+    shares = split_parameters(notebooks, parameters)
     print(f"kilib: profile {profile} ({'from auto' if args.profile == 'auto' else 'as asked'}), {len(notebooks)} notebook(s)")
     for nb in notebooks:
         start = time.time()
         print(f"\n==> {nb.name}")
-        executed = run_notebook(nb, profile, parameters, progress=not args.quiet)
+        executed = run_notebook(nb, profile, shares[nb], progress=not args.quiet)
         print(f"    done in {time.time() - start:.0f} s; executed copy: {_shown(executed)}")
         for path in artifacts_of(profile, nb):
             print(f"    {_shown(path)}")
@@ -132,13 +166,25 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="extra notebook parameter")
     rep.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # a kill cleans up as Ctrl-C does
     try:
         if args.command == "reproduce":
             return reproduce(args)
     except KilibError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to go on; finished models, adapters and Q&A sets are cached", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 1
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

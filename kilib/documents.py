@@ -153,7 +153,7 @@ def clean_sections(rows: Iterable[Mapping[str, Any]], min_chars: int = MIN_SECTI
     empty = [d for d, kept in seen_docs.items() if not kept]
     if empty:
         raise KilibError(f"document {empty[0]!r} has no section of at least {min_chars} characters after cleaning: "
-                         "check its text, or pass a smaller min_chars")
+                         "write its text under its headings (headings alone make no section)")
     return out
 
 
@@ -397,11 +397,15 @@ def _slug(text: str) -> str:
 def _read_utf8(path: Path) -> str:
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise KilibError(f"{path}: line {line} (column {column}) is not valid UTF-8: save the file as UTF-8") from None
+    if "\x00" in text:  # valid UTF-8 yet not text: a binary file saved under a text name
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise KilibError(f"{path}: line {line} holds a NUL byte, so it looks binary: pass a plain text (.md or .txt) file")
+    return text
 
 
 def _markdown_sections(text: str) -> list[tuple[str, str]]:

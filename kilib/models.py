@@ -63,6 +63,9 @@ def quantization_config(quantization: str, device: str | None = None):
     )
 
 
+GATED_ORGS = ("meta-llama/", "google/gemma")  # Hub ids whose download needs an accepted licence and a token
+
+
 def _hub_error(name: str, err: BaseException) -> KilibError | None:
     """Translate a Hub failure (possibly wrapped by transformers) into a one-line fix."""
     from huggingface_hub.errors import (
@@ -87,17 +90,36 @@ def _hub_error(name: str, err: BaseException) -> KilibError | None:
     if any(isinstance(c, RepositoryNotFoundError) for c in chain) and not hub_offline():
         return KilibError(f"{name} is neither a local folder nor a Hub repository: check the name (or pass a path)")
     if any(isinstance(c, LocalEntryNotFoundError) for c in chain) or "offline" in text or "cannot find the requested files" in text or "couldn't connect" in text:
+        gated = name.lower().startswith(GATED_ORGS)
         return KilibError(
             f"{name} is not in the local Hugging Face cache and the Hub cannot be reached: download it once "
-            f"on a connected machine (`hf download {name}`) or pass a local folder"
+            f"on a connected machine (`hf download {name}`"
+            + (", after accepting its licence on its Hub page and setting HF_TOKEN" if gated else "")
+            + ") or pass a local folder"
         )
     return None
+
+
+def _local_or_hub(name_or_path: str | Path, marks: tuple[str, ...] = ("config.json",)) -> str:
+    """A model folder as its expanded path, a Hub id as given; a path that is not a model
+    folder (one of ``marks`` in it) is a one-line error rather than the Hub client's complaint
+    about repo ids."""
+    text = str(name_or_path)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not any((local / m).exists() for m in marks):
+            raise KilibError(f"{local} is a folder without {' or '.join(marks)}: point to a `save_pretrained` model folder")
+        return str(local)
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+        raise KilibError(f"{text} does not exist: pass a `save_pretrained` model folder or a Hub id (org/name)")
+    return text
 
 
 def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, token: str | None = None):
     """``AutoTokenizer`` with a pad token guaranteed (eos, else unk)."""
     from transformers import AutoTokenizer
 
+    name_or_path = _local_or_hub(name_or_path, ("tokenizer_config.json", "config.json"))
     try:
         tok = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision, trust_remote_code=trust_remote_code, token=token)
     except (OSError, ValueError) as e:
@@ -132,11 +154,7 @@ def load_causal_lm(
     device = device or ("cuda" if cuda_available() else "cpu")
     if device.startswith("cuda") and not cuda_available():
         raise KilibError("a CUDA device was asked for and none was found: pass device='cpu' or use a GPU machine")
-    local = Path(str(name_or_path)).expanduser()
-    if local.exists():
-        if not (local / "config.json").exists():
-            raise KilibError(f"{local} is a folder without config.json: point to a `save_pretrained` model folder")
-        name_or_path = str(local)
+    name_or_path = _local_or_hub(name_or_path)
     tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token)
     if quantization == "4bit" and not device.startswith("cuda"):
         _check_cpu_4bit_widths(name_or_path, revision, token)
@@ -259,8 +277,19 @@ def decoder_layers(model):
 
 
 def check_same_tokenizer(tok_a, tok_b, names: tuple[str, str] = ("model A", "model B")) -> None:
-    """Fail clearly when two models do not read the same token ids (CALM needs that)."""
-    if tok_a.get_vocab() != tok_b.get_vocab():
+    """Fail clearly when two models do not read the same token ids (CALM needs that): the same
+    vocabulary, the same special tokens, and the same ids for a probe text (one vocabulary can
+    split text differently under other merges)."""
+    for name, tok in zip(names, (tok_a, tok_b)):
+        if not callable(getattr(tok, "get_vocab", None)):
+            raise KilibError(f"{name}'s tokenizer is a {type(tok).__name__}, not a tokenizer: pass the tokenizers "
+                             "that load_causal_lm returned")
+    probe = "The 2023 final, won 3-1 at Zorblat Park: who scored? 1234567 + 89 = x; über naïve 東京"
+
+    def reads(tok) -> tuple:
+        return tok.get_vocab(), tok.all_special_ids, tok(probe, add_special_tokens=True).input_ids
+
+    if reads(tok_a) != reads(tok_b):
         raise KilibError(
             f"{names[0]} and {names[1]} use different tokenizers: pick two models of one family "
             "(same vocabulary), since both must read the same token ids"

@@ -49,7 +49,7 @@ __all__ = [
     "base_answers", "score_rows", "accuracy_table", "paper_claims", "compare", "VERDICTS", "study_documents", "world_training_sets",
     "grid_jobs", "adapter_rows", "baseline_rows", "question_key", "coverage_figure", "StudyInputs",
     "tiny_inputs", "RULES", "TokenCounter", "check_scales", "scale_token_sets", "study_inputs",
-    "llm_inputs", "judge_rows",
+    "llm_inputs", "judge_rows", "notebook_overrides",
 ]
 
 DEFAULT_SCALES = (1, 5, 10)  # the paper's 1x, 5x and 10x
@@ -903,6 +903,10 @@ def tiny_inputs(profile: str, config: InjectionConfig, world_seed: int = 0) -> S
 
     zoo_config = dataclasses.replace(zoo.zoo_config(profile), world_seed=world_seed)
     world = zoo.world_of(zoo_config)
+    names = [m.name for m in zoo_config.models]
+    if config.model not in names:
+        raise KilibError(f"no zoo model {config.model!r}: choose one of {', '.join(names)}; to train a Hub model or "
+                         "a folder, also set DOCUMENTS (a folder, or paper) and GENERATOR")
     base = str(zoo.model_dir(zoo_config, config.model))
     tokenizer = AutoTokenizer.from_pretrained(base)
     doc_ids = study_documents(world, config)
@@ -921,8 +925,31 @@ def tiny_inputs(profile: str, config: InjectionConfig, world_seed: int = 0) -> S
     )
 
 
+def notebook_overrides(n_seeds: int, model: str, documents: str, generator: str, judge: str, workers: int) -> dict[str, Any]:
+    """Notebook 01's parameters as :class:`InjectionConfig` overrides; an empty or zero value
+    keeps the preset's."""
+    if n_seeds < 0:
+        raise KilibError(f"N_SEEDS={n_seeds}: use 0 to keep the profile's seeds, or n > 0 to run seeds 0 to n-1")
+    if workers < 0:
+        raise KilibError(f"WORKERS={workers}: use 0 for one adapter per CPU core, or n > 0 for n side by side")
+    given = {"seeds": tuple(range(n_seeds)), "model": model, "corpus": documents, "generator": generator,
+             "judge": judge, "workers": workers}
+    overrides = {k: v for k, v in given.items() if v}
+    if documents:  # the presets' document ids name tiny-world documents: a folder's are its own
+        overrides["documents"] = ()
+    return overrides
+
+
 def study_inputs(profile: str, config: InjectionConfig) -> StudyInputs:
     """The study's inputs from the tiny world, or from documents and an LLM generator."""
+    if config.judge:  # a judge that cannot load should fail now, not after the adapters have trained
+        from kilib import qa_generation as qa
+        from kilib.models import load_tokenizer
+
+        if config.judge.startswith(qa.OPENAI_PREFIX):
+            qa.make_generator(config.judge)._connected()  # the model name and the API key; no request is sent
+        else:
+            load_tokenizer(config.judge)
     if config.corpus == "world":
         if profile == "paper":
             raise KilibError("the paper profile injects real documents: set corpus to wikipedia or a folder")

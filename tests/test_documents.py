@@ -189,6 +189,10 @@ def test_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(KilibError, match=r"latin1.md: line 2 \(column 12\) is not valid UTF-8"):
         D.load_folder(tmp_path)
     (tmp_path / "latin1.md").unlink()
+    (tmp_path / "blob.md").write_bytes(b"looks like text\nthen\x00\x01\x02")  # valid UTF-8, yet binary
+    with pytest.raises(KilibError, match="blob.md: line 2 holds a NUL byte, so it looks binary"):
+        D.load_folder(tmp_path)
+    (tmp_path / "blob.md").unlink()
     (tmp_path / "Cup 2023.md").write_text("The cup was won by the Rovers in 2023.")
     (tmp_path / "cup-2023.txt").write_text("The cup was won by the Rovers in 2023.")
     with pytest.raises(KilibError, match="both give document id 'cup_2023'"):

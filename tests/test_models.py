@@ -55,6 +55,9 @@ def test_missing_model_offline_is_one_line_naming_the_fix(monkeypatch):
         load_causal_lm("kilib-test/no-such-model")
     msg = str(e.value)
     assert "\n" not in msg and "not in the local Hugging Face cache" in msg and "hf download kilib-test/no-such-model" in msg
+    assert "licence" not in msg
+    with pytest.raises(KilibError, match=r"hf download meta-llama/kilib-no-such-model`, after accepting its licence .* HF_TOKEN\)"):
+        load_causal_lm("meta-llama/kilib-no-such-model")  # a gated organisation: the download needs a token too
 
 
 def test_gated_model_without_token_names_the_fix(monkeypatch):
@@ -78,6 +81,11 @@ def test_gated_model_without_token_names_the_fix(monkeypatch):
 def test_folder_without_config_and_unknown_quantization(tmp_path, saved_model, monkeypatch):
     with pytest.raises(KilibError, match="without config.json"):
         load_causal_lm(tmp_path)
+    with pytest.raises(KilibError, match="without tokenizer_config.json or config.json"):
+        models.load_tokenizer(tmp_path)
+    for path in (tmp_path / "no" / "such" / "model", "./models/my-llama", "~/nowhere"):  # paths, not Hub ids
+        with pytest.raises(KilibError, match="does not exist: pass a `save_pretrained` model folder or a Hub id"):
+            load_causal_lm(path)
     with pytest.raises(KilibError, match="unknown quantization"):
         load_causal_lm(saved_model[1], quantization="3bit")
     monkeypatch.setattr(models, "cuda_available", lambda: False)
@@ -93,3 +101,12 @@ def test_mismatched_tokenizers_are_refused():
     b.add_tokens(["<new>"])
     with pytest.raises(KilibError, match="different tokenizers"):
         check_same_tokenizer(a, b, ("anchor", "augmenting model"))
+    from tokenizers import normalizers
+
+    c = make_tokenizer()  # the same vocabulary, yet other ids for the same text
+    c.backend_tokenizer.normalizer = normalizers.Lowercase()
+    assert c.get_vocab() == a.get_vocab()
+    with pytest.raises(KilibError, match="different tokenizers"):
+        check_same_tokenizer(a, c)
+    with pytest.raises(KilibError, match="augmenting model's tokenizer is a str, not a tokenizer"):
+        check_same_tokenizer(a, "path/to/tokenizer", ("anchor", "augmenting model"))

@@ -44,6 +44,47 @@ def test_runner_rejects_bad_input():
     with pytest.raises(KilibError, match="has no parameter 'SEEDS'"):
         cli.check_parameters(NOTEBOOKS[0], {"SEEDS": 1})
     assert cli.main(["reproduce", "--profile", "huge"]) == 2
+    # -p parameters are checked for every selected notebook before any runs, and each notebook
+    # gets those its parameters cell declares
+    with pytest.raises(KilibError, match="PROFILE is not a -p parameter: use --profile"):
+        cli.split_parameters(NOTEBOOKS, {"PROFILE": "tiny"})
+    with pytest.raises(KilibError, match="no selected notebook has a parameter 'MODEL'.*choose notebooks with --only"):
+        cli.split_parameters(NOTEBOOKS[:1], {"MODEL": "llama-s"})
+    shares = cli.split_parameters(NOTEBOOKS[:2], {"SEED": 1, "MODEL": "llama-s"})
+    assert shares == {NOTEBOOKS[0]: {"SEED": 1}, NOTEBOOKS[1]: {"MODEL": "llama-s"}}
+    with pytest.raises(KilibError, match="wrong type"):
+        cli.split_parameters(NOTEBOOKS[:2], {"SEED": "one"})
+
+
+def test_interrupted_run_is_one_line(monkeypatch, capsys):
+    """Ctrl-C, or a kill (SIGTERM), ends the runner with one line and exit status 130."""
+    import os
+    import signal
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "reproduce", interrupted)
+    assert cli.main(["reproduce", "--profile", "smoke"]) == 130
+    monkeypatch.setattr(cli, "reproduce", lambda args: os.kill(os.getpid(), signal.SIGTERM) or 0)
+    assert cli.main(["reproduce", "--profile", "smoke"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["interrupted: rerun the same command to go on; finished models, adapters and Q&A sets are cached"] * 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the runner's only while it runs
+
+
+@pytest.mark.notebook
+def test_failed_notebook_leaves_no_staging_or_copy(capsys):
+    """An error inside a notebook is one line; the run's staging folder and the executed copy
+    are removed, and the last complete results stay."""
+    staging = results_root() / "smoke" / ".01_sft_injection.partial"
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "half.csv").write_text("x\n")
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "01", "--quiet", "-p", "N_SEEDS", "-1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: 01_sft_injection.ipynb: N_SEEDS=-1: use 0 to keep the profile's seeds, or n > 0 to run seeds 0 to n-1")
+    assert not staging.exists()
+    assert not list((results_root() / "smoke" / "notebooks").glob("01_sft_injection.failed.ipynb"))
 
 
 def run_smoke(number: str) -> dict:

@@ -252,3 +252,30 @@ def test_model_fingerprint_changes_when_weights_are_replaced_in_place(tmp_path, 
     make_model("llama", tokenizer, seed=1).save_pretrained(tmp_path)  # same shapes, same file sizes
     assert model_fingerprint(str(tmp_path)) != first
     assert model_fingerprint("meta-llama/Llama-2-7b-chat-hf") == "meta-llama/Llama-2-7b-chat-hf"
+
+
+def test_notebook_parameters_become_overrides():
+    from kilib.config import select_preset
+
+    assert S.notebook_overrides(0, "", "", "", "", 0) == {}  # every default keeps the preset
+    assert S.notebook_overrides(2, "m", "", "", "", 3) == {"seeds": (0, 1), "model": "m", "workers": 3}
+    # a folder of documents drops the preset's document ids, which name tiny-world documents
+    smoke = select_preset(S.INJECTION_PRESETS, "smoke", S.notebook_overrides(0, "m", "/docs", "g", "", 0))
+    assert smoke.documents == () and smoke.corpus == "/docs" and S.INJECTION_PRESETS["smoke"].documents
+    with pytest.raises(KilibError, match="N_SEEDS=-1: use 0 to keep the profile's seeds"):
+        S.notebook_overrides(-1, "", "", "", "", 0)
+    with pytest.raises(KilibError, match="WORKERS=-2: use 0 for one adapter per CPU core"):
+        S.notebook_overrides(0, "", "", "", "", -2)
+
+
+def test_a_model_or_judge_that_cannot_load_fails_before_training(monkeypatch):
+    from kilib.config import select_preset
+
+    with pytest.raises(KilibError, match="no zoo model 'org/model'.*also set DOCUMENTS .* and GENERATOR"):
+        S.study_inputs("smoke", select_preset(S.INJECTION_PRESETS, "smoke", {"model": "org/model"}))
+    config = select_preset(S.INJECTION_PRESETS, "smoke", {"judge": "/no/such/judge"})
+    with pytest.raises(KilibError, match="/no/such/judge does not exist"):
+        S.study_inputs("smoke", config)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(KilibError, match="OPENAI_API_KEY is not set"):
+        S.study_inputs("smoke", select_preset(S.INJECTION_PRESETS, "smoke", {"judge": "openai:gpt-4o"}))

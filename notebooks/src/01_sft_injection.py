@@ -43,9 +43,7 @@ from kilib.runtime import resolve_profile
 from kilib.training import set_threads
 
 profile = resolve_profile(PROFILE)
-overrides = {"seeds": tuple(range(N_SEEDS)) if N_SEEDS else None, "model": MODEL, "corpus": DOCUMENTS,
-             "generator": GENERATOR, "judge": JUDGE, "workers": WORKERS}
-config = select_preset(sft.INJECTION_PRESETS, profile, {k: v for k, v in overrides.items() if v})
+config = select_preset(sft.INJECTION_PRESETS, profile, sft.notebook_overrides(N_SEEDS, MODEL, DOCUMENTS, GENERATOR, JUDGE, WORKERS))
 set_threads()
 inputs = sft.study_inputs(profile, config)
 run = Run("01_sft_injection", profile, config=config, seed=config.seeds[0])
