@@ -63,6 +63,26 @@ def quantization_config(quantization: str, device: str | None = None):
     )
 
 
+SMALL_MODEL_BYTES = 256 * 2**20  # local models under this load without a progress bar
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """transformers' own progress bars on or off for a block: off while a zoo member trains (each
+    epoch's checkpoint printed a bar, and a cold notebook 00 showed hundreds of lines) and while
+    a small local model loads."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 GATED_ORGS = ("meta-llama/", "google/gemma")  # Hub ids whose download needs an accepted licence and a token
 
 
@@ -168,8 +188,11 @@ def load_causal_lm(
     )
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
+    local = Path(name_or_path)
+    small = local.is_dir() and sum(p.stat().st_size for p in local.glob("*.safetensors")) < SMALL_MODEL_BYTES
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+        with progress_bars(not small):  # a bar per tiny zoo model loaded filled notebook outputs
+            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     except (OSError, ValueError) as e:
         raise (_hub_error(str(name_or_path), e) or e) from e
     if model.config.pad_token_id is None:

@@ -9,7 +9,6 @@ seed and size, tokenizer and model configs, pretraining recipe), saved with
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kilib.data import FEVER_LABELS, fever_answer, fever_prompt, qa_prompt
+from kilib.models import progress_bars
 from kilib.results import cached_dir, read_json, write_json
 from kilib.runtime import KilibError
 from kilib.training import IGNORE_INDEX, TrainConfig, lm_dataset, render_answer, render_prompt, train
@@ -412,22 +412,6 @@ def model_dir(config: ZooConfig, name: str) -> Path:
     return cached_dir("zoo", key, lambda tmp: _read_stage(config, base, tmp), resumable=True)
 
 
-@contextlib.contextmanager
-def _progress_bars(enabled: bool):
-    """transformers' own progress bars on or off while a zoo member trains: with them on, each
-    epoch's checkpoint printed a bar, and a cold notebook 00 showed hundreds of lines."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -440,7 +424,7 @@ def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -
     dataset = lm_dataset(tokenizer, texts, config.block_size)
     set_seed(config.train.seed)
     model = AutoModelForCausalLM.from_config(model_config(spec, tokenizer, config.block_size), dtype=torch.float32)
-    with _progress_bars(config.train.progress):
+    with progress_bars(config.train.progress):
         result = train(model, dataset, config.train, folder / "checkpoints", tokenizer=tokenizer)
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -473,7 +457,7 @@ def _read_stage(config: ZooConfig, base: Path, folder: Path) -> None:
     random.Random(stage.train.seed).shuffle(rows)
     dataset = sft_dataset(tokenizer, rows, max_length=config.block_size)
     set_seed(stage.train.seed)
-    with _progress_bars(stage.train.progress):
+    with progress_bars(stage.train.progress):
         model = AutoModelForCausalLM.from_pretrained(base)
         result = train(model, dataset, stage.train, folder / "checkpoints", tokenizer=tokenizer)
         model.save_pretrained(folder)
