@@ -155,7 +155,7 @@ ZOO_PRESETS = {
         # Six epochs leave the smoke models answering almost nothing closed-book (the tiny zoo
         # needs 16 epochs of a larger model for that). The stage's closed-book replay, with every
         # train paraphrase of each fact and a higher rate, is what makes the smoke reader know the
-        # pre-cutoff world: held-out paraphrases rose from 1% to 40% (baseline 20%) for 8 s.
+        # pre-cutoff world: held-out paraphrases rose from 1% to 40% (baseline 20%) for about 5 s more.
         reading=ReadingStage(reading_examples=300, closed_book_examples=5000, known_series=0.5,
                              train=TrainConfig(epochs=1, batch_size=16, lr=5e-3, scheduler="cosine", warmup_ratio=0.05,
                                                weight_decay=0.01, logging_steps=5, save_every_epoch=False, progress=False)),

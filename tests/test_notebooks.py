@@ -64,13 +64,14 @@ def test_interrupted_run_is_one_line(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
+    before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(cli, "reproduce", interrupted)
     assert cli.main(["reproduce", "--profile", "smoke"]) == 130
     monkeypatch.setattr(cli, "reproduce", lambda args: os.kill(os.getpid(), signal.SIGTERM) or 0)
     assert cli.main(["reproduce", "--profile", "smoke"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["interrupted: rerun the same command to go on; finished models, adapters and Q&A sets are cached"] * 2
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the runner's only while it runs
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the runner's only while it runs
 
 
 @pytest.mark.notebook
