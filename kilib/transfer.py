@@ -1,0 +1,112 @@
+"""Parametric knowledge transfer ("Seeking Neural Nuggets", Zhong et al., ICLR 2024): the
+mathematics of extraction and injection (methods.md §2), for notebook 02.
+
+* :func:`sensitivity`: S_i = sum_j |theta_i * dL(x_j)/dtheta_i| over seed samples x_j, the
+  absolute value taken per sample, then summed, no normalisation; L is the mean cross-entropy
+  over answer tokens only (the labels carry ``-100`` elsewhere).
+* :func:`select_layers`: the teacher's top-``n`` blocks by summed sensitivity, back in their
+  original order, to be mapped in order onto the student's ``n`` blocks.
+* :func:`best_submatrix`: the contiguous window of the student's shape with the largest summed
+  sensitivity, the first maximum in row-major order (the authors' double loop), found with a
+  summed-area table.
+* :func:`svd_factors`: the rank-``r`` factors (B, A) of an extracted matrix, B = U_r diag(S_r),
+  A = V_r^T, which start the student's LoRA while its frozen weight becomes W - B A, so that at
+  step 0 the student is unchanged.
+
+What is not here yet: the 4-bit teacher's sensitivity from hooks (g^T x per linear layer, the
+paper profile's memory plan), the GPT-NeoX fused q,k,v split, and the notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kilib.runtime import KilibError
+
+
+def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Sum over samples of |theta * dL/dtheta| for each parameter (or those in ``names``).
+
+    Each batch must hold one sample (``input_ids`` and ``labels`` of shape ``[1, T]``): the
+    absolute value is taken per sample, so a batch of several would sum their gradients first
+    and give another (smaller) number. Gradients of the model are cleared before and after."""
+    import torch
+
+    params = {n: p for n, p in model.named_parameters() if names is None or n in set(names)}
+    if names is not None and len(params) != len(set(names)):
+        missing = sorted(set(names) - set(params))
+        raise KilibError(f"no parameter named {', '.join(missing[:3])} in the model: take names from named_parameters()")
+    was = {n: p.requires_grad for n, p in params.items()}
+    for p in params.values():
+        p.requires_grad_(True)
+    totals = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    samples = 0
+    try:
+        for batch in batches:
+            ids = batch["input_ids"]
+            if ids.shape[0] != 1:
+                raise KilibError(f"sensitivity takes one sample per batch, got {ids.shape[0]}: its absolute value is per sample")
+            model.zero_grad(set_to_none=True)
+            out = model(input_ids=ids, attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+            out.loss.backward()
+            with torch.no_grad():
+                for n, p in params.items():
+                    if p.grad is not None:
+                        totals[n] += (p.detach().float() * p.grad.float()).abs()
+            samples += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for n, p in params.items():
+            p.requires_grad_(was[n])
+    if samples == 0:
+        raise KilibError("sensitivity needs at least one seed sample: pass the task's seed examples")
+    return totals
+
+
+def select_layers(block_scores: Sequence[float], n: int) -> list[int]:
+    """Indices of the ``n`` highest-scoring blocks, in their original order (ties go to the
+    earlier block)."""
+    if not 1 <= n <= len(block_scores):
+        raise KilibError(f"cannot keep {n} of {len(block_scores)} teacher blocks: the teacher needs at least as many "
+                         "blocks as the student")
+    ranked = sorted(range(len(block_scores)), key=lambda i: (-float(block_scores[i]), i))
+    return sorted(ranked[:n])
+
+
+def block_scores(scores: Mapping[str, Any], n_blocks: int, prefix: str = "model.layers.") -> list[float]:
+    """Each block's summed sensitivity over all its parameters (layer norms included), from
+    :func:`sensitivity`'s output; ``prefix`` names the blocks (Llama: ``model.layers.``)."""
+    totals = [0.0] * n_blocks
+    for name, s in scores.items():
+        if name.startswith(prefix):
+            index = int(name[len(prefix):].split(".", 1)[0])
+            totals[index] += float(s.sum())
+    return totals
+
+
+def best_submatrix(scores, rows: int, cols: int) -> tuple[int, int]:
+    """Top-left corner of the ``rows`` x ``cols`` window of the 2-D ``scores`` with the largest
+    sum; the first such window in row-major order."""
+    import torch
+
+    height, width = scores.shape
+    if not (1 <= rows <= height and 1 <= cols <= width):
+        raise KilibError(f"a {rows}x{cols} window does not fit a {height}x{width} matrix: the student's shape must be "
+                         "no larger than the teacher's")
+    table = torch.zeros(height + 1, width + 1, dtype=torch.float64)
+    table[1:, 1:] = scores.double().cumsum(0).cumsum(1)
+    sums = table[rows:, cols:] - table[:-rows, cols:] - table[rows:, :-cols] + table[:-rows, :-cols]
+    flat = int(torch.argmax(sums.flatten()))  # the first maximum, row-major
+    return divmod(flat, sums.shape[1])
+
+
+def svd_factors(matrix, rank: int):
+    """``(B, A)`` with ``B @ A`` the best rank-``rank`` approximation of ``matrix``:
+    B = U_r diag(S_r) (out x r), A = V_r^T (r x in)."""
+    import torch
+
+    if not 1 <= rank <= min(matrix.shape):
+        raise KilibError(f"rank {rank} is out of range for a {tuple(matrix.shape)} matrix")
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    return (u[:, :rank] * s[:rank]).to(matrix.dtype), vh[:rank].to(matrix.dtype)

@@ -1,0 +1,138 @@
+"""Knowledge transfer's mathematics against direct computations (methods.md §2)."""
+
+import pytest
+import torch
+
+from kilib import transfer as T
+from kilib.runtime import KilibError
+from kilib.training import tokenize_sft
+
+from conftest import make_model, make_tokenizer
+
+
+def _samples(tok, pairs):
+    out = []
+    for prompt, answer in pairs:
+        ex = tokenize_sft(tok, prompt, answer)
+        out.append({"input_ids": torch.tensor([ex["input_ids"]]), "labels": torch.tensor([ex["labels"]])})
+    return out
+
+
+def test_sensitivity_is_the_per_sample_absolute_first_order_term_summed():
+    """S = sum_j |theta * dL_j/dtheta|: the gradient checked by central finite differences of the
+    answer-only loss (a float64 model), the absolute value taken per sample, not of the summed gradient."""
+    tok = make_tokenizer()
+    model = make_model("llama", tok).double()
+    samples = _samples(tok, [("who won the cup?", "the rovers"), ("in the year of the final?", "won it 3-1")])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    s = T.sensitivity(model, samples, names=[name])[name]
+    p = dict(model.named_parameters())[name]
+
+    def loss(sample):  # the answer-only mean cross-entropy, computed here in float64
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=sample["input_ids"]).logits[0, :-1], -1)
+        targets = sample["labels"][0, 1:]
+        keep = targets != -100
+        return -logp[keep.nonzero()[:, 0], targets[keep]].mean().item()
+
+    eps = 1e-2  # Llama's RMSNorm computes in float32, so smaller steps drown in rounding; central differences err by O(eps^2)
+    for i, j in [(0, 0), (5, 17), (63, 63)]:
+        direct = 0.0
+        for sample in samples:
+            keep = p.data[i, j].item()
+            p.data[i, j] = keep + eps
+            up = loss(sample)
+            p.data[i, j] = keep - eps
+            down = loss(sample)
+            p.data[i, j] = keep
+            direct += abs(keep * (up - down) / (2 * eps))
+        assert s[i, j].item() == pytest.approx(direct, rel=5e-3, abs=1e-9)
+    # per sample, then summed: two samples give the sum of their own sensitivities ...
+    one, two = (T.sensitivity(model, [x], names=[name])[name] for x in samples)
+    assert torch.allclose(s, one + two)
+    # ... which is not |theta * (g1 + g2)| wherever the two gradients disagree in sign
+    model.zero_grad()
+    for x in samples:
+        model(input_ids=x["input_ids"], labels=x["labels"]).loss.backward()
+    summed_first = (p.detach() * p.grad).abs().float()
+    assert (s > summed_first + 1e-9).any()
+    assert p.grad is not None and all(q.requires_grad for q in model.parameters())
+
+
+def test_sensitivity_rejects_batches_and_unknown_names():
+    tok = make_tokenizer()
+    model = make_model("llama", tok)
+    samples = _samples(tok, [("who won?", "the rovers")])
+    batch = {k: v.repeat(2, 1) for k, v in samples[0].items()}
+    with pytest.raises(KilibError, match="one sample per batch"):
+        T.sensitivity(model, [batch])
+    with pytest.raises(KilibError, match="no parameter named nope"):
+        T.sensitivity(model, samples, names=["nope"])
+    with pytest.raises(KilibError, match="at least one seed sample"):
+        T.sensitivity(model, [])
+
+
+def test_layer_selection_keeps_the_top_blocks_in_their_order():
+    assert T.select_layers([0.1, 5.0, 0.3, 4.0, 2.0], 3) == [1, 3, 4]
+    assert T.select_layers([1.0, 2.0, 2.0, 1.0], 2) == [1, 2]
+    assert T.select_layers([3.0, 3.0, 3.0], 2) == [0, 1]  # ties go to the earlier block
+    with pytest.raises(KilibError, match="teacher needs at least as many blocks"):
+        T.select_layers([1.0, 2.0], 3)
+    scores = {"model.layers.0.mlp.up_proj.weight": torch.ones(2, 2), "model.layers.1.input_layernorm.weight": torch.ones(3),
+              "model.layers.1.self_attn.q_proj.weight": torch.full((2,), 2.0), "model.embed_tokens.weight": torch.ones(9)}
+    assert T.block_scores(scores, 2) == [4.0, 7.0]  # layer norms count; the embeddings belong to no block
+
+
+def test_best_submatrix_matches_the_authors_double_loop():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        h, w = torch.randint(1, 9, (2,), generator=g).tolist()
+        rows, cols = torch.randint(1, h + 1, (1,), generator=g).item(), torch.randint(1, w + 1, (1,), generator=g).item()
+        scores = torch.randint(0, 3, (h, w), generator=g).float()  # small integers: many ties
+        best, corner = None, None
+        for r in range(h - rows + 1):  # the double loop, first maximum kept
+            for c in range(w - cols + 1):
+                total = scores[r:r + rows, c:c + cols].sum().item()
+                if best is None or total > best:
+                    best, corner = total, (r, c)
+        assert T.best_submatrix(scores, rows, cols) == corner, (trial, scores, rows, cols)
+    with pytest.raises(KilibError, match="does not fit"):
+        T.best_submatrix(torch.zeros(3, 3), 4, 1)
+
+
+def test_svd_factors_start_a_lora_that_leaves_the_student_unchanged():
+    """W - B A frozen, LoRA at (B, A) with scale 1: at step 0 the model is the student exactly."""
+    from kilib.models import attach_lora
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(12, 8, generator=g, dtype=torch.float64)
+    b, a = T.svd_factors(m, 8)
+    assert torch.allclose(b @ a, m)  # full rank: exact
+    b, a = T.svd_factors(m, 3)
+    u, s, vh = torch.linalg.svd(m)
+    assert torch.allclose(b @ a, (u[:, :3] * s[:3]) @ vh[:3])  # the best rank-3 approximation
+    with pytest.raises(KilibError, match="rank 9 is out of range"):
+        T.svd_factors(m, 9)
+
+    tok = make_tokenizer()
+    student = make_model("llama", tok)
+    ids = torch.tensor([tok("who won the cup in the year of the final?").input_ids])
+    with torch.no_grad():
+        before = student(input_ids=ids).logits
+    model = attach_lora(student, r=4, target_modules=["q_proj"])
+    lora = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    assert len(lora) == 2 and all(m.scaling["default"] == 1.0 for m in lora)
+    for module in lora:
+        w = module.base_layer.weight
+        extracted = torch.randn(w.shape, generator=g)  # stands for the teacher's submatrix
+        b, a = T.svd_factors(extracted, 4)
+        with torch.no_grad():
+            module.lora_B["default"].weight.copy_(b)
+            module.lora_A["default"].weight.copy_(a)
+            w -= b @ a
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    with torch.no_grad():  # and the LoRA does carry the extracted matrix: without it the model differs
+        lora[0].lora_B["default"].weight.zero_()
+        assert not torch.allclose(before, model(input_ids=ids).logits, atol=1e-3)
