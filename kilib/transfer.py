@@ -13,8 +13,16 @@ mathematics of extraction and injection (methods.md §2), for notebook 02.
   A = V_r^T, which start the student's LoRA while its frozen weight becomes W - B A, so that at
   step 0 the student is unchanged.
 
+* :func:`extract`: every student matrix cut from the teacher (selected blocks mapped in order;
+  embeddings and output head keep the student's vocabulary rows and cut hidden columns), by
+  sensitivity, or as the ablations' top rows and columns, or the random-window control.
+* :func:`init_lora_from`: a full-precision student's LoRA started at the extracted factors, its
+  frozen weights lowered by the same product.
+
 What is not here yet: the 4-bit teacher's sensitivity from hooks (g^T x per linear layer, the
-paper profile's memory plan), the GPT-NeoX fused q,k,v split, and the notebook.
+paper profile's memory plan), injection into a 4-bit student (W - B A would have to be
+requantised, which breaks the step-0 equality), LoRA on the embeddings, the GPT-NeoX fused
+q,k,v split, and the notebook.
 """
 
 from __future__ import annotations
@@ -110,3 +118,97 @@ def svd_factors(matrix, rank: int):
         raise KilibError(f"rank {rank} is out of range for a {tuple(matrix.shape)} matrix")
     u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
     return (u[:, :rank] * s[:rank]).to(matrix.dtype), vh[:rank].to(matrix.dtype)
+
+
+HOW = ("sensitive", "top", "random")
+
+
+def extract_matrix(weight, scores, shape: Sequence[int], how: str = "sensitive", vocab_rows: bool = False,
+                   generator=None):
+    """The ``shape`` piece of the teacher matrix ``weight`` chosen by its sensitivity ``scores``.
+
+    ``how``: ``sensitive`` the contiguous window with the largest summed sensitivity
+    (:func:`best_submatrix`); ``top`` the rows and the columns with the largest sensitivity
+    sums, each kept in their order (an ablation); ``random`` a uniformly drawn window (the
+    control). ``vocab_rows`` (embeddings, output head): the first ``shape[0]`` rows, the
+    student's vocabulary, are kept whole and only hidden columns are chosen."""
+    import torch
+
+    if how not in HOW:
+        raise KilibError(f"unknown extraction {how!r}: use one of {', '.join(HOW)}")
+    rows, cols = int(shape[0]), int(shape[1])
+    if vocab_rows:
+        if rows > weight.shape[0]:
+            raise KilibError(f"the student's vocabulary ({rows}) is larger than the teacher's ({weight.shape[0]}): "
+                             "pick models that share a tokenizer")
+        weight, scores = weight[:rows], scores[:rows]
+    if how == "top":
+        keep_r = torch.sort(torch.topk(scores.sum(1), rows).indices).values if not vocab_rows else torch.arange(rows)
+        keep_c = torch.sort(torch.topk(scores.sum(0), cols).indices).values
+        return weight[keep_r][:, keep_c].clone()
+    if how == "random":
+        if not (rows <= weight.shape[0] and cols <= weight.shape[1]):
+            best_submatrix(scores, rows, cols)  # the same one-line error as below
+        r0 = int(torch.randint(0, weight.shape[0] - rows + 1, (1,), generator=generator))
+        c0 = int(torch.randint(0, weight.shape[1] - cols + 1, (1,), generator=generator))
+    else:
+        r0, c0 = best_submatrix(scores, rows, cols)
+    return weight[r0:r0 + rows, c0:c0 + cols].clone()
+
+
+def teacher_name(student_name: str, selected: Sequence[int], prefix: str = "model.layers.") -> str:
+    """The teacher parameter a student parameter is cut from: block ``k`` from the ``k``-th
+    selected block, everything outside the blocks from its namesake."""
+    if not student_name.startswith(prefix):
+        return student_name
+    index, rest = student_name[len(prefix):].split(".", 1)
+    if int(index) >= len(selected):
+        raise KilibError(f"student block {index} has no selected teacher block: select as many blocks as the student has")
+    return f"{prefix}{selected[int(index)]}.{rest}"
+
+
+def extract(teacher, student, scores: Mapping[str, Any], selected: Sequence[int], how: str = "sensitive",
+            seed: int = 0, prefix: str = "model.layers.") -> dict[str, Any]:
+    """Every 2-D student parameter cut from the teacher (:func:`extract_matrix`), by name."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    theirs = dict(teacher.named_parameters())
+    out = {}
+    for name, p in student.named_parameters():
+        if p.dim() != 2:
+            continue
+        source = teacher_name(name, selected, prefix)
+        if source not in theirs or source not in scores:
+            raise KilibError(f"the teacher has no {source} (for the student's {name}): pick two models of one architecture")
+        vocab = "embed_tokens" in name or "lm_head" in name
+        out[name] = extract_matrix(theirs[source].detach(), scores[source], p.shape, how, vocab_rows=vocab, generator=generator)
+    return out
+
+
+def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str = "default") -> list[str]:
+    """Start each LoRA of the peft ``model`` whose base weight has an extracted matrix at that
+    matrix's rank-``rank`` factors (B scaled by 1/scaling, so the update is B A), and lower the
+    frozen base weight by B A: the model's outputs are unchanged at step 0. Returns the names
+    of the weights it initialised."""
+    import torch
+
+    done = []
+    for module_name, module in model.named_modules():
+        if not (hasattr(module, "lora_A") and adapter in module.lora_A and hasattr(module, "base_layer")):
+            continue
+        name = module_name.removeprefix("base_model.model.") + ".weight"
+        if name not in extracted:
+            continue
+        base = module.base_layer.weight
+        if base.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            raise KilibError(f"{name} is quantized: W - B A cannot be stored exactly there; load the student in full precision")
+        b, a = svd_factors(extracted[name].to(torch.float32), rank)
+        if module.lora_A[adapter].weight.shape != a.shape:
+            raise KilibError(f"the LoRA on {name} has rank {module.lora_A[adapter].weight.shape[0]}, not {rank}: attach it with r={rank}")
+        with torch.no_grad():
+            module.lora_B[adapter].weight.copy_(b / module.scaling[adapter])
+            module.lora_A[adapter].weight.copy_(a)
+            base -= (b @ a).to(base.dtype)
+        done.append(name)
+    return done

@@ -136,3 +136,68 @@ def test_svd_factors_start_a_lora_that_leaves_the_student_unchanged():
     with torch.no_grad():  # and the LoRA does carry the extracted matrix: without it the model differs
         lora[0].lora_B["default"].weight.zero_()
         assert not torch.allclose(before, model(input_ids=ids).logits, atol=1e-3)
+
+
+def test_extract_matrix_ways():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 5, generator=g)
+    s = torch.rand(6, 5, generator=g)
+    r0, c0 = T.best_submatrix(s, 3, 2)
+    assert torch.equal(T.extract_matrix(w, s, (3, 2)), w[r0:r0 + 3, c0:c0 + 2])
+    # the vocabulary rows stay whole (the student's, in order); only hidden columns are chosen
+    vocab = T.extract_matrix(w, s, (4, 2), vocab_rows=True)
+    c0 = T.best_submatrix(s[:4], 4, 2)[1]
+    assert torch.equal(vocab, w[:4, c0:c0 + 2])
+    top = T.extract_matrix(w, s, (2, 3), how="top")
+    rows, cols = sorted(torch.topk(s.sum(1), 2).indices.tolist()), sorted(torch.topk(s.sum(0), 3).indices.tolist())
+    assert torch.equal(top, w[rows][:, cols])
+    # the random control: a window of the right shape, the same for the same seed
+    draws = [T.extract_matrix(w, s, (3, 2), how="random", generator=torch.Generator().manual_seed(k)) for k in (1, 1, 2)]
+    assert all(d.shape == (3, 2) for d in draws) and torch.equal(draws[0], draws[1])
+    assert any((w.unfold(0, 3, 1).unfold(1, 2, 1) == draws[2]).flatten(2).all(-1).flatten())  # a contiguous window of w
+    with pytest.raises(KilibError, match="unknown extraction 'best'"):
+        T.extract_matrix(w, s, (3, 2), how="best")
+    with pytest.raises(KilibError, match="vocabulary .* is larger than the teacher's"):
+        T.extract_matrix(w, s, (7, 2), vocab_rows=True)
+    assert T.teacher_name("model.layers.1.mlp.up_proj.weight", [0, 3]) == "model.layers.3.mlp.up_proj.weight"
+    assert T.teacher_name("lm_head.weight", [0, 3]) == "lm_head.weight"
+
+
+def test_zoo_teacher_to_student_end_to_end():
+    """llama-m (teacher) to llama-s (student) of the smoke zoo: sensitivity on seed Q&A, the top
+    blocks, every student matrix cut to the student's shape, and a LoRA that starts there while
+    the student's outputs stay what they were."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kilib import zoo
+    from kilib.data import qa_prompt
+    from kilib.models import attach_lora, check_same_tokenizer
+
+    smoke = zoo.zoo_config("smoke")
+    world = zoo.world_of(smoke)
+    teacher = AutoModelForCausalLM.from_pretrained(zoo.model_dir(smoke, "llama-m"))
+    student = AutoModelForCausalLM.from_pretrained(zoo.model_dir(smoke, "llama-s"))
+    tok = AutoTokenizer.from_pretrained(zoo.model_dir(smoke, "llama-s"))
+    check_same_tokenizer(tok, AutoTokenizer.from_pretrained(zoo.model_dir(smoke, "llama-m")))
+    facts = [f for f in world.facts.values() if f.period == "pre"][:4]
+    samples = _samples(tok, [(qa_prompt(world.questions(f.id, "train")[0]), f.object) for f in facts])
+    scores = T.sensitivity(teacher, samples)
+    n_teacher, n_student = teacher.config.num_hidden_layers, student.config.num_hidden_layers
+    selected = T.select_layers(T.block_scores(scores, n_teacher), n_student)
+    assert len(selected) == n_student < n_teacher
+    shapes = {n: p.shape for n, p in student.named_parameters() if p.dim() == 2}
+    for how in T.HOW:
+        cut = T.extract(teacher, student, scores, selected, how=how)
+        assert {n: m.shape for n, m in cut.items()} == shapes
+    cut = T.extract(teacher, student, scores, selected)
+    ids = samples[0]["input_ids"]
+    with torch.no_grad():
+        before = student(input_ids=ids).logits
+    model = attach_lora(student, r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                "up_proj", "down_proj", "lm_head"])
+    done = T.init_lora_from(model, cut, rank=8)
+    assert len(done) == 7 * n_student + 1 and "lm_head.weight" in done
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-4)
+    with pytest.raises(KilibError, match="has rank 8, not 4: attach it with r=4"):
+        T.init_lora_from(model, cut, rank=4)
