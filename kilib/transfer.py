@@ -21,7 +21,8 @@ mathematics of extraction and injection (methods.md §2), for notebook 02.
 
 What is not here yet: the 4-bit teacher's sensitivity from hooks (g^T x per linear layer, the
 paper profile's memory plan), injection into a 4-bit student (W - B A would have to be
-requantised, which breaks the step-0 equality), LoRA on the embeddings, the GPT-NeoX fused
+requantised, which breaks the step-0 equality; a frozen second adapter holding -B A would keep
+it exact), LoRA on the embeddings, the GPT-NeoX fused
 q,k,v split, and the notebook.
 """
 
