@@ -50,11 +50,12 @@ def parse_value(text: str):
         return text
 
 
-def check_parameters(notebook: Path, parameters: dict) -> None:
-    """Reject names the notebook's ``parameters`` cell does not define, and wrong types."""
+def check_parameters(notebook: Path, parameters: dict, declared: dict | None = None) -> None:
+    """Reject names the notebook's ``parameters`` cell does not define, and wrong types
+    (``declared``: papermill's inspection of the notebook, when the caller has it already)."""
     import papermill
 
-    declared = papermill.inspect_notebook(str(notebook))
+    declared = declared if declared is not None else papermill.inspect_notebook(str(notebook))
     for name, value in parameters.items():
         if name not in declared:
             raise KilibError(f"{notebook.name} has no parameter {name!r}: its parameters are {', '.join(declared)}")
@@ -82,7 +83,7 @@ def split_parameters(notebooks: list[Path], parameters: dict) -> dict[Path, dict
             raise KilibError(f"no selected notebook has a parameter {name!r} ({offered}); choose notebooks with --only")
     shares = {nb: {k: v for k, v in parameters.items() if k in declared[nb]} for nb in notebooks}
     for nb, share in shares.items():
-        check_parameters(nb, share)
+        check_parameters(nb, share, declared[nb])
     return shares
 
 

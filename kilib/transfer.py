@@ -100,14 +100,18 @@ def best_submatrix(scores, rows: int, cols: int) -> tuple[int, int]:
     import torch
 
     height, width = scores.shape
-    if not (1 <= rows <= height and 1 <= cols <= width):
-        raise KilibError(f"a {rows}x{cols} window does not fit a {height}x{width} matrix: the student's shape must be "
-                         "no larger than the teacher's")
+    _check_fits(rows, cols, height, width)
     table = torch.zeros(height + 1, width + 1, dtype=torch.float64)
     table[1:, 1:] = scores.double().cumsum(0).cumsum(1)
     sums = table[rows:, cols:] - table[:-rows, cols:] - table[rows:, :-cols] + table[:-rows, :-cols]
     flat = int(torch.argmax(sums.flatten()))  # the first maximum, row-major
     return divmod(flat, sums.shape[1])
+
+
+def _check_fits(rows: int, cols: int, height: int, width: int) -> None:
+    if not (1 <= rows <= height and 1 <= cols <= width):
+        raise KilibError(f"a {rows}x{cols} window does not fit a {height}x{width} matrix: the student's shape must be "
+                         "no larger than the teacher's")
 
 
 def svd_factors(matrix, rank: int):
@@ -148,8 +152,7 @@ def extract_matrix(weight, scores, shape: Sequence[int], how: str = "sensitive",
         keep_c = torch.sort(torch.topk(scores.sum(0), cols).indices).values
         return weight[keep_r][:, keep_c].clone()
     if how == "random":
-        if not (rows <= weight.shape[0] and cols <= weight.shape[1]):
-            best_submatrix(scores, rows, cols)  # the same one-line error as below
+        _check_fits(rows, cols, *weight.shape)
         r0 = int(torch.randint(0, weight.shape[0] - rows + 1, (1,), generator=generator))
         c0 = int(torch.randint(0, weight.shape[1] - cols + 1, (1,), generator=generator))
     else:
