@@ -277,8 +277,8 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
 
     rng = random.Random(seed)
     titles = {a.title for a in world.articles.values()}
-    series_names = {t.split(" ", 1)[1] for t in titles if t[:4].isdigit()}
     our_names, our_series = world.entity_names, world.series
+    series_names = {s["name"] for s in our_series}
     rows: list[dict] = []
     k = first_world - 1
     while len(rows) < n:
