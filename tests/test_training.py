@@ -5,7 +5,8 @@ import torch
 
 from kilib.runtime import KilibError
 from kilib.training import (
-    IGNORE_INDEX, TrainConfig, collator, freeze_all_but, latest_checkpoint, lm_dataset, render_prompt, sft_dataset, tokenize_sft, train,
+    IGNORE_INDEX, PackingCollator, TrainConfig, check_packing, collator, freeze_all_but, latest_checkpoint, lm_dataset, render_prompt,
+    sft_dataset, tokenize_sft, train,
 )
 
 from conftest import make_model, make_tokenizer
@@ -120,6 +121,65 @@ def test_collator_pads_labels_with_ignore_index():
     batch = collator(tok)(rows)
     short = len(rows[0]["input_ids"])
     assert (batch["labels"][0, short:] == IGNORE_INDEX).all() and (batch["attention_mask"][0, short:] == 0).all()
+
+
+_PACK_ROWS = [("who?", "the rovers"), ("who won the cup in the final?", "the rovers won it"), ("the year?", "3-1"),
+              ("who won the cup in the year of the final?", "the rovers"), ("won?", "it")]
+
+
+def test_packing_rows_hold_every_example_once_within_the_width():
+    packer = PackingCollator(make_tokenizer(), row_tokens=10)
+    lengths = [7, 3, 9, 2, 2, 12, 5, 1]
+    rows = packer.rows(lengths)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in r) <= 12 for r in rows)  # the longest example sets the width
+    # first-fit decreasing by hand, longest first into the first row with room: 12 | 9+3 | 7+5 | 2+2+1
+    assert rows == [[0, 6], [1, 2], [3, 4, 7], [5]]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_packed_batch_has_the_padded_batch_loss_and_gradients(family):
+    tok = make_tokenizer()
+    rows = [tokenize_sft(tok, p, a) for p, a in _PACK_ROWS]
+    padded, packed = collator(tok)(rows), PackingCollator(tok, row_tokens=24)(rows)
+    assert packed["input_ids"].shape[0] < len(rows) and packed["input_ids"].numel() < padded["input_ids"].numel()
+    assert (packed["labels"] != IGNORE_INDEX).sum() == (padded["labels"] != IGNORE_INDEX).sum()  # no answer token lost
+    grads = []
+    for batch in (padded, packed):
+        model = make_model(family, tok)
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        grads.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
+
+
+def test_packing_is_refused_for_a_model_that_lets_packed_examples_see_each_other(tmp_path):
+    class IgnoresPositions(torch.nn.Module):  # attention over the whole row, as a model without packing support
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def get_input_embeddings(self):
+            return self.inner.get_input_embeddings()
+
+        def forward(self, input_ids, position_ids=None, **kwargs):
+            return self.inner(input_ids=input_ids, **kwargs)
+
+    tok = make_tokenizer()
+    check_packing(make_model("llama", tok))
+    with pytest.raises(KilibError, match="does not keep packed examples apart.*padding collator"):
+        check_packing(IgnoresPositions(make_model("llama", tok)))
+
+
+def test_training_with_packing_lowers_the_loss_and_keeps_the_cache_setting(tmp_path):
+    tok = make_tokenizer()
+    model = make_model("llama", tok)
+    assert model.config.use_cache
+    data = sft_dataset(tok, [{"prompt": p, "answer": a} for p, a in _PACK_ROWS] * 4)
+    result = train(model, data, TrainConfig(epochs=4, batch_size=5, lr=1e-2, progress=False, logging_steps=1, save_every_epoch=False),
+                   tmp_path, data_collator=PackingCollator(tok, row_tokens=32))
+    assert result.losses[-1]["loss"] < result.losses[0]["loss"] and model.config.use_cache
 
 
 _THREADS_SCRIPT = r"""
