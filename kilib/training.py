@@ -287,8 +287,11 @@ def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer
     # count (a tiny-zoo llama-s built by a script differed from the notebook's build), so
     # without this the weights would depend on what the caller happened to do first.
     torch.set_num_threads(torch.get_num_threads())
+    from kilib.models import check_trainable_4bit_layout
+
     if len(dataset) == 0:
         raise KilibError("the training set is empty: check the data")
+    check_trainable_4bit_layout(model)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise KilibError("no parameter requires grad: attach an adapter or a module to train first")

@@ -16,40 +16,94 @@ mathematics of extraction and injection (methods.md §2), for notebook 02.
 * :func:`extract`: every student matrix cut from the teacher (selected blocks mapped in order;
   embeddings and output head keep the student's vocabulary rows and cut hidden columns), by
   sensitivity, or as the ablations' top rows and columns, or the random-window control.
-* :func:`init_lora_from`: a full-precision student's LoRA started at the extracted factors, its
-  frozen weights lowered by the same product.
+* :func:`init_lora_from`: the student's LoRA (linear layers, embeddings, output head) started
+  at the extracted factors, beside a frozen second adapter holding -B A: W - B A without
+  touching W, which in 4-bit could not hold it exactly.
 
-What is not here yet: the 4-bit teacher's sensitivity from hooks (g^T x per linear layer, the
-paper profile's memory plan), injection into a 4-bit student (W - B A would have to be
-requantised, which breaks the step-0 equality; a frozen second adapter holding -B A would keep
-it exact), LoRA on the embeddings, the GPT-NeoX fused
-q,k,v split, and the notebook.
+A 4-bit teacher's linear weights take their sensitivity from hooks (g^T x), so the tiny and
+paper profiles run one path, with teacher and student in 4-bit. Not here yet: the GPT-NeoX fused q,k,v split
+(Llama-family teachers and students only).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kilib.runtime import KilibError
 
 
-def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None) -> dict[str, Any]:
+def _is_4bit(param) -> bool:
+    return getattr(param, "quant_state", None) is not None
+
+
+def dense(param):
+    """A parameter as a float32 tensor of its logical shape: a bitsandbytes 4-bit weight
+    (packed bytes) is dequantised."""
+    if _is_4bit(param):
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(param.data, param.quant_state).float()
+    return param.detach().float()
+
+
+def logical_shape(param) -> tuple[int, ...]:
+    """A parameter's shape before packing (a 4-bit weight is stored as bytes of another shape)."""
+    return tuple(param.quant_state.shape) if _is_4bit(param) else tuple(param.shape)
+
+
+def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None,
+                via_hooks: bool = False) -> dict[str, Any]:
     """Sum over samples of |theta * dL/dtheta| for each parameter (or those in ``names``).
 
     Each batch must hold one sample (``input_ids`` and ``labels`` of shape ``[1, T]``): the
     absolute value is taken per sample, so a batch of several would sum their gradients first
-    and give another (smaller) number. Gradients of the model are cleared before and after."""
+    and give another (smaller) number. Gradients of the model are cleared before and after.
+
+    A 4-bit weight cannot require grad, and needs none (methods.md §2, memory): the gradient of
+    a linear layer's weight is g^T x, from the layer's input x and output gradient g, both
+    caught by hooks, and it multiplies the dequantised weight. ``via_hooks`` takes every linear
+    weight that way (the same numbers for a full-precision model; the tests compare the two).
+    Only the running sums of the asked-for parameters are kept, in float32."""
     import torch
 
-    params = {n: p for n, p in model.named_parameters() if names is None or n in set(names)}
-    if names is not None and len(params) != len(set(names)):
-        missing = sorted(set(names) - set(params))
+    from kilib.models import check_trainable_4bit_layout
+
+    check_trainable_4bit_layout(model)
+    wanted = set(names) if names is not None else None
+    all_params = dict(model.named_parameters())
+    if wanted is not None and not wanted <= set(all_params):
+        missing = sorted(wanted - set(all_params))
         raise KilibError(f"no parameter named {', '.join(missing[:3])} in the model: take names from named_parameters()")
-    was = {n: p.requires_grad for n, p in params.items()}
-    for p in params.values():
-        p.requires_grad_(True)
-    totals = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    hooked = {n + ".weight": m for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and (via_hooks or _is_4bit(m.weight))
+              and (wanted is None or n + ".weight" in wanted)}
+    params = {n: p for n, p in all_params.items() if (wanted is None or n in wanted) and n not in hooked
+              and p.is_floating_point()}
+    was = {n: p.requires_grad for n, p in all_params.items()}
+    for n, p in all_params.items():
+        if p.is_floating_point():
+            p.requires_grad_(n in params)
+    totals = {n: torch.zeros(logical_shape(all_params[n]), dtype=torch.float32, device=all_params[n].device)
+              for n in [*params, *hooked]}
+    weight_grads: dict[str, Any] = {}
+
+    def on_forward(name, module, args, output):
+        x = args[0].detach()
+
+        def on_grad(g):
+            gw = g.reshape(-1, g.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()
+            weight_grads[name] = weight_grads[name] + gw if name in weight_grads else gw
+
+        if output.requires_grad:
+            output.register_hook(on_grad)
+
+    def inputs_require_grad(module, args, output):
+        return output if output.requires_grad else output.detach().requires_grad_(True)
+
+    handles = [m.register_forward_hook(functools.partial(on_forward, n)) for n, m in hooked.items()]
+    handles.append(model.get_input_embeddings().register_forward_hook(inputs_require_grad))
     samples = 0
     try:
         for batch in batches:
@@ -57,17 +111,23 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
             if ids.shape[0] != 1:
                 raise KilibError(f"sensitivity takes one sample per batch, got {ids.shape[0]}: its absolute value is per sample")
             model.zero_grad(set_to_none=True)
-            out = model(input_ids=ids, attention_mask=batch.get("attention_mask"), labels=batch["labels"])
+            weight_grads.clear()
+            out = model(input_ids=ids, attention_mask=batch.get("attention_mask"), labels=batch["labels"], use_cache=False)
             out.loss.backward()
             with torch.no_grad():
                 for n, p in params.items():
                     if p.grad is not None:
                         totals[n] += (p.detach().float() * p.grad.float()).abs()
+                for n, gw in weight_grads.items():
+                    totals[n] += (dense(hooked[n].weight) * gw).abs()
             samples += 1
     finally:
+        for h in handles:
+            h.remove()
         model.zero_grad(set_to_none=True)
-        for n, p in params.items():
-            p.requires_grad_(was[n])
+        for n, p in all_params.items():
+            if p.is_floating_point():
+                p.requires_grad_(was[n])
     if samples == 0:
         raise KilibError("sensitivity needs at least one seed sample: pass the task's seed examples")
     return totals
@@ -180,39 +240,62 @@ def extract(teacher, student, scores: Mapping[str, Any], selected: Sequence[int]
     theirs = dict(teacher.named_parameters())
     out = {}
     for name, p in student.named_parameters():
-        if p.dim() != 2:
+        shape = logical_shape(p)
+        if len(shape) != 2:
             continue
         source = teacher_name(name, selected, prefix)
         if source not in theirs or source not in scores:
             raise KilibError(f"the teacher has no {source} (for the student's {name}): pick two models of one architecture")
         vocab = "embed_tokens" in name or "lm_head" in name
-        out[name] = extract_matrix(theirs[source].detach(), scores[source], p.shape, how, vocab_rows=vocab, generator=generator)
+        out[name] = extract_matrix(dense(theirs[source]), scores[source], shape, how, vocab_rows=vocab, generator=generator)
     return out
+
+
+RESIDUAL = "transfer_residual"  # the frozen adapter holding -B A
 
 
 def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str = "default") -> list[str]:
     """Start each LoRA of the peft ``model`` whose base weight has an extracted matrix at that
-    matrix's rank-``rank`` factors (B scaled by 1/scaling, so the update is B A), and lower the
-    frozen base weight by B A: the model's outputs are unchanged at step 0. Returns the names
+    matrix's rank-``rank`` factors (B scaled by 1/scaling, so the update is B A), and add a
+    frozen second adapter holding -B A: the model computes W - B A + B A, the student unchanged
+    at step 0 (methods.md §2, "initially equivalent"), whether W is in full precision or in
+    4-bit (where W - B A could not be stored without requantising). Embedding LoRAs take the
+    factors of the transposed matrix (peft's embedding update is (B A)^T). Returns the names
     of the weights it initialised."""
+    import copy
+
     import torch
 
+    from kilib.models import peft_quietly
+
+    if RESIDUAL in model.peft_config:
+        raise KilibError("this model's LoRA was already started from extracted factors: attach a fresh LoRA first")
+    if model.peft_config[adapter].r != rank:
+        raise KilibError(f"the LoRA has rank {model.peft_config[adapter].r}, not {rank}: attach it with r={rank}")
+    with peft_quietly():
+        model.add_adapter(RESIDUAL, copy.deepcopy(model.peft_config[adapter]))
     done = []
     for module_name, module in model.named_modules():
-        if not (hasattr(module, "lora_A") and adapter in module.lora_A and hasattr(module, "base_layer")):
+        linear = adapter in getattr(module, "lora_A", {})
+        if not (linear or adapter in getattr(module, "lora_embedding_A", {})) or not hasattr(module, "base_layer"):
             continue
         name = module_name.removeprefix("base_model.model.") + ".weight"
         if name not in extracted:
             continue
-        base = module.base_layer.weight
-        if base.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-            raise KilibError(f"{name} is quantized: W - B A cannot be stored exactly there; load the student in full precision")
-        b, a = svd_factors(extracted[name].to(torch.float32), rank)
-        if module.lora_A[adapter].weight.shape != a.shape:
-            raise KilibError(f"the LoRA on {name} has rank {module.lora_A[adapter].weight.shape[0]}, not {rank}: attach it with r={rank}")
+        matrix = extracted[name].to(torch.float32)
+        b, a = svd_factors(matrix if linear else matrix.T, rank)
+        if linear:
+            pairs = [(module.lora_A[k].weight, module.lora_B[k].weight) for k in (adapter, RESIDUAL)]
+        else:
+            pairs = [(module.lora_embedding_A[k], module.lora_embedding_B[k]) for k in (adapter, RESIDUAL)]
+        b = b / module.scaling[adapter]
         with torch.no_grad():
-            module.lora_B[adapter].weight.copy_(b / module.scaling[adapter])
-            module.lora_A[adapter].weight.copy_(a)
-            base -= (b @ a).to(base.dtype)
+            for (lora_a, lora_b), sign in zip(pairs, (1.0, -1.0)):
+                lora_a.copy_(a)
+                lora_b.copy_(sign * b)
         done.append(name)
+    model.base_model.set_adapter([adapter, RESIDUAL])
+    for n, p in model.named_parameters():
+        if f".{RESIDUAL}" in n:
+            p.requires_grad_(False)
     return done

@@ -49,6 +49,47 @@ def test_lora_on_a_4bit_base_trains_only_the_adapter(saved_model):
     assert len(decoder_layers(peft_model)) == 2
 
 
+def _lora_grads(model, ids):
+    torch.manual_seed(0)
+    model = attach_lora(model, r=4)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)  # B = 0 would leave every A gradient zero
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_inference_before_training_leaves_4bit_gradients_right(saved_model):
+    """bitsandbytes repacks 4-bit weights for a CPU kernel without backward on the first no-grad
+    forward (AVX512-BF16 CPUs). A model from load_causal_lm stays trainable: after inference,
+    its LoRA gradients are those of a fresh load. One loaded around it is refused by train."""
+    from transformers import AutoModelForCausalLM
+
+    from kilib.training import TrainConfig, sft_dataset, train
+
+    family, folder, _ = saved_model
+    tok = make_tokenizer()
+    ids = tok(["who won the cup in the year of the final?"], return_tensors="pt").input_ids
+    fresh = _lora_grads(load_causal_lm(folder, device="cpu")[0], ids)
+    used, _ = load_causal_lm(folder, device="cpu")
+    with torch.no_grad():
+        used(input_ids=ids)
+    after = _lora_grads(used, ids)
+    for n in fresh:
+        torch.testing.assert_close(after[n], fresh[n])
+
+    raw = AutoModelForCausalLM.from_pretrained(folder, quantization_config=models.quantization_config("4bit", "cpu"),
+                                               dtype=torch.float32, device_map={"": "cpu"}).eval()
+    with torch.no_grad():
+        raw(input_ids=ids)
+    if not any(getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False) for p in raw.parameters()):
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes keeps the trainable layout")
+    data = sft_dataset(tok, [{"prompt": "who won?", "answer": "the rovers"}])
+    with pytest.raises(KilibError, match="packed for bitsandbytes' CPU inference kernel.*load_causal_lm"):
+        train(attach_lora(raw, r=4), data, TrainConfig(progress=False, save_every_epoch=False), folder / "run", tokenizer=tok)
+
+
 def test_missing_model_offline_is_one_line_naming_the_fix(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(KilibError) as e:

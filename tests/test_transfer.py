@@ -193,11 +193,97 @@ def test_zoo_teacher_to_student_end_to_end():
     ids = samples[0]["input_ids"]
     with torch.no_grad():
         before = student(input_ids=ids).logits
-    model = attach_lora(student, r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                                "up_proj", "down_proj", "lm_head"])
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+    with pytest.raises(KilibError, match="has rank 4, not 8: attach it with r=8"):
+        T.init_lora_from(attach_lora(AutoModelForCausalLM.from_pretrained(zoo.model_dir(smoke, "llama-s")), r=4,
+                                     target_modules=targets), cut, rank=8)
+    model = attach_lora(student, r=8, alpha=16, target_modules=targets)
     done = T.init_lora_from(model, cut, rank=8)
     assert len(done) == 7 * n_student + 1 and "lm_head.weight" in done
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-4)
-    with pytest.raises(KilibError, match="has rank 8, not 4: attach it with r=4"):
+    with pytest.raises(KilibError, match="already started"):
+        T.init_lora_from(model, cut, rank=8)
+
+
+def _saved_llama(tmp_path, tok, seed=0):
+    folder = tmp_path / f"llama-{seed}"
+    model = make_model("llama", tok, seed=seed)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_sensitivity_from_hooks_equals_autograd():
+    """g^T x from the hooks is the weight gradient autograd computes: the same sensitivity."""
+    tok = make_tokenizer()
+    model = make_model("llama", tok)
+    samples = _samples(tok, [("who won the cup?", "the rovers"), ("in the year of the final?", "won it 3-1")])
+    direct = T.sensitivity(model, samples)
+    hooked = T.sensitivity(model, samples, via_hooks=True)
+    assert direct.keys() == hooked.keys()
+    for name in direct:
+        torch.testing.assert_close(hooked[name], direct[name], rtol=1e-4, atol=1e-9)
+    assert all(p.requires_grad for p in model.parameters())  # left as found
+
+
+def test_4bit_teacher_sensitivity_matches_its_dequantised_copy(tmp_path):
+    """A 4-bit teacher (no trainable weights) gives the sensitivity of the full-precision model
+    holding its dequantised weights, computed by plain autograd."""
+    from kilib.models import load_causal_lm
+
+    tok = make_tokenizer()
+    teacher, _ = load_causal_lm(_saved_llama(tmp_path, tok), quantization="4bit", device="cpu")
+    copy = make_model("llama", tok)
+    quantized = {n: p for n, p in teacher.named_parameters()}
+    with torch.no_grad():
+        for n, p in copy.named_parameters():
+            p.copy_(T.dense(quantized[n]))
+    assert T._is_4bit(quantized["model.layers.0.mlp.up_proj.weight"])
+    samples = _samples(tok, [("who won the cup?", "the rovers"), ("the year?", "3-1")])
+    got, want = T.sensitivity(teacher, samples), T.sensitivity(copy, samples)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].shape == want[name].shape
+        torch.testing.assert_close(got[name], want[name], rtol=2e-3, atol=1e-7)
+
+
+def test_4bit_student_lora_starts_at_the_teacher_factors_unchanged(tmp_path):
+    """A 4-bit student with LoRA on every linear layer, the embeddings and the output head,
+    started from a teacher's extracted matrices: its logits at step 0 are the student's, the
+    trainable adapter holds the extracted factors, the -B A adapter is frozen, and a step of
+    training moves the model."""
+    from kilib.models import attach_lora, load_causal_lm
+
+    tok = make_tokenizer()
+    teacher, _ = load_causal_lm(_saved_llama(tmp_path, tok, seed=1), quantization="4bit", device="cpu")
+    student, _ = load_causal_lm(_saved_llama(tmp_path, tok, seed=2), quantization="4bit", device="cpu")
+    samples = _samples(tok, [("who won the cup?", "the rovers")])
+    scores = T.sensitivity(teacher, samples)
+    selected = T.select_layers(T.block_scores(scores, 2), 2)
+    cut = T.extract(teacher, student, scores, selected)
+    assert cut["model.layers.0.mlp.up_proj.weight"].shape == (128, 64)  # the logical shape, not the packed bytes
+    ids = samples[0]["input_ids"]
+    with torch.no_grad():
+        before = student(input_ids=ids).logits
+    model = attach_lora(student, r=4, include_embeddings=True)
+    done = T.init_lora_from(model, cut, rank=4)
+    assert len(done) == 7 * 2 + 2 and {"model.embed_tokens.weight", "lm_head.weight"} <= set(done)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=1e-4)
+    up = model.base_model.model.model.layers[0].mlp.up_proj
+    b, a = T.svd_factors(cut["model.layers.0.mlp.up_proj.weight"], 4)
+    torch.testing.assert_close(up.lora_B["default"].weight @ up.lora_A["default"].weight, b @ a)
+    emb = model.base_model.model.model.embed_tokens  # peft's embedding update is (B A)^T
+    b, a = T.svd_factors(cut["model.embed_tokens.weight"].T, 4)
+    torch.testing.assert_close(emb.lora_embedding_B["default"] @ emb.lora_embedding_A["default"], b @ a)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(T.RESIDUAL not in n and "lora" in n for n in trainable)
+    assert any(T.RESIDUAL in n for n, _ in model.named_parameters())
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(input_ids=ids, labels=samples[0]["labels"]).loss.backward()
+    opt.step()
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, before, atol=1e-3)
+    with pytest.raises(KilibError, match="already started"):
         T.init_lora_from(model, cut, rank=4)
