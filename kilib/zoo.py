@@ -538,7 +538,8 @@ def knowledge_report(config: ZooConfig, name: str, per_fact: int = 1, pretrained
 
     Cached by the model's hash and the question count: a rerun recomputes nothing."""
     folder = pretrained_dir(config, name) if pretrained_only else model_dir(config, name)
-    key = {"kind": "knowledge-report", "version": 2, "model": folder.name, "per_fact": per_fact}
+    # version 3: answers computed in float32 (models.keep_trainable_4bit_layout), not by bitsandbytes' bf16 CPU kernel
+    key = {"kind": "knowledge-report", "version": 3, "model": folder.name, "per_fact": per_fact}
     report = cached_dir("reports", key, lambda tmp: write_json(tmp / "report.json", _knowledge(config, name, folder, per_fact)))
     return read_json(report / "report.json")
 
