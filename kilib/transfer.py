@@ -27,11 +27,16 @@ paper profiles run one path, with teacher and student in 4-bit. Not here yet: th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kilib.runtime import KilibError
+from kilib.training import TrainConfig
 
 
 def _is_4bit(param) -> bool:
@@ -299,3 +304,332 @@ def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str 
         if f".{RESIDUAL}" in n:
             p.requires_grad_(False)
     return done
+
+
+# ---------------------------------------------------------------------------------------
+# The study (notebook 02): tasks, presets, extraction and training jobs
+# ---------------------------------------------------------------------------------------
+TASKS = ("gsm", "mmlu", "sni")
+METHODS = ("lora", "sensitive", "random")  # plain LoRA, + teacher parameters, + a random window of them
+CHOICES = "ABCD"
+
+# Zhong et al. Table 1, Llama-2 rows (methods.md §2): the paper's numbers, printed beside ours.
+PAPER_TABLE1 = {
+    "vanilla 7B": {"gsm 0-shot": 3.34, "gsm few-shot": 15.54, "mmlu 0-shot": 41.70, "mmlu few-shot": 45.80, "sni exact": 0.00, "sni rouge-l": 4.68},
+    "vanilla 13B": {"gsm 0-shot": 6.52, "gsm few-shot": 27.82, "mmlu 0-shot": 52.10, "mmlu few-shot": 55.20, "sni exact": 0.00, "sni rouge-l": 4.84},
+    "7B-LoRA": {"gsm 0-shot": 23.38, "gsm few-shot": 21.05, "mmlu 0-shot": 47.77, "mmlu few-shot": 47.07, "sni exact": 24.93, "sni rouge-l": 41.25},
+    "+ 13B param.": {"gsm 0-shot": 25.30, "gsm few-shot": 26.31, "mmlu 0-shot": 49.37, "mmlu few-shot": 46.53, "sni exact": 26.16, "sni rouge-l": 42.98},
+}
+PAPER_ROWS = {"student": "vanilla 7B", "teacher": "vanilla 13B", "lora": "7B-LoRA", "sensitive": "+ 13B param."}
+
+
+def task_prompt(task: str, row, demos=()) -> str:
+    """The prompt for one row, after ``demos`` (rows with their answers) for few-shot."""
+    def one(r) -> str:
+        if task == "gsm":
+            return f"Question: {r['question']}\nAnswer:"
+        if task == "mmlu":
+            options = "\n".join(f"{c}. {t}" for c, t in zip(CHOICES, r["choices"]))
+            return f"{r['question']}\n{options}\nAnswer:"
+        if task == "sni":
+            return f"{r['instruction']}\nInput: {r['input']}\nOutput:"
+        raise KilibError(f"unknown task {task!r}: choose among {', '.join(TASKS)}")
+
+    shots = "".join(f"{one(d)} {task_answer(task, d)}\n\n" for d in demos)
+    return shots + one(row)
+
+
+def task_answer(task: str, row) -> str:
+    """The training target: GSM's worked rationale ending in the answer, MMLU's letter, SNI's output."""
+    return {"gsm": lambda: row["rationale"], "mmlu": lambda: row["answer"], "sni": lambda: row["output"]}[task]()
+
+
+def score(task: str, prediction: str, row) -> dict[str, float]:
+    """GSM: the last number equals the answer; MMLU: the parsed letter is right; SNI: exact
+    match after normalisation, and ROUGE-L F1 against the output (Zhong et al. §4)."""
+    from kilib.evaluation import exact_match, last_number, parse_choice
+
+    if task == "gsm":
+        return {"correct": float(last_number(prediction) == last_number(row["answer"]))}
+    if task == "mmlu":
+        choice = parse_choice(prediction, list(CHOICES))
+        return {"correct": float(choice == row["answer"]), "answered": float(choice is not None)}
+    return {"correct": exact_match(prediction, row["output"]), "rouge_l": _rouge_l(prediction, row["output"])}
+
+
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def _rouge_l(prediction: str, reference: str) -> float:
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """One profile of the transfer study (methods.md §2). The paper: Llama-2 13B into 7B, 32
+    seed samples, LoRA rank 16 on every linear layer, the embeddings and the output head, 3
+    epochs at 3e-4, global batch 64, 3% warmup, 1,000 training samples per task."""
+
+    teacher: str = "llama-m"  # zoo name (tiny, smoke) or Hub id / folder (paper)
+    student: str = "llama-s"
+    tasks: tuple[str, ...] = TASKS
+    methods: tuple[str, ...] = METHODS
+    seed_samples: int = 32
+    train_samples: int = 1000
+    eval_samples: int = 500
+    shots: tuple[tuple[str, int], ...] = (("gsm", 8), ("mmlu", 5))  # the few-shot evaluations
+    rank: int = 16
+    quantization: str = "4bit"  # teacher and student, in every profile
+    seeds: tuple[int, ...] = (0,)
+    max_new_tokens: tuple[tuple[str, int], ...] = (("gsm", 256), ("mmlu", 4), ("sni", 64))
+    eval_batch_size: int = 16
+    train: TrainConfig = TrainConfig(epochs=3, batch_size=16, grad_accum=4, lr=3e-4, warmup_ratio=0.03,
+                                     scheduler="linear", save_every_epoch=False, progress=False, logging_steps=5)
+
+
+TRANSFER_PRESETS = {
+    # The tiny world holds 504 pre-cutoff facts with three same-type alternatives, so MMLU's
+    # seed, training and evaluation questions share them (32 + 300 + 150); GSM and SNI use the
+    # same counts for one design. The zoo models read 256 positions, so GSM's few-shot
+    # evaluation has one demonstration and MMLU's three. Batch 16 without accumulation and
+    # notebook 01's tiny LoRA rate (3e-3): 300 samples at the paper's global batch 64 would be
+    # 15 steps. Not tuned to any result.
+    "tiny": TransferConfig(seed_samples=32, train_samples=300, eval_samples=150, shots=(("gsm", 1), ("mmlu", 3)),
+                           max_new_tokens=(("gsm", 96), ("mmlu", 4), ("sni", 32)), eval_batch_size=32,
+                           train=TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_ratio=0.03, scheduler="linear",
+                                             save_every_epoch=False, progress=False, logging_steps=5)),
+    # Enough steps (24) at a high rate for the smoke student to learn the answer formats.
+    "smoke": TransferConfig(tasks=("gsm", "mmlu"), seed_samples=4, train_samples=64, eval_samples=24, rank=4,
+                            shots=(("mmlu", 1),), max_new_tokens=(("gsm", 24), ("mmlu", 4), ("sni", 16)),
+                            eval_batch_size=32,
+                            train=TrainConfig(epochs=3, batch_size=8, lr=1e-2, scheduler="linear", save_every_epoch=False,
+                                              progress=False, logging_steps=1)),
+    "paper": TransferConfig(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf"),
+}
+
+
+def notebook_overrides(teacher: str = "", student: str = "", tasks: str = "", seeds: int = 0) -> dict[str, Any]:
+    """Notebook 02's parameters as preset overrides: "" and 0 keep the profile's value; ``tasks``
+    is a comma-separated subset of :data:`TASKS`; ``seeds`` n > 0 runs seeds 0 to n-1."""
+    if seeds < 0:
+        raise KilibError(f"SEEDS must be >= 0 (0 keeps the profile's seeds), got {seeds}")
+    names = tuple(t.strip() for t in tasks.split(",") if t.strip())
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise KilibError(f"unknown task(s) {', '.join(unknown)} in TASKS: choose among {', '.join(TASKS)}")
+    out = {"teacher": teacher, "student": student, "tasks": names, "seeds": tuple(range(seeds))}
+    return {k: v for k, v in out.items() if v}
+
+
+@dataclass
+class TransferInputs:
+    teacher: str  # a model folder or Hub id
+    student: str
+    rows: dict[str, dict[str, list[dict]]]  # task -> split (seed, train, eval, demos) -> rows
+    source: str
+
+
+def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
+    """Models and task rows for a profile. Tiny and smoke: two zoo models (built on first use)
+    and the world's GSM, MMLU and SNI analogues, split into disjoint seed, training,
+    evaluation and demonstration rows."""
+    from kilib import zoo
+    from kilib.models import check_same_tokenizer, load_tokenizer
+
+    unknown = [t for t in config.tasks if t not in TASKS]
+    if unknown or not config.tasks:
+        raise KilibError(f"unknown task(s) {', '.join(unknown) or '(none given)'}: choose among {', '.join(TASKS)}")
+    bad = [m for m in config.methods if m not in METHODS]
+    if bad or "lora" not in config.methods:
+        raise KilibError(f"methods must include 'lora' and be among {', '.join(METHODS)}; got {', '.join(config.methods)}")
+    if profile == "paper":
+        raise KilibError("the paper profile of notebook 02 needs the GSM8K, MMLU and Super-NaturalInstructions loaders, "
+                         "which kilib does not have yet: run PROFILE='tiny'")
+    zconfig = zoo.zoo_config(profile)
+    teacher, student = (str(zoo.model_dir(zconfig, n)) for n in (config.teacher, config.student))
+    check_same_tokenizer(load_tokenizer(teacher), load_tokenizer(student), (config.teacher, config.student))
+    world = zoo.world_of(zconfig)
+    demos = max([k for _, k in config.shots] + [0])
+    sizes = {"seed": config.seed_samples, "train": config.train_samples, "eval": config.eval_samples, "demos": demos}
+    rows = {}
+    for task in config.tasks:
+        drawn = getattr(world, task)(sum(sizes.values()), seed=0).to_list()
+        rows[task], start = {}, 0
+        for split, n in sizes.items():
+            rows[task][split] = drawn[start:start + n]
+            start += n
+    return TransferInputs(teacher, student, rows, f"the {zconfig.world_size} world: {config.teacher} into {config.student}")
+
+
+def _shots(config: TransferConfig, task: str) -> list[int]:
+    return [0] + [k for t, k in config.shots if t == task and k > 0]
+
+
+def _samples(tokenizer, task: str, rows) -> list[dict]:
+    import torch
+
+    from kilib.training import tokenize_sft
+
+    out = []
+    for r in rows:
+        ex = tokenize_sft(tokenizer, task_prompt(task, r), task_answer(task, r))
+        out.append({"input_ids": torch.tensor([ex["input_ids"]]), "labels": torch.tensor([ex["labels"]])})
+    return out
+
+
+def _load(path: str, quantization: str):
+    from kilib.models import load_causal_lm
+
+    return load_causal_lm(path, quantization=quantization)
+
+
+def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Path:
+    """The teacher's sensitivity on the task's seed samples, the selected blocks, and every
+    student matrix cut out by each way in ``config.methods``, saved with safetensors; cached
+    by a hash of the models, the seed rows and the settings."""
+    from kilib.results import cached_dir
+
+    key = {"kind": "transfer-extraction", "version": 1, "teacher": inputs.teacher, "student": inputs.student,
+           "task": task, "seed_rows": inputs.rows[task]["seed"], "quantization": config.quantization,
+           "methods": [m for m in config.methods if m != "lora"]}
+    return cached_dir("transfer", key, lambda tmp: _extract(inputs, config, task, key["methods"], tmp))
+
+
+def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods, folder: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from kilib.models import decoder_layers
+    from kilib.results import write_json
+
+    teacher, tokenizer = _load(inputs.teacher, config.quantization)
+    student, _ = _load(inputs.student, config.quantization)
+    scores = sensitivity(teacher, _samples(tokenizer, task, inputs.rows[task]["seed"]))
+    blocks = block_scores(scores, len(decoder_layers(teacher)))
+    selected = select_layers(blocks, len(decoder_layers(student)))
+    for how in methods:
+        cut = extract(teacher, student, scores, selected, how=how, seed=0)
+        save_file({k: v.contiguous().cpu() for k, v in cut.items()}, str(folder / f"{how}.safetensors"))
+    probe = "model.layers.{}.mlp.down_proj.weight"
+    heat = {"name": probe.format(selected[0]), "shape": list(logical_shape(dict(student.named_parameters())[probe.format(0)]))}
+    torch.save(scores[heat["name"]].cpu(), folder / "probe_sensitivity.pt")
+    write_json(folder / "extraction.json", {"block_scores": blocks, "selected": selected, "probe": heat,
+                                            "seed_samples": len(inputs.rows[task]["seed"])})
+
+
+def _evaluate(model, tokenizer, task: str, inputs: TransferInputs, config: TransferConfig) -> list[dict]:
+    from kilib.evaluation import generate
+    from kilib.training import render_prompt
+
+    limit = dict(config.max_new_tokens)[task]
+    rows, answers = inputs.rows[task]["eval"], []
+    for k in _shots(config, task):
+        demos = inputs.rows[task]["demos"][:k]
+        prompts = [render_prompt(tokenizer, task_prompt(task, r, demos)) for r in rows]
+        outputs = generate(model, tokenizer, prompts, max_new_tokens=limit, batch_size=config.eval_batch_size,
+                           stop=("\n\n", "\nQuestion:"))
+        answers += [{"shots": k, "item": i, "prediction": o, **score(task, o, r)} for i, (r, o) in enumerate(zip(rows, outputs))]
+    return answers
+
+
+def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: str, seed: int) -> dict:
+    """Train the student's LoRA on the task (``lora``: peft's initialisation; otherwise started at
+    the teacher matrices cut by ``method``) and answer the evaluation rows; cached."""
+    from kilib.results import cached_dir, read_json
+
+    key = {"kind": "transfer-run", "version": 1, "student": inputs.student, "task": task, "method": method, "seed": seed,
+           "train_rows": inputs.rows[task]["train"], "eval_rows": inputs.rows[task]["eval"],
+           "demos": inputs.rows[task]["demos"], "extraction": extraction(inputs, config, task).name if method != "lora" else None,
+           "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("teacher", "student", "tasks", "methods", "seeds")}}
+    folder = cached_dir("transfer", key, lambda tmp: _run(inputs, config, task, method, seed, tmp))
+    return read_json(folder / "run.json")
+
+
+def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str, seed: int, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    from kilib.models import attach_lora
+    from kilib.results import write_json
+    from kilib.runtime import set_seed
+    from kilib.training import sft_dataset, train
+
+    model, tokenizer = _load(inputs.student, config.quantization)
+    set_seed(seed)
+    model = attach_lora(model, r=config.rank, include_embeddings=True)
+    initialised = []
+    if method != "lora":
+        cut = load_file(str(extraction(inputs, config, task) / f"{method}.safetensors"))
+        initialised = init_lora_from(model, cut, config.rank)
+    rows = [{"prompt": task_prompt(task, r), "answer": task_answer(task, r)} for r in inputs.rows[task]["train"]]
+    train_config = dataclasses.replace(config.train, seed=seed)
+    result = train(model, sft_dataset(tokenizer, rows, max_length=train_config.max_length), train_config,
+                   folder / "checkpoints", tokenizer=tokenizer)
+    answers = _evaluate(model, tokenizer, task, inputs, config)
+    write_json(folder / "run.json", {"task": task, "method": method, "seed": seed, "initialised": len(initialised),
+                                     "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
+                                     "answers": answers})
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+
+def baseline(inputs: TransferInputs, config: TransferConfig, task: str, which: str) -> dict:
+    """The untrained ``student`` or ``teacher`` on the evaluation rows (Table 1's vanilla rows); cached."""
+    from kilib.results import cached_dir, read_json
+
+    path = inputs.student if which == "student" else inputs.teacher
+    key = {"kind": "transfer-baseline", "version": 1, "model": path, "task": task, "eval_rows": inputs.rows[task]["eval"],
+           "demos": inputs.rows[task]["demos"], "shots": _shots(config, task),
+           "max_new_tokens": dict(config.max_new_tokens)[task], "quantization": config.quantization}
+
+    def build(tmp: Path) -> None:
+        from kilib.results import write_json
+
+        model, tokenizer = _load(path, config.quantization)
+        write_json(tmp / "run.json", {"task": task, "method": which, "answers": _evaluate(model, tokenizer, task, inputs, config)})
+
+    return read_json(cached_dir("transfer", key, build) / "run.json")
+
+
+def answer_rows(runs) -> list[dict]:
+    """One row per answer, tagged with the run's task, method and seed."""
+    return [{"task": r["task"], "method": r["method"], "seed": r.get("seed", 0), **a} for r in runs for a in r["answers"]]
+
+
+def results_table(answers) -> "pandas.DataFrame":
+    """Accuracy (and SNI's ROUGE-L) per task, shots and method, each with a 95% bootstrap
+    interval over items (seeds pooled), in percent as Table 1 prints them."""
+    import pandas as pd
+
+    from kilib.evaluation import bootstrap_ci
+
+    df = pd.DataFrame(answers)
+    out = []
+    for (task, shots, method), g in df.groupby(["task", "shots", "method"], sort=False):
+        measures = [("exact" if task == "sni" else f"{shots}-shot" if shots == 0 else "few-shot", "correct")]
+        if task == "sni":
+            measures.append(("rouge-l", "rouge_l"))
+        for label, col in measures:
+            mean, low, high = bootstrap_ci(g[col].astype(float))
+            out.append({"task": task, "measure": f"{task} {label}", "method": method, "score": 100 * mean,
+                        "ci_low": 100 * low, "ci_high": 100 * high, "n": len(g)})
+    return pd.DataFrame(out)
+
+
+def compare(answers, task: str, better: str, worse: str, claim: str, shots: int = 0, column: str = "correct") -> dict:
+    """``better`` against ``worse`` on one task's items (scores averaged over seeds per item),
+    paired by item: the difference with a 95% bootstrap interval and a verdict."""
+    import pandas as pd
+
+    from kilib.evaluation import difference_ci
+
+    df = pd.DataFrame(answers)
+    df = df[(df.task == task) & (df.shots == shots)]
+    per_item = df.groupby(["method", "item"])[column].mean()
+    a, b = per_item[better].sort_index(), per_item[worse].sort_index()
+    diff, low, high = difference_ci(a.values, b.values, paired=True)
+    verdict = "shown" if low > 0 else "opposite shown" if high < 0 else "direction only" if diff > 0 else "not shown"
+    return {"claim": claim, "task": task, "higher": float(a.mean()), "lower": float(b.mean()), "difference": diff,
+            "difference_ci": [low, high], "verdict": verdict}

@@ -151,3 +151,29 @@ def test_01_sft_injection_smoke():
     assert acc[("fact", 10, "fact")]["accuracy"] > acc[("original", 0, "fact")]["ci_high"]
     assert {"fig1_token_on_token.png", "fig2_token_coverage.png", "fig3_fact_on_fact.png", "fig4_token_on_fact.png",
             "answers.csv", "paper_claims.csv", "control_before_after.png"} <= set(record["artifacts"])
+
+
+@pytest.mark.notebook
+def test_02_knowledge_transfer_smoke():
+    record = run_smoke("02")
+    m = record["metrics"]
+    tasks = m["tasks"]
+    assert tasks == ["gsm", "mmlu"]
+    # every student block gets a distinct teacher block, in order
+    for selected in m["selected_blocks"].values():
+        assert selected == sorted(set(selected)) and len(selected) == 2
+    table = {(r["measure"], r["method"]): r for r in m["table1"]}
+    for r in table.values():
+        assert 0.0 <= r["ci_low"] <= r["score"] <= r["ci_high"] <= 100.0
+    assert {method for _, method in table} == {"student", "teacher", "lora", "sensitive", "random"}
+    assert len(m["claims"]) == 3 * len(tasks)
+    assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
+    # the LoRAs learnt the task's answer format: every trained student answers MMLU with a letter, the untrained none
+    answers = (results_root() / "smoke" / "02_knowledge_transfer" / "answers.csv").read_text()
+    import pandas as pd
+    from io import StringIO
+
+    df = pd.read_csv(StringIO(answers))
+    answered = df[df.task == "mmlu"].groupby("method")["answered"].mean()
+    assert answered[["lora", "sensitive", "random"]].min() > 0.9 and answered["student"] < 0.1, answered
+    assert {"table1.png", "sensitivity_window.png", "answers.csv", "paper_claims.csv"} <= set(record["artifacts"])

@@ -287,3 +287,26 @@ def test_4bit_student_lora_starts_at_the_teacher_factors_unchanged(tmp_path):
         assert not torch.allclose(model(input_ids=ids).logits, before, atol=1e-3)
     with pytest.raises(KilibError, match="already started"):
         T.init_lora_from(model, cut, rank=4)
+
+
+def test_task_scoring_and_notebook_parameters():
+    row = {"question": "q", "answer": "12", "rationale": "3 x 4 = 12. The answer is 12"}
+    assert T.score("gsm", "3 x 4 = 12. The answer is 12.", row) == {"correct": 1.0}
+    assert T.score("gsm", "The answer is 13", row) == {"correct": 0.0}
+    mmlu = {"question": "Who?", "choices": ["a", "b", "c", "d"], "answer": "C"}
+    assert T.score("mmlu", "C", mmlu) == {"correct": 1.0, "answered": 1.0}
+    assert T.score("mmlu", "Rovers", mmlu) == {"correct": 0.0, "answered": 0.0}
+    assert T.task_prompt("mmlu", mmlu).endswith("C. c\nD. d\nAnswer:")
+    sni = {"instruction": "Name the winner.", "input": "x", "output": "the rovers won it"}
+    # ROUGE-L F1 by hand: LCS("rovers won", "the rovers won it") = 2 words, P = 2/2, R = 2/4
+    assert T.score("sni", "rovers won", sni) == {"correct": 0.0, "rouge_l": pytest.approx(2 * 1.0 * 0.5 / 1.5)}
+    assert T.score("sni", "The rovers won it.", sni)["correct"] == 1.0
+    demo = T.task_prompt("sni", sni, demos=[sni])
+    assert demo.startswith("Name the winner.\nInput: x\nOutput: the rovers won it\n\n") and demo.count("Output:") == 2
+    assert T.notebook_overrides("", "", " gsm, sni ", 2) == {"tasks": ("gsm", "sni"), "seeds": (0, 1)}
+    with pytest.raises(KilibError, match="unknown task.*arc"):
+        T.notebook_overrides(tasks="gsm,arc")
+    with pytest.raises(KilibError, match="SEEDS must be >= 0"):
+        T.notebook_overrides(seeds=-1)
+    with pytest.raises(KilibError, match="paper profile of notebook 02.*PROFILE='tiny'"):
+        T.study_inputs("paper", T.TRANSFER_PRESETS["paper"])
