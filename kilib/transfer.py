@@ -59,7 +59,7 @@ def logical_shape(param) -> tuple[int, ...]:
 
 
 def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None,
-                via_hooks: bool = False) -> dict[str, Any]:
+                via_hooks: bool = False, summed: bool = False) -> dict[str, Any]:
     """Sum over samples of |theta * dL/dtheta| for each parameter (or those in ``names``).
 
     Each batch must hold one sample (``input_ids`` and ``labels`` of shape ``[1, T]``): the
@@ -70,7 +70,8 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
     a linear layer's weight is g^T x, from the layer's input x and output gradient g, both
     caught by hooks, and it multiplies the dequantised weight. ``via_hooks`` takes every linear
     weight that way (the same numbers for a full-precision model; the tests compare the two).
-    Only the running sums of the asked-for parameters are kept, in float32."""
+    Only the running sums of the asked-for parameters are kept, in float32; with ``summed``,
+    only each parameter's total (a scalar), which is all layer selection needs."""
     import torch
 
     from kilib.models import check_trainable_4bit_layout
@@ -90,8 +91,9 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
     for n, p in all_params.items():
         if p.is_floating_point():
             p.requires_grad_(n in params)
-    totals = {n: torch.zeros(logical_shape(all_params[n]), dtype=torch.float32, device=all_params[n].device)
+    totals = {n: torch.zeros(() if summed else logical_shape(all_params[n]), dtype=torch.float32, device=all_params[n].device)
               for n in [*params, *hooked]}
+    reduce = (lambda t: t.sum()) if summed else (lambda t: t)
     weight_grads: dict[str, Any] = {}
 
     def on_forward(name, module, args, output):
@@ -122,9 +124,9 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
             with torch.no_grad():
                 for n, p in params.items():
                     if p.grad is not None:
-                        totals[n] += (p.detach().float() * p.grad.float()).abs()
+                        totals[n] += reduce((p.detach().float() * p.grad.float()).abs())
                 for n, gw in weight_grads.items():
-                    totals[n] += (dense(hooked[n].weight) * gw).abs()
+                    totals[n] += reduce((dense(hooked[n].weight) * gw).abs())
             samples += 1
     finally:
         for h in handles:
@@ -412,6 +414,81 @@ TRANSFER_PRESETS = {
 }
 
 
+# The paper profile's data (methods.md §2): Hub dataset, config, and the split each role draws
+# from. A local folder of parquet or jsonl files with the same split names works in its place.
+PAPER_DATASETS = {
+    "gsm": {"path": "openai/gsm8k", "name": "main", "train": "train", "demos": "train", "eval": "test"},
+    "mmlu": {"path": "cais/mmlu", "name": "all", "train": "auxiliary_train", "demos": "dev", "eval": "test"},
+    "sni": {"path": "Muennighoff/natural-instructions", "name": None, "train": "train", "demos": "train", "eval": "test"},
+}
+_HUB_FIELDS = {"gsm": ("question", "answer"), "mmlu": ("question", "choices", "answer"), "sni": ("definition", "inputs", "targets")}
+
+
+def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A Hub row in the fields the tiny world's tasks have: GSM8K's "rationale #### 72" becomes
+    the rationale ending "The answer is 72" and the answer "72"; MMLU's answer index becomes
+    its letter; SNI's definition, inputs and targets become instruction, input and output."""
+    missing = [f for f in _HUB_FIELDS[task] if f not in row]
+    if missing:
+        raise KilibError(f"{task} rows need the field(s) {', '.join(missing)}; found {', '.join(row)}: "
+                         f"point the loader at a copy of {PAPER_DATASETS[task]['path']}")
+    if task == "gsm":
+        rationale, sep, final = str(row["answer"]).rpartition("####")
+        if not sep:
+            raise KilibError(f"a GSM8K answer without '#### <number>': {str(row['answer'])[:60]!r}")
+        final = final.strip().replace(",", "")
+        return {"question": row["question"], "answer": final, "rationale": f"{rationale.strip()} The answer is {final}"}
+    if task == "mmlu":
+        answer = row["answer"]
+        letter = CHOICES[int(answer)] if not isinstance(answer, str) or answer.isdigit() else answer.strip().upper()
+        return {"question": row["question"], "choices": list(row["choices"]), "answer": letter}
+    return {"instruction": row["definition"], "input": row["inputs"],
+            "output": row["targets"][0] if isinstance(row["targets"], list) else row["targets"]}
+
+
+def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[str, list[dict]]:
+    """``sizes`` rows per role (seed, train, demos, eval) from the task's Hub dataset, streamed
+    and shuffled with ``seed`` (SNI's training split alone has millions of rows). Seed,
+    training and, where they share a split, demonstration rows are disjoint."""
+    from datasets import load_dataset
+
+    spec = PAPER_DATASETS[task]
+    local = Path(str(spec["path"])).expanduser()
+
+    def open_split(split: str):
+        if not local.is_dir():
+            return load_dataset(spec["path"], spec["name"], split=split, streaming=True)
+        files = sorted(p for p in local.iterdir() if p.name.split(".")[0].split("-")[0] == split)
+        kinds = {p.suffix for p in files}
+        if not files or len(kinds) != 1 or kinds - {".jsonl", ".json", ".parquet"}:
+            raise KilibError(f"{local} has no single-format {split}.jsonl or {split}.parquet (or {split}-*.parquet) "
+                             f"for {task}: add it, or point transfer.PAPER_DATASETS at another folder")
+        builder = "parquet" if kinds == {".parquet"} else "json"
+        return load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=True)
+
+    def stream(split: str, n: int):
+        try:
+            data = open_split(split)
+        except (OSError, ValueError, ConnectionError) as e:
+            raise KilibError(f"cannot load {spec['path']} ({split}) for {task}: {str(e).splitlines()[0][:200]}. "
+                             "Connect to the Hub once to cache it, or set transfer.PAPER_DATASETS to a local copy") from e
+        return [task_row(task, r) for r in data.shuffle(seed=seed, buffer_size=10_000).take(n)]
+
+    order = ["seed", "train"] + (["demos"] if spec["demos"] == spec["train"] else [])
+    drawn = stream(spec["train"], sum(sizes.get(k, 0) for k in order))
+    rows, start = {}, 0
+    for role in order:
+        rows[role] = drawn[start:start + sizes.get(role, 0)]
+        start += sizes.get(role, 0)
+    if "demos" not in rows:
+        rows["demos"] = stream(spec["demos"], sizes.get("demos", 0))
+    rows["eval"] = stream(spec["eval"], sizes["eval"])
+    short = [f"{role} ({len(rows[role])} of {sizes.get(role, 0)})" for role in rows if len(rows[role]) < sizes.get(role, 0)]
+    if short:
+        raise KilibError(f"{spec['path']} has too few rows for {task}: {', '.join(short)}; lower the sample counts")
+    return rows
+
+
 def notebook_overrides(teacher: str = "", student: str = "", tasks: str = "", seeds: int = 0) -> dict[str, Any]:
     """Notebook 02's parameters as preset overrides: "" and 0 keep the profile's value; ``tasks``
     is a comma-separated subset of :data:`TASKS`; ``seeds`` n > 0 runs seeds 0 to n-1."""
@@ -446,15 +523,17 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
     bad = [m for m in config.methods if m not in METHODS]
     if bad or "lora" not in config.methods:
         raise KilibError(f"methods must include 'lora' and be among {', '.join(METHODS)}; got {', '.join(config.methods)}")
+    demos = max([k for _, k in config.shots] + [0])
+    sizes = {"seed": config.seed_samples, "train": config.train_samples, "eval": config.eval_samples, "demos": demos}
     if profile == "paper":
-        raise KilibError("the paper profile of notebook 02 needs the GSM8K, MMLU and Super-NaturalInstructions loaders, "
-                         "which kilib does not have yet: run PROFILE='tiny'")
+        teacher, student = config.teacher, config.student
+        check_same_tokenizer(load_tokenizer(teacher), load_tokenizer(student), (teacher, student))
+        rows = {task: hub_task_rows(task, sizes) for task in config.tasks}
+        return TransferInputs(teacher, student, rows, f"Hub models and datasets: {teacher} into {student}")
     zconfig = zoo.zoo_config(profile)
     teacher, student = (str(zoo.model_dir(zconfig, n)) for n in (config.teacher, config.student))
     check_same_tokenizer(load_tokenizer(teacher), load_tokenizer(student), (config.teacher, config.student))
     world = zoo.world_of(zconfig)
-    demos = max([k for _, k in config.shots] + [0])
-    sizes = {"seed": config.seed_samples, "train": config.train_samples, "eval": config.eval_samples, "demos": demos}
     rows = {}
     for task in config.tasks:
         drawn = getattr(world, task)(sum(sizes.values()), seed=0).to_list()
@@ -493,7 +572,7 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
     by a hash of the models, the seed rows and the settings."""
     from kilib.results import cached_dir
 
-    key = {"kind": "transfer-extraction", "version": 1, "teacher": inputs.teacher, "student": inputs.student,
+    key = {"kind": "transfer-extraction", "version": 2, "teacher": inputs.teacher, "student": inputs.student,
            "task": task, "seed_rows": inputs.rows[task]["seed"], "quantization": config.quantization,
            "methods": [m for m in config.methods if m != "lora"]}
     return cached_dir("transfer", key, lambda tmp: _extract(inputs, config, task, key["methods"], tmp))
@@ -508,9 +587,14 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
 
     teacher, tokenizer = _load(inputs.teacher, config.quantization)
     student, _ = _load(inputs.student, config.quantization)
-    scores = sensitivity(teacher, _samples(tokenizer, task, inputs.rows[task]["seed"]))
-    blocks = block_scores(scores, len(decoder_layers(teacher)))
+    samples = _samples(tokenizer, task, inputs.rows[task]["seed"])
+    # Two passes, so that a 13B teacher's sensitivity fits beside it on one GPU (methods.md §2,
+    # memory): totals per parameter choose the blocks, then only the matrices the student's
+    # shapes are cut from are kept whole.
+    blocks = block_scores(sensitivity(teacher, samples, summed=True), len(decoder_layers(teacher)))
     selected = select_layers(blocks, len(decoder_layers(student)))
+    needed = sorted({teacher_name(n, selected) for n, p in student.named_parameters() if len(logical_shape(p)) == 2})
+    scores = sensitivity(teacher, samples, names=needed)
     for how in methods:
         cut = extract(teacher, student, scores, selected, how=how, seed=0)
         save_file({k: v.contiguous().cpu() for k, v in cut.items()}, str(folder / f"{how}.safetensors"))
