@@ -281,14 +281,14 @@ def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer
     import torch
     from transformers import TrainingArguments
 
+    from kilib.models import check_trainable_4bit_layout
+
     _Trainer = _trainer_class()
     # Re-apply torch's own thread count. A process that never called torch.set_num_threads
     # computes some backward passes in another summation order than one that did, with the same
     # count (a tiny-zoo llama-s built by a script differed from the notebook's build), so
     # without this the weights would depend on what the caller happened to do first.
     torch.set_num_threads(torch.get_num_threads())
-    from kilib.models import check_trainable_4bit_layout
-
     if len(dataset) == 0:
         raise KilibError("the training set is empty: check the data")
     check_trainable_4bit_layout(model)
