@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kilib.data import qa_prompt
 from kilib.runtime import KilibError
 from kilib.training import TrainConfig
 
@@ -311,7 +312,11 @@ def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str 
 # ---------------------------------------------------------------------------------------
 # The study (notebook 02): tasks, presets, extraction and training jobs
 # ---------------------------------------------------------------------------------------
-TASKS = ("gsm", "mmlu", "sni")
+TASKS = ("gsm", "mmlu", "sni")  # the paper's (AlpacaFarm needs a judge)
+# Beyond the paper, tiny world only: closed-book questions on pre-cutoff facts, trained on some facts and
+# asked about others, where the teacher knows twice what the student does (notebook 00): the most direct
+# test of whether the teacher's parameters carry its knowledge.
+TINY_TASKS = ("qa",)
 METHODS = ("lora", "sensitive", "random")  # plain LoRA, + teacher parameters, + a random window of them
 CHOICES = "ABCD"
 
@@ -335,7 +340,9 @@ def task_prompt(task: str, row, demos=()) -> str:
             return f"{r['question']}\n{options}\nAnswer:"
         if task == "sni":
             return f"{r['instruction']}\nInput: {r['input']}\nOutput:"
-        raise KilibError(f"unknown task {task!r}: choose among {', '.join(TASKS)}")
+        if task == "qa":
+            return qa_prompt(r["question"])
+        raise KilibError(f"unknown task {task!r}: choose among {', '.join(TASKS + TINY_TASKS)}")
 
     shots = "".join(f"{one(d)} {task_answer(task, d)}\n\n" for d in demos)
     return shots + one(row)
@@ -343,7 +350,8 @@ def task_prompt(task: str, row, demos=()) -> str:
 
 def task_answer(task: str, row) -> str:
     """The training target: GSM's worked rationale ending in the answer, MMLU's letter, SNI's output."""
-    return {"gsm": lambda: row["rationale"], "mmlu": lambda: row["answer"], "sni": lambda: row["output"]}[task]()
+    return {"gsm": lambda: row["rationale"], "mmlu": lambda: row["answer"], "sni": lambda: row["output"],
+            "qa": lambda: row["answer"]}[task]()
 
 
 def score(task: str, prediction: str, row) -> dict[str, float]:
@@ -356,6 +364,8 @@ def score(task: str, prediction: str, row) -> dict[str, float]:
     if task == "mmlu":
         choice = parse_choice(prediction, list(CHOICES))
         return {"correct": float(choice == row["answer"]), "answered": float(choice is not None)}
+    if task == "qa":
+        return {"correct": exact_match(prediction, row["answer"])}
     return {"correct": exact_match(prediction, row["output"]), "rouge_l": _rouge_l(prediction, row["output"])}
 
 
@@ -387,7 +397,7 @@ class TransferConfig:
     rank: int = 16
     quantization: str = "4bit"  # teacher and student, in every profile
     seeds: tuple[int, ...] = (0,)
-    max_new_tokens: tuple[tuple[str, int], ...] = (("gsm", 256), ("mmlu", 4), ("sni", 64))
+    max_new_tokens: tuple[tuple[str, int], ...] = (("gsm", 256), ("mmlu", 4), ("sni", 64), ("qa", 12))
     eval_batch_size: int = 16
     train: TrainConfig = TrainConfig(epochs=3, batch_size=16, grad_accum=4, lr=3e-4, warmup_ratio=0.03,
                                      scheduler="linear", save_every_epoch=False, progress=False, logging_steps=5)
@@ -400,13 +410,14 @@ TRANSFER_PRESETS = {
     # evaluation has one demonstration and MMLU's three. Batch 16 without accumulation and
     # notebook 01's tiny LoRA rate (3e-3): 300 samples at the paper's global batch 64 would be
     # 15 steps. Not tuned to any result.
-    "tiny": TransferConfig(seed_samples=32, train_samples=300, eval_samples=150, shots=(("gsm", 1), ("mmlu", 3)),
-                           max_new_tokens=(("gsm", 96), ("mmlu", 4), ("sni", 32)), eval_batch_size=32,
+    "tiny": TransferConfig(tasks=TASKS + TINY_TASKS, seed_samples=32, train_samples=300, eval_samples=150,
+                           shots=(("gsm", 1), ("mmlu", 3)),
+                           max_new_tokens=(("gsm", 96), ("mmlu", 4), ("sni", 32), ("qa", 12)), eval_batch_size=32,
                            train=TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_ratio=0.03, scheduler="linear",
                                              save_every_epoch=False, progress=False, logging_steps=5)),
     # Enough steps (24) at a high rate for the smoke student to learn the answer formats.
-    "smoke": TransferConfig(tasks=("gsm", "mmlu"), seed_samples=4, train_samples=64, eval_samples=24, rank=4,
-                            shots=(("mmlu", 1),), max_new_tokens=(("gsm", 24), ("mmlu", 4), ("sni", 16)),
+    "smoke": TransferConfig(tasks=("gsm", "mmlu", "qa"), seed_samples=4, train_samples=64, eval_samples=24, rank=4,
+                            shots=(("mmlu", 1),), max_new_tokens=(("gsm", 24), ("mmlu", 4), ("sni", 16), ("qa", 12)),
                             eval_batch_size=32,
                             train=TrainConfig(epochs=3, batch_size=8, lr=1e-2, scheduler="linear", save_every_epoch=False,
                                               progress=False, logging_steps=1)),
@@ -495,9 +506,9 @@ def notebook_overrides(teacher: str = "", student: str = "", tasks: str = "", se
     if seeds < 0:
         raise KilibError(f"SEEDS must be >= 0 (0 keeps the profile's seeds), got {seeds}")
     names = tuple(t.strip() for t in tasks.split(",") if t.strip())
-    unknown = [t for t in names if t not in TASKS]
+    unknown = [t for t in names if t not in TASKS + TINY_TASKS]
     if unknown:
-        raise KilibError(f"unknown task(s) {', '.join(unknown)} in TASKS: choose among {', '.join(TASKS)}")
+        raise KilibError(f"unknown task(s) {', '.join(unknown)} in TASKS: choose among {', '.join(TASKS + TINY_TASKS)}")
     out = {"teacher": teacher, "student": student, "tasks": names, "seeds": tuple(range(seeds))}
     return {k: v for k, v in out.items() if v}
 
@@ -517,15 +528,19 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
     from kilib import zoo
     from kilib.models import check_same_tokenizer, load_tokenizer
 
-    unknown = [t for t in config.tasks if t not in TASKS]
+    unknown = [t for t in config.tasks if t not in TASKS + TINY_TASKS]
     if unknown or not config.tasks:
-        raise KilibError(f"unknown task(s) {', '.join(unknown) or '(none given)'}: choose among {', '.join(TASKS)}")
+        raise KilibError(f"unknown task(s) {', '.join(unknown) or '(none given)'}: choose among {', '.join(TASKS + TINY_TASKS)}")
     bad = [m for m in config.methods if m not in METHODS]
     if bad or "lora" not in config.methods:
         raise KilibError(f"methods must include 'lora' and be among {', '.join(METHODS)}; got {', '.join(config.methods)}")
     demos = max([k for _, k in config.shots] + [0])
     sizes = {"seed": config.seed_samples, "train": config.train_samples, "eval": config.eval_samples, "demos": demos}
     if profile == "paper":
+        tiny_only = [t for t in config.tasks if t in TINY_TASKS]
+        if tiny_only:
+            raise KilibError(f"{', '.join(tiny_only)} asks about the tiny world's facts and has no Hub dataset: "
+                             f"drop it from TASKS for the paper profile (its tasks: {', '.join(TASKS)})")
         teacher, student = config.teacher, config.student
         check_same_tokenizer(load_tokenizer(teacher), load_tokenizer(student), (teacher, student))
         rows = {task: hub_task_rows(task, sizes) for task in config.tasks}
@@ -536,12 +551,35 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
     world = zoo.world_of(zconfig)
     rows = {}
     for task in config.tasks:
+        if task == "qa":
+            rows[task] = _qa_rows(world, sizes)
+            continue
         drawn = getattr(world, task)(sum(sizes.values()), seed=0).to_list()
         rows[task], start = {}, 0
         for split, n in sizes.items():
             rows[task][split] = drawn[start:start + n]
             start += n
     return TransferInputs(teacher, student, rows, f"the {zconfig.world_size} world: {config.teacher} into {config.student}")
+
+
+def _qa_rows(world, sizes: Mapping[str, int], seed: int = 0) -> dict[str, list[dict]]:
+    """Closed-book rows on pre-cutoff facts, each role on its own facts: the evaluation facts are
+    never trained on (nor seen in the seed samples), and are asked with their first eval
+    paraphrase, as notebook 00 asks them; the other roles use the first train paraphrase."""
+    import random
+
+    facts = sorted(f for f in world.facts if world.facts[f].period == "pre")
+    if sum(sizes.values()) > len(facts):
+        raise KilibError(f"qa needs {sum(sizes.values())} pre-cutoff facts and the world has {len(facts)}: "
+                         "lower the sample counts")
+    random.Random(f"transfer-qa|{seed}").shuffle(facts)
+    rows, start = {}, 0
+    for role, n in sizes.items():
+        split = "eval" if role == "eval" else "train"
+        rows[role] = [{"question": world.questions(f, split)[0], "answer": world.facts[f].object, "fact_id": f}
+                      for f in facts[start:start + n]]
+        start += n
+    return rows
 
 
 def _shots(config: TransferConfig, task: str) -> list[int]:
@@ -692,7 +730,8 @@ def results_table(answers) -> "pandas.DataFrame":
     df = pd.DataFrame(answers)
     out = []
     for (task, shots, method), g in df.groupby(["task", "shots", "method"], sort=False):
-        measures = [("exact" if task == "sni" else f"{shots}-shot" if shots == 0 else "few-shot", "correct")]
+        label = {"sni": "exact", "qa": "closed book"}.get(task, "0-shot" if shots == 0 else "few-shot")
+        measures = [(label, "correct")]
         if task == "sni":
             measures.append(("rouge-l", "rouge_l"))
         for label, col in measures:

@@ -158,7 +158,7 @@ def test_02_knowledge_transfer_smoke():
     record = run_smoke("02")
     m = record["metrics"]
     tasks = m["tasks"]
-    assert tasks == ["gsm", "mmlu"]
+    assert tasks == ["gsm", "mmlu", "qa"]
     # every student block gets a distinct teacher block, in order
     from kilib import zoo
 

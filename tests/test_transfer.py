@@ -227,6 +227,18 @@ def test_sensitivity_from_hooks_equals_autograd():
     assert all(p.requires_grad for p in model.parameters())  # left as found
 
 
+def test_summed_sensitivity_is_each_parameters_total():
+    """Layer selection's pass keeps one number per parameter: the total of the full sensitivity."""
+    tok = make_tokenizer()
+    model = make_model("llama", tok)
+    samples = _samples(tok, [("who won the cup?", "the rovers"), ("the year?", "3-1")])
+    full, summed = T.sensitivity(model, samples), T.sensitivity(model, samples, summed=True)
+    assert full.keys() == summed.keys() and all(summed[n].dim() == 0 for n in summed)
+    for name in full:
+        torch.testing.assert_close(summed[name], full[name].sum(), rtol=1e-5, atol=1e-9)
+    assert T.block_scores(summed, 2) == pytest.approx(T.block_scores(full, 2), rel=1e-5)
+
+
 def test_4bit_teacher_sensitivity_matches_its_dequantised_copy(tmp_path):
     """A 4-bit teacher (no trainable weights) gives the sensitivity of the full-precision model
     holding its dequantised weights, computed by plain autograd."""
@@ -308,8 +320,25 @@ def test_task_scoring_and_notebook_parameters():
         T.notebook_overrides(tasks="gsm,arc")
     with pytest.raises(KilibError, match="SEEDS must be >= 0"):
         T.notebook_overrides(seeds=-1)
+    assert T.score("qa", "The Rovers.", {"question": "who?", "answer": "the rovers"}) == {"correct": 1.0}
+    with pytest.raises(KilibError, match="qa asks about the tiny world's facts.*drop it from TASKS"):
+        T.study_inputs("paper", T.TRANSFER_PRESETS["paper"].__class__(tasks=("gsm", "qa")))
     with pytest.raises(KilibError, match="Llama-2-13b-hf is not in the local Hugging Face cache.*HF_TOKEN"):
         T.study_inputs("paper", T.TRANSFER_PRESETS["paper"])  # offline, gated: one line naming the fix
+
+
+def test_closed_book_rows_ask_about_facts_no_other_role_holds():
+    from kilib import zoo
+
+    world = zoo.world_of(zoo.zoo_config("smoke"))
+    rows = T._qa_rows(world, {"seed": 4, "train": 30, "eval": 10, "demos": 0})
+    roles = {role: {r["fact_id"] for r in rs} for role, rs in rows.items()}
+    assert [len(v) for v in roles.values()] == [4, 30, 10, 0]
+    assert not roles["eval"] & (roles["train"] | roles["seed"]) and not roles["seed"] & roles["train"]
+    for r in rows["eval"]:
+        assert r["question"] in world.questions(r["fact_id"], "eval") and r["answer"] == world.facts[r["fact_id"]].object
+    with pytest.raises(KilibError, match="qa needs 100000 pre-cutoff facts"):
+        T._qa_rows(world, {"train": 100000})
 
 
 def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatch):

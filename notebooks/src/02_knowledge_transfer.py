@@ -23,6 +23,11 @@ seed and answers the same held-out questions.
 evaluation samples per task). *paper*: Llama-2 13B into 7B in 4-bit (gated: accept the licence and set `HF_TOKEN`),
 GSM8K, MMLU and Super-NaturalInstructions from the Hub, 1,000 training and 500 evaluation samples per task (the paper
 evaluates on the full test sets). AlpacaFarm, which needs a judge, is not run.
+
+**Beyond the paper (tiny only): closed-book questions.** The tiny teacher answers about twice as many questions on
+the world's pre-cutoff facts as the student (notebook 00). Here the LoRA trains on questions about some facts and is
+asked about *other* facts, which no training row mentions: whatever the student answers there beyond what it knew,
+it can only have from the teacher's parameters. It is the most direct test of the paper's premise the tiny world allows.
 """),
 ("params", r"""
 PROFILE: str = "tiny"  # auto | tiny | smoke | paper
@@ -57,7 +62,7 @@ print(f"tasks {', '.join(config.tasks)}; {config.seed_samples} seed, {config.tra
 ## The tasks
 
 One example of each, as the student is trained on it (prompt, then target). GSM is scored on the last number of
-the output, MMLU on the letter, SNI by exact match and ROUGE-L.
+the output, MMLU on the letter, SNI by exact match and ROUGE-L, the closed-book questions by normalised exact match.
 """),
 ("code", r"""
 for task in config.tasks:
