@@ -522,9 +522,10 @@ class TransferInputs:
 
 
 def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
-    """Models and task rows for a profile. Tiny and smoke: two zoo models (built on first use)
-    and the world's GSM, MMLU and SNI analogues, split into disjoint seed, training,
-    evaluation and demonstration rows."""
+    """Models and task rows for a profile, split into disjoint seed, training, evaluation and
+    demonstration rows. Tiny and smoke: two zoo models (built on first use), the world's GSM,
+    MMLU and SNI analogues and its closed-book questions. Paper: the Hub models and datasets
+    (:data:`PAPER_DATASETS`)."""
     from kilib import zoo
     from kilib.models import check_same_tokenizer, load_tokenizer
 
