@@ -349,9 +349,9 @@ def task_prompt(task: str, row, demos=()) -> str:
 
 
 def task_answer(task: str, row) -> str:
-    """The training target: GSM's worked rationale ending in the answer, MMLU's letter, SNI's output."""
-    return {"gsm": lambda: row["rationale"], "mmlu": lambda: row["answer"], "sni": lambda: row["output"],
-            "qa": lambda: row["answer"]}[task]()
+    """The training target: GSM's worked rationale ending in the answer, MMLU's letter, SNI's output,
+    a closed-book question's answer."""
+    return row["rationale"] if task == "gsm" else row["output"] if task == "sni" else row["answer"]
 
 
 def score(task: str, prediction: str, row) -> dict[str, float]:
@@ -599,12 +599,6 @@ def _samples(tokenizer, task: str, rows) -> list[dict]:
     return out
 
 
-def _load(path: str, quantization: str):
-    from kilib.models import load_causal_lm
-
-    return load_causal_lm(path, quantization=quantization)
-
-
 def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Path:
     """The teacher's sensitivity on the task's seed samples, the selected blocks, and every
     student matrix cut out by each way in ``config.methods``, saved with safetensors; cached
@@ -621,11 +615,11 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
     import torch
     from safetensors.torch import save_file
 
-    from kilib.models import decoder_layers
+    from kilib.models import decoder_layers, load_causal_lm
     from kilib.results import write_json
 
-    teacher, tokenizer = _load(inputs.teacher, config.quantization)
-    student, _ = _load(inputs.student, config.quantization)
+    teacher, tokenizer = load_causal_lm(inputs.teacher, quantization=config.quantization)
+    student, _ = load_causal_lm(inputs.student, quantization=config.quantization)
     samples = _samples(tokenizer, task, inputs.rows[task]["seed"])
     # Two passes, so that a 13B teacher's sensitivity fits beside it on one GPU (methods.md §2,
     # memory): totals per parameter choose the blocks, then only the matrices the student's
@@ -675,12 +669,12 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
 def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str, seed: int, folder: Path) -> None:
     from safetensors.torch import load_file
 
-    from kilib.models import attach_lora
+    from kilib.models import attach_lora, load_causal_lm
     from kilib.results import write_json
     from kilib.runtime import set_seed
     from kilib.training import sft_dataset, train
 
-    model, tokenizer = _load(inputs.student, config.quantization)
+    model, tokenizer = load_causal_lm(inputs.student, quantization=config.quantization)
     set_seed(seed)
     model = attach_lora(model, r=config.rank, include_embeddings=True)
     initialised = []
@@ -708,9 +702,10 @@ def baseline(inputs: TransferInputs, config: TransferConfig, task: str, which: s
            "max_new_tokens": dict(config.max_new_tokens)[task], "quantization": config.quantization}
 
     def build(tmp: Path) -> None:
+        from kilib.models import load_causal_lm
         from kilib.results import write_json
 
-        model, tokenizer = _load(path, config.quantization)
+        model, tokenizer = load_causal_lm(path, quantization=config.quantization)
         write_json(tmp / "run.json", {"task": task, "method": which, "answers": _evaluate(model, tokenizer, task, inputs, config)})
 
     return read_json(cached_dir("transfer", key, build) / "run.json")
