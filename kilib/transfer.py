@@ -317,7 +317,9 @@ TASKS = ("gsm", "mmlu", "sni")  # the paper's (AlpacaFarm needs a judge)
 # asked about others, where the teacher knows twice what the student does (notebook 00): the most direct
 # test of whether the teacher's parameters carry its knowledge.
 TINY_TASKS = ("qa",)
-METHODS = ("lora", "sensitive", "random")  # plain LoRA, + teacher parameters, + a random window of them
+# plain LoRA; + the teacher's most sensitive window; + its most sensitive rows and columns (the paper's
+# ablation of the dimension reduction); + a random window (the control)
+METHODS = ("lora", "sensitive", "top", "random")
 CHOICES = "ABCD"
 
 # Zhong et al. Table 1, Llama-2 rows (methods.md §2): the paper's numbers, printed beside ours.

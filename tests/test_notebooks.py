@@ -169,8 +169,8 @@ def test_02_knowledge_transfer_smoke():
     table = {(r["measure"], r["method"]): r for r in m["table1"]}
     for r in table.values():
         assert 0.0 <= r["ci_low"] <= r["score"] <= r["ci_high"] <= 100.0
-    assert {method for _, method in table} == {"student", "teacher", "lora", "sensitive", "random"}
-    assert len(m["claims"]) == 3 * len(tasks)
+    assert {method for _, method in table} == {"student", "teacher", "lora", "sensitive", "top", "random"}
+    assert len(m["claims"]) == 4 * len(tasks)
     assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
     # the LoRAs learnt the task's answer format: every trained student answers MMLU with a letter, the untrained none
     answers = (results_root() / "smoke" / "02_knowledge_transfer" / "answers.csv").read_text()
@@ -179,5 +179,5 @@ def test_02_knowledge_transfer_smoke():
 
     df = pd.read_csv(StringIO(answers))
     answered = df[df.task == "mmlu"].groupby("method")["answered"].mean()
-    assert answered[["lora", "sensitive", "random"]].min() > 0.9 and answered["student"] < 0.1, answered
+    assert answered[["lora", "sensitive", "top", "random"]].min() > 0.9 and answered["student"] < 0.1, answered
     assert {"table1.png", "sensitivity_window.png", "answers.csv", "paper_claims.csv"} <= set(record["artifacts"])
