@@ -331,6 +331,16 @@ def difference_ci(
     return diff, min(float(result.confidence_interval.low), diff), max(float(result.confidence_interval.high), diff)
 
 
+VERDICTS = ("shown", "direction only", "not shown", "opposite shown")
+
+
+def verdict(difference: float, low: float, high: float) -> str:
+    """How a claim "A scores above B" fares, from the difference A - B and its 95% interval:
+    **shown** where the interval lies above 0, **opposite shown** where it lies below,
+    **direction only** where only the mean difference is positive, **not shown** otherwise."""
+    return "shown" if low > 0 else "opposite shown" if high < 0 else "direction only" if difference > 0 else "not shown"
+
+
 def accuracy_with_ci(correct: Sequence[float | bool], **kw) -> dict:
     """``{"accuracy", "ci_low", "ci_high", "n"}`` for 0/1 correctness values.
 

@@ -234,11 +234,30 @@ def keep_trainable_4bit_layout(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def is_4bit_param(param) -> bool:
+    """A bitsandbytes 4-bit weight (packed bytes with a quantization state)."""
+    return getattr(param, "quant_state", None) is not None
+
+
+def dense_weight(param):
+    """A parameter as a float32 tensor of its logical shape: a 4-bit weight is dequantised."""
+    if is_4bit_param(param):
+        import bitsandbytes.functional as bnbf
+
+        return bnbf.dequantize_4bit(param.data, param.quant_state).float()
+    return param.detach().float()
+
+
+def logical_shape(param) -> tuple[int, ...]:
+    """A parameter's shape before packing (a 4-bit weight is stored as bytes of another shape)."""
+    return tuple(param.quant_state.shape) if is_4bit_param(param) else tuple(param.shape)
+
+
 def check_trainable_4bit_layout(model) -> None:
     """Raise if a 4-bit weight is in bitsandbytes' CPU inference layout, whose kernel has no
     backward (:func:`keep_trainable_4bit_layout`)."""
     for name, param in model.named_parameters():
-        if getattr(getattr(param, "quant_state", None), "packing_format_for_cpu", False):
+        if is_4bit_param(param) and getattr(param.quant_state, "packing_format_for_cpu", False):
             raise KilibError(f"{name} is packed for bitsandbytes' CPU inference kernel, which has no backward: "
                              "load the model with kilib.models.load_causal_lm, which keeps it trainable")
 

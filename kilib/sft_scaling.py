@@ -46,7 +46,7 @@ __all__ = [
     "QASets", "section_tokens", "overview_seed_pairs", "token_based_sets", "fact_based_sets", "eval_sets",
     "fact_coverage", "coverage_summary", "budget_report", "questions_of",
     "InjectionConfig", "INJECTION_PRESETS", "adapter_job", "train_and_answer", "run_adapter_jobs",
-    "base_answers", "score_rows", "accuracy_table", "paper_claims", "compare", "VERDICTS", "study_documents", "world_training_sets",
+    "base_answers", "score_rows", "accuracy_table", "paper_claims", "compare", "study_documents", "world_training_sets",
     "grid_jobs", "adapter_rows", "baseline_rows", "question_key", "coverage_figure", "StudyInputs",
     "tiny_inputs", "RULES", "TokenCounter", "check_scales", "scale_token_sets", "study_inputs",
     "llm_inputs", "judge_rows", "notebook_overrides",
@@ -750,9 +750,6 @@ def accuracy_table(rows, by: Sequence[str], score: str = "exact"):
     return pd.DataFrame(out)
 
 
-VERDICTS = ("shown", "direction only", "not shown", "opposite shown")
-
-
 def compare(rows, higher: Mapping[str, Any], lower: Mapping[str, Any], claim: str, score: str = "exact") -> dict:
     """Does the condition ``higher`` (a dict of column -> value selecting rows) score above
     ``lower``? Each side's per-question accuracy (averaged over seeds and adapters); where both
@@ -760,7 +757,7 @@ def compare(rows, higher: Mapping[str, Any], lower: Mapping[str, Any], claim: st
     difference of two independent resamples. Verdict: **shown** where the 95% interval of the
     difference lies above 0, **opposite shown** where it lies below, **direction only** where
     only the mean difference is positive, **not shown** otherwise."""
-    from kilib.evaluation import accuracy_with_ci, difference_ci
+    from kilib.evaluation import accuracy_with_ci, difference_ci, verdict
 
     df = _frame(rows)
 
@@ -776,12 +773,10 @@ def compare(rows, higher: Mapping[str, Any], lower: Mapping[str, Any], claim: st
     a, b = side(higher), side(lower)
     paired = a.index.equals(b.index)
     diff, low, high = difference_ci(a.tolist(), b.tolist(), paired=paired)
-    verdict = ("shown" if low > 0 else "opposite shown" if high < 0 else
-               "direction only" if diff > 0 else "not shown")
     ca, cb = accuracy_with_ci(a.tolist()), accuracy_with_ci(b.tolist())
     return {"claim": claim, "higher": round(ca["accuracy"], 3), "lower": round(cb["accuracy"], 3),
             "difference": round(diff, 3), "difference_ci": [round(low, 3), round(high, 3)],
-            "paired": paired, "questions": [int(a.size), int(b.size)], "verdict": verdict}
+            "paired": paired, "questions": [int(a.size), int(b.size)], "verdict": verdict(diff, low, high)}
 
 
 def paper_claims(rows, scales: Sequence[int], score: str = "exact") -> list[dict]:

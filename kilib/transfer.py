@@ -36,27 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from kilib.data import qa_prompt
+from kilib.models import dense_weight, is_4bit_param, logical_shape
 from kilib.runtime import KilibError
 from kilib.training import TrainConfig
-
-
-def _is_4bit(param) -> bool:
-    return getattr(param, "quant_state", None) is not None
-
-
-def dense(param):
-    """A parameter as a float32 tensor of its logical shape: a bitsandbytes 4-bit weight
-    (packed bytes) is dequantised."""
-    if _is_4bit(param):
-        import bitsandbytes.functional as bnbf
-
-        return bnbf.dequantize_4bit(param.data, param.quant_state).float()
-    return param.detach().float()
-
-
-def logical_shape(param) -> tuple[int, ...]:
-    """A parameter's shape before packing (a 4-bit weight is stored as bytes of another shape)."""
-    return tuple(param.quant_state.shape) if _is_4bit(param) else tuple(param.shape)
 
 
 def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None,
@@ -84,7 +66,7 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
         missing = sorted(wanted - set(all_params))
         raise KilibError(f"no parameter named {', '.join(missing[:3])} in the model: take names from named_parameters()")
     hooked = {n + ".weight": m for n, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear) and (via_hooks or _is_4bit(m.weight))
+              if isinstance(m, torch.nn.Linear) and (via_hooks or is_4bit_param(m.weight))
               and (wanted is None or n + ".weight" in wanted)}
     params = {n: p for n, p in all_params.items() if (wanted is None or n in wanted) and n not in hooked
               and p.is_floating_point()}
@@ -127,7 +109,7 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
                     if p.grad is not None:
                         totals[n] += reduce((p.detach().float() * p.grad.float()).abs())
                 for n, gw in weight_grads.items():
-                    totals[n] += reduce((dense(hooked[n].weight) * gw).abs())
+                    totals[n] += reduce((dense_weight(hooked[n].weight) * gw).abs())
             samples += 1
     finally:
         for h in handles:
@@ -255,7 +237,7 @@ def extract(teacher, student, scores: Mapping[str, Any], selected: Sequence[int]
         if source not in theirs or source not in scores:
             raise KilibError(f"the teacher has no {source} (for the student's {name}): pick two models of one architecture")
         vocab = "embed_tokens" in name or "lm_head" in name
-        out[name] = extract_matrix(dense(theirs[source]), scores[source], shape, how, vocab_rows=vocab, generator=generator)
+        out[name] = extract_matrix(dense_weight(theirs[source]), scores[source], shape, how, vocab_rows=vocab, generator=generator)
     return out
 
 
@@ -744,13 +726,12 @@ def compare(answers, task: str, better: str, worse: str, claim: str, shots: int 
     paired by item: the difference with a 95% bootstrap interval and a verdict."""
     import pandas as pd
 
-    from kilib.evaluation import difference_ci
+    from kilib.evaluation import difference_ci, verdict
 
     df = pd.DataFrame(answers)
     df = df[(df.task == task) & (df.shots == shots)]
     per_item = df.groupby(["method", "item"])[column].mean()
     a, b = per_item[better].sort_index(), per_item[worse].sort_index()
     diff, low, high = difference_ci(a.values, b.values, paired=True)
-    verdict = "shown" if low > 0 else "opposite shown" if high < 0 else "direction only" if diff > 0 else "not shown"
     return {"claim": claim, "task": task, "higher": float(a.mean()), "lower": float(b.mean()), "difference": diff,
-            "difference_ci": [low, high], "verdict": verdict}
+            "difference_ci": [low, high], "verdict": verdict(diff, low, high)}

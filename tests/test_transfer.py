@@ -242,7 +242,7 @@ def test_summed_sensitivity_is_each_parameters_total():
 def test_4bit_teacher_sensitivity_matches_its_dequantised_copy(tmp_path):
     """A 4-bit teacher (no trainable weights) gives the sensitivity of the full-precision model
     holding its dequantised weights, computed by plain autograd."""
-    from kilib.models import load_causal_lm
+    from kilib.models import dense_weight, is_4bit_param, load_causal_lm
 
     tok = make_tokenizer()
     teacher, _ = load_causal_lm(_saved_llama(tmp_path, tok), quantization="4bit", device="cpu")
@@ -250,8 +250,8 @@ def test_4bit_teacher_sensitivity_matches_its_dequantised_copy(tmp_path):
     quantized = {n: p for n, p in teacher.named_parameters()}
     with torch.no_grad():
         for n, p in copy.named_parameters():
-            p.copy_(T.dense(quantized[n]))
-    assert T._is_4bit(quantized["model.layers.0.mlp.up_proj.weight"])
+            p.copy_(dense_weight(quantized[n]))
+    assert is_4bit_param(quantized["model.layers.0.mlp.up_proj.weight"])
     samples = _samples(tok, [("who won the cup?", "the rovers"), ("the year?", "3-1")])
     got, want = T.sensitivity(teacher, samples), T.sensitivity(copy, samples)
     assert got.keys() == want.keys()
