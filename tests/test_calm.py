@@ -1,0 +1,190 @@
+"""CALM's composition against direct computations (methods.md §3)."""
+
+import pytest
+import torch
+
+from kilib import calm as C
+from kilib.runtime import KilibError
+
+from conftest import make_model, make_tokenizer
+
+
+def _pair(tok, anchor_family="llama", augment_family="llama"):
+    import torch
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
+
+    anchor = make_model(anchor_family, tok, seed=1)
+    torch.manual_seed(2)  # m_A: 4 blocks, 128 wide, so its width differs from the anchor's 64
+    common = dict(vocab_size=len(tok), hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
+                  max_position_embeddings=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(**common) if augment_family == "llama" else GPTNeoXConfig(**common)
+    augment = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    return anchor, augment
+
+
+def _randomise(composed, seed=0):
+    """Non-zero bridges with outputs large enough to move the logits."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in composed.bridges.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+def test_layer_plan_is_every_fourth_m_A_block_onto_uniform_anchor_blocks():
+    assert C.layer_plan(16, 8) == [(3, 1), (7, 3), (11, 5), (15, 7)]
+    assert C.layer_plan(22, 32) == [(3, 5), (7, 12), (11, 18), (15, 25), (19, 31)]  # TinyLlama onto Llama-2-7b
+    assert C.layer_plan(4, 6, every=2) == [(1, 2), (3, 5)]
+    with pytest.raises(KilibError, match="lower every"):
+        C.layer_plan(3, 6)
+    with pytest.raises(KilibError, match="raise every"):
+        C.layer_plan(8, 2, every=1)
+
+
+def test_added_parameters_are_counted_exactly():
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok)
+    n = len(composed.plan)
+    assert n == 1
+    counts = C.bridge_parameters(128, 64, n)
+    assert composed.added_parameters == counts["exact"] == 128 * 64 + 64 + 3 * 64 * 64
+    assert counts["paper_formula"] == n * (128 * 64 + 3 * 64 * 64)
+    trainable = {name for name, p in composed.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("bridges.") for name in trainable)
+    assert not any(p.requires_grad for p in augment.parameters())
+
+
+@pytest.mark.parametrize("families", [("llama", "llama"), ("gpt_neox", "llama"), ("llama", "gpt_neox")])
+def test_composed_model_equals_the_anchor_at_step_0(families):
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok, *families)
+    composed = C.compose(anchor, augment, tok, tok, every=2)
+    batch = tok(["who won the cup in the year", "the rovers"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        alone = anchor(**batch).logits
+        both = composed(**batch).logits
+    assert torch.equal(alone, both)
+    _randomise(composed)
+    with torch.no_grad():
+        assert not torch.allclose(composed(**batch).logits, alone, atol=1e-3)  # the bridges do act ...
+        assert torch.equal(anchor(**batch).logits, alone)  # ... only through the composed model
+
+
+def test_cross_attention_is_causal_no_future_m_A_state_reaches_the_anchor():
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok, every=2)
+    _randomise(composed)
+    ids = tok("who won the cup in the year of the final", return_tensors="pt").input_ids
+    changed = ids.clone()
+    changed[0, 6:] = tok("rovers", add_special_tokens=False).input_ids[0]
+    with torch.no_grad():
+        a, b = composed(input_ids=ids).logits, composed(input_ids=changed).logits
+    assert torch.equal(a[0, :6], b[0, :6])  # positions before the change see only m_A states before it
+    assert not torch.allclose(a[0, 6:], b[0, 6:])
+
+
+def test_padding_is_masked_in_the_cross_attention():
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok, every=2)
+    _randomise(composed)
+    texts = ["who won the cup in the year", "the rovers"]
+    tok.padding_side = "right"
+    batch = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        padded = composed(**batch).logits
+        for row, text in enumerate(texts):
+            alone = composed(**tok(text, return_tensors="pt")).logits[0]
+            n = alone.shape[0]
+            torch.testing.assert_close(padded[row, :n], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence():
+    from kilib.evaluation import generate
+
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok, every=2)
+    _randomise(composed, seed=3)
+    prompts = ["who won the cup in the year", "the rovers", "in the year of the final?"]
+    cached = generate(composed, tok, prompts, max_new_tokens=6, batch_size=3)
+    assert cached != generate(anchor, tok, prompts, max_new_tokens=6, batch_size=3)  # composition changes the output
+    # greedy decoding by hand, each step recomputing both models on the whole sequence, one prompt at a time
+    for prompt, text in zip(prompts, cached):
+        ids = tok(prompt, return_tensors="pt").input_ids
+        n = ids.shape[1]
+        with torch.no_grad():
+            for _ in range(6):
+                nxt = composed(input_ids=ids, use_cache=False).logits[0, -1].argmax()
+                ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+                if nxt.item() == tok.eos_token_id:
+                    break
+        assert tok.decode(ids[0, n:], skip_special_tokens=True) == text
+
+
+def test_gradients_reach_the_bridges_only_and_training_moves_the_logits():
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok, every=2)
+    batch = tok(["who won the cup in the year"], return_tensors="pt")
+    loss = composed(**batch, labels=batch.input_ids).loss
+    loss.backward()
+    # at step 0 only the value projections get a gradient (every output passes through V = 0)
+    for bridge in composed.bridges:
+        assert bridge.v.weight.grad is not None and bridge.v.weight.grad.abs().sum() > 0
+        assert bridge.q.weight.grad.abs().sum() == 0
+    assert all(p.grad is None for p in anchor.parameters()) and all(p.grad is None for p in augment.parameters())
+
+
+def test_bridges_round_trip_through_a_folder(tmp_path):
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok, every=2)
+    _randomise(composed)
+    C.save_bridges(composed, tmp_path)
+    again = C.compose(anchor, augment, tok, tok, every=2)
+    C.load_bridges(again, tmp_path)
+    batch = tok(["the rovers won"], return_tensors="pt")
+    composed.remove()
+    with torch.no_grad():
+        assert torch.equal(again(**batch).logits, _logits_of_saved(anchor, augment, tok, tmp_path, batch))
+    other = C.compose(anchor, augment, tok, tok, every=4)
+    with pytest.raises(KilibError, match="same every"):
+        C.load_bridges(other, tmp_path)
+
+
+def _logits_of_saved(anchor, augment, tok, folder, batch):
+    fresh = C.compose(anchor, augment, tok, tok, every=2)
+    C.load_bridges(fresh, folder)
+    with torch.no_grad():
+        out = fresh(**batch).logits
+    fresh.remove()
+    return out
+
+
+def test_mismatched_tokenizers_are_refused_with_the_fix():
+    tok, other = make_tokenizer(), make_tokenizer()
+    other.add_tokens(["zorblat"])
+    anchor, augment = _pair(tok)
+    with pytest.raises(KilibError, match="different tokenizers: pick two models of one family"):
+        C.compose(anchor, augment, tok, other)
+
+
+def test_composition_runs_on_4bit_models(tmp_path):
+    """The paper path: both models loaded in NF4 through load_causal_lm, composed, trained a step."""
+    from kilib.models import load_causal_lm
+
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    for name, model in (("anchor", anchor), ("augment", augment)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    anchor4, tok_b = load_causal_lm(tmp_path / "anchor")
+    augment4, tok_a = load_causal_lm(tmp_path / "augment")
+    composed = C.compose(anchor4, augment4, tok_b, tok_a, every=2)
+    batch = tok(["who won the cup in the year"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(composed(**batch).logits, anchor4(**batch).logits)
+    composed(**batch, labels=batch.input_ids).loss.backward()
+    assert all(b.v.weight.grad.abs().sum() > 0 for b in composed.bridges)
