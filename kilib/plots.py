@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from kilib.runtime import KilibError
+
 
 def _pyplot():
     import matplotlib
@@ -23,8 +25,9 @@ def _pyplot():
 
 def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low", high: str = "ci_high",
                  title: str = "", ylabel: str = "accuracy", order: Sequence[str] | None = None,
-                 hue_order: Sequence[str] | None = None, ax=None):
-    """Grouped bars of ``y`` with asymmetric error bars from the ``low``/``high`` columns."""
+                 hue_order: Sequence[str] | None = None, ax=None, percent: bool = False):
+    """Grouped bars of ``y`` with asymmetric error bars from the ``low``/``high`` columns, on a
+    0-1 axis, or 0-100 with ``percent``. Values beyond the axis are an error, not a clipped bar."""
     import numpy as np
 
     plt = _pyplot()
@@ -45,8 +48,13 @@ def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low"
         ax.errorbar(pos, vals, yerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=2, lw=1)
     ax.set_xticks(range(len(xs)))
     ax.set_xticklabels([str(v) for v in xs], rotation=20 if max(len(str(v)) for v in xs) > 8 else 0, ha="right" if max(len(str(v)) for v in xs) > 8 else "center")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.02)
+    top = 100.0 if percent else 1.0
+    beyond = df[[y, high]].to_numpy(dtype=float)
+    if np.nanmax(beyond, initial=0.0) > top * (1 + 1e-9):
+        raise KilibError(f"bars_with_ci: {y} goes up to {np.nanmax(beyond):g}, beyond the axis' {top:g}: "
+                         + ("pass fractions, or percent=True for percentages" if not percent else "pass percentages"))
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    ax.set_ylim(0, 1.02 * top)
     ax.set_title(title)
     if hue:
         ax.legend(title=hue, fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -71,8 +79,13 @@ def lines_with_ci(df, x: str, y: str, hue: str, low: str = "ci_low", high: str =
                 ax.annotate(str(row[labels]), (row[x], row[y]), textcoords="offset points", xytext=(4, -10),
                             fontsize="x-small", color=color)
     ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.02)
+    top = 100.0 if percent else 1.0
+    beyond = df[[y, high]].to_numpy(dtype=float)
+    if np.nanmax(beyond, initial=0.0) > top * (1 + 1e-9):
+        raise KilibError(f"bars_with_ci: {y} goes up to {np.nanmax(beyond):g}, beyond the axis' {top:g}: "
+                         + ("pass fractions, or percent=True for percentages" if not percent else "pass percentages"))
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    ax.set_ylim(0, 1.02 * top)
     ax.set_title(title)
     ax.legend(title=hue, frameon=False, fontsize="small")
     ax.figure.tight_layout()

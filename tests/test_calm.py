@@ -188,3 +188,65 @@ def test_composition_runs_on_4bit_models(tmp_path):
         assert torch.equal(composed(**batch).logits, anchor4(**batch).logits)
     composed(**batch, labels=batch.input_ids).loss.backward()
     assert all(b.v.weight.grad.abs().sum() > 0 for b in composed.bridges)
+
+
+# -- the study ---------------------------------------------------------------------------
+@pytest.mark.parametrize("profile", ["smoke", "tiny", "paper"])
+def test_study_rows_keep_evaluation_apart_and_targets_right(profile):
+    from kilib.world import evaluate_arithmetic
+
+    config = C.CALM_PRESETS[profile]
+    rows, keys = C.study_rows(config)
+    assert not set(keys["train"]) & set(keys["eval"])
+    assert len(keys["train"]) == round(config.train_fraction * config.kv_keys)
+    values = {**keys["train"], **keys["eval"]}
+    assert len(set(values.values())) == len(values) == config.kv_keys  # unique integers
+    assert all(1 <= v <= config.kv_value_max for v in values.values())
+    for task in ("numeric", "substitution"):
+        stage, held = ({r["expression"] for r in rows[task][s]} for s in ("stage", "eval"))
+        assert not stage & held and len(held) == config.eval_examples  # no evaluated expression is trained on
+    assert len(rows["numeric"]["stage"]) == config.anchor_stage.examples
+    assert all(r in rows["numeric"]["stage"] for r in rows[C.SEEN]["eval"])  # the anchor's own training expressions
+    lo, hi = config.kv_terms
+    for split in ("train", "eval"):
+        for r in rows["kv"][split]:
+            tokens = r["expression"].split()
+            assert lo <= (len(tokens) + 1) // 2 <= hi
+            assert set(tokens[::2]) <= set(keys[split])  # every key of the split's own
+            numeric = " ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens))
+            assert int(r["target"]) == evaluate_arithmetic(numeric)
+    for r in rows["substitution"]["eval"][:20]:
+        tokens = r["expression"].split()
+        assert r["target"] == " ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens))
+
+
+def test_prompts_and_scoring():
+    assert C.task_prompt("substitution", "ab + cd") == "Substitute: ab + cd ="
+    assert C.task_prompt("kv", "ab + cd") == C.task_prompt("numeric", "ab + cd") == "ab + cd ="
+    assert C.is_correct(" 32 ", "32") and C.is_correct("10  +  22", "10 + 22")
+    assert not C.is_correct("32.", "32") and not C.is_correct("", "0")
+
+
+def test_compare_pairs_rows_and_the_margin_shifts_the_verdict():
+    answers = [{"task": "numeric", "model": m, "item": i, "correct": c}
+               for i in range(200) for m, c in (("anchor", float(i % 2 == 0)), ("calm", float(i % 2 == 0 and i % 50 != 0)))]
+    strict = C.compare(answers, "numeric", "calm", "anchor", "calm beats anchor")
+    assert strict["difference"] == pytest.approx(-2.0) and strict["verdict"] in ("opposite shown", "not shown")
+    kept = C.compare(answers, "numeric", "calm", "anchor", "calm keeps the anchor's", margin=5.0)
+    assert kept["difference"] == pytest.approx(-2.0) and kept["verdict"] == "shown"  # -2 points, interval above -5
+
+
+def test_unknown_ablation_and_missing_trained_m_A_are_refused():
+    import dataclasses
+
+    config = dataclasses.replace(C.CALM_PRESETS["smoke"], augments=("vanilla",))
+    with pytest.raises(KilibError, match="must include 'trained'"):
+        C.study_inputs("smoke", config)
+    with pytest.raises(KilibError, match="SEEDS must be >= 0"):
+        C.notebook_overrides(seeds=-1)
+
+
+def test_paper_profile_offline_names_the_fix(monkeypatch):
+    """Without the Hub, the paper profile's models stop with one line that says what to do."""
+    with pytest.raises(KilibError, match="HF_TOKEN|offline|Hub"):
+        C.study_inputs("paper", C.CALM_PRESETS["paper"])

@@ -118,6 +118,22 @@ def test_tables_and_figures(tmp_path):
     assert (d / "t.csv").stat().st_mode & 0o777 == 0o666 & ~mask  # the permissions of any file the user writes
 
 
+def test_bars_draw_every_value_inside_the_axis():
+    """Percentages on the 0-1 axis drew every bar past the top (notebook 02's first Table 1 figure)."""
+    import pandas as pd
+
+    from kilib.plots import bars_with_ci
+
+    df = pd.DataFrame({"x": ["a", "b"], "y": [24.0, 58.7], "ci_low": [17.0, 50.0], "ci_high": [31.0, 66.0]})
+    with pytest.raises(KilibError, match="percent=True"):
+        bars_with_ci(df, x="x", y="y")
+    ax = bars_with_ci(df, x="x", y="y", percent=True).axes[0]
+    assert ax.get_ylim()[1] == pytest.approx(102.0) and ax.get_ylabel() == "accuracy (%)"
+    heights = sorted(p.get_height() for p in ax.patches)
+    assert heights == [24.0, 58.7]
+    assert bars_with_ci(df.assign(y=df.y / 100, ci_low=df.ci_low / 100, ci_high=df.ci_high / 100), x="x", y="y").axes[0].get_ylim()[1] == pytest.approx(1.02)
+
+
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     target = tmp_path / "x.txt"
     atomic_write_text(target, "old")

@@ -181,3 +181,30 @@ def test_02_knowledge_transfer_smoke():
     answered = df[df.task == "mmlu"].groupby("method")["answered"].mean()
     assert answered[["lora", "sensitive", "top", "random"]].min() > 0.9 and answered["student"] < 0.1, answered
     assert {"table1.png", "sensitivity_window.png", "answers.csv", "paper_claims.csv"} <= set(record["artifacts"])
+
+
+@pytest.mark.notebook
+def test_03_calm_composition_smoke():
+    record = run_smoke("03")
+    m = record["metrics"]
+    from kilib import calm as C
+
+    assert m["step0_max_logit_gap"] == 0.0  # the composed model is the anchor before training
+    assert m["added_parameters"] == C.bridge_parameters(64, 64, len(m["plan"]))["exact"]  # smoke llama-s into llama-m
+    assert m["keys"] == {"train": 5, "eval": 5}
+    table = {(r["task"], r["model"]): r for r in m["table1"]}
+    assert {model for _, model in table} == {"augment", "anchor", "calm", "calm (vanilla m_A)"}
+    assert {task for task, _ in table} == set(C.TASK_NAMES.values())
+    for r in table.values():
+        assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 100.0 and r["n"] == 40
+    assert len(m["claims"]) == 3 + 1
+    assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
+    assert isinstance(m["main_effect_shown"], bool)
+    import pandas as pd
+
+    folder = results_root() / "smoke" / "03_calm_composition"
+    composition = pd.read_csv(folder / "composition.csv")
+    assert (composition.final_loss < composition.first_loss).all()  # the bridges learn
+    stages = pd.read_csv(folder / "stages.csv")
+    assert len(stages) == 2 and (stages.final_loss < stages.first_loss).all()
+    assert {"table1.png", "training_loss.png", "answers.csv", "paper_claims.csv"} <= set(record["artifacts"])

@@ -138,7 +138,8 @@ display(Markdown("**This run**"))
 display(ours.round(1))
 display(Markdown("**The paper (Llama-2, Table 1)**"))
 display(paper[[c for c in paper.columns if c.split()[0] in config.tasks]])
-fig = bars_with_ci(table, x="measure", y="score", hue="method", title="Table 1 measures: this run")
+fig = bars_with_ci(table, x="measure", y="score", hue="method", title="Table 1 measures: this run", ylabel="score",
+                   percent=True)
 run.save_figure(fig, "table1")
 """),
 ("md", r"""

@@ -1,0 +1,192 @@
+CELLS = [
+("md", r"""
+# 03 · CALM: composing an anchor model with an augmenting model
+
+Bansal et al., *LLM Augmented LLMs: Expanding Capabilities through Composition* (ICLR 2024). Two frozen models, an
+**anchor** m_B with a skill and an **augmenting model** m_A with knowledge the anchor lacks, are joined by a few new
+layers, the only part that trains.
+
+* **Which blocks.** Every 4th block of m_A (n = N_A / 4 of them), paired in order with n anchor blocks spread
+  uniformly, the last pair feeding the anchor's last block.
+* **Each pair.** A linear projection D_A → D_B of m_A's block output, then multi-head cross-attention with the
+  anchor's block output as queries and the projected m_A states as keys and values, as many heads as the anchor
+  has. The result is added to the anchor's hidden state and feeds the next anchor block.
+* **Masks.** Both models read the same token ids. Anchor position t sees m_A's states at positions ≤ t, plus the
+  padding mask: what m_A has seen while decoding, and no more while training. The authors' code passes no mask, so
+  training sees future tokens; kilib's test shows the causal mask keeps them out. The two models keep separate KV
+  caches (tested against recomputing both on the whole sequence).
+* **Start.** The value projections start at zero, so the composed model is the anchor at step 0 (checked below).
+
+**Table 1, key-value arithmetic.** Keys are short strings mapped to integers.
+* m_A is trained on substitution (`fo + ba` → `10 + 22`) over all keys.
+* The anchor knows numeric arithmetic (`10 + 22` → `32`, x before + and −).
+* CALM is trained on KV arithmetic (`fo + ba` → `32`) over part of the keys, and evaluated on expressions over the
+  **other** keys. To answer those, the anchor must read the key values from m_A.
+* The paper's ablations run beside it: CALM over m_A before its substitution training (**vanilla m_A**), and over
+  an m_A with random weights (**random m_A**).
+
+**Profiles.**
+* *tiny*: the zoo's llama-s (4 blocks, 128 wide) as m_A, llama-m (6 blocks, 192 wide) as the anchor, both in 4-bit.
+  No zoo model knows arithmetic, so before composition the anchor is trained on numeric arithmetic and m_A on
+  substitution. Every 2nd block of m_A is composed, since m_A has only 4.
+  * The table is smaller than the paper's: 16 keys with values 1..16, and expressions of two terms. On the world's
+    own table (40 keys, values 1..60, 2-3 terms), llama-m learned almost no arithmetic in minutes.
+  * Half the keys train the composition, not 20%: 20% of 16 keys would be 3.
+  * The tiny anchor's arithmetic is mostly a table it memorised, not a method: Table 1 shows it on held-out
+    expressions and on its own training expressions.
+* *paper*: TinyLlama 1.1B as m_A (same tokenizer as Llama-2) into Llama-2 7B (gated: accept the licence and set
+  `HF_TOKEN`), both in 4-bit.
+  * m_A is first fine-tuned on substitution in full precision.
+  * 200 keys with values 1..1000, expressions of 3-6 terms, 20% of the keys for training.
+  * The paper composed PaLM2-XXS into PaLM2-XS, and its own table sizes are not in our notes.
+"""),
+("params", r"""
+PROFILE: str = "tiny"  # auto | tiny | smoke | paper
+ANCHOR: str = ""  # "" keeps the profile's anchor (a zoo model name in tiny)
+AUGMENT: str = ""  # "" keeps the profile's augmenting model
+SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
+"""),
+("code", r"""
+from IPython.display import Markdown, display
+import pandas as pd
+
+from kilib import calm as C
+from kilib.config import select_preset
+from kilib.plots import bars_with_ci
+from kilib.results import Run
+from kilib.runtime import resolve_profile
+from kilib.training import set_threads
+
+profile = resolve_profile(PROFILE)
+config = select_preset(C.CALM_PRESETS, profile, C.notebook_overrides(ANCHOR, AUGMENT, SEEDS))
+set_threads()
+inputs = C.study_inputs(profile, config)
+run = Run("03_calm_composition", profile, config=config, seed=config.seeds[0])
+print(f"profile {profile}: {inputs.source}")
+print(f"{len(inputs.keys['train'])} training keys, {len(inputs.keys['eval'])} held-out keys; "
+      f"{config.train_examples} KV arithmetic training rows, {config.eval_examples} evaluation rows per task; "
+      f"seeds {config.seeds}")
+"""),
+("md", r"""
+## The tasks
+
+One row of each, as the models see it, and a few keys of each split.
+"""),
+("code", r"""
+for task in C.TASKS:
+    split = "train" if task == "kv" else "eval"
+    row = inputs.rows[task][split][0]
+    print(f"{C.TASK_NAMES[task]:>20}:  {C.task_prompt(task, row['expression'])} {row['target']}")
+for split, keys in inputs.keys.items():
+    print(f"{split} keys: " + ", ".join(f"{k}={v}" for k, v in list(keys.items())[:6]) + ", ...")
+"""),
+("md", r"""
+## Before composition: each model learns its own task
+
+The anchor learns numeric arithmetic and m_A learns substitution, each on every expression but the evaluated ones
+(full fine-tuning in full precision; the paper profile's anchor is used as it is). Both are then loaded in 4-bit and
+frozen. Cached: a rerun trains nothing that is already there.
+"""),
+("code", r"""
+stages = []
+for role in ("anchor", "augment"):
+    log = C.stage_log(inputs, config, role)
+    if log is not None:
+        stages.append({"model": C.MODEL_NAMES[role], "task": C.TASK_NAMES[log["task"]], "examples": log["examples"],
+                       "steps": log["steps"], "first_loss": log["losses"][0]["loss"],
+                       "final_loss": log["losses"][-1]["loss"], "seconds": round(log["seconds"], 1)})
+stages = pd.DataFrame(stages)
+run.save_table(stages, "stages")
+display(stages.round(3))
+"""),
+("md", r"""
+## The composition
+
+The layer pairs, the added parameters (exactly, beside the paper's estimate n(D_A·D_B + 3·D_B²)), and the check that
+the composed model equals the anchor before training: the largest logit difference must be 0.
+"""),
+("code", r"""
+runs = [C.baseline(inputs, config, which) for which in ("augment", "anchor")]
+calm_runs = [C.run_job(inputs, config, augment, seed) for augment in config.augments for seed in config.seeds]
+runs += calm_runs
+first = calm_runs[0]
+print(f"pairs (m_A block -> anchor block, 0-indexed): {first['plan']}")
+print(f"added parameters: {first['added_parameters']:,} (the paper's formula: {first['paper_formula']:,})")
+composition = pd.DataFrame([{"m_A": r["augment"], "seed": r["seed"], "step0_max_logit_gap": r["step0_max_logit_gap"],
+                             "steps": r["train"]["steps"], "first_loss": r["train"]["losses"][0]["loss"],
+                             "final_loss": r["train"]["losses"][-1]["loss"], "seconds": round(r["train"]["seconds"], 1)}
+                            for r in calm_runs])
+run.save_table(composition, "composition")
+display(composition)
+assert (composition["step0_max_logit_gap"] == 0).all() or not config.zero_init, "the composed model is not the anchor at step 0"
+"""),
+("code", r"""
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for r in calm_runs:
+    steps = [p["step"] for p in r["train"]["losses"]]
+    ax.plot(steps, [p["loss"] for p in r["train"]["losses"]], label=f"{r['augment']} m_A, seed {r['seed']}")
+ax.set_xlabel("step"); ax.set_ylabel("training loss (answer tokens)"); ax.set_title("CALM training on KV arithmetic")
+ax.legend()
+run.save_figure(fig, "training_loss")
+"""),
+("md", r"""
+## Table 1, beside the paper
+
+Exact-match accuracy in percent with 95% bootstrap intervals over the evaluation rows (seeds pooled). KV arithmetic
+is evaluated on the held-out keys only. Numeric arithmetic is asked on expressions no model trained on; where the
+anchor was trained on arithmetic here, the extra row asks its own training expressions. The paper's numbers are
+PaLM2's.
+"""),
+("code", r"""
+answers = pd.DataFrame(C.answer_rows(runs))
+run.save_table(answers, "answers")
+table = C.results_table(answers.to_dict("records"))
+run.save_table(table, "table1")
+ours = table.pivot_table(index="task", columns="model", values="accuracy", sort=False)
+paper = pd.DataFrame({C.TASK_NAMES[t]: row for t, row in C.PAPER_TABLE1.items()}).T
+display(Markdown("**This run**"))
+display(ours.round(1))
+display(Markdown("**The paper (PaLM2-XXS into PaLM2-XS, Table 1)**"))
+display(paper.rename(columns=C.MODEL_NAMES))
+fig = bars_with_ci(table, x="task", y="accuracy", hue="model", title="Table 1: this run", percent=True)
+run.save_figure(fig, "table1")
+"""),
+("md", r"""
+## What this run shows
+
+Each claim compares two models on the same rows, paired by row: the difference in points with a 95% bootstrap
+interval. **shown**: the interval lies above zero; **opposite shown**: below zero; **direction only**: only the mean
+difference is positive; **not shown**: otherwise. "Keeps the anchor's arithmetic" is the claim that CALM loses less
+than 5 points of it (the paper: 73.7 → 72.0), so its difference is shifted by that margin, set before any run.
+"""),
+("code", r"""
+records = answers.to_dict("records")
+claims = [
+    C.compare(records, "kv", "calm", "anchor", "KV arithmetic: CALM beats the anchor"),
+    C.compare(records, "kv", "calm", "augment", "KV arithmetic: CALM beats m_A"),
+    C.compare(records, "numeric", "calm", "anchor", f"numeric arithmetic: CALM keeps the anchor's (loses < {C.KEEPS_MARGIN:g} points)",
+              margin=C.KEEPS_MARGIN),
+]
+for augment in config.augments:
+    if augment != "trained":
+        claims.append(C.compare(records, "kv", "calm", f"calm ({augment} m_A)",
+                                f"KV arithmetic: CALM over the trained m_A beats CALM over the {augment} m_A"))
+claims_table = pd.DataFrame(claims)
+run.save_table(claims_table, "paper_claims")
+display(Markdown("\n".join(f"* {c['claim']}: **{c['verdict']}** ({c['higher']:.1f} vs {c['lower']:.1f}, difference "
+                           f"{c['difference']:+.1f}, 95% interval {c['difference_ci'][0]:+.1f} to {c['difference_ci'][1]:+.1f})"
+                           for c in claims)))
+main = claims[:2]
+effect = all(c["verdict"] == "shown" for c in main)
+display(Markdown("**The paper's main effect** (on KV arithmetic the composed model beats both of its parts) is "
+                 + ("**shown** in this run." if effect else "**not shown** in this run.")))
+run.log(source=inputs.source, plan=first["plan"], added_parameters=first["added_parameters"],
+        paper_formula=first["paper_formula"], step0_max_logit_gap=float(composition["step0_max_logit_gap"].max()),
+        keys={s: len(k) for s, k in inputs.keys.items()}, claims=claims, table1=table.to_dict("records"),
+        main_effect_shown=effect, stage_seconds=float(stages["seconds"].sum()) if len(stages) else 0.0,
+        training_seconds=float(composition["seconds"].sum()))
+print(f"results: {run.finish().parent}")
+"""),
+]
