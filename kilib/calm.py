@@ -458,12 +458,15 @@ def _sft_rows(task: str, rows) -> list[dict]:
 
 
 def _train_full(path: str, rows: list[dict], train_config: TrainConfig, folder: Path) -> dict:
-    """Fine-tune every weight of ``path`` in full precision on (prompt, answer) rows and save it
-    to ``folder`` with its tokenizer (it is then loaded like any model, in 4-bit)."""
+    """Fine-tune every weight of ``path`` on (prompt, answer) rows and save it to ``folder`` with
+    its tokenizer (it is then loaded like any model, in 4-bit). The weights are float32 on a GPU
+    too (``Trainer`` computes in bf16 there): Adam's small steps would round away in bf16 weights."""
+    import torch
+
     from kilib.models import load_causal_lm
     from kilib.training import PackingCollator, sft_dataset, train
 
-    model, tokenizer = load_causal_lm(path, quantization="none")
+    model, tokenizer = load_causal_lm(path, quantization="none", dtype=torch.float32)
     for p in model.parameters():
         p.requires_grad = True
     collate = PackingCollator(tokenizer, 256) if _packs(model) else None

@@ -180,8 +180,17 @@ display(Markdown("\n".join(f"* {c['claim']}: **{c['verdict']}** ({c['higher']:.1
                            for c in claims)))
 main = claims[:2]
 effect = all(c["verdict"] == "shown" for c in main)
-display(Markdown("**The paper's main effect** (on KV arithmetic the composed model beats both of its parts) is "
-                 + ("**shown** in this run." if effect else "**not shown** in this run.")))
+lines = ["**The paper's main effect** (on KV arithmetic the composed model beats both of its parts) is "
+         + ("**shown** in this run." if effect else "**not shown** in this run.")]
+ablations = [c for c in claims if "CALM over the trained m_A" in c["claim"]]
+if ablations and not any(c["verdict"] == "shown" for c in ablations):
+    lines.append("CALM over the trained m_A does no better than over the vanilla or random m_A: the composition did not "
+                 "use m_A's knowledge of the keys.")
+kept = claims[2]
+if kept["verdict"] != "shown":
+    lines.append(f"Training the composition cost the anchor its numeric arithmetic ({kept['lower']:.1f} → {kept['higher']:.1f}); "
+                 "the paper's composition kept it (73.7 → 72.0).")
+display(Markdown("\n\n".join(lines)))
 run.log(source=inputs.source, plan=first["plan"], added_parameters=first["added_parameters"],
         paper_formula=first["paper_formula"], step0_max_logit_gap=float(composition["step0_max_logit_gap"].max()),
         keys={s: len(k) for s, k in inputs.keys.items()}, claims=claims, table1=table.to_dict("records"),
