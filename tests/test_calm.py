@@ -47,7 +47,7 @@ def test_added_parameters_are_counted_exactly():
     n = len(composed.plan)
     assert n == 1
     counts = C.bridge_parameters(128, 64, n)
-    assert composed.added_parameters == counts["exact"] == 128 * 64 + 64 + 3 * 64 * 64
+    assert composed.added_parameters == counts["exact"] == 128 * 64 + 64 + 4 * 64 * 64
     assert counts["paper_formula"] == n * (128 * 64 + 3 * 64 * 64)
     trainable = {name for name, p in composed.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith("bridges.") for name in trainable)
@@ -100,12 +100,13 @@ def test_padding_is_masked_in_the_cross_attention():
             torch.testing.assert_close(padded[row, :n], alone, rtol=1e-4, atol=1e-4)
 
 
-def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence():
+@pytest.mark.parametrize("rotary", [False, True])
+def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence(rotary):
     from kilib.evaluation import generate
 
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2)
+    composed = C.compose(anchor, augment, tok, tok, every=2, rotary=rotary)
     _randomise(composed, seed=3)
     prompts = ["who won the cup in the year", "the rovers", "in the year of the final?"]
     cached = generate(composed, tok, prompts, max_new_tokens=6, batch_size=3)
@@ -130,10 +131,10 @@ def test_gradients_reach_the_bridges_only_and_training_moves_the_logits():
     batch = tok(["who won the cup in the year"], return_tensors="pt")
     loss = composed(**batch, labels=batch.input_ids).loss
     loss.backward()
-    # at step 0 only the value projections get a gradient (every output passes through V = 0)
+    # at step 0 only the output projections get a gradient (every update passes through W_O = 0)
     for bridge in composed.bridges:
-        assert bridge.v.weight.grad is not None and bridge.v.weight.grad.abs().sum() > 0
-        assert bridge.q.weight.grad.abs().sum() == 0
+        assert bridge.o.weight.grad is not None and bridge.o.weight.grad.abs().sum() > 0
+        assert bridge.q.weight.grad.abs().sum() == 0 and bridge.v.weight.grad.abs().sum() == 0
     assert all(p.grad is None for p in anchor.parameters()) and all(p.grad is None for p in augment.parameters())
 
 
@@ -187,7 +188,7 @@ def test_composition_runs_on_4bit_models(tmp_path):
     with torch.no_grad():
         assert torch.equal(composed(**batch).logits, anchor4(**batch).logits)
     composed(**batch, labels=batch.input_ids).loss.backward()
-    assert all(b.v.weight.grad.abs().sum() > 0 for b in composed.bridges)
+    assert all(b.o.weight.grad.abs().sum() > 0 for b in composed.bridges)
 
 
 # -- the study ---------------------------------------------------------------------------
@@ -200,8 +201,14 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile):
     assert not set(keys["train"]) & set(keys["eval"])
     assert len(keys["train"]) == round(config.train_fraction * config.kv_keys)
     values = {**keys["train"], **keys["eval"]}
-    assert len(set(values.values())) == len(values) == config.kv_keys  # unique integers
-    assert all(1 <= v <= config.kv_value_max for v in values.values())
+    assert len(values) == config.kv_keys and all(1 <= v <= config.kv_value_max for v in values.values())
+    if config.kv_keys <= config.kv_value_max:
+        assert len(set(values.values())) == len(values)  # unique integers, as the paper's
+    else:  # more keys than values: every value has the same number of keys
+        import collections
+
+        assert set(collections.Counter(values.values()).values()) == {config.kv_keys // config.kv_value_max}
+        assert len(set(values.values())) == config.kv_value_max
     for task in ("numeric", "substitution"):
         stage, held = ({r["expression"] for r in rows[task][s]} for s in ("stage", "eval"))
         assert not stage & held and len(held) == config.eval_examples  # no evaluated expression is trained on
@@ -218,6 +225,49 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile):
     for r in rows["substitution"]["eval"][:20]:
         tokens = r["expression"].split()
         assert r["target"] == " ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens))
+
+
+def test_run_names():
+    assert C.run_name("trained", False) == "calm" and C.run_name("trained", True) == "calm (rotary)"
+    assert C.run_name("vanilla", False) == "calm (vanilla m_A)" and C.run_name("random", True) == "calm (rotary, random m_A)"
+
+
+def test_rotary_cross_attention_is_causal_pads_cleanly_and_starts_as_the_anchor():
+    """Positions count tokens: a left-padded row gives the same logits as the row alone."""
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok, every=2, rotary=True)
+    batch = tok(["who won the cup in the year", "the rovers"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(composed(**batch).logits, anchor(**batch).logits)
+    _randomise(composed)
+    tok.padding_side = "left"
+    try:
+        padded = tok(["who won the cup in the year", "the rovers"], return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = "right"
+    positions = (padded.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        both = composed(**padded, position_ids=positions).logits
+        alone = composed(**tok("the rovers", return_tensors="pt")).logits[0]
+    torch.testing.assert_close(both[1, -alone.shape[0]:], alone, rtol=1e-4, atol=1e-4)
+    # a rotary bridge differs from a plain one with the same weights: positions enter the scores
+    plain = C.compose(anchor, augment, tok, tok, every=2)
+    plain.bridges.load_state_dict(composed.bridges.state_dict())
+    composed.remove()
+    ids = tok("who won the cup in the year", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert not torch.allclose(plain(input_ids=ids).logits, _rotary_logits(anchor, augment, tok, plain, ids))
+
+
+def _rotary_logits(anchor, augment, tok, plain, ids):
+    again = C.compose(anchor, augment, tok, tok, every=2, rotary=True)
+    again.bridges.load_state_dict(plain.bridges.state_dict())
+    plain.remove()
+    with torch.no_grad():
+        out = again(input_ids=ids).logits
+    again.remove()
+    return out
 
 
 def test_prompts_and_scoring():
@@ -239,8 +289,8 @@ def test_compare_pairs_rows_and_the_margin_shifts_the_verdict():
 def test_unknown_ablation_and_missing_trained_m_A_are_refused():
     import dataclasses
 
-    config = dataclasses.replace(C.CALM_PRESETS["smoke"], augments=("vanilla",))
-    with pytest.raises(KilibError, match="must include 'trained'"):
+    config = dataclasses.replace(C.CALM_PRESETS["smoke"], runs=(("vanilla", False),))
+    with pytest.raises(KilibError, match="must include \\('trained', False\\)"):
         C.study_inputs("smoke", config)
     with pytest.raises(KilibError, match="SEEDS must be >= 0"):
         C.notebook_overrides(seeds=-1)

@@ -191,15 +191,15 @@ def test_03_calm_composition_smoke():
 
     assert m["step0_max_logit_gap"] == 0.0  # the composed model is the anchor before training
     assert m["added_parameters"] == C.bridge_parameters(64, 64, len(m["plan"]))["exact"]  # smoke llama-s into llama-m
-    assert m["keys"] == {"train": 5, "eval": 5}
+    assert m["keys"] == {"train": 10, "eval": 10}
     table = {(r["task"], r["model"]): r for r in m["table1"]}
-    assert {model for _, model in table} == {"augment", "anchor", "calm", "calm (vanilla m_A)"}
+    assert {model for _, model in table} == {"augment", "anchor", "calm", "calm (rotary)", "calm (rotary, vanilla m_A)"}
     assert {task for task, _ in table} == set(C.TASK_NAMES.values())
     for r in table.values():
         assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 100.0 and r["n"] == 40
-    assert len(m["claims"]) == 3 + 1
+    assert len(m["claims"]) == 3 + 3 + 1  # CALM's three claims, the same for the rotary CALM, one ablation
     assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
-    assert isinstance(m["main_effect_shown"], bool)
+    assert set(m["main_effect_shown"]) == {"calm", "calm (rotary)"} and all(isinstance(v, bool) for v in m["main_effect_shown"].values())
     import pandas as pd
 
     folder = results_root() / "smoke" / "03_calm_composition"
