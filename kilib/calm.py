@@ -345,8 +345,13 @@ TASKS = ("substitution", "numeric", "kv")
 # Beside them, where the anchor was trained on numeric arithmetic here: the anchor's own
 # training expressions, which says how much of its arithmetic is a table it learnt.
 SEEN = "numeric_seen"
+# kilib's copying control (not in the paper): a composition trained to substitute over the
+# training keys, asked to substitute over the held-out keys, which only m_A knows. It asks
+# whether the composition can read m_A at all, apart from whether the anchor can compute.
+CONTROL = "control"
+EXTRA_TASKS = (SEEN, CONTROL)
 TASK_NAMES = {"substitution": "KV substitution", "numeric": "numeric arithmetic", "kv": "KV arithmetic",
-              SEEN: "numeric arithmetic (trained expressions)"}
+              SEEN: "numeric arithmetic (trained expressions)", CONTROL: "copying control (held-out keys)"}
 MODELS = ("augment", "anchor", "calm")
 MODEL_NAMES = {"augment": "m_A (augment)", "anchor": "m_B (anchor)", "calm": "CALM"}
 PAPER_TABLE1 = {  # accuracy %, PaLM2-XXS (m_A) and PaLM2-XS (m_B)
@@ -362,10 +367,11 @@ AUGMENTS = ("trained", "vanilla", "random")
 RUNS = (("trained", False), ("vanilla", False), ("random", False))
 
 
-def run_name(augment: str, rotary: bool) -> str:
-    """``calm``, ``calm (rotary)``, ``calm (vanilla m_A)``, ``calm (rotary, random m_A)``..."""
+def run_name(augment: str, rotary: bool, task: str = "kv") -> str:
+    """``calm``, ``calm (rotary)``, ``calm (vanilla m_A)``, ``calm (rotary, random m_A)``, and
+    ``... trained to copy`` for the copying control."""
     parts = (["rotary"] if rotary else []) + ([f"{augment} m_A"] if augment != "trained" else [])
-    return "calm" + (f" ({', '.join(parts)})" if parts else "")
+    return "calm" + (f" ({', '.join(parts)})" if parts else "") + (" trained to copy" if task == CONTROL else "")
 KEEPS_MARGIN = 5.0  # points: CALM "keeps" the anchor's numeric arithmetic if it loses less than this
 
 
@@ -408,6 +414,7 @@ class CalmConfig:
     anchor_stage: Stage = Stage()
     augment_stage: Stage = Stage()
     train_examples: int = 2000  # KV arithmetic over the training keys
+    control_examples: int = 0  # the copying control's training rows (0: no control)
     eval_examples: int = 300  # per task
     runs: tuple[tuple[str, bool], ...] = RUNS
     quantization: str = "4bit"  # both models, in every profile
@@ -512,13 +519,39 @@ def study_rows(config: CalmConfig, world_size: str = "tiny") -> tuple[dict, dict
                          "eval": substitution[config.augment_stage.examples:]},
         "kv": {"train": kv(config.train_examples, "train"), "eval": kv(n_eval, "eval")},
         SEEN: {"eval": numeric[:min(n_eval, config.anchor_stage.examples)]},
+        CONTROL: _control_rows(world, table, config),
     }
     keys = {split: {k: table[k] for k in world.kv_keys(split)} for split in ("train", "eval")}
     return rows, keys
 
 
+def _control_rows(world, table: Mapping[str, int], config: CalmConfig) -> dict[str, list[dict]]:
+    """Substitution over the training keys only (to train on) and over the held-out keys only
+    (to ask), drawn apart from the stage's rows."""
+    if config.control_examples == 0:
+        return {"train": [], "eval": []}
+    splits = {s: set(world.kv_keys(s)) for s in ("train", "eval")}
+    wanted = {"train": config.control_examples, "eval": config.eval_examples}
+    out: dict[str, list[dict]] = {"train": [], "eval": []}
+    for r in world.kv_substitution(min(20 * sum(wanted.values()), _expression_count(config)), seed=1).to_list():
+        for split, keys in splits.items():
+            if len(out[split]) < wanted[split] and set(r["prompt"].split()[::2]) <= keys:
+                out[split].append({"expression": r["prompt"], "target": substitute(r["prompt"], table)})
+    short = [s for s in out if len(out[s]) < wanted[s]]
+    if short:
+        raise KilibError(f"too few substitution expressions over one split's keys for the copying control "
+                         f"({', '.join(short)}): lower control_examples or eval_examples")
+    return out
+
+
+def _expression_count(config: CalmConfig) -> int:
+    lo, hi = config.kv_terms
+    return sum(config.kv_keys ** t * 3 ** (t - 1) for t in range(lo, hi + 1))
+
+
 def _sft_rows(task: str, rows) -> list[dict]:
-    return [{"prompt": task_prompt(task, r["expression"]), "answer": r["target"]} for r in rows]
+    return [{"prompt": task_prompt("substitution" if task == CONTROL else task, r["expression"]), "answer": r["target"]}
+            for r in rows]
 
 
 def _train_full(path: str, rows: list[dict], train_config: TrainConfig, folder: Path) -> dict:
@@ -599,7 +632,7 @@ def stage_log(inputs: CalmInputs, config: CalmConfig, role: str) -> dict | None:
     return read_json(folder / "stage.json") if (folder / "stage.json").exists() else None
 
 
-def evaluate(model, tokenizer, inputs: CalmInputs, config: CalmConfig, tasks: Sequence[str] = TASKS + (SEEN,)) -> list[dict]:
+def evaluate(model, tokenizer, inputs: CalmInputs, config: CalmConfig, tasks: Sequence[str] = TASKS + EXTRA_TASKS) -> list[dict]:
     """Greedy answers to every task's evaluation rows (a task without rows is skipped), scored by exact match."""
     from kilib.evaluation import generate
     from kilib.training import render_prompt
@@ -609,7 +642,7 @@ def evaluate(model, tokenizer, inputs: CalmInputs, config: CalmConfig, tasks: Se
         rows = inputs.rows[task]["eval"]
         if not rows:
             continue
-        prompts = [render_prompt(tokenizer, task_prompt(task, r["expression"])) for r in rows]
+        prompts = [render_prompt(tokenizer, p["prompt"]) for p in _sft_rows(task, rows)]
         outputs = generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                            batch_size=config.eval_batch_size, stop=("\n",))
         answers += [{"task": task, "item": i, "prediction": o.strip(), "target": r["target"],
@@ -618,7 +651,7 @@ def evaluate(model, tokenizer, inputs: CalmInputs, config: CalmConfig, tasks: Se
 
 
 def _eval_key(inputs: CalmInputs, config: CalmConfig) -> dict:
-    return {"eval_rows": {t: inputs.rows[t]["eval"] for t in TASKS + (SEEN,)}, "max_new_tokens": config.max_new_tokens,
+    return {"eval_rows": {t: inputs.rows[t]["eval"] for t in TASKS + EXTRA_TASKS}, "max_new_tokens": config.max_new_tokens,
             "quantization": config.quantization}
 
 
@@ -672,22 +705,26 @@ def step0_gap(composed, tokenizer, inputs: CalmInputs) -> float:
     return float(gap.max())
 
 
-def run_job(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", seed: int = 0, rotary: bool = False) -> dict:
+def run_job(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", seed: int = 0, rotary: bool = False,
+            task: str = "kv") -> dict:
     """Compose the anchor with m_A (``augment``: trained, vanilla or random; ``rotary``: positions
-    in the cross-attention), train the bridges on KV arithmetic over the training keys, and
-    answer every task; cached."""
+    in the cross-attention), train the bridges on KV arithmetic over the training keys (or, with
+    ``task="control"``, on the copying control's substitution), and answer every task (the
+    control's run: its own task only); cached."""
+    if task not in ("kv", CONTROL) or (task == CONTROL and not inputs.rows[CONTROL]["train"]):
+        raise KilibError(f"a composition trains on 'kv' or, where control_examples > 0, on {CONTROL!r}; got {task!r}")
     from kilib.results import cached_dir, read_json
 
     key = {"kind": "calm-run", "version": 1, "anchor": prepared(inputs, config, "anchor"),
            "augment": prepared(inputs, config, "augment" if augment == "trained" else augment), "seed": seed,
            "rotary": rotary,
-           "train_rows": inputs.rows["kv"]["train"], "every": config.every, "zero_init": config.zero_init,
+           "task": task, "train_rows": inputs.rows[task]["train"], "every": config.every, "zero_init": config.zero_init,
            "train": config.train, **_eval_key(inputs, config)}
-    folder = cached_dir("calm", key, lambda tmp: _run(inputs, config, augment, seed, rotary, tmp))
+    folder = cached_dir("calm", key, lambda tmp: _run(inputs, config, augment, seed, rotary, task, tmp))
     return read_json(folder / "run.json")
 
 
-def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary: bool, folder: Path) -> None:
+def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary: bool, task: str, folder: Path) -> None:
     from kilib.results import write_json
     from kilib.runtime import set_seed
     from kilib.training import sft_dataset, train
@@ -696,17 +733,18 @@ def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary
     gap = step0_gap(composed, tokenizer, inputs)
     set_seed(seed)
     train_config = dataclasses.replace(config.train, seed=seed)
-    data = sft_dataset(tokenizer, _sft_rows("kv", inputs.rows["kv"]["train"]), max_length=train_config.max_length)
+    data = sft_dataset(tokenizer, _sft_rows(task, inputs.rows[task]["train"]), max_length=train_config.max_length)
     result = train(composed, data, train_config, folder / "checkpoints", tokenizer=tokenizer)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     save_bridges(composed, folder / "bridges")
     write_json(folder / "run.json", {
-        "model": run_name(augment, rotary), "augment": augment, "rotary": rotary, "seed": seed, "plan": composed.plan,
+        "model": run_name(augment, rotary, task), "augment": augment, "rotary": rotary, "task": task, "seed": seed,
+        "plan": composed.plan,
         "added_parameters": composed.added_parameters,
         "paper_formula": bridge_parameters(_width(composed.augment), _width(composed.anchor), len(composed.plan))["paper_formula"],
         "step0_max_logit_gap": gap,
         "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
-        "answers": evaluate(composed, tokenizer, inputs, config)})
+        "answers": evaluate(composed, tokenizer, inputs, config, tasks=(CONTROL,) if task == CONTROL else TASKS + (SEEN,))})
 
 
 def answer_rows(runs) -> list[dict]:
@@ -773,14 +811,14 @@ CALM_PRESETS.update({
     "tiny": CalmConfig(anchor="llama-m", augment="llama-s", every=2, kv_keys=64, kv_value_max=16, kv_terms=(2, 2),
                        train_fraction=0.5, anchor_stage=Stage(618, _TINY_STAGE),
                        augment_stage=Stage(3000, dataclasses.replace(_TINY_STAGE, epochs=4)), runs=_TINY_RUNS,
-                       train_examples=600, eval_examples=150, max_new_tokens=12,
+                       train_examples=600, control_examples=400, eval_examples=150, max_new_tokens=12,
                        train=TrainConfig(epochs=10, batch_size=16, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
                                          save_every_epoch=False, progress=False, logging_steps=10)),
     "smoke": CalmConfig(anchor="llama-m", augment="llama-s", every=1, kv_keys=20, kv_value_max=10, kv_terms=(2, 2),
                         train_fraction=0.5, anchor_stage=Stage(200, dataclasses.replace(_TINY_STAGE, epochs=2, lr=5e-3, logging_steps=2)),
                         augment_stage=Stage(200, dataclasses.replace(_TINY_STAGE, epochs=2, lr=5e-3, logging_steps=2)),
                         runs=(("trained", False), ("trained", True), ("vanilla", True)), train_examples=75,
-                        eval_examples=40, max_new_tokens=8,
+                        control_examples=40, eval_examples=40, max_new_tokens=8,
                         train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, scheduler="cosine", save_every_epoch=False,
                                           progress=False, logging_steps=2)),
     # TinyLlama (22 blocks, the Llama-2 tokenizer) into Llama-2 7B, both in 4-bit; m_A is first

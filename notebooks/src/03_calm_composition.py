@@ -24,6 +24,9 @@ layers, the only part that trains.
   **other** keys. To answer those, the anchor must read the key values from m_A.
 * The paper's ablations run beside it: CALM over m_A before its substitution training (**vanilla m_A**), and over
   an m_A with random weights (**random m_A**).
+* **A copying control** (kilib's, not in the paper): the composition trained to *substitute* over the training
+  keys, then asked to substitute over the held-out keys, which only m_A knows. It asks whether the composition can
+  read m_A at all, apart from whether the anchor can compute.
 
 **Profiles.**
 * *tiny*: the zoo's llama-s (4 blocks, 128 wide) as m_A, llama-m (6 blocks, 192 wide) as the anchor, both in 4-bit.
@@ -114,6 +117,9 @@ the composed model equals the anchor before training: the largest logit differen
 ("code", r"""
 runs = [C.baseline(inputs, config, which) for which in ("augment", "anchor")]
 calm_runs = [C.run_job(inputs, config, augment, seed, rotary) for augment, rotary in config.runs for seed in config.seeds]
+if inputs.rows[C.CONTROL]["train"]:  # the copying control, for each cross-attention
+    calm_runs += [C.run_job(inputs, config, "trained", seed, rotary, task=C.CONTROL)
+                  for rotary in sorted({r for _, r in config.runs}) for seed in config.seeds]
 runs += calm_runs
 first = calm_runs[0]
 print(f"pairs (m_A block -> anchor block, 0-indexed): {first['plan']}")
@@ -182,6 +188,10 @@ for rotary in sorted({r for _, r in config.runs}):
         if r == rotary and augment != "trained":
             mine.append(C.compare(records, "kv", calm, C.run_name(augment, rotary),
                                   f"KV arithmetic: {calm} over the trained m_A beats it over the {augment} m_A"))
+    if inputs.rows[C.CONTROL]["train"]:
+        control = C.run_name("trained", rotary, C.CONTROL)
+        mine.append(C.compare(records, C.CONTROL, control, "anchor",
+                              f"copying control: {control} substitutes over held-out keys better than the anchor"))
     claims += [{**c, "model": calm} for c in mine]
 claims_table = pd.DataFrame(claims)
 run.save_table(claims_table, "paper_claims")
@@ -201,6 +211,13 @@ for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
     elif ablations and all(c["verdict"] == "shown" for c in ablations):
         lines.append(f"{calm} does better over the trained m_A than over the vanilla and the random one: what it gains comes "
                      "from m_A's knowledge of the keys.")
+    copying = [c for c in mine if c["task"] == C.CONTROL]
+    if copying:
+        c = copying[0]
+        lines.append(f"Copying control: trained to substitute over the training keys, {calm} substitutes over the held-out "
+                     f"keys at {c['higher']:.1f}% (the anchor alone: {c['lower']:.1f}%, m_A alone: see the table), "
+                     + ("so it does read m_A's knowledge of keys it was not trained on." if c["verdict"] == "shown"
+                        else "so it does not read m_A's knowledge of keys it was not trained on."))
     if mine[2]["verdict"] != "shown":
         lines.append(f"Training {calm} cost the anchor numeric arithmetic ({mine[2]['lower']:.1f} → {mine[2]['higher']:.1f}); "
                      "the paper's composition kept it (73.7 → 72.0).")
