@@ -352,7 +352,6 @@ CONTROL = "control"
 EXTRA_TASKS = (SEEN, CONTROL)
 TASK_NAMES = {"substitution": "KV substitution", "numeric": "numeric arithmetic", "kv": "KV arithmetic",
               SEEN: "numeric arithmetic (trained expressions)", CONTROL: "copying control (held-out keys)"}
-MODELS = ("augment", "anchor", "calm")
 MODEL_NAMES = {"augment": "m_A (augment)", "anchor": "m_B (anchor)", "calm": "CALM"}
 PAPER_TABLE1 = {  # accuracy %, PaLM2-XXS (m_A) and PaLM2-XS (m_B)
     "substitution": {"augment": 98.1, "anchor": 0.0, "calm": 92.9},
@@ -372,6 +371,8 @@ def run_name(augment: str, rotary: bool, task: str = "kv") -> str:
     ``... trained to copy`` for the copying control."""
     parts = (["rotary"] if rotary else []) + ([f"{augment} m_A"] if augment != "trained" else [])
     return "calm" + (f" ({', '.join(parts)})" if parts else "") + (" trained to copy" if task == CONTROL else "")
+
+
 KEEPS_MARGIN = 5.0  # points: CALM "keeps" the anchor's numeric arithmetic if it loses less than this
 
 

@@ -18,7 +18,6 @@ Writes results/tiny/calm_dev.jsonl, one line per run.
 import copy
 import dataclasses
 import json
-import time
 
 from kilib import calm as C
 from kilib.models import load_causal_lm
@@ -32,21 +31,19 @@ def accuracy(answers) -> float:
 
 def anchor_stage(config: C.CalmConfig, what: str) -> dict:
     inputs = C.study_inputs("tiny", config)
-    start = time.time()
     folder = C.prepared(inputs, config, "anchor")
-    seconds = time.time() - start
     model, tokenizer = load_causal_lm(folder)
     seen = copy.deepcopy(inputs)
     seen.rows["numeric"]["eval"] = inputs.rows["numeric"]["stage"][:150]
     return {"run": "anchor stage", "table": what, "examples": config.anchor_stage.examples,
-            "epochs": config.anchor_stage.train.epochs, "stage_seconds_if_built": round(seconds, 1),
+            "epochs": config.anchor_stage.train.epochs, "stage_seconds": round(C.stage_log(inputs, config, "anchor")["seconds"], 1),
             "held_out": accuracy(C.evaluate(model, tokenizer, inputs, config, tasks=("numeric",))),
             "own_training_expressions": accuracy(C.evaluate(model, tokenizer, seen, config, tasks=("numeric",)))}
 
 
 def copying_control(fraction: float, rotary: bool) -> dict:
     base = C.CALM_PRESETS["tiny"]
-    config = dataclasses.replace(base, kv_keys=64, kv_value_max=64, train_fraction=fraction, anchor_stage=C.Stage(0),
+    config = dataclasses.replace(base, kv_keys=64, kv_value_max=64, train_fraction=fraction, anchor_stage=C.Stage(0), control_examples=0, train_examples=300,
                                  augment_stage=C.Stage(3000, dataclasses.replace(base.augment_stage.train, epochs=4)))
     inputs = C.study_inputs("tiny", config)
     world, table = C.kv_table(config)
@@ -71,7 +68,7 @@ def copying_control(fraction: float, rotary: bool) -> dict:
 if __name__ == "__main__":
     set_threads()
     tiny = C.CALM_PRESETS["tiny"]
-    world_table = dataclasses.replace(tiny, kv_keys=40, kv_value_max=60, kv_terms=(2, 3), train_fraction=0.2,
+    world_table = dataclasses.replace(tiny, kv_keys=40, kv_value_max=60, kv_terms=(2, 3), train_fraction=0.2, control_examples=0,
                                       anchor_stage=C.Stage(5000, dataclasses.replace(tiny.anchor_stage.train, epochs=2,
                                                                                      lr=1e-3)))
     runs = [lambda: anchor_stage(world_table, "the world's: 40 keys, values 1..60, 2-3 terms"),
