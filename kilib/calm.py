@@ -820,8 +820,8 @@ CALM_PRESETS.update({
                         augment_stage=Stage(200, dataclasses.replace(_TINY_STAGE, epochs=2, lr=5e-3, logging_steps=2)),
                         runs=(("trained", False), ("trained", True), ("vanilla", True)), train_examples=75,
                         control_examples=40, eval_examples=40, max_new_tokens=8,
-                        train=TrainConfig(epochs=2, batch_size=16, lr=3e-3, scheduler="cosine", save_every_epoch=False,
-                                          progress=False, logging_steps=2)),
+                        train=TrainConfig(epochs=6, batch_size=16, lr=1e-2, scheduler="cosine", save_every_epoch=False,
+                                          progress=False, logging_steps=3)),
     # TinyLlama (22 blocks, the Llama-2 tokenizer) into Llama-2 7B, both in 4-bit; m_A is first
     # fine-tuned on substitution in full precision; the anchor is used as it is, as PaLM2-XS was.
     "paper": CalmConfig(anchor="meta-llama/Llama-2-7b-hf", augment="TinyLlama/TinyLlama_v1.1", every=4,

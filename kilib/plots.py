@@ -23,11 +23,24 @@ def _pyplot():
     return plt
 
 
+def _value_axis(ax, df, y: str, high: str, ylabel: str, percent: bool) -> None:
+    """A 0-1 axis, or 0-100 with ``percent``; values beyond it are an error, not a clipped mark."""
+    import numpy as np
+
+    top = 100.0 if percent else 1.0
+    beyond = np.nanmax(df[[y, high]].to_numpy(dtype=float), initial=0.0)
+    if beyond > top * (1 + 1e-9):
+        raise KilibError(f"{y} goes up to {beyond:g}, beyond the axis' {top:g}: "
+                         + ("pass fractions, or percent=True for percentages" if not percent else "pass percentages"))
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    ax.set_ylim(0, 1.02 * top)
+
+
 def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low", high: str = "ci_high",
                  title: str = "", ylabel: str = "accuracy", order: Sequence[str] | None = None,
                  hue_order: Sequence[str] | None = None, ax=None, percent: bool = False):
     """Grouped bars of ``y`` with asymmetric error bars from the ``low``/``high`` columns, on a
-    0-1 axis, or 0-100 with ``percent``. Values beyond the axis are an error, not a clipped bar."""
+    0-1 axis, or 0-100 with ``percent`` (values beyond it are an error, not a clipped bar)."""
     import numpy as np
 
     plt = _pyplot()
@@ -48,13 +61,7 @@ def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low"
         ax.errorbar(pos, vals, yerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=2, lw=1)
     ax.set_xticks(range(len(xs)))
     ax.set_xticklabels([str(v) for v in xs], rotation=20 if max(len(str(v)) for v in xs) > 8 else 0, ha="right" if max(len(str(v)) for v in xs) > 8 else "center")
-    top = 100.0 if percent else 1.0
-    beyond = df[[y, high]].to_numpy(dtype=float)
-    if np.nanmax(beyond, initial=0.0) > top * (1 + 1e-9):
-        raise KilibError(f"bars_with_ci: {y} goes up to {np.nanmax(beyond):g}, beyond the axis' {top:g}: "
-                         + ("pass fractions, or percent=True for percentages" if not percent else "pass percentages"))
-    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
-    ax.set_ylim(0, 1.02 * top)
+    _value_axis(ax, df, y, high, ylabel, percent)
     ax.set_title(title)
     if hue:
         ax.legend(title=hue, fontsize="small", frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -63,9 +70,10 @@ def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low"
 
 
 def lines_with_ci(df, x: str, y: str, hue: str, low: str = "ci_low", high: str = "ci_high", title: str = "",
-                  xlabel: str | None = None, ylabel: str = "accuracy", labels: str | None = None, ax=None):
-    """One line per ``hue`` value through (``x``, ``y``) with interval bars; ``labels`` names
-    a column whose text is written beside each point (e.g. the scale)."""
+                  xlabel: str | None = None, ylabel: str = "accuracy", labels: str | None = None, ax=None,
+                  percent: bool = False):
+    """One line per ``hue`` value through (``x``, ``y``) with interval bars, on a 0-1 axis (0-100
+    with ``percent``); ``labels`` names a column whose text is written beside each point (e.g. the scale)."""
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 4))
@@ -79,13 +87,7 @@ def lines_with_ci(df, x: str, y: str, hue: str, low: str = "ci_low", high: str =
                 ax.annotate(str(row[labels]), (row[x], row[y]), textcoords="offset points", xytext=(4, -10),
                             fontsize="x-small", color=color)
     ax.set_xlabel(xlabel or x)
-    top = 100.0 if percent else 1.0
-    beyond = df[[y, high]].to_numpy(dtype=float)
-    if np.nanmax(beyond, initial=0.0) > top * (1 + 1e-9):
-        raise KilibError(f"bars_with_ci: {y} goes up to {np.nanmax(beyond):g}, beyond the axis' {top:g}: "
-                         + ("pass fractions, or percent=True for percentages" if not percent else "pass percentages"))
-    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
-    ax.set_ylim(0, 1.02 * top)
+    _value_axis(ax, df, y, high, ylabel, percent)
     ax.set_title(title)
     ax.legend(title=hue, frameon=False, fontsize="small")
     ax.figure.tight_layout()

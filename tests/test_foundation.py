@@ -122,7 +122,7 @@ def test_bars_draw_every_value_inside_the_axis():
     """Percentages on the 0-1 axis drew every bar past the top (notebook 02's first Table 1 figure)."""
     import pandas as pd
 
-    from kilib.plots import bars_with_ci
+    from kilib.plots import bars_with_ci, lines_with_ci
 
     df = pd.DataFrame({"x": ["a", "b"], "y": [24.0, 58.7], "ci_low": [17.0, 50.0], "ci_high": [31.0, 66.0]})
     with pytest.raises(KilibError, match="percent=True"):
@@ -132,6 +132,10 @@ def test_bars_draw_every_value_inside_the_axis():
     heights = sorted(p.get_height() for p in ax.patches)
     assert heights == [24.0, 58.7]
     assert bars_with_ci(df.assign(y=df.y / 100, ci_low=df.ci_low / 100, ci_high=df.ci_high / 100), x="x", y="y").axes[0].get_ylim()[1] == pytest.approx(1.02)
+    lines = df.assign(h="one", y=df.y / 100, ci_low=df.ci_low / 100, ci_high=df.ci_high / 100, x=[1, 10])
+    assert lines_with_ci(lines, x="x", y="y", hue="h").axes[0].get_ylim()[1] == pytest.approx(1.02)
+    with pytest.raises(KilibError, match="percent=True"):
+        lines_with_ci(df.assign(h="one", x=[1, 10]), x="x", y="y", hue="h")
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
