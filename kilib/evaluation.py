@@ -341,6 +341,17 @@ def verdict(difference: float, low: float, high: float) -> str:
     return "shown" if low > 0 else "opposite shown" if high < 0 else "direction only" if difference > 0 else "not shown"
 
 
+def paired_comparison(df, by: str, better: str, worse: str, column: str = "correct", margin: float = 0.0) -> dict:
+    """Condition ``better`` against ``worse`` (values of column ``by`` in the DataFrame ``df``) on
+    the same items: each item's ``column`` averaged (over seeds), then the mean difference with a
+    95% paired bootstrap interval, and the verdict on "``better`` - ``worse`` > -``margin``"."""
+    per_item = df.groupby([by, "item"])[column].mean()
+    a, b = per_item[better].sort_index(), per_item[worse].sort_index()
+    diff, low, high = difference_ci(a.values, b.values, paired=True)
+    return {"higher": float(a.mean()), "lower": float(b.mean()), "difference": diff, "difference_ci": [low, high],
+            "verdict": verdict(diff + margin, low + margin, high + margin)}
+
+
 def accuracy_with_ci(correct: Sequence[float | bool], **kw) -> dict:
     """``{"accuracy", "ci_low", "ci_high", "n"}`` for 0/1 correctness values.
 

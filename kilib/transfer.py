@@ -726,12 +726,8 @@ def compare(answers, task: str, better: str, worse: str, claim: str, shots: int 
     paired by item: the difference with a 95% bootstrap interval and a verdict."""
     import pandas as pd
 
-    from kilib.evaluation import difference_ci, verdict
+    from kilib.evaluation import paired_comparison
 
     df = pd.DataFrame(answers)
     df = df[(df.task == task) & (df.shots == shots)]
-    per_item = df.groupby(["method", "item"])[column].mean()
-    a, b = per_item[better].sort_index(), per_item[worse].sort_index()
-    diff, low, high = difference_ci(a.values, b.values, paired=True)
-    return {"claim": claim, "task": task, "higher": float(a.mean()), "lower": float(b.mean()), "difference": diff,
-            "difference_ci": [low, high], "verdict": verdict(diff, low, high)}
+    return {"claim": claim, "task": task, **paired_comparison(df, "method", better, worse, column)}
