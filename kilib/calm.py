@@ -151,20 +151,12 @@ def _cache_keyword(module) -> str:
     raise KilibError(f"{type(module).__name__}.forward takes no KV cache argument: use a Llama or GPT-NeoX model")
 
 
-def _hidden(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _with_hidden(output, hidden):
-    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
-
-
 @functools.cache
 def _composed_class():
     import torch
     import torch.nn as nn
 
-    from kilib.models import decoder_layers
+    from kilib.models import block_hidden, decoder_layers, with_block_hidden
 
     class ComposedLM(nn.Module):
         """The anchor with m_A composed in. ``forward`` and ``generate`` take the anchor's
@@ -275,7 +267,7 @@ def _composed_class():
         def _capture(self, j: int):
             def hook(module, args, output):
                 if self._enabled:
-                    new = _hidden(output).detach()
+                    new = block_hidden(output).detach()
                     old = self._states[j]
                     self._states[j] = new if old is None else torch.cat([old, new], dim=1)
                 return None
@@ -286,13 +278,13 @@ def _composed_class():
             def hook(module, args, output):
                 if not self._enabled:
                     return None
-                hidden = _hidden(output)
+                hidden = block_hidden(output)
                 states = self._states[j]
                 if states is None or states.shape[0] != hidden.shape[0] or states.shape[1] < hidden.shape[1]:
                     raise KilibError("m_A's states do not line up with the anchor's positions: call ComposedLM, "
                                      "not its anchor, with the same input_ids for both")
                 update = self.bridges[j](hidden, states, self._mask)
-                return _with_hidden(output, hidden + update.to(hidden.dtype))
+                return with_block_hidden(output, hidden + update.to(hidden.dtype))
 
             return hook
 

@@ -342,6 +342,17 @@ def decoder_layers(model):
     raise KilibError(f"cannot find the decoder blocks of {type(base).__name__}: supported are Llama and GPT-NeoX families")
 
 
+def block_hidden(output):
+    """The hidden state a decoder block returned: the tensor itself (transformers 5) or the
+    first item of the tuple older blocks return."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_block_hidden(output, hidden):
+    """``output`` with its hidden state replaced, in the form the block returned it."""
+    return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
 def check_same_tokenizer(tok_a, tok_b, names: tuple[str, str] = ("model A", "model B")) -> None:
     """Fail clearly when two models do not read the same token ids (CALM needs that): the same
     vocabulary, the same special tokens, and the same ids for a probe text (one vocabulary can

@@ -892,8 +892,7 @@ class World:
         pages = self._check_doc_ids(doc_ids)
         if not isinstance(per_page, int) or per_page < 0:
             raise KilibError(f"claims: per_page must be a non-negative integer, got {per_page!r}")
-        capacity = min((min(sum(len(CLAIM_TEMPLATES[f.relation]) for f in self._facts_by_doc.get(d, [])),
-                            len(NEI_TEMPLATES[self.articles[d].kind])) for d in pages), default=0)
+        capacity = min((self.claim_capacity(d) for d in pages), default=0)
         if math.ceil(per_page / 3) > capacity:
             raise KilibError(f"claims: per_page={per_page} is more than these pages allow; use per_page <= {3 * capacity}")
         rng = _rng(self.seed, "claims", seed)
@@ -920,6 +919,13 @@ class World:
                 for c, v in zip(cols, (claim, label, article.title, d, fid)):
                     rows[c].append(v)
         return _dataset(rows, {c: "string" for c in cols})
+
+    def claim_capacity(self, doc_id: str) -> int:
+        """How many claims of each label one page can host: :meth:`claims` takes up to three
+        times this per page (its claim phrasings and its not-enough-info relations bound it)."""
+        self._check_doc_ids([doc_id])
+        return min(sum(len(CLAIM_TEMPLATES[f.relation]) for f in self._facts_by_doc.get(doc_id, [])),
+                   len(NEI_TEMPLATES[self.articles[doc_id].kind]))
 
     def _claim_text(self, fact: Fact, template: str, obj: str) -> str:
         text = template.format(s=fact.subject, o=obj, unit=self._context[fact.doc_id].get("unit", ""))

@@ -232,6 +232,12 @@ def chat_example(tokenizer, prompt: str, answer: str) -> str:
     return render_prompt(tokenizer, prompt) + render_answer(tokenizer, prompt, answer)
 
 
+def pretraining_claims(world, config: ZooConfig, seed: int = 0):
+    """The FEVER-like claims the zoo reads in pretraining (few-shot prompts with answers, on
+    every pre-cutoff page): notebook 04 evaluates only claims outside them."""
+    return world.claims(doc_ids=world.pretraining_doc_ids(), per_page=config.claims_per_page, seed=seed)
+
+
 def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> list[str]:
     """The pre-cutoff world as documents: articles, closed-book Q&A in the chat format,
     reading comprehension with the section in context, few-shot FEVER-like claims and
@@ -247,7 +253,7 @@ def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> lis
         section = section_text(world, fact)
         for q in rng.sample(questions, min(config.rc_per_fact, len(questions))):
             texts.append(chat_example(tokenizer, qa_prompt(q, [section]), fact.object))
-    claims = world.claims(doc_ids=doc_ids, per_page=config.claims_per_page, seed=seed).to_list()
+    claims = pretraining_claims(world, config, seed).to_list()
     for i, row in enumerate(claims):
         k = rng.randint(0, 3)
         demos = [(d["claim"], d["label"]) for d in rng.sample(claims[:i] + claims[i + 1:], k)]

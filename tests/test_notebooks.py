@@ -212,3 +212,37 @@ def test_03_calm_composition_smoke():
     stages = pd.read_csv(folder / "stages.csv")
     assert len(stages) == 2 and (stages.final_loss < stages.first_loss).all()
     assert {"table1.png", "training_loss.png", "answers.csv", "paper_claims.csv"} <= set(record["artifacts"])
+
+
+@pytest.mark.notebook
+def test_04_memory_fever_smoke():
+    record = run_smoke("04")
+    m = record["metrics"]
+    from kilib import memory as M
+
+    s = m["selection"]
+    assert s["n_top"] == M.MEMORY_PRESETS["smoke"].pages and 0 < s["n_trunc"] <= s["n_top"] <= s["n_full"]
+    assert m["layer"] == 0 and m["n_blocks"] == 1  # the smoke neox-xs has one block
+    assert m["memory_parameters"] == 64 * 128 + 128 + 128 * 64 + 64 + 2 * 64 + 1
+    kshot = {(r["model"], r["shots"]): r for r in m["kshot"]}
+    assert set(kshot) == {(model, k) for model in ("neox-xs", "llama-s") for k in (0, 1, 2)}
+    for r in m["kshot"] + m["memory"] + m["ablations"]:
+        assert r["n"] == m["eval_claims"]
+        for name in ("accuracy", "micro_f1", "macro_f1"):
+            assert 0.0 <= r[f"{name}_low"] <= r[name] <= r[f"{name}_high"] <= 1.0
+        assert r["micro_f1"] >= r["accuracy"] - 1e-12  # an unparseable answer is wrong, and no label
+    methods = {(r["model"], r["method"]) for r in m["memory"]}
+    assert methods == {(model, method) for model in ("neox-xs", "llama-s")
+                       for method in ("pretrained", "memory: document", "memory: template", "memory: document+template")}
+    assert {r["method"] for r in m["ablations"]} == {
+        "memory: document (weight decay 0.01)", "memory: template (weight decay 0.01)",
+        "memory: document+template (weight decay 0.01)", "full update: template", "full update: document+template"}
+    assert m["changed_max"] > 0  # a trained memory changes answers
+    assert m["memory_runs"] == 9 and len(m["claims"]) == 9 + 2 + 3  # memory and full-update runs, then k = 0..2
+    assert [c["claim"] for c in m["claims"][-3:]] == [f"{k}-shot: llama-s beats neox-xs" for k in (0, 1, 2)]
+    assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
+    import pandas as pd
+
+    training = pd.read_csv(results_root() / "smoke" / "04_memory_fever" / "memory_training.csv")
+    assert (training.final_loss < training.first_loss).all()  # the memories learn
+    assert {"kshot.png", "memory.png", "paper_claims.csv", "by_period.csv", "by_label.csv"} <= set(record["artifacts"])
