@@ -30,9 +30,14 @@ from typing import Any, Iterable, Mapping
 from kilib.runtime import KilibError
 
 __all__ = [
-    "PaperArticle", "PAPER_ARTICLES", "PINNED_TIMESTAMP", "MIN_SECTION_CHARS", "Documents",
+    "PaperArticle", "PAPER_ARTICLES", "PINNED_TIMESTAMP", "MIN_SECTION_CHARS", "Documents", "PageMissing",
     "fetch_wikipedia", "parse_wikitext", "load_folder", "clean_sections", "documents_dataset", "load_documents",
 ]
+
+class PageMissing(KilibError):
+    """The page has no text at the pinned time: no such title, no revision then, or nothing left
+    after cleaning (as opposed to a network or API failure, which is a plain :class:`KilibError`)."""
+
 
 FIELDS = ("doc_id", "title", "section", "text")  # the fields of World.documents()
 OVERVIEW = "Overview"  # the lead section's name, as the tiny world's articles call it
@@ -305,14 +310,14 @@ def _request_revision(client, title: str, timestamp: str, lang: str) -> dict:
 def _revision_of(answer: dict, title: str, timestamp: str, lang: str) -> tuple[dict, dict]:
     pages = (answer.get("query") or {}).get("pages") or []
     if not pages:
-        raise KilibError(f"the MediaWiki API returned no page for {title!r}: check the title")
+        raise PageMissing(f"the MediaWiki API returned no page for {title!r}: check the title")
     page = pages[0]
     if page.get("missing") or page.get("invalid"):
-        raise KilibError(f"Wikipedia ({lang}) has no page titled {title!r}: check the title's spelling "
+        raise PageMissing(f"Wikipedia ({lang}) has no page titled {title!r}: check the title's spelling "
                          f"(as in its URL, spaces allowed)")
     revisions = page.get("revisions") or []
     if not revisions:
-        raise KilibError(f"{title!r} has no revision at or before {timestamp}: the page was created later; "
+        raise PageMissing(f"{title!r} has no revision at or before {timestamp}: the page was created later; "
                          "pin a later timestamp")
     revision = revisions[0]
     if str(revision.get("timestamp", "")) > timestamp:  # both "YYYY-MM-DDTHH:MM:SSZ": text order is time order
@@ -362,10 +367,10 @@ def fetch_wikipedia(title: str, timestamp: str = PINNED_TIMESTAMP, doc_id: str |
         page, revision = _revision_of(answer, title, timestamp, lang)
         wikitext = ((revision.get("slots") or {}).get("main") or {}).get("content")
         if not wikitext:
-            raise KilibError(f"revision {revision.get('revid')} of {title!r} has no wikitext: pin another timestamp")
+            raise PageMissing(f"revision {revision.get('revid')} of {title!r} has no wikitext: pin another timestamp")
         rows = parse_wikitext(wikitext, doc_id, page.get("title", title))
         if not rows:
-            raise KilibError(f"{title!r} at {timestamp} has no text left after cleaning: check the title")
+            raise PageMissing(f"{title!r} at {timestamp} has no text left after cleaning: check the title")
         write_json(folder / "api.json", answer)
         write_jsonl(folder / "sections.jsonl", rows)
         write_json(folder / "source.json", {

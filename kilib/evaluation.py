@@ -263,8 +263,9 @@ def bootstrap_ci(
 
     Uses ``scipy.stats.bootstrap(method="percentile")`` with a generator seeded by ``seed``, so
     the interval is deterministic. Degenerate samples (one value, or all values equal) give
-    ``(m, m, m)``: every resample has the same mean. Reported beside every accuracy because the
-    FEVER memory gains (0.01 on 3,045 claims) are within noise.
+    ``(m, m, m)``: every resample has the same mean. A percentile interval that misses the mean
+    (possible on small or skewed samples) is widened to contain it. Reported beside every
+    accuracy because the FEVER memory gains (0.01 on 3,045 claims) are within noise.
     """
     import numpy as np
     from scipy import stats
@@ -381,6 +382,10 @@ def f1_scores(
 
     Returns ``accuracy``, ``micro_f1``, ``macro_f1``, ``per_label_f1`` (dict), ``n`` and
     ``n_unparsed``.
+
+    The lab note's f1.micro equals its accuracy in every row, zero-shot rows with mostly
+    unparseable answers included, so it counted an unparseable answer as a class of its own:
+    compare the note's F1 with ``accuracy``, not with this micro-F1.
     """
     import numpy as np
 
@@ -431,7 +436,8 @@ def classification_ci(
     macro-F1: the examples are resampled with replacement ``n_resamples`` times (seeded) and
     each score recomputed on every resample, as :func:`f1_scores` defines it. Returns
     ``accuracy``, ``micro_f1``, ``macro_f1``, each with ``<name>_low`` and ``<name>_high``,
-    plus ``n`` and ``n_unparsed``."""
+    plus ``n`` and ``n_unparsed``. As :func:`bootstrap_ci`, an interval that misses its point
+    estimate (a small or skewed sample) is widened to contain it."""
     import numpy as np
 
     point = f1_scores(predictions, golds, labels)

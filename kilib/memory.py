@@ -8,10 +8,10 @@ Memory help factual prediction?", methods.md §4), for notebook 04.
   The hook never catches an exception, and takes blocks that return a tensor (transformers 5)
   or a tuple. The author's public hook (``fxnnxc/DocGuidanceLLM``, ``hook_lm.py``) wraps its
   body in ``try/except: print(e)`` and returns the block's output unchanged on any error, and
-  replaces the hidden state instead of adding to it (its ``+ hidden`` is commented out); a
-  block that returns a tensor makes ``output[1:]`` a slice of the batch, so the memory can be
-  silently skipped, which is the likeliest reason every Pythia row of the note is the same
-  with and without memory.
+  replaces the hidden state instead of adding to it (its ``+ hidden`` is commented out). Any
+  error in it (a block that returns a tensor makes ``output[1:]`` a slice of the batch, for
+  one) leaves the model without memory and says so only in a printed line. Every Pythia row of
+  the note is the same with and without memory; which error did that is not known.
 * The study: claims grouped by evidence page, the top pages by claim count, pages that are
   empty or absent from the training claims dropped (:func:`select_pages`); the note's prompt
   (:func:`kilib.data.fever_prompt`) with k demonstrations taken from training claims on other
@@ -51,7 +51,9 @@ DEPTH = 0.75  # "memory module location = 70~80% location of transformer blocks"
 def memory_layer(n_blocks: int, depth: float = DEPTH) -> int:
     """The 0-indexed block after whose output the memory is added: after block
     ``floor(depth * n_blocks)`` counting from 1 (after block 24 of Llama-2 7B's 32, 9 of
-    Pythia-160m's 12), and after the first block of a model with fewer than ``1 / depth``."""
+    Pythia-160m's 12), and after the first block of a model with fewer than ``1 / depth``. That
+    is 70-80% of the blocks for 12 blocks and more; 4 of 6 (Pythia-70m, the tiny llama-m) is 67%,
+    1 of 2 (the tiny neox-xs and neox-s) 50%."""
     if n_blocks < 1:
         raise KilibError(f"a model with {n_blocks} blocks has nowhere to put a memory")
     if not 0.0 < depth <= 1.0:
@@ -210,7 +212,8 @@ def select_pages(validation: Sequence[Mapping[str, Any]], train: Sequence[Mappin
     """The note's data pipeline: group the validation claims by evidence page, keep the ``top``
     pages with the most claims (ties: the page seen first), then drop pages whose text is empty
     or missing and pages no training claim is about. Returns the pages in rank order and the
-    note's counts: N_full (pages with a validation claim), N_top and N_trunc (kept)."""
+    note's counts: N_full (pages with a validation claim), N_top and N_trunc (kept), with how
+    many of the top pages had no text and how many no training claim."""
     if top < 1:
         raise KilibError(f"top must be at least 1 (the number of pages to keep), got {top}")
     counts = Counter(str(c["page"]) for c in validation)
@@ -218,11 +221,13 @@ def select_pages(validation: Sequence[Mapping[str, Any]], train: Sequence[Mappin
         raise KilibError("no validation claims to group by page: check the claims source")
     ranked = top_pages(validation, top)
     trained = {str(c["page"]) for c in train}
-    kept = [p for p in ranked if str(page_text.get(p) or "").strip() and p in trained]
+    has_text = [p for p in ranked if str(page_text.get(p) or "").strip()]
+    kept = [p for p in has_text if p in trained]
     if not kept:
-        raise KilibError(f"none of the top {len(ranked)} pages has both text and training claims: check that the "
-                         "page source and the claims name pages the same way")
-    return kept, {"n_full": len(counts), "n_top": len(ranked), "n_trunc": len(kept)}
+        raise KilibError(f"none of the top {len(ranked)} pages has both text ({len(has_text)} have) and training claims: "
+                         "check that the page source and the claims name pages the same way")
+    return kept, {"n_full": len(counts), "n_top": len(ranked), "n_trunc": len(kept),
+                  "no_text": len(ranked) - len(has_text), "no_training_claims": len(has_text) - len(kept)}
 
 
 DEMO_LABELS = ("supports", "refutes", "not enough info")
@@ -230,9 +235,9 @@ DEMO_LABELS = ("supports", "refutes", "not enough info")
 
 def demonstrations(pool: Sequence[Mapping[str, Any]], k: int, seed: int = 0) -> list[tuple[str, str]]:
     """k ``(claim, label)`` demonstrations from ``pool`` (training claims on pages that are not
-    evaluated), their labels cycling supports, refutes, not enough info, as the note's 1-, 2- and
-    3-shot prompts do; the same k claims for every evaluated claim. Demonstration j+1 extends
-    the first j, so k-shot adds one claim to (k-1)-shot."""
+    evaluated), their labels cycling supports, refutes, not enough info (the note's two-shot
+    prompt is (a), then (b)); the same k claims for every evaluated claim. Demonstration j+1
+    extends the first j, so k-shot adds one claim to (k-1)-shot. ``seed`` picks the claims."""
     if k < 0:
         raise KilibError(f"k must be >= 0 (the number of demonstrations), got {k}")
     rows = list(pool)
@@ -272,6 +277,9 @@ class MemoryConfig:
     models: tuple[str, ...] = ()  # the k-shot sweep: zoo names (tiny, smoke) or Hub ids / folders (paper)
     memory_models: tuple[str, ...] = ()  # the memory table
     ablation_models: tuple[str, ...] = ()  # the weight-decay ablation
+    # kilib's addition: memories whose gate starts at 0, so the model with memory starts as the
+    # pretrained model (the note's gate of 1.0 adds a LayerNorm output to the residual at step 0)
+    gate_ablation_models: tuple[str, ...] = ()
     full_update_models: tuple[str, ...] = ()  # full-weight update without a module (the extra baseline)
     size_pair: tuple[str, ...] = ()  # (smaller, larger): "the k-shot sweep varies with model size" compares these
     variants: tuple[str, ...] = VARIANTS
@@ -284,6 +292,7 @@ class MemoryConfig:
     depth: float = DEPTH
     gate: float = 1.0
     block_size: int = 512  # tokens per packed training window
+    demo_seed: int = 0  # picks the demonstrations, the same for every run (training seeds vary the memory only)
     ablation_weight_decay: float = 0.01
     quantization: str = "4bit"
     seeds: tuple[int, ...] = (0,)
@@ -326,7 +335,7 @@ def tiny_claims(world, zoo_config) -> tuple[list[dict], list[dict]]:
     every claim the zoo read in pretraining left out, so no evaluated claim was ever seen."""
     from kilib import zoo
 
-    seen = set(zoo.pretraining_claims(world, zoo_config)["claim"])
+    seen = set(zoo.pretraining_claims(world, zoo_config, seed=zoo_config.train.seed)["claim"])
     train, validation = [], []
     for i, (doc_id, article) in enumerate(world.articles.items()):
         rows = world.claims([doc_id], per_page=3 * world.claim_capacity(doc_id), seed=1000 + i).to_list()
@@ -343,7 +352,8 @@ def study_inputs(profile: str, config: MemoryConfig) -> MemoryInputs:
     page texts."""
     from kilib import zoo
 
-    names = tuple(dict.fromkeys(config.models + config.memory_models + config.ablation_models + config.full_update_models))
+    names = tuple(dict.fromkeys(config.models + config.memory_models + config.ablation_models
+                                + config.gate_ablation_models + config.full_update_models))
     if not names:
         raise KilibError("the memory study names no model: set models in the preset")
     bad = [v for v in config.variants + config.full_update_variants if v not in VARIANTS]
@@ -362,17 +372,23 @@ def study_inputs(profile: str, config: MemoryConfig) -> MemoryInputs:
         page_text = {a.title: a.text for a in world.articles.values()}
         periods = {a.title: a.period for a in world.articles.values()}
         source = f"the {zconfig.world_size} world's pages and claims"
+    trained_texts = {c["claim"] for c in train}
+    duplicates = sum(c["claim"] in trained_texts for c in validation)
+    validation = [c for c in validation if c["claim"] not in trained_texts]  # the Template memory trains on those
     kept, selection = select_pages(validation, train, page_text, config.pages)
+    selection = {**selection, "dropped_as_training_claims": duplicates}
     keep = set(kept)
     evaluated = [c for c in validation if c["page"] in keep]
     if config.eval_claims:
         random.Random("kilib.memory.eval").shuffle(evaluated)
         evaluated = sorted(evaluated[:config.eval_claims], key=lambda c: kept.index(c["page"]))
     pages = {p: {"text": page_text[p], "period": periods.get(p, "")} for p in kept}
+    demo_pool = [c for c in train if c["page"] not in keep]
+    demonstrations(demo_pool, max((*config.shots, config.memory_shots)), config.demo_seed)  # enough, before any model loads
     return MemoryInputs(models=models, pages=pages,
                         eval=[{"claim": c["claim"], "label": c["label"], "page": c["page"]} for c in evaluated],
                         train=[c for c in train if c["page"] in keep],
-                        demo_pool=[c for c in train if c["page"] not in keep], selection=selection, source=source)
+                        demo_pool=demo_pool, selection=selection, source=source)
 
 
 # The paper profile's data (methods.md §4): FEVER claims with their evidence pages, and each
@@ -425,9 +441,13 @@ def _claims_split(split: str) -> list[dict]:
             data = load_dataset(builder, data_files=[str(p) for p in files], split="train")
         else:
             data = load_dataset(source, split=split)
-    except (OSError, ValueError, ConnectionError) as e:
-        raise KilibError(f"cannot load {source} ({split}): {str(e).splitlines()[0][:200]}. Connect to the Hub once to "
-                         "cache it, or set memory.PAPER_DATA['claims'] to a local copy") from e
+    except (OSError, ValueError, ConnectionError, StopIteration) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise KilibError(f"cannot load {source} ({split}): {reason}. Connect to the Hub once to cache it, or set "
+                         "memory.PAPER_DATA['claims'] to a local copy with claim, label and evidence") from e
+    if len(data) == 0:
+        raise KilibError(f"{source} ({split}) holds no claims: it is empty; point memory.PAPER_DATA['claims'] at a "
+                         "copy of copenlu/fever_gold_evidence")
     out = []
     for row in data:
         missing = [f for f in ("claim", "label", "evidence") if f not in row]
@@ -441,27 +461,36 @@ def _claims_split(split: str) -> list[dict]:
 
 
 def _page_texts(titles: Sequence[str]) -> dict[str, str]:
-    from kilib.data import read_jsonl
-
+    """Each title's page text: from the local dump in ``PAPER_DATA["pages"]`` (a .jsonl or .parquet
+    file, or a folder of them, with ``id`` and ``text``), else from Wikipedia at ``timestamp``. A
+    title the source lacks gets no text, which the note's step 3 drops (``select_pages``)."""
     source = str(PAPER_DATA["pages"])
     if source:
-        folder = Path(source).expanduser()
-        files = sorted(folder.glob("*.jsonl")) if folder.is_dir() else [folder]
+        from datasets import load_dataset
+
+        path = Path(source).expanduser()
+        files = sorted(p for p in (path.iterdir() if path.is_dir() else [path]) if p.suffix in (".jsonl", ".parquet"))
+        kinds = {p.suffix for p in files}
+        if len(kinds) != 1:
+            raise KilibError(f"{path} holds no single kind of page file (.jsonl or .parquet with id and text): point "
+                             "memory.PAPER_DATA['pages'] at FEVER's wiki-pages")
+        data = load_dataset("parquet" if kinds == {".parquet"} else "json", data_files=[str(p) for p in files], split="train")
+        if not {"id", "text"} <= set(data.column_names):
+            raise KilibError(f"{path} pages need the fields id and text; found {', '.join(data.column_names)}")
         wanted, texts = set(titles), {}
-        for f in files:
-            for row in read_jsonl(f, required=("id", "text")):
-                title = fever_title(str(row["id"]))
-                if title in wanted:
-                    texts[title] = str(row["text"])
+        for row in data:
+            title = fever_title(str(row["id"]))
+            if title in wanted:
+                texts[title] = str(row["text"] or "")
         return texts
-    from kilib.documents import fetch_wikipedia
+    from kilib.documents import PageMissing, fetch_wikipedia
 
     texts = {}
     for title in titles:
         try:
             rows = fetch_wikipedia(title, timestamp=str(PAPER_DATA["timestamp"]))
-        except KilibError:
-            continue  # a page Wikipedia no longer has counts as empty, which the note's step 3 drops
+        except PageMissing:
+            continue  # no such page then: no text, which the note's step 3 drops; network errors still raise
         texts[title] = "\n\n".join(r["text"] for r in rows)
     return texts
 
@@ -472,14 +501,14 @@ def paper_claims_and_pages(config: MemoryConfig) -> tuple[list[dict], list[dict]
 
 
 # -- evaluation ----------------------------------------------------------------------------
-def evaluate(model, tokenizer, inputs: MemoryInputs, config: MemoryConfig, shots: Sequence[int], seed: int = 0) -> list[dict]:
+def evaluate(model, tokenizer, inputs: MemoryInputs, config: MemoryConfig, shots: Sequence[int]) -> list[dict]:
     """Greedy answers to every evaluated claim for each k in ``shots``, parsed strictly:
     ``parsed`` is the letter or "" (unparseable, counted wrong)."""
     from kilib.evaluation import generate, parse_choice
 
     answers = []
     for k in shots:
-        demos = demonstrations(inputs.demo_pool, k, seed)
+        demos = demonstrations(inputs.demo_pool, k, config.demo_seed)
         prompts = [fever_prompt(c["claim"], demos) for c in inputs.eval]
         outputs = generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
                            batch_size=config.eval_batch_size, stop=("\n",))
@@ -499,8 +528,11 @@ def scores(answers: Sequence[Mapping[str, Any]], by: Sequence[str] = ("model", "
 
     from kilib.evaluation import classification_ci
 
+    answers = list(answers)
+    if not answers:
+        raise KilibError("no answers to score: evaluate a model first")
     out = []
-    for key, g in pd.DataFrame(list(answers)).groupby(list(by), sort=False):
+    for key, g in pd.DataFrame(answers).groupby(list(by), sort=False):
         key = key if isinstance(key, tuple) else (key,)
         preds = [p or None for p in g["parsed"]]
         s = classification_ci(preds, list(g["label"]), FEVER_LETTERS)
@@ -510,7 +542,8 @@ def scores(answers: Sequence[Mapping[str, Any]], by: Sequence[str] = ("model", "
 
 # -- runs ------------------------------------------------------------------------------------
 def _eval_key(inputs: MemoryInputs, config: MemoryConfig) -> dict:
-    return {"eval": inputs.eval, "demo_pool": inputs.demo_pool, "max_new_tokens": config.max_new_tokens,
+    return {"eval": inputs.eval, "demo_pool": inputs.demo_pool, "demo_seed": config.demo_seed,
+            "max_new_tokens": config.max_new_tokens, "batch_size": config.eval_batch_size,
             "quantization": config.quantization}
 
 
@@ -531,7 +564,7 @@ def sweep(inputs: MemoryInputs, config: MemoryConfig, name: str) -> dict:
     return read_json(cached_dir("memory", key, build) / "run.json")
 
 
-def training_texts(inputs: MemoryInputs, config: MemoryConfig, variant: str, seed: int = 0) -> list[str]:
+def training_texts(inputs: MemoryInputs, config: MemoryConfig, variant: str) -> list[str]:
     """What a memory stores: the kept pages' text (document), the training claims on them in the
     one-shot template with their answers (template), or both."""
     if variant not in VARIANTS:
@@ -540,7 +573,7 @@ def training_texts(inputs: MemoryInputs, config: MemoryConfig, variant: str, see
     if variant in ("document", "document+template"):
         texts += [p["text"] for p in inputs.pages.values()]
     if variant in ("template", "document+template"):
-        demos = demonstrations(inputs.demo_pool, config.memory_shots, seed)
+        demos = demonstrations(inputs.demo_pool, config.memory_shots, config.demo_seed)
         texts += [template_text(c["claim"], c["label"], demos) for c in inputs.train]
     return texts
 
@@ -569,7 +602,7 @@ def run_job(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str,
     train_config = dataclasses.replace(train_config, seed=seed)
     gate = config.gate if gate is None else float(gate)
     key = {"kind": "memory-run", "version": 1, "model": inputs.models[name], "variant": variant, "seed": seed,
-           "full_update": full_update, "texts": training_texts(inputs, config, variant, seed), "train": train_config,
+           "full_update": full_update, "texts": training_texts(inputs, config, variant), "train": train_config,
            "memory": [config.memory_dim, config.depth, gate], "block_size": config.block_size,
            "memory_shots": config.memory_shots, **_eval_key(inputs, config)}
     folder = cached_dir("memory", key, lambda tmp: _run(inputs, config, name, variant, seed, train_config, full_update, gate, tmp))
@@ -580,7 +613,7 @@ def _run(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str, se
          full_update: bool, gate: float, folder: Path) -> None:
     import torch
 
-    from kilib.models import decoder_layers, load_causal_lm
+    from kilib.models import decoder_layers, load_causal_lm, progress_bars
     from kilib.results import write_json
     from kilib.runtime import set_seed
     from kilib.training import lm_dataset, train
@@ -594,11 +627,12 @@ def _run(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str, se
     else:
         base, tokenizer = load_causal_lm(path, quantization=config.quantization)
         model = attach_memory(base, config.memory_dim, config.depth, gate, seed)
-    data = lm_dataset(tokenizer, training_texts(inputs, config, variant, seed), config.block_size)
+    data = lm_dataset(tokenizer, training_texts(inputs, config, variant), config.block_size)
     result = train(model, data, train_config, folder / "checkpoints", tokenizer=tokenizer)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     if full_update:
-        model.save_pretrained(folder / "model")
+        with progress_bars(False):
+            model.save_pretrained(folder / "model")
         tokenizer.save_pretrained(folder / "model")
         del model
         model, tokenizer = load_causal_lm(folder / "model", quantization=config.quantization)
@@ -613,7 +647,7 @@ def _run(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str, se
         "model": name, "method": method, "variant": variant, "full_update": full_update, "seed": seed,
         "weight_decay": train_config.weight_decay, "gate_init": None if full_update else gate, **extra, "train_examples": len(data),
         "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
-        "answers": evaluate(model, tokenizer, inputs, config, (config.memory_shots,), seed)})
+        "answers": evaluate(model, tokenizer, inputs, config, (config.memory_shots,))})
 
 
 def answer_rows(runs) -> list[dict]:
@@ -638,16 +672,18 @@ def compare(answers, shots: int, better: tuple[str, str], worse: tuple[str, str]
 
 
 def changed_share(answers, model: str, method: str, shots: int, against: str = "pretrained") -> float:
-    """The share of claims whose parsed answer under ``method`` differs from ``against``'s (same model, same k)."""
+    """The share of claims whose parsed answer under ``method`` differs from ``against``'s (same
+    model, same k), over every seed of ``method`` against ``against``'s first seed."""
     import pandas as pd
 
     df = pd.DataFrame(list(answers))
     df = df[(df.model == model) & (df.shots == shots)]
-    a = df[df.method == method].groupby("item")["parsed"].first()
-    b = df[df.method == against].groupby("item")["parsed"].first()
+    a = df[df.method == method]
+    b = df[df.method == against]
     if a.empty or b.empty:
         raise KilibError(f"no {shots}-shot answers of {model} under {method!r} and {against!r} to compare")
-    return float((a != b.reindex(a.index)).mean())
+    b = b[b.seed == b.seed.min()].set_index("item")["parsed"]
+    return float((a["parsed"].to_numpy() != b.reindex(a["item"]).to_numpy()).mean())
 
 
 def notebook_overrides(models: str = "", seeds: int = 0) -> dict[str, Any]:
@@ -658,7 +694,8 @@ def notebook_overrides(models: str = "", seeds: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": tuple(range(seeds))}
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     if names:
-        out.update(models=names, memory_models=names, ablation_models=names[-1:], full_update_models=names[:1],
+        out.update(models=names, memory_models=names, ablation_models=names[-1:], gate_ablation_models=names[:1],
+                   full_update_models=names[:1],
                    size_pair=(names[0], names[-1]) if len(names) > 1 else ())
     return {k: v for k, v in out.items() if v}
 
@@ -702,6 +739,7 @@ _LLAMA = ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf", "meta-llama/L
 _TINY_ZOO = ("neox-xs", "neox-s", "neox-m", "llama-s", "llama-m")
 MEMORY_PRESETS.update({
     "tiny": MemoryConfig(models=_TINY_ZOO, memory_models=_TINY_ZOO, ablation_models=("neox-s",),
+                         gate_ablation_models=("neox-xs",),
                          full_update_models=("neox-xs",), size_pair=("neox-xs", "neox-m"), pages=40, block_size=256,
                          eval_batch_size=64,
                          max_new_tokens=4,
@@ -712,7 +750,8 @@ MEMORY_PRESETS.update({
                                                 weight_decay=0.05, max_grad_norm=10.0, save_every_epoch=False,
                                                 progress=False, logging_steps=5)),
     "smoke": MemoryConfig(models=("neox-xs", "llama-s"), memory_models=("neox-xs", "llama-s"),
-                          ablation_models=("llama-s",), full_update_models=("neox-xs",), size_pair=("neox-xs", "llama-s"),
+                          ablation_models=("llama-s",), gate_ablation_models=("neox-xs",), full_update_models=("neox-xs",),
+                          size_pair=("neox-xs", "llama-s"),
                           shots=(0, 1, 2), pages=8,
                           block_size=128, eval_batch_size=64, max_new_tokens=4,
                           train=TrainConfig(epochs=2, batch_size=16, lr=1e-3, scheduler="cosine", warmup_steps=2,
@@ -724,6 +763,7 @@ MEMORY_PRESETS.update({
     "paper": MemoryConfig(models=_PYTHIA + _LLAMA, memory_models=_PYTHIA + _LLAMA,
                           ablation_models=("meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-13b-chat-hf",
                                            "meta-llama/Llama-2-7b-chat-hf"),
+                          gate_ablation_models=("EleutherAI/pythia-70m-deduped",),
                           full_update_models=("EleutherAI/pythia-70m-deduped", "EleutherAI/pythia-410m-deduped"),
                           size_pair=(_PYTHIA[0], _PYTHIA[-1])),
 })

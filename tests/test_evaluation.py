@@ -295,6 +295,35 @@ def test_f1_scores_against_direct_counting():
     assert full["micro_f1"] == pytest.approx(full["accuracy"])  # one label per example
 
 
+def test_classification_ci_is_f1_scores_on_each_resample():
+    """The vectorised bootstrap against f1_scores recomputed on the same resampled indices."""
+    import random
+
+    import numpy as np
+
+    from kilib.evaluation import classification_ci, f1_scores
+
+    rng = random.Random(3)
+    labels = ["a", "b", "c"]
+    golds = [rng.choice(labels) for _ in range(60)]
+    preds = [g if rng.random() < 0.5 else (None if rng.random() < 0.4 else rng.choice(labels)) for g in golds]
+    out = classification_ci(preds, golds, labels, n_resamples=300, seed=5)
+    point = f1_scores(preds, golds, labels)
+    pick = np.random.default_rng(5).integers(0, 60, size=(300, 60))  # one batch: the function's own draw
+    direct = {k: [] for k in ("accuracy", "micro_f1", "macro_f1")}
+    for row in pick:
+        s = f1_scores([preds[i] for i in row], [golds[i] for i in row], labels)
+        for k in direct:
+            direct[k].append(s[k])
+    for k, values in direct.items():
+        low, high = np.percentile(values, [2.5, 97.5])
+        assert out[k] == point[k]
+        assert out[f"{k}_low"] == pytest.approx(min(low, point[k]), abs=1e-12)
+        assert out[f"{k}_high"] == pytest.approx(max(high, point[k]), abs=1e-12)
+    assert out["micro_f1"] > out["accuracy"]  # unparseable answers are wrong but no label's false positive
+    assert out["n"] == 60 and out["n_unparsed"] == sum(p is None for p in preds)
+
+
 def test_f1_scores_errors():
     with pytest.raises(KilibError):
         f1_scores(["a"], ["a", "b"], FEVER)

@@ -187,7 +187,7 @@ def test_a_trained_memory_changes_the_logits_and_only_the_memory_trains(tmp_path
     with torch.no_grad():
         trained = model(**batch).logits
     assert (trained - alone).abs().max() > 1e-2  # the trained memory moves the logits
-    # the saved memory, loaded onto a fresh copy of the base, gives the same logits
+    # the saved memory, loaded back onto the base (its hook removed first), gives the same logits
     M.save_memory(model, tmp_path / "memory")
     model.remove()
     again = M.load_memory(base, tmp_path / "memory")
@@ -232,7 +232,7 @@ def test_select_pages_follows_the_note_pipeline():
     kept, counts = M.select_pages(validation, train, texts, top=4)
     # top 4 by claim count: B (5), C (4, seen before D), D (4), A (3); B is empty, C has no training claim
     assert kept == ["D", "A"]
-    assert counts == {"n_full": 5, "n_top": 4, "n_trunc": 2}
+    assert counts == {"n_full": 5, "n_top": 4, "n_trunc": 2, "no_text": 1, "no_training_claims": 1}
     with pytest.raises(KilibError, match="none of the top"):
         M.select_pages(validation, [], texts, top=4)
     with pytest.raises(KilibError, match="no validation claims"):
@@ -257,7 +257,7 @@ def test_tiny_claims_are_unseen_disjoint_and_cover_every_page():
     config = zoo.zoo_config("smoke")
     world = zoo.world_of(config)
     train, validation = M.tiny_claims(world, config)
-    seen = set(zoo.pretraining_claims(world, config)["claim"])
+    seen = set(zoo.pretraining_claims(world, config, seed=config.train.seed)["claim"])
     assert seen and not seen & {c["claim"] for c in validation + train}  # no claim the zoo read
     assert not {c["claim"] for c in train} & {c["claim"] for c in validation}
     assert {c["page"] for c in validation} == {a.title for a in world.articles.values()}
@@ -313,7 +313,8 @@ def test_paper_profile_reads_fever_from_local_files(fever_folder):
     config = M.MemoryConfig(models=("EleutherAI/pythia-70m-deduped",), pages=3)
     inputs = M.study_inputs("paper", config)
     # validation counts: Roman Atwood 4, Tetris 3, Keith Urban 3, Empty page 3: the top 3 keep all text-bearing pages
-    assert inputs.selection == {"n_full": 4, "n_top": 3, "n_trunc": 3}
+    assert inputs.selection == {"n_full": 4, "n_top": 3, "n_trunc": 3, "no_text": 0, "no_training_claims": 0,
+                                "dropped_as_training_claims": 0}
     assert list(inputs.pages) == ["Roman Atwood", "Tetris", "Keith Urban"]
     assert {c["label"] for c in inputs.eval} == {"supports", "refutes", "not enough info"}
     assert len(inputs.eval) == 10 and all(c["page"] in inputs.pages for c in inputs.eval + inputs.train)
@@ -337,7 +338,8 @@ def test_notebook_overrides_and_bad_config():
     assert M.notebook_overrides() == {}
     over = M.notebook_overrides("neox-xs, neox-m", 2)
     assert over == {"seeds": (0, 1), "models": ("neox-xs", "neox-m"), "memory_models": ("neox-xs", "neox-m"),
-                    "ablation_models": ("neox-m",), "full_update_models": ("neox-xs",), "size_pair": ("neox-xs", "neox-m")}
+                    "ablation_models": ("neox-m",), "gate_ablation_models": ("neox-xs",), "full_update_models": ("neox-xs",),
+                    "size_pair": ("neox-xs", "neox-m")}
     with pytest.raises(KilibError, match="SEEDS must be >= 0"):
         M.notebook_overrides(seeds=-1)
     with pytest.raises(KilibError, match="unknown variant"):
@@ -346,3 +348,53 @@ def test_notebook_overrides_and_bad_config():
         M.study_inputs("smoke", M.MemoryConfig())
     assert M.method_name(M.MEMORY_PRESETS["tiny"], "document", 0.01) == "memory: document (weight decay 0.01)"
     assert M.method_name(M.MEMORY_PRESETS["tiny"], "template", 0.05) == "memory: template"
+    assert M.method_name(M.MEMORY_PRESETS["tiny"], "template", 0.05, gate=0.0) == "memory: template (gate 0 at the start)"
+
+
+def test_paper_profile_drops_claims_it_trains_on_and_checks_demonstrations(fever_folder):
+    lines = (fever_folder / "validation.jsonl").read_text().splitlines()
+    train = (fever_folder / "train.jsonl").read_text().splitlines()
+    copied = dict(json.loads(train[0]), id=99)  # a training claim, on Roman Atwood, also in validation
+    (fever_folder / "validation.jsonl").write_text("\n".join(lines + [json.dumps(copied)]) + "\n")
+    inputs = M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))
+    assert inputs.selection["dropped_as_training_claims"] == 1
+    assert copied["claim"] not in {c["claim"] for c in inputs.eval}
+    with pytest.raises(KilibError, match="too few 'supports' claims for 7"):  # checked before any model loads
+        M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3, shots=tuple(range(8))))  # 2 per label in the pool
+    (fever_folder / "validation.jsonl").write_text("")
+    with pytest.raises(KilibError, match="cannot load|holds no claims"):
+        M.study_inputs("paper", M.MemoryConfig(models=("m",)))
+    with pytest.raises(KilibError, match="no answers to score"):
+        M.scores([])
+
+
+def test_paper_pages_from_parquet_or_wikipedia(fever_folder, monkeypatch, tmp_path):
+    import pandas as pd
+
+    from kilib import documents
+
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    pd.DataFrame({"id": ["Roman_Atwood", "Tetris"], "text": ["Roman Atwood is a vlogger.", "Tetris is a game."]}).to_parquet(
+        folder / "wiki-001.parquet")
+    monkeypatch.setitem(M.PAPER_DATA, "pages", str(folder))
+    inputs = M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))
+    assert list(inputs.pages) == ["Roman Atwood", "Tetris"] and inputs.selection["no_text"] == 1  # Keith Urban: no text
+    # no local dump: Wikipedia as of the pinned time; a page it lacks is dropped, a failed request is an error
+    monkeypatch.setitem(M.PAPER_DATA, "pages", "")
+
+    def fetch(title, timestamp):
+        if title == "Tetris":
+            raise documents.PageMissing("no page titled 'Tetris'")
+        return [{"text": f"{title} text"}]
+
+    monkeypatch.setattr(documents, "fetch_wikipedia", fetch)
+    inputs = M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))
+    assert list(inputs.pages) == ["Roman Atwood", "Keith Urban"] and inputs.selection["no_text"] == 1
+
+    def offline(title, timestamp):
+        raise KilibError("cannot reach the API")
+
+    monkeypatch.setattr(documents, "fetch_wikipedia", offline)
+    with pytest.raises(KilibError, match="cannot reach"):
+        M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))

@@ -236,9 +236,12 @@ def test_04_memory_fever_smoke():
                        for method in ("pretrained", "memory: document", "memory: template", "memory: document+template")}
     assert {r["method"] for r in m["ablations"]} == {
         "memory: document (weight decay 0.01)", "memory: template (weight decay 0.01)",
-        "memory: document+template (weight decay 0.01)", "full update: template", "full update: document+template"}
-    assert m["changed_max"] > 0  # a trained memory changes answers
-    assert m["memory_runs"] == 9 and len(m["claims"]) == 9 + 2 + 3  # memory and full-update runs, then k = 0..2
+        "memory: document+template (weight decay 0.01)", "memory: document (gate 0 at the start)",
+        "memory: template (gate 0 at the start)", "memory: document+template (gate 0 at the start)",
+        "full update: template", "full update: document+template"}
+    assert m["changed_max"] > 0  # a trained memory changes answers (full-weight updates not counted)
+    # the memories, then the ablations (weight decay, gate, full update), then k = 0..2
+    assert m["memory_runs"] == 6 and len(m["claims"]) == 6 + 3 + 3 + 2 + 3
     assert [c["claim"] for c in m["claims"][-3:]] == [f"{k}-shot: llama-s beats neox-xs" for k in (0, 1, 2)]
     assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
     import pandas as pd
