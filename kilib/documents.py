@@ -34,6 +34,7 @@ __all__ = [
     "fetch_wikipedia", "parse_wikitext", "load_folder", "clean_sections", "documents_dataset", "load_documents",
 ]
 
+
 class PageMissing(KilibError):
     """The page has no text at the pinned time: no such title, no revision then, or nothing left
     after cleaning (as opposed to a network or API failure, which is a plain :class:`KilibError`)."""

@@ -264,8 +264,6 @@ def template_text(claim: str, label: str, demos: Sequence[tuple[str, str]]) -> s
 # The study (notebook 04)
 # ---------------------------------------------------------------------------------------
 VARIANTS = ("document", "template", "document+template")
-VARIANT_NAMES = {"document": "Document", "template": "Template (train Q-A)", "document+template": "Doc + Template"}
-PAPER_METHOD = {"document": "gpt_wikipage", "template": "gpt_template", "document+template": "gpt_wikipage_and_template"}
 
 
 @dataclass(frozen=True)
@@ -332,7 +330,7 @@ def _normal_label(label: Any) -> str:
 def tiny_claims(world, zoo_config) -> tuple[list[dict], list[dict]]:
     """(training claims, validation claims) on every page of the tiny world: each page's claims
     (as many as it can host, :meth:`World.claim_capacity`) split alternately between the two, with
-    every claim the zoo read in pretraining left out, so no evaluated claim was ever seen."""
+    every claim the zoo read in pretraining left out."""
     from kilib import zoo
 
     seen = set(zoo.pretraining_claims(world, zoo_config, seed=zoo_config.train.seed)["claim"])
@@ -361,7 +359,8 @@ def study_inputs(profile: str, config: MemoryConfig) -> MemoryInputs:
         raise KilibError(f"unknown variant(s) {', '.join(bad)}: choose among {', '.join(VARIANTS)}")
     if profile == "paper":
         models = {n: n for n in names}
-        train, validation, page_text, periods = paper_claims_and_pages(config)
+        train, validation = _claims_split(str(PAPER_DATA["train"])), _claims_split(str(PAPER_DATA["eval"]))
+        page_text, periods = None, {}
         source = f"FEVER ({PAPER_DATA['claims']}) and Hub models"
     else:
         zconfig = zoo.zoo_config(profile)
@@ -375,6 +374,8 @@ def study_inputs(profile: str, config: MemoryConfig) -> MemoryInputs:
     trained_texts = {c["claim"] for c in train}
     duplicates = sum(c["claim"] in trained_texts for c in validation)
     validation = [c for c in validation if c["claim"] not in trained_texts]  # the Template memory trains on those
+    if page_text is None:  # the paper profile reads the texts of the top pages only
+        page_text = _page_texts(top_pages(validation, config.pages))
     kept, selection = select_pages(validation, train, page_text, config.pages)
     selection = {**selection, "dropped_as_training_claims": duplicates}
     keep = set(kept)
@@ -493,11 +494,6 @@ def _page_texts(titles: Sequence[str]) -> dict[str, str]:
             continue  # no such page then: no text, which the note's step 3 drops; network errors still raise
         texts[title] = "\n\n".join(r["text"] for r in rows)
     return texts
-
-
-def paper_claims_and_pages(config: MemoryConfig) -> tuple[list[dict], list[dict], dict[str, str], dict[str, str]]:
-    train, validation = _claims_split(str(PAPER_DATA["train"])), _claims_split(str(PAPER_DATA["eval"]))
-    return train, validation, _page_texts(top_pages(validation, config.pages)), {}
 
 
 # -- evaluation ----------------------------------------------------------------------------
