@@ -216,13 +216,15 @@ lines = [f"Every trained memory changed some answers: from {100 * changed.min():
          f"Some trained memory changed no answer at all (the least: {100 * changed.min():.1f}%)."]
 gains = [v - row[0] for name, row in M.PAPER_MEMORY.items() if name.startswith("llama") for v in row[1:]]
 wd_gains = [v - row[0] for row in M.PAPER_WEIGHT_DECAY.values() for v in row[2:]]
+note_base = M.PAPER_MEMORY["llama2_chat 7b"][0]  # the note's best one-shot model
 lines.append(f"With the profile's settings, a memory beat its pretrained model beyond noise in {len(helped)} of "
              f"{len(memory_claims)} runs" + (f" ({', '.join(c['better'][0] + ' ' + c['better'][1] for c in helped)})"
                                              if helped else "")
              + f", and fell below it beyond noise in {len(hurt)}. The note's memory gains on Llama-2 run from "
              f"{min(gains):+.3f} to {max(gains):+.3f} ({min(wd_gains):+.3f} to {max(wd_gains):+.3f} with weight decay "
              "0.01), none on Pythia. Its per-claim answers are not published, so no paired interval can be computed "
-             "for them; one accuracy near 0.64 on 3,045 claims has a 95% interval of about ±0.017.")
+             f"for them; one accuracy of {note_base:.3f} on {M.PAPER_CLAIMS:,} claims has a 95% interval of about "
+             f"±{1.96 * (note_base * (1 - note_base) / M.PAPER_CLAIMS) ** 0.5:.3f}.")
 for r in extra[extra.method.isin(default)].itertuples():
     lines.append(f"{r.model}, {r.method}: accuracy {r.accuracy:.3f}; it changed {100 * r.changed_vs_default:.1f}% of the "
                  f"answers of the memory trained with the profile's settings.")
