@@ -216,8 +216,7 @@ def select_pages(validation: Sequence[Mapping[str, Any]], train: Sequence[Mappin
     many of the top pages had no text and how many no training claim."""
     if top < 1:
         raise KilibError(f"top must be at least 1 (the number of pages to keep), got {top}")
-    counts = Counter(str(c["page"]) for c in validation)
-    if not counts:
+    if not validation:
         raise KilibError("no validation claims to group by page: check the claims source")
     ranked = top_pages(validation, top)
     trained = {str(c["page"]) for c in train}
@@ -226,7 +225,7 @@ def select_pages(validation: Sequence[Mapping[str, Any]], train: Sequence[Mappin
     if not kept:
         raise KilibError(f"none of the top {len(ranked)} pages has both text ({len(has_text)} have) and training claims: "
                          "check that the page source and the claims name pages the same way")
-    return kept, {"n_full": len(counts), "n_top": len(ranked), "n_trunc": len(kept),
+    return kept, {"n_full": len({str(c["page"]) for c in validation}), "n_top": len(ranked), "n_trunc": len(kept),
                   "no_text": len(ranked) - len(has_text), "no_training_claims": len(has_text) - len(kept)}
 
 
