@@ -93,14 +93,15 @@ def MemoryModule(d_model: int, d_memory: int = MEMORY_DIM, gate: float = 1.0):  
 @functools.cache
 def _memory_lm_class():
     import torch
-    import torch.nn as nn
 
-    from kilib.models import block_hidden, decoder_layers, with_block_hidden
+    from kilib.models import block_hidden, decoder_layers, with_block_hidden, wrapper_class
 
-    class MemoryLM(nn.Module):
+    class MemoryLM(wrapper_class()):
         """A frozen base model with a memory module after block ``layer``. ``forward`` and
         ``generate`` take the base model's arguments. The hook stays on the base's block until
         :meth:`remove`, so the base called directly also goes through the memory."""
+
+        wrapped = "base"
 
         def __init__(self, base, memory, layer: int):
             super().__init__()
@@ -114,24 +115,6 @@ def _memory_lm_class():
             self.memory = memory.to(device=device, dtype=torch.float32)
             self.layer = layer
             self._handle = blocks[layer].register_forward_hook(self._add_memory)
-
-        @property
-        def config(self):
-            return self.base.config
-
-        @property
-        def generation_config(self):
-            return self.base.generation_config
-
-        @property
-        def device(self):
-            return self.base.device
-
-        def forward(self, *args, **kwargs):
-            return self.base(*args, **kwargs)
-
-        def generate(self, *args, **kwargs):
-            return self.base.generate(*args, **kwargs)
 
         def remove(self) -> None:
             """Detach the hook: the base model is itself again."""

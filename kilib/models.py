@@ -9,6 +9,7 @@ stays float32 (bf16 matmuls are an order of magnitude slower on CPUs without bf1
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import warnings
 from pathlib import Path
@@ -351,6 +352,43 @@ def block_hidden(output):
 def with_block_hidden(output, hidden):
     """``output`` with its hidden state replaced, in the form the block returned it."""
     return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+
+@functools.cache
+def wrapper_class():
+    """The base of kilib's wrappers around a frozen Hugging Face causal LM (CALM's composed
+    model, the memory model): a plain ``nn.Module`` (``Trainer`` refuses a quantized model that
+    gained modules) that presents the wrapped model's ``config``, ``generation_config`` and
+    ``device``, and forwards ``forward`` and ``generate`` to it. A subclass names the wrapped
+    model's attribute in ``wrapped``."""
+    import torch.nn as nn
+
+    class WrappedLM(nn.Module):
+        wrapped = "base"
+
+        @property
+        def _model(self):
+            return getattr(self, self.wrapped)
+
+        @property
+        def config(self):
+            return self._model.config
+
+        @property
+        def generation_config(self):
+            return self._model.generation_config
+
+        @property
+        def device(self):
+            return self._model.device
+
+        def forward(self, *args, **kwargs):
+            return self._model(*args, **kwargs)
+
+        def generate(self, *args, **kwargs):
+            return self._model.generate(*args, **kwargs)
+
+    return WrappedLM
 
 
 def check_same_tokenizer(tok_a, tok_b, names: tuple[str, str] = ("model A", "model B")) -> None:

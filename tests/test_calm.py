@@ -214,6 +214,12 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile):
         assert not stage & held and len(held) == config.eval_examples  # no evaluated expression is trained on
     assert len(rows["numeric"]["stage"]) == config.anchor_stage.examples
     assert all(r in rows["numeric"]["stage"] for r in rows[C.SEEN]["eval"])  # the anchor's own training expressions
+    assert rows[C.KV_SEEN]["eval"] == rows["kv"]["train"][:config.eval_examples]  # the composition's own training rows
+    assert len(rows[C.VALUES]["eval"]) == len(rows["kv"]["eval"])
+    for kv, written in zip(rows["kv"]["eval"], rows[C.VALUES]["eval"]):  # the held-out rows, each key's value written in
+        tokens = kv["expression"].split()
+        assert written["target"] == kv["target"]
+        assert written["expression"] == " ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens))
     lo, hi = config.kv_terms
     for split in ("train", "eval"):
         for r in rows["kv"][split]:

@@ -204,6 +204,9 @@ def test_03_calm_composition_smoke():
     assert len(m["claims"]) == 4 + 4 + 1  # per CALM: three claims and its copying control; one ablation
     assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
     assert set(m["main_effect_shown"]) == {"calm", "calm (rotary)"} and all(isinstance(v, bool) for v in m["main_effect_shown"].values())
+    values = C.TASK_NAMES[C.VALUES]
+    assert m["anchor_given_values"] == table[(values, "anchor")]["accuracy"]
+    assert [(d["model"], d["task"]) for d in m["diagnosis"]] == [("calm", C.KV_SEEN), ("calm (rotary)", C.KV_SEEN)]
     import pandas as pd
 
     folder = results_root() / "smoke" / "03_calm_composition"

@@ -12,12 +12,24 @@ Nothing here trains a composition on KV arithmetic or looks at its evaluation ro
    expressions over the other keys, which only m_A can answer. With 20% and with 50% of the keys
    for training, and with and without rotary positions in the cross-attention.
 
+Round 2 (``python tools/calm_dev.py --round 2``, after the first tiny results were known; it
+appends its lines), again without the held-out keys:
+
+3. The anchor's stage at learning rates 3e-3 (round 1's) and 1e-3: the size of its residual
+   stream (mean norm of each block's output on KV prompts, beside the zoo model's), its own
+   training expressions, and the copying control of the tiny preset over it (rotary).
+4. KV arithmetic on a split of the *training* keys: the composition (rotary) trained on
+   expressions over 24 of the 32 training keys, scored on those rows and on expressions over the
+   other 8; beside it the anchor given those 8 keys' values written in.
+
 Writes results/tiny/calm_dev.jsonl, one line per run.
 """
 
+import argparse
 import copy
 import dataclasses
 import json
+import random
 
 from kilib import calm as C
 from kilib.models import load_causal_lm
@@ -65,19 +77,105 @@ def copying_control(fraction: float, rotary: bool) -> dict:
             "held_out_keys_accuracy": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("substitution",)))}
 
 
-if __name__ == "__main__":
-    set_threads()
+def _anchor_config(lr: float, every: int | None = None, epochs: int | None = None, kv_lr: float | None = None) -> C.CalmConfig:
     tiny = C.CALM_PRESETS["tiny"]
-    world_table = dataclasses.replace(tiny, kv_keys=40, kv_value_max=60, kv_terms=(2, 3), train_fraction=0.2, control_examples=0,
-                                      anchor_stage=C.Stage(5000, dataclasses.replace(tiny.anchor_stage.train, epochs=2,
-                                                                                     lr=1e-3)))
-    runs = [lambda: anchor_stage(world_table, "the world's: 40 keys, values 1..60, 2-3 terms"),
-            lambda: anchor_stage(tiny, "the tiny preset's: values 1..16, two terms")]
-    runs += [lambda f=f, r=r: copying_control(f, r) for f in (0.2, 0.5) for r in (False, True)]
+    return dataclasses.replace(
+        tiny, anchor_stage=C.Stage(tiny.anchor_stage.examples, dataclasses.replace(tiny.anchor_stage.train, lr=lr)),
+        every=every or tiny.every,
+        train=dataclasses.replace(tiny.train, epochs=epochs or tiny.train.epochs, lr=kv_lr or tiny.train.lr))
+
+
+def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
+    """Mean norm of each block's output over the tokens of 32 KV prompts (full precision)."""
+    import torch
+
+    from kilib.training import render_prompt
+
+    model, tokenizer = load_causal_lm(path, quantization="none")
+    tokenizer.padding_side = "right"
+    batch = tokenizer([render_prompt(tokenizer, C.task_prompt("kv", r["expression"])) for r in inputs.rows["kv"]["train"][:32]],
+                      return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states[1:-1]  # block outputs before the final norm
+    tokens = batch["attention_mask"].bool()
+    return [round(h[tokens].norm(dim=-1).mean().item(), 1) for h in hidden]
+
+
+def anchor_lr(lr: float) -> dict:
+    config = _anchor_config(lr)
+    inputs = C.study_inputs("tiny", config)
+    folder = C.prepared(inputs, config, "anchor")
+    model, tokenizer = load_causal_lm(folder)
+    seen = copy.deepcopy(inputs)
+    seen.rows["numeric"]["eval"] = inputs.rows["numeric"]["stage"][:150]
+    log = C.stage_log(inputs, config, "anchor")
+    composed, tokenizer = C.load_composition(inputs, config, "trained", 0, True)
+    train(composed, sft_dataset(tokenizer, C._sft_rows(C.CONTROL, inputs.rows[C.CONTROL]["train"])), config.train,
+          "/tmp/kilib-calm-dev", tokenizer=tokenizer, resume=False)
+    return {"run": "anchor stage lr", "lr": lr, "epochs": config.anchor_stage.train.epochs,
+            "final_loss": log["losses"][-1]["loss"], "own_training_expressions": accuracy(C.evaluate(model, tokenizer, seen, config, tasks=("numeric",))),
+            "residual_norm": residual_norms(folder, inputs), "zoo_residual_norm": residual_norms(inputs.anchor, inputs),
+            "copying_control_held_out_keys": accuracy(C.evaluate(composed, tokenizer, inputs, config, tasks=(C.CONTROL,)))}
+
+
+def kv_on_training_keys(lr: float, every: int | None = None, epochs: int | None = None, kv_lr: float | None = None) -> dict:
+    from kilib.world import evaluate_arithmetic
+
+    config = _anchor_config(lr, every, epochs, kv_lr)
+    inputs = C.study_inputs("tiny", config)
+    world, table = C.kv_table(config)
+    keys = sorted(inputs.keys["train"])
+    random.Random(0).shuffle(keys)
+    fit_keys, dev_keys = set(keys[:24]), set(keys[24:])
+    rows = [{"expression": r["prompt"], "target": str(evaluate_arithmetic(C.substitute(r["prompt"], table)))}
+            for r in world.kv_arithmetic(3072, seed=7, split="train").to_list()]
+
+    def over(keys):
+        return [r for r in rows if set(r["expression"].split()[::2]) <= keys]
+
+    fit, dev = over(fit_keys)[:config.train_examples], over(dev_keys)[:150]
+    probe = copy.deepcopy(inputs)
+    probe.rows["kv"]["eval"] = dev
+    probe.rows["numeric"]["eval"] = [{"expression": C.substitute(r["expression"], table), "target": r["target"]} for r in dev]
+    probe.rows[C.KV_SEEN]["eval"] = fit[:150]
+    anchor, tokenizer = load_causal_lm(C.prepared(inputs, config, "anchor"))
+    composed, tokenizer = C.load_composition(inputs, config, "trained", 0, True)
+    result = train(composed, sft_dataset(tokenizer, C._sft_rows("kv", fit)), config.train, "/tmp/kilib-calm-dev",
+                   tokenizer=tokenizer, resume=False)
+    return {"run": "kv on training keys", "anchor_lr": lr, "every": config.every, "epochs": config.train.epochs,
+            "lr": config.train.lr, "rotary": True, "fit_keys": 24, "dev_keys": 8, "final_loss": result.losses[-1]["loss"],
+            "calm_fit_rows": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=(C.KV_SEEN,))),
+            "calm_dev_keys": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("kv",))),
+            "anchor_dev_keys": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("kv",))),
+            "anchor_values_written_in": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("numeric",)))}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--round", type=int, choices=(1, 2), default=1)
+    round_ = parser.parse_args().round
+    set_threads()
     out = results_root() / "tiny" / "calm_dev.jsonl"
+    if round_ == 1:
+        tiny = C.CALM_PRESETS["tiny"]
+        world_table = dataclasses.replace(tiny, kv_keys=40, kv_value_max=60, kv_terms=(2, 3), train_fraction=0.2, control_examples=0,
+                                          anchor_stage=C.Stage(5000, dataclasses.replace(tiny.anchor_stage.train, epochs=2,
+                                                                                         lr=1e-3)))
+        runs = [lambda: anchor_stage(world_table, "the world's: 40 keys, values 1..60, 2-3 terms"),
+                lambda: anchor_stage(dataclasses.replace(tiny, anchor_stage=C.Stage(618, dataclasses.replace(tiny.anchor_stage.train, lr=3e-3))),
+                                     "the tiny preset's: values 1..16, two terms")]
+        runs += [lambda f=f, r=r: copying_control(f, r) for f in (0.2, 0.5) for r in (False, True)]
+    else:
+        runs = [lambda lr=lr: anchor_lr(lr) for lr in (3e-3, 1e-3)]
+        runs += [lambda: kv_on_training_keys(3e-3), lambda: kv_on_training_keys(1e-3),
+                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, kv_lr=3e-3)]
     lines = []
     for run in runs:
-        lines.append(json.dumps(run()))
+        lines.append(json.dumps({"round": round_, **run()}))
         print(lines[-1], flush=True)
-    out.write_text("\n".join(lines) + "\n")
+    if round_ == 1:
+        out.write_text("\n".join(lines) + "\n")
+    else:
+        with out.open("a") as f:
+            f.write("\n".join(lines) + "\n")
     print(f"wrote {out}")

@@ -27,6 +27,10 @@ layers, the only part that trains.
 * **A copying control** (kilib's, not in the paper): the composition trained to *substitute* over the training
   keys, then asked to substitute over the held-out keys, which only m_A knows. It asks whether the composition can
   read m_A at all, apart from whether the anchor can compute.
+* **Two more rows** (kilib's) say where a composition that misses KV arithmetic falls short: its accuracy on its
+  own training rows (did it learn even the keys it trained on?), and the held-out KV expressions with the keys'
+  values written in, asked as numeric arithmetic. For the anchor, that is the most a composition could reach if it
+  read every value from m_A without error.
 
 **Profiles.**
 * *tiny*: the zoo's llama-s (4 blocks, 128 wide) as m_A, llama-m (6 blocks, 192 wide) as the anchor, both in 4-bit.
@@ -148,7 +152,8 @@ run.save_figure(fig, "training_loss")
 
 Exact-match accuracy in percent with 95% bootstrap intervals over the evaluation rows (seeds pooled). KV arithmetic
 is evaluated on the held-out keys only. Numeric arithmetic is asked on expressions no model trained on; where the
-anchor was trained on arithmetic here, the extra row asks its own training expressions. The paper's numbers are
+anchor was trained on arithmetic here, the extra row asks its own training expressions. The last two rows are the
+compositions' own training rows and the held-out expressions with the values written in. The paper's numbers are
 PaLM2's.
 """),
 ("code", r"""
@@ -222,10 +227,33 @@ for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
         lines.append(f"Training {calm} cost the anchor numeric arithmetic ({mine[2]['lower']:.1f} → {mine[2]['higher']:.1f}); "
                      "the paper's composition kept it (73.7 → 72.0).")
 display(Markdown("\n\n".join(lines)))
+"""),
+("md", r"""
+## Where a miss comes from
+
+Reading m_A and computing with what it read are two steps. The copying control asks the first. The two extra rows
+ask the second: given the values written in, how much of the held-out KV arithmetic the anchor itself answers, and
+whether the composition learned KV arithmetic even over the keys it trained on.
+"""),
+("code", r"""
+accuracy = {(r["task"], r["model"]): r["accuracy"] for r in table.to_dict("records")}
+reach = accuracy[(C.TASK_NAMES[C.VALUES], "anchor")]
+diagnosis, said = [], []
+for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
+    fit = C.compare(records, C.KV_SEEN, calm, "anchor", f"KV arithmetic on its own training rows: {calm} beats the anchor")
+    diagnosis.append({**fit, "model": calm})
+    said.append(f"**{calm}** answers {fit['higher']:.1f}% of its own training rows (the anchor: {fit['lower']:.1f}%; "
+                f"{fit['verdict']}, difference {fit['difference']:+.1f}, 95% interval {fit['difference_ci'][0]:+.1f} to "
+                f"{fit['difference_ci'][1]:+.1f}) and {accuracy[(C.TASK_NAMES['kv'], calm)]:.1f}% on the held-out keys.")
+said.append(f"Given the values written in, the anchor answers {reach:.1f}% of the held-out expressions: the most a "
+            "composition could reach by reading every value from m_A.")
+display(Markdown("\n\n".join(said)))
+run.save_table(pd.DataFrame(diagnosis), "diagnosis")
 main_effect = {calm: all(c["verdict"] == "shown" for c in claims if c["model"] == calm and c["task"] == "kv"
                          and c["claim"].endswith(("beats the anchor", "beats m_A")))
                for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs)}
-run.log(source=inputs.source, plan=first["plan"], added_parameters=first["added_parameters"],
+run.log(source=inputs.source, plan=first["plan"], added_parameters=first["added_parameters"], diagnosis=diagnosis,
+        anchor_given_values=reach,
         paper_formula=first["paper_formula"], step0_max_logit_gap=float(composition["step0_max_logit_gap"].max()),
         keys={s: len(k) for s, k in inputs.keys.items()}, claims=claims, table1=table.to_dict("records"),
         main_effect_shown=main_effect, stage_seconds=float(stages["seconds"].sum()) if len(stages) else 0.0,
