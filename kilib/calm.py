@@ -409,6 +409,7 @@ class CalmConfig:
     control_examples: int = 0  # the copying control's training rows (0: no control)
     eval_examples: int = 300  # per task
     runs: tuple[tuple[str, bool], ...] = RUNS
+    lora_baseline: bool = True  # the paper's LoRA baseline: the anchor with as many LoRA parameters as the bridges
     quantization: str = "4bit"  # both models, in every profile
     seeds: tuple[int, ...] = (0,)
     max_new_tokens: int = 24
@@ -744,6 +745,56 @@ def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary
         "step0_max_logit_gap": gap,
         "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
         "answers": evaluate(composed, tokenizer, inputs, config, tasks=(CONTROL,) if task == CONTROL else COMPOSITION_TASKS)})
+
+
+LORA = "anchor + LoRA"  # the LoRA baseline's model name
+
+
+def lora_rank(model, parameters: int) -> int:
+    """The LoRA rank whose adapter on the anchor's attention and MLP linears (kilib's LoRA targets)
+    adds the number of parameters nearest ``parameters``: a rank-r adapter on a d_in x d_out
+    linear adds r (d_in + d_out)."""
+    from kilib.models import lora_target_modules
+
+    targets = set(lora_target_modules(model))
+    per_rank = sum(m.in_features + m.out_features for name, m in model.named_modules()
+                   if name.rsplit(".", 1)[-1] in targets and hasattr(m, "in_features"))
+    if per_rank == 0:
+        raise KilibError(f"{type(model).__name__} has none of the LoRA targets {sorted(targets)}")
+    return max(1, round(parameters / per_rank))
+
+
+def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed: int = 0) -> dict:
+    """The paper's LoRA baseline (methods.md §3): the anchor alone, with a LoRA adapter of about
+    ``parameters`` parameters (the bridges' count) trained on the same KV arithmetic rows as CALM,
+    and asked the same tasks; cached. Without m_A it cannot know the held-out keys' values."""
+    from kilib.results import cached_dir, read_json
+
+    key = {"kind": "calm-lora", "version": 1, "anchor": prepared(inputs, config, "anchor"), "seed": seed,
+           "parameters": parameters, "train_rows": inputs.rows["kv"]["train"], "train": config.train,
+           **_eval_key(inputs, config)}
+
+    def build(folder: Path) -> None:
+        from kilib.models import attach_lora, load_causal_lm
+        from kilib.results import write_json
+        from kilib.runtime import set_seed
+        from kilib.training import sft_dataset, train
+
+        model, tokenizer = load_causal_lm(prepared(inputs, config, "anchor"), quantization=config.quantization)
+        rank = lora_rank(model, parameters)
+        set_seed(seed)
+        model = attach_lora(model, r=rank)
+        train_config = dataclasses.replace(config.train, seed=seed)
+        data = sft_dataset(tokenizer, _sft_rows("kv", inputs.rows["kv"]["train"]), max_length=train_config.max_length)
+        result = train(model, data, train_config, folder / "checkpoints", tokenizer=tokenizer)
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        write_json(folder / "run.json", {
+            "model": LORA, "seed": seed, "rank": rank,
+            "added_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
+            "answers": evaluate(model, tokenizer, inputs, config, tasks=COMPOSITION_TASKS)})
+
+    return read_json(cached_dir("calm", key, build) / "run.json")
 
 
 def answer_rows(runs) -> list[dict]:

@@ -233,6 +233,23 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile):
         assert r["target"] == " ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens))
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_lora_rank_matches_the_bridges_parameter_count(family):
+    from kilib.models import attach_lora
+
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok, family)
+    target = C.compose(anchor, augment, tok, tok).added_parameters
+
+    def lora_count(r):  # peft's own count of the adapter's parameters
+        model = attach_lora(make_model(family, tok, seed=1), r=r)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    rank = C.lora_rank(make_model(family, tok, seed=1), target)
+    assert rank >= 1
+    assert all(abs(lora_count(rank) - target) <= abs(lora_count(r) - target) for r in (rank - 1, rank + 1) if r >= 1)
+
+
 def test_run_names():
     assert C.run_name("trained", False) == "calm" and C.run_name("trained", True) == "calm (rotary)"
     assert C.run_name("vanilla", False) == "calm (vanilla m_A)" and C.run_name("random", True) == "calm (rotary, random m_A)"

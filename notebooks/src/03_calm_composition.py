@@ -22,8 +22,9 @@ layers, the only part that trains.
 * The anchor knows numeric arithmetic (`10 + 22` → `32`, x before + and −).
 * CALM is trained on KV arithmetic (`fo + ba` → `32`) over part of the keys, and evaluated on expressions over the
   **other** keys. To answer those, the anchor must read the key values from m_A.
-* The paper's ablations run beside it: CALM over m_A before its substitution training (**vanilla m_A**), and over
-  an m_A with random weights (**random m_A**).
+* The paper's ablations run beside it: CALM over m_A before its substitution training (**vanilla m_A**), over
+  an m_A with random weights (**random m_A**), and the **LoRA baseline**: the anchor alone with a LoRA adapter of
+  as many parameters as the bridges, trained on the same rows. It has no m_A, so it cannot know the held-out keys.
 * **A copying control** (kilib's, not in the paper): the composition trained to *substitute* over the training
   keys, then asked to substitute over the held-out keys, which only m_A knows. It asks whether the composition can
   read m_A at all, apart from whether the anchor can compute.
@@ -128,6 +129,11 @@ runs += calm_runs
 first = calm_runs[0]
 print(f"pairs (m_A block -> anchor block, 0-indexed): {first['plan']}")
 print(f"added parameters: {first['added_parameters']:,} (the paper's formula: {first['paper_formula']:,})")
+lora_runs = [C.lora_baseline(inputs, config, first["added_parameters"], seed) for seed in config.seeds] if config.lora_baseline else []
+runs += lora_runs
+for r in lora_runs:
+    print(f"LoRA baseline, seed {r['seed']}: rank {r['rank']}, {r['added_parameters']:,} parameters, "
+          f"loss {r['train']['losses'][0]['loss']:.3f} -> {r['train']['losses'][-1]['loss']:.3f} in {r['train']['seconds']:.1f} s")
 composition = pd.DataFrame([{"model": r["model"], "seed": r["seed"], "step0_max_logit_gap": r["step0_max_logit_gap"],
                              "steps": r["train"]["steps"], "first_loss": r["train"]["losses"][0]["loss"],
                              "final_loss": r["train"]["losses"][-1]["loss"], "seconds": round(r["train"]["seconds"], 1)}
@@ -140,10 +146,10 @@ assert (composition["step0_max_logit_gap"] == 0).all() or not config.zero_init, 
 import matplotlib.pyplot as plt
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for r in calm_runs:
+for r in calm_runs + lora_runs:
     steps = [p["step"] for p in r["train"]["losses"]]
     ax.plot(steps, [p["loss"] for p in r["train"]["losses"]], label=f"{r['model']}, seed {r['seed']}")
-ax.set_xlabel("step"); ax.set_ylabel("training loss (answer tokens)"); ax.set_title("CALM training on KV arithmetic")
+ax.set_xlabel("step"); ax.set_ylabel("training loss (answer tokens)"); ax.set_title("Training the compositions and the LoRA baseline")
 ax.legend()
 run.save_figure(fig, "training_loss")
 """),
@@ -193,6 +199,9 @@ for rotary in sorted({r for _, r in config.runs}):
         if r == rotary and augment != "trained":
             mine.append(C.compare(records, "kv", calm, C.run_name(augment, rotary),
                                   f"KV arithmetic: {calm} over the trained m_A beats it over the {augment} m_A"))
+    if lora_runs:
+        mine.append(C.compare(records, "kv", calm, C.LORA,
+                              f"KV arithmetic: {calm} beats the anchor with a LoRA of as many parameters"))
     if inputs.rows[C.CONTROL]["train"]:
         control = C.run_name("trained", rotary, C.CONTROL)
         mine.append(C.compare(records, C.CONTROL, control, "anchor",
@@ -216,6 +225,10 @@ for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
     elif ablations and all(c["verdict"] == "shown" for c in ablations):
         lines.append(f"{calm} does better over the trained m_A than over the vanilla and the random one: what it gains comes "
                      "from m_A's knowledge of the keys.")
+    lora = [c for c in mine if c["claim"].endswith("LoRA of as many parameters")]
+    if lora:
+        lines.append(f"LoRA baseline: on the held-out keys {calm} answers {lora[0]['higher']:.1f}%, the anchor with a LoRA "
+                     f"of as many parameters {lora[0]['lower']:.1f}% (**{lora[0]['verdict']}**).")
     copying = [c for c in mine if c["task"] == C.CONTROL]
     if copying:
         c = copying[0]
