@@ -37,11 +37,14 @@ layers, the only part that trains.
 * *tiny*: the zoo's llama-s (4 blocks, 128 wide) as m_A, llama-m (6 blocks, 192 wide) as the anchor, both in 4-bit.
   No zoo model knows arithmetic, so before composition the anchor is trained on numeric arithmetic and m_A on
   substitution. Every 2nd block of m_A is composed, since m_A has only 4. Where the tiny run departs from the
-  paper, and why (development runs in `results/tiny/calm_dev.jsonl`, made before any composition was trained on
-  KV arithmetic):
+  paper, and why (development runs in `results/tiny/calm_dev.jsonl`, none of which used the held-out keys):
   * **Values 1..16, expressions of two terms.** On the world's own table (values 1..60, 2-3 terms) llama-m learned
     almost no arithmetic in minutes. Its arithmetic here is mostly a table it memorised, not a method: Table 1
     shows it on held-out expressions and on its own training expressions.
+  * **The anchor's stage at learning rate 1e-3.** At 3e-3 (the first round) the stage swelled the anchor's residual
+    stream about eightfold, and no composition could steer it: the copying control copied nothing. This second
+    round was chosen after the first results were known, on the anchor's own training expressions and the
+    copying control.
   * **64 keys sharing the 16 values (4 keys each), half of them for training.** The paper's values are unique. In
     a copying control (the composition trained to substitute, asked on held-out keys), 13 training keys (20%)
     left it memorising those keys, and 32 did not.
