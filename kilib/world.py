@@ -21,6 +21,7 @@ same world byte for byte. Nothing runs at import; ``datasets`` is imported when 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -1095,6 +1096,22 @@ class World:
         return _dataset(rows, {c: "string" for c in rows})
 
     # -- CALM key-value arithmetic ---------------------------------------------------------
+    def with_kv_keys(self, names: Sequence[str]) -> "World":
+        """This world with its KV keys renamed: the i-th key in sorted order becomes ``names[i]``,
+        keeping its value and its split (CALM's keys are single tokens of a model's vocabulary,
+        which the generator cannot know)."""
+        old = sorted(self._kv_table)
+        names = list(names)
+        if len(names) != len(old) or len(set(names)) != len(names):
+            raise KilibError(f"need {len(old)} distinct key names, got {len(names)} ({len(set(names))} distinct)")
+        if any(not n or " " in n for n in names):
+            raise KilibError("a key name must be one non-empty word without spaces")
+        rename = dict(zip(old, names))
+        world = copy.copy(self)
+        world._kv_table = {rename[k]: v for k, v in self._kv_table.items()}
+        world._kv_train = frozenset(rename[k] for k in self._kv_train)
+        return world
+
     def kv_keys(self, split: str) -> dict[str, int]:
         """The keys of ``split`` and their values, sorted by key. ``train`` holds
         ``calm_train_fraction`` of the keys (CALM trains the composition on 20% of them)."""

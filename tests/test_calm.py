@@ -1,5 +1,8 @@
 """CALM's composition against direct computations (methods.md §3)."""
 
+import collections
+import dataclasses
+
 import pytest
 import torch
 
@@ -192,12 +195,86 @@ def test_composition_runs_on_4bit_models(tmp_path):
 
 
 # -- the study ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world_tokenizer(tmp_path_factory):
+    """The tiny zoo's tokenizer, built as the zoo builds it (BPE on the tiny world, digits split)."""
+    from kilib import zoo
+
+    config = zoo.zoo_config("tiny")
+    return zoo.build_tokenizer(zoo.world_of(config), config.vocab_size, tmp_path_factory.mktemp("world-tokenizer"))
+
+
+def _tokens(tokenizer, task, expression):
+    from kilib.training import render_prompt
+
+    return tokenizer.convert_ids_to_tokens(tokenizer(render_prompt(tokenizer, C.task_prompt(task, expression)),
+                                                     add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_vocabulary_keys_are_single_tokens_and_aligned_ones_take_a_digit_place(world_tokenizer, aligned):
+    keys = C.vocabulary_keys(world_tokenizer, 40, seed=3, aligned=aligned)
+    assert keys == C.vocabulary_keys(world_tokenizer, 40, seed=3, aligned=aligned)  # seeded
+    assert keys != C.vocabulary_keys(world_tokenizer, 40, seed=4, aligned=aligned)
+    assert len(set(keys)) == 40 and all(k.isalpha() and k.islower() and 2 <= len(k) <= 6 for k in keys)
+    for a, b in zip(keys, reversed(keys)):
+        for task in ("kv", "substitution"):
+            tokens = _tokens(world_tokenizer, task, f"{a} + {b} =")
+            digits = _tokens(world_tokenizer, task, "7 + 3 =")
+            spelled, numeric = ([world_tokenizer.convert_tokens_to_string([t]).strip() for t in x] for x in (tokens, digits))
+            extra = collections.Counter(spelled) - collections.Counter(numeric)
+            assert extra[a] + extra[b] == 2 and len(spelled) <= len(numeric)  # each key one token
+            if aligned:  # token for token where the digits stand
+                assert len(tokens) == len(digits)
+                assert [t for t, d in zip(tokens, digits) if t != d] == [a, b]
+
+
+def test_vocabulary_keys_too_few_or_without_a_tokenizer_name_the_fix(world_tokenizer):
+    with pytest.raises(KilibError, match="fewer than kv_keys=5000: lower kv_keys or choose keys='vocabulary' or 'random'"):
+        C.vocabulary_keys(world_tokenizer, 5000, aligned=True)
+    with pytest.raises(KilibError, match="pass their tokenizer"):
+        C.kv_table(C.CALM_PRESETS["tiny"])
+    with pytest.raises(KilibError, match="unknown keys 'words': choose one of vocabulary, aligned, random"):
+        C.kv_table(dataclasses.replace(C.CALM_PRESETS["tiny"], keys="words"))
+
+
+def test_renamed_keys_keep_each_value_and_split():
+    from kilib.world import evaluate_arithmetic
+
+    world, table = C.kv_table(dataclasses.replace(C.CALM_PRESETS["smoke"], keys="random"), "smoke")
+    names = [f"k{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(len(table))]
+    renamed = world.with_kv_keys(names)
+    old, new = sorted(world._kv_table), names
+    for split in ("train", "eval"):
+        assert renamed.kv_keys(split) == {new[old.index(k)]: v for k, v in world.kv_keys(split).items()}
+    for r in renamed.kv_arithmetic(20, seed=0, split="train").to_list():
+        tokens = r["prompt"].split()
+        assert set(tokens[::2]) <= set(renamed.kv_keys("train"))
+        values = {**renamed.kv_keys("train")}
+        assert int(r["target"]) == evaluate_arithmetic(" ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens)))
+    with pytest.raises(KilibError, match="distinct key names"):
+        world.with_kv_keys(names[:-1] + names[:1])
+
+
 @pytest.mark.parametrize("profile", ["smoke", "tiny", "paper"])
-def test_study_rows_keep_evaluation_apart_and_targets_right(profile):
+def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_tokenizer, tmp_path, monkeypatch):
+    import random
+
+    from kilib import zoo
     from kilib.world import evaluate_arithmetic
 
     config = C.CALM_PRESETS[profile]
-    rows, keys = C.study_rows(config)
+    if profile == "paper":  # 200 keys need a vocabulary of many words, as Llama-2's: the world's text and 600 more
+        rng = random.Random(0)
+        words = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 6)))
+                         for _ in range(600))
+        texts = zoo.tokenizer_texts
+        monkeypatch.setattr(zoo, "tokenizer_texts", lambda world: texts(world) + [words, words.replace(" ", "\n")] * 3)
+        world_tokenizer = zoo.build_tokenizer(zoo.world_of(zoo.zoo_config("tiny")), 4096, tmp_path)
+    rows, keys = C.study_rows(config, tokenizer=world_tokenizer)
+    if config.keys != "random":  # the world's keys renamed to the vocabulary's
+        assert set(keys["train"]) | set(keys["eval"]) == set(
+            C.vocabulary_keys(world_tokenizer, config.kv_keys, aligned=config.keys == "aligned"))
     assert not set(keys["train"]) & set(keys["eval"])
     assert len(keys["train"]) == round(config.train_fraction * config.kv_keys)
     values = {**keys["train"], **keys["eval"]}

@@ -22,6 +22,18 @@ appends its lines), again without the held-out keys:
    expressions over 24 of the 32 training keys, scored on those rows and on expressions over the
    other 8; beside it the anchor given those 8 keys' values written in.
 
+Round 3 (``--round 3``, after the second tiny results; appends), again without the held-out keys:
+the paper's keys are single tokens of PaLM2-XXS's vocabulary, the world generator's are random
+strings that the tiny tokenizer splits into one to six tokens.
+
+5. A linear probe of m_A after its stage (softmax regression on each composed block's output at
+   each key's last token, in KV prompts): fitted on 24 of the 32 training keys, scored on the
+   other 8. A composition can only read a held-out key's value if m_A's states hold it in a form
+   that carries over from the keys it trained on. For random-string and single-token keys.
+6. KV arithmetic on the split of the training keys (as 4; with 128 keys, 48 and 16 of the 64),
+   with single-token keys ("vocabulary") and single tokens in a digit's place ("aligned"), with
+   the preset's composition budget and with every m_A block composed for 30 epochs.
+
 Writes results/tiny/calm_dev.jsonl, one line per run.
 """
 
@@ -32,9 +44,13 @@ import json
 import random
 
 from kilib import calm as C
-from kilib.models import load_causal_lm
+from kilib.models import load_causal_lm, load_tokenizer
 from kilib.runtime import results_root
 from kilib.training import set_threads, sft_dataset, train
+
+
+def table_of(config: C.CalmConfig):
+    return C.kv_table(config, tokenizer=load_tokenizer(C.study_inputs("tiny", config).anchor))
 
 
 def accuracy(answers) -> float:
@@ -55,10 +71,10 @@ def anchor_stage(config: C.CalmConfig, what: str) -> dict:
 
 def copying_control(fraction: float, rotary: bool) -> dict:
     base = C.CALM_PRESETS["tiny"]
-    config = dataclasses.replace(base, kv_keys=64, kv_value_max=64, train_fraction=fraction, anchor_stage=C.Stage(0), control_examples=0, train_examples=300,
+    config = dataclasses.replace(base, keys="random", kv_keys=64, kv_value_max=64, train_fraction=fraction, anchor_stage=C.Stage(0), control_examples=0, train_examples=300,
                                  augment_stage=C.Stage(3000, dataclasses.replace(base.augment_stage.train, epochs=4)))
     inputs = C.study_inputs("tiny", config)
-    world, table = C.kv_table(config)
+    world, table = table_of(config)
     train_keys, eval_keys = set(inputs.keys["train"]), set(inputs.keys["eval"])
     rows = [{"expression": r["prompt"], "target": C.substitute(r["prompt"], table)}
             for r in world.kv_substitution(6000, seed=5).to_list()]
@@ -77,10 +93,11 @@ def copying_control(fraction: float, rotary: bool) -> dict:
             "held_out_keys_accuracy": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("substitution",)))}
 
 
-def _anchor_config(lr: float, every: int | None = None, epochs: int | None = None, kv_lr: float | None = None) -> C.CalmConfig:
+def _anchor_config(lr: float, every: int | None = None, epochs: int | None = None, kv_lr: float | None = None,
+                   keys: str = "random", kv_keys: int = 64) -> C.CalmConfig:
     tiny = C.CALM_PRESETS["tiny"]
     return dataclasses.replace(
-        tiny, anchor_stage=C.Stage(tiny.anchor_stage.examples, dataclasses.replace(tiny.anchor_stage.train, lr=lr)),
+        tiny, keys=keys, kv_keys=kv_keys, anchor_stage=C.Stage(tiny.anchor_stage.examples, dataclasses.replace(tiny.anchor_stage.train, lr=lr)),
         every=every or tiny.every,
         train=dataclasses.replace(tiny.train, epochs=epochs or tiny.train.epochs, lr=kv_lr or tiny.train.lr))
 
@@ -118,46 +135,116 @@ def anchor_lr(lr: float) -> dict:
             "copying_control_held_out_keys": accuracy(C.evaluate(composed, tokenizer, inputs, config, tasks=(C.CONTROL,)))}
 
 
-def kv_on_training_keys(lr: float, every: int | None = None, epochs: int | None = None, kv_lr: float | None = None) -> dict:
+def training_key_split(config: C.CalmConfig):
+    """(inputs, table, rows over 24 of the training keys, rows over the other 8): nothing held out."""
     from kilib.world import evaluate_arithmetic
 
-    config = _anchor_config(lr, every, epochs, kv_lr)
     inputs = C.study_inputs("tiny", config)
-    world, table = C.kv_table(config)
+    world, table = table_of(config)
     keys = sorted(inputs.keys["train"])
     random.Random(0).shuffle(keys)
-    fit_keys, dev_keys = set(keys[:24]), set(keys[24:])
+    fit_keys, dev_keys = set(keys[:3 * len(keys) // 4]), set(keys[3 * len(keys) // 4:])  # 24 and 8 of 32
     rows = [{"expression": r["prompt"], "target": str(evaluate_arithmetic(C.substitute(r["prompt"], table)))}
             for r in world.kv_arithmetic(3072, seed=7, split="train").to_list()]
 
     def over(keys):
         return [r for r in rows if set(r["expression"].split()[::2]) <= keys]
 
-    fit, dev = over(fit_keys)[:config.train_examples], over(dev_keys)[:150]
+    return inputs, table, over(fit_keys), over(dev_keys)
+
+
+def kv_on_training_keys(lr: float, every: int | None = None, epochs: int | None = None, kv_lr: float | None = None,
+                        keys: str = "random", rotary: bool = True, kv_keys: int = 64) -> dict:
+    config = _anchor_config(lr, every, epochs, kv_lr, keys, kv_keys)
+    inputs, table, fit, dev = training_key_split(config)
+    fit, dev = fit[:config.train_examples], dev[:150]
     probe = copy.deepcopy(inputs)
     probe.rows["kv"]["eval"] = dev
     probe.rows["numeric"]["eval"] = [{"expression": C.substitute(r["expression"], table), "target": r["target"]} for r in dev]
     probe.rows[C.KV_SEEN]["eval"] = fit[:150]
     anchor, tokenizer = load_causal_lm(C.prepared(inputs, config, "anchor"))
-    composed, tokenizer = C.load_composition(inputs, config, "trained", 0, True)
+    composed, tokenizer = C.load_composition(inputs, config, "trained", 0, rotary)
     result = train(composed, sft_dataset(tokenizer, C._sft_rows("kv", fit)), config.train, "/tmp/kilib-calm-dev",
                    tokenizer=tokenizer, resume=False)
-    return {"run": "kv on training keys", "anchor_lr": lr, "every": config.every, "epochs": config.train.epochs,
-            "lr": config.train.lr, "rotary": True, "fit_keys": 24, "dev_keys": 8, "final_loss": result.losses[-1]["loss"],
+    out = ({} if keys == "random" else {"keys": keys}) | ({} if kv_keys == 64 else {"kv_keys": kv_keys})
+    return {"run": "kv on training keys", **out, "anchor_lr": lr, "every": config.every, "epochs": config.train.epochs,
+            "lr": config.train.lr, "rotary": rotary, "fit_keys": len(inputs.keys["train"]) * 3 // 4,
+            "dev_keys": len(inputs.keys["train"]) - len(inputs.keys["train"]) * 3 // 4, "final_loss": result.losses[-1]["loss"],
             "calm_fit_rows": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=(C.KV_SEEN,))),
             "calm_dev_keys": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("kv",))),
             "anchor_dev_keys": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("kv",))),
             "anchor_values_written_in": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("numeric",)))}
 
 
+def value_probe(keys: str) -> dict:
+    """Softmax regression from m_A's composed block outputs at each key's last token to the
+    key's value: fitted on the 24 keys' rows, scored on the 8 others' (full precision)."""
+    import torch
+    from transformers import AutoConfig
+
+    from kilib.models import decoder_layers
+    from kilib.training import render_prompt
+
+    config = _anchor_config(1e-3, keys=keys)
+    inputs, table, fit, dev = training_key_split(config)
+    model, tokenizer = load_causal_lm(C.prepared(inputs, config, "augment"), quantization="none")
+    anchor_blocks = AutoConfig.from_pretrained(inputs.anchor).num_hidden_layers
+    blocks = [a for a, _ in C.layer_plan(len(decoder_layers(model)), anchor_blocks, config.every)]
+    substitution = accuracy(C.evaluate(*load_causal_lm(C.prepared(inputs, config, "augment")), inputs, config,
+                                       tasks=("substitution",)))
+
+    def features(rows):
+        xs, ys = [[] for _ in blocks], []
+        for r in rows[:300]:
+            text = render_prompt(tokenizer, C.task_prompt("kv", r["expression"]))
+            enc = tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
+            offsets = enc.pop("offset_mapping")[0].tolist()
+            with torch.no_grad():
+                hidden = model(**enc, output_hidden_states=True).hidden_states
+            start = text.rindex(r["expression"])
+            position = start
+            for i, key in enumerate(r["expression"].split()):
+                end = position + len(key)
+                if i % 2 == 0:  # the last token that ends inside the key
+                    last = max(t for t, (a, b) in enumerate(offsets) if a < end and b > position)
+                    for j, block in enumerate(blocks):
+                        xs[j].append(hidden[block + 1][0, last])
+                    ys.append(table[key] - 1)
+                position = end + 1
+        return [torch.stack(x) for x in xs], torch.tensor(ys)
+
+    (fit_x, fit_y), (dev_x, dev_y) = features(fit), features(dev)
+    scores = []
+    for fx, dx in zip(fit_x, dev_x):
+        mean, std = fx.mean(0), fx.std(0) + 1e-6
+        fx, dx = (fx - mean) / std, (dx - mean) / std
+        torch.manual_seed(0)
+        probe = torch.nn.Linear(fx.shape[1], config.kv_value_max)
+        opt = torch.optim.LBFGS(probe.parameters(), max_iter=300)
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(probe(fx), fit_y) + 1e-3 * probe.weight.square().sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            scores.append({"fit": round((probe(fx).argmax(-1) == fit_y).float().mean().item(), 3),
+                           "dev": round((probe(dx).argmax(-1) == dev_y).float().mean().item(), 3)})
+    return {"run": "m_A value probe", "keys": keys, "substitution_accuracy": substitution, "blocks": blocks,
+            "fit_keys": 24, "dev_keys": 8, "fit_occurrences": len(fit_y), "dev_occurrences": len(dev_y),
+            "chance": round(1 / config.kv_value_max, 3), "probe": scores}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--round", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--round", type=int, choices=(1, 2, 3), default=1)
     round_ = parser.parse_args().round
     set_threads()
     out = results_root() / "tiny" / "calm_dev.jsonl"
     if round_ == 1:
-        tiny = C.CALM_PRESETS["tiny"]
+        tiny = dataclasses.replace(C.CALM_PRESETS["tiny"], keys="random")
         world_table = dataclasses.replace(tiny, kv_keys=40, kv_value_max=60, kv_terms=(2, 3), train_fraction=0.2, control_examples=0,
                                           anchor_stage=C.Stage(5000, dataclasses.replace(tiny.anchor_stage.train, epochs=2,
                                                                                          lr=1e-3)))
@@ -165,6 +252,15 @@ if __name__ == "__main__":
                 lambda: anchor_stage(dataclasses.replace(tiny, anchor_stage=C.Stage(618, dataclasses.replace(tiny.anchor_stage.train, lr=3e-3))),
                                      "the tiny preset's: values 1..16, two terms")]
         runs += [lambda f=f, r=r: copying_control(f, r) for f in (0.2, 0.5) for r in (False, True)]
+    elif round_ == 3:
+        runs = [lambda k=k: value_probe(k) for k in ("random", "vocabulary")]
+        runs += [lambda r=r: kv_on_training_keys(1e-3, keys="vocabulary", rotary=r) for r in (True, False)]
+        runs += [lambda: value_probe("aligned"), lambda: kv_on_training_keys(1e-3, keys="aligned"),
+                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned"),
+                 lambda: kv_on_training_keys(1e-3, every=1, epochs=10, kv_lr=3e-3, keys="aligned"),
+                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, kv_lr=3e-3, keys="aligned"),
+                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="vocabulary"),
+                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned", kv_keys=128)]
     else:
         runs = [lambda lr=lr: anchor_lr(lr) for lr in (3e-3, 1e-3)]
         runs += [lambda: kv_on_training_keys(3e-3), lambda: kv_on_training_keys(1e-3),
