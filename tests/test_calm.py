@@ -256,6 +256,40 @@ def test_renamed_keys_keep_each_value_and_split():
         world.with_kv_keys(names[:-1] + names[:1])
 
 
+def test_key_states_are_each_key_last_token_block_output_batched_as_alone():
+    from kilib.training import render_prompt
+
+    tok = make_tokenizer()
+    model = make_model("llama", tok)
+    rows = [{"expression": "won + cup x the"}, {"expression": "rovers - it"}, {"expression": "the + year"}]
+    features, keys = C.key_states(model, tok, rows, blocks=[0], batch_size=2)
+    assert keys == ["won", "cup", "the", "rovers", "it", "the", "year"]
+    expected = []
+    for r in rows:  # each prompt alone; a key's last token is the last token of the text up to the key's end
+        text = render_prompt(tok, C.task_prompt("kv", r["expression"]))
+        with torch.no_grad():
+            block0 = model(**tok(text, return_tensors="pt"), output_hidden_states=True).hidden_states[1][0]
+        where = text.rindex(r["expression"])
+        for j, term in enumerate(r["expression"].split()):
+            if j % 2 == 0:
+                expected.append(block0[len(tok(text[:where + len(term)])["input_ids"]) - 1])
+            where += len(term) + 1
+    torch.testing.assert_close(features[0], torch.stack(expected), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_probe_reads_a_planted_code_and_not_noise():
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randn(8, 32, generator=gen)
+    fit_y, test_y = torch.arange(200) % 8, torch.arange(100) % 8
+    fit_x, test_x = (codes[y] + 0.3 * torch.randn(len(y), 32, generator=gen) for y in (fit_y, test_y))
+    planted = C.linear_probe(fit_x, fit_y, test_x, test_y)
+    assert planted["fit"] == 1.0 and planted["test"] > 0.95 and planted["test_items"] == 100
+    noise = C.linear_probe(torch.randn(200, 32, generator=gen), fit_y, torch.randn(100, 32, generator=gen), test_y)
+    assert noise["test"] < 0.3  # chance is 1/8
+    unseen = C.linear_probe(fit_x, fit_y, test_x, test_y + 8 * (test_y % 2))  # half the test labels never fitted
+    assert unseen["test_items"] == 50
+
+
 @pytest.mark.parametrize("profile", ["smoke", "tiny", "paper"])
 def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_tokenizer, tmp_path, monkeypatch):
     import random

@@ -207,6 +207,10 @@ def test_03_calm_composition_smoke():
     values = C.TASK_NAMES[C.VALUES]
     assert m["anchor_given_values"] == table[(values, "anchor")]["accuracy"]
     assert [(d["model"], d["task"]) for d in m["diagnosis"]] == [("calm", C.KV_SEEN), ("calm (rotary)", C.KV_SEEN)]
+    probes = m["value_probe"]  # every composed m_A block, for the trained and the vanilla m_A
+    assert [(p["m_A"], p["block"]) for p in probes] == [(a, b) for a in ("trained", "vanilla") for b, _ in m["plan"]]
+    for p in probes:  # 10 values shared by 20 keys: some held-out value is a training key's
+        assert p["held_out_occurrences"] > 0 and 0.0 <= p["held_out_keys"] <= 100.0 and p["chance"] == 10.0
     import pandas as pd
 
     folder = results_root() / "smoke" / "03_calm_composition"

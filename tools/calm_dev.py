@@ -32,7 +32,8 @@ strings that the tiny tokenizer splits into one to six tokens.
    that carries over from the keys it trained on. For random-string and single-token keys.
 6. KV arithmetic on the split of the training keys (as 4; with 128 keys, 48 and 16 of the 64),
    with single-token keys ("vocabulary") and single tokens in a digit's place ("aligned"), with
-   the preset's composition budget and with every m_A block composed for 30 epochs.
+   the preset's composition budget and with every m_A block composed for 30 epochs; then, after the
+   tiny run of the chosen preset, with weight decay on the bridges (1.0 and 0.1).
 
 Writes results/tiny/calm_dev.jsonl, one line per run.
 """
@@ -71,7 +72,7 @@ def anchor_stage(config: C.CalmConfig, what: str) -> dict:
 
 def copying_control(fraction: float, rotary: bool) -> dict:
     base = C.CALM_PRESETS["tiny"]
-    config = dataclasses.replace(base, keys="random", kv_keys=64, kv_value_max=64, train_fraction=fraction, anchor_stage=C.Stage(0), control_examples=0, train_examples=300,
+    config = dataclasses.replace(base, keys="random", every=2, kv_keys=64, kv_value_max=64, train_fraction=fraction, anchor_stage=C.Stage(0), control_examples=0, train_examples=300,
                                  augment_stage=C.Stage(3000, dataclasses.replace(base.augment_stage.train, epochs=4)))
     inputs = C.study_inputs("tiny", config)
     world, table = table_of(config)
@@ -93,13 +94,15 @@ def copying_control(fraction: float, rotary: bool) -> dict:
             "held_out_keys_accuracy": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("substitution",)))}
 
 
-def _anchor_config(lr: float, every: int | None = None, epochs: int | None = None, kv_lr: float | None = None,
-                   keys: str = "random", kv_keys: int = 64) -> C.CalmConfig:
+def _anchor_config(lr: float, every: int = 2, epochs: int = 10, kv_lr: float = 1e-3, keys: str = "random",
+                   kv_keys: int = 64, weight_decay: float = 0.0) -> C.CalmConfig:
+    """The tiny preset as rounds 1 and 2 had it (every 2nd m_A block, 10 epochs at 1e-3, the
+    world's random keys), with the anchor's stage at ``lr`` and the given changes."""
     tiny = C.CALM_PRESETS["tiny"]
     return dataclasses.replace(
-        tiny, keys=keys, kv_keys=kv_keys, anchor_stage=C.Stage(tiny.anchor_stage.examples, dataclasses.replace(tiny.anchor_stage.train, lr=lr)),
-        every=every or tiny.every,
-        train=dataclasses.replace(tiny.train, epochs=epochs or tiny.train.epochs, lr=kv_lr or tiny.train.lr))
+        tiny, keys=keys, kv_keys=kv_keys, every=every,
+        anchor_stage=C.Stage(tiny.anchor_stage.examples, dataclasses.replace(tiny.anchor_stage.train, lr=lr)),
+        train=dataclasses.replace(tiny.train, epochs=epochs, lr=kv_lr, weight_decay=weight_decay))
 
 
 def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
@@ -153,9 +156,9 @@ def training_key_split(config: C.CalmConfig):
     return inputs, table, over(fit_keys), over(dev_keys)
 
 
-def kv_on_training_keys(lr: float, every: int | None = None, epochs: int | None = None, kv_lr: float | None = None,
-                        keys: str = "random", rotary: bool = True, kv_keys: int = 64) -> dict:
-    config = _anchor_config(lr, every, epochs, kv_lr, keys, kv_keys)
+def kv_on_training_keys(lr: float, every: int = 2, epochs: int = 10, kv_lr: float = 1e-3, keys: str = "random",
+                        rotary: bool = True, kv_keys: int = 64, weight_decay: float = 0.0) -> dict:
+    config = _anchor_config(lr, every, epochs, kv_lr, keys, kv_keys, weight_decay)
     inputs, table, fit, dev = training_key_split(config)
     fit, dev = fit[:config.train_examples], dev[:150]
     probe = copy.deepcopy(inputs)
@@ -166,7 +169,8 @@ def kv_on_training_keys(lr: float, every: int | None = None, epochs: int | None 
     composed, tokenizer = C.load_composition(inputs, config, "trained", 0, rotary)
     result = train(composed, sft_dataset(tokenizer, C._sft_rows("kv", fit)), config.train, "/tmp/kilib-calm-dev",
                    tokenizer=tokenizer, resume=False)
-    out = ({} if keys == "random" else {"keys": keys}) | ({} if kv_keys == 64 else {"kv_keys": kv_keys})
+    out = ({} if keys == "random" else {"keys": keys}) | ({} if kv_keys == 64 else {"kv_keys": kv_keys}) | (
+        {"weight_decay": weight_decay} if weight_decay else {})
     return {"run": "kv on training keys", **out, "anchor_lr": lr, "every": config.every, "epochs": config.train.epochs,
             "lr": config.train.lr, "rotary": rotary, "fit_keys": len(inputs.keys["train"]) * 3 // 4,
             "dev_keys": len(inputs.keys["train"]) - len(inputs.keys["train"]) * 3 // 4, "final_loss": result.losses[-1]["loss"],
@@ -177,64 +181,26 @@ def kv_on_training_keys(lr: float, every: int | None = None, epochs: int | None 
 
 
 def value_probe(keys: str) -> dict:
-    """Softmax regression from m_A's composed block outputs at each key's last token to the
-    key's value: fitted on the 24 keys' rows, scored on the 8 others' (full precision)."""
+    """calm.linear_probe on m_A's composed block outputs at each key's last token (calm.key_states,
+    m_A in 4-bit as composed): fitted on the 24 keys' rows, scored on the 8 others'."""
     import torch
     from transformers import AutoConfig
 
     from kilib.models import decoder_layers
-    from kilib.training import render_prompt
 
     config = _anchor_config(1e-3, keys=keys)
     inputs, table, fit, dev = training_key_split(config)
-    model, tokenizer = load_causal_lm(C.prepared(inputs, config, "augment"), quantization="none")
+    model, tokenizer = load_causal_lm(C.prepared(inputs, config, "augment"))
     anchor_blocks = AutoConfig.from_pretrained(inputs.anchor).num_hidden_layers
     blocks = [a for a, _ in C.layer_plan(len(decoder_layers(model)), anchor_blocks, config.every)]
-    substitution = accuracy(C.evaluate(*load_causal_lm(C.prepared(inputs, config, "augment")), inputs, config,
-                                       tasks=("substitution",)))
-
-    def features(rows):
-        xs, ys = [[] for _ in blocks], []
-        for r in rows[:300]:
-            text = render_prompt(tokenizer, C.task_prompt("kv", r["expression"]))
-            enc = tokenizer(text, return_tensors="pt", return_offsets_mapping=True)
-            offsets = enc.pop("offset_mapping")[0].tolist()
-            with torch.no_grad():
-                hidden = model(**enc, output_hidden_states=True).hidden_states
-            start = text.rindex(r["expression"])
-            position = start
-            for i, key in enumerate(r["expression"].split()):
-                end = position + len(key)
-                if i % 2 == 0:  # the last token that ends inside the key
-                    last = max(t for t, (a, b) in enumerate(offsets) if a < end and b > position)
-                    for j, block in enumerate(blocks):
-                        xs[j].append(hidden[block + 1][0, last])
-                    ys.append(table[key] - 1)
-                position = end + 1
-        return [torch.stack(x) for x in xs], torch.tensor(ys)
-
-    (fit_x, fit_y), (dev_x, dev_y) = features(fit), features(dev)
-    scores = []
-    for fx, dx in zip(fit_x, dev_x):
-        mean, std = fx.mean(0), fx.std(0) + 1e-6
-        fx, dx = (fx - mean) / std, (dx - mean) / std
-        torch.manual_seed(0)
-        probe = torch.nn.Linear(fx.shape[1], config.kv_value_max)
-        opt = torch.optim.LBFGS(probe.parameters(), max_iter=300)
-
-        def closure():
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(probe(fx), fit_y) + 1e-3 * probe.weight.square().sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            scores.append({"fit": round((probe(fx).argmax(-1) == fit_y).float().mean().item(), 3),
-                           "dev": round((probe(dx).argmax(-1) == dev_y).float().mean().item(), 3)})
+    substitution = accuracy(C.evaluate(model, tokenizer, inputs, config, tasks=("substitution",)))
+    (fit_x, fit_keys), (dev_x, dev_keys) = (C.key_states(model, tokenizer, rows[:300], blocks) for rows in (fit, dev))
+    fit_y, dev_y = (torch.tensor([table[k] for k in keys]) for keys in (fit_keys, dev_keys))
+    scores = [C.linear_probe(fx, fit_y, dx, dev_y) for fx, dx in zip(fit_x, dev_x)]
     return {"run": "m_A value probe", "keys": keys, "substitution_accuracy": substitution, "blocks": blocks,
             "fit_keys": 24, "dev_keys": 8, "fit_occurrences": len(fit_y), "dev_occurrences": len(dev_y),
-            "chance": round(1 / config.kv_value_max, 3), "probe": scores}
+            "chance": round(1 / config.kv_value_max, 3),
+            "probe": [{"fit": round(p["fit"], 3), "dev": round(p["test"], 3)} for p in scores]}
 
 
 if __name__ == "__main__":
@@ -261,6 +227,9 @@ if __name__ == "__main__":
                  lambda: kv_on_training_keys(1e-3, every=1, epochs=30, kv_lr=3e-3, keys="aligned"),
                  lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="vocabulary"),
                  lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned", kv_keys=128)]
+        # after the tiny run of this preset (its compositions fitted their training keys, not held-out ones):
+        runs += [lambda wd=wd: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned", weight_decay=wd)
+                 for wd in (1.0, 0.1)]
     else:
         runs = [lambda lr=lr: anchor_lr(lr) for lr in (3e-3, 1e-3)]
         runs += [lambda: kv_on_training_keys(3e-3), lambda: kv_on_training_keys(1e-3),

@@ -17,7 +17,9 @@ layers, the only part that trains.
   caches (tested against recomputing both on the whole sequence).
 * **Start.** The value projections start at zero, so the composed model is the anchor at step 0 (checked below).
 
-**Table 1, key-value arithmetic.** Keys are short strings mapped to integers.
+**Table 1, key-value arithmetic.** Keys are short strings mapped to integers. As in the paper, which took them from
+PaLM2-XXS's vocabulary, each key is one token of the models' vocabulary (2-6 letters), so m_A can tie a value to
+it.
 * m_A is trained on substitution (`fo + ba` → `10 + 22`) over all keys.
 * The anchor knows numeric arithmetic (`10 + 22` → `32`, x before + and −).
 * CALM is trained on KV arithmetic (`fo + ba` → `32`) over part of the keys, and evaluated on expressions over the
@@ -36,7 +38,7 @@ layers, the only part that trains.
 **Profiles.**
 * *tiny*: the zoo's llama-s (4 blocks, 128 wide) as m_A, llama-m (6 blocks, 192 wide) as the anchor, both in 4-bit.
   No zoo model knows arithmetic, so before composition the anchor is trained on numeric arithmetic and m_A on
-  substitution. Every 2nd block of m_A is composed, since m_A has only 4. Where the tiny run departs from the
+  substitution. Every block of m_A is composed (4 pairs), since m_A has only 4. Where the tiny run departs from the
   paper, and why (development runs in `results/tiny/calm_dev.jsonl`, none of which used the held-out keys):
   * **Values 1..16, expressions of two terms.** On the world's own table (values 1..60, 2-3 terms) llama-m learned
     almost no arithmetic in minutes. Its arithmetic here is mostly a table it memorised, not a method: Table 1
@@ -48,13 +50,23 @@ layers, the only part that trains.
   * **64 keys sharing the 16 values (4 keys each), half of them for training.** The paper's values are unique. In
     a copying control (the composition trained to substitute, asked on held-out keys), 13 training keys (20%)
     left it memorising those keys, and 32 did not.
+  * **Keys that take a digit's place** (the third round, chosen after the second results on a split of the
+    *training* keys: fitted on 24, scored on the other 8). The world generator's keys are random strings, one to
+    six tokens each here; a linear probe read a key's value from m_A's states for 19-24% of unseen keys. Single
+    tokens raised that to 60-67%, and single tokens that stand where the tokenizer puts a digit (after a space
+    token of its own, so `ame + ke` is tokenized as `7 + 3` is) to 88%.
+  * **Every m_A block composed, for 30 epochs.** With every 2nd block for 10 epochs (the first two rounds), no
+    composition fitted more than 11% of its own training rows, whatever the keys. Every block for 30 epochs
+    fitted 51% and answered 13% over the other 8 keys, where the anchor alone answered 6%. It costs three times
+    the training time.
   * **A second CALM with rotary positions in the cross-attention** (kilib's addition). The paper's cross-attention
-    has no positions, and in the copying control it learned nothing on held-out keys; with rotary positions on its
-    queries and keys it did. The ablations (vanilla and random m_A) run on this one.
+    has no positions. In the first round's copying control, over the world's random-string keys, it learned
+    nothing on held-out keys, and with rotary positions on its queries and keys it did. The ablations (vanilla and
+    random m_A) run on this one.
 * *paper*: TinyLlama 1.1B as m_A (same tokenizer as Llama-2) into Llama-2 7B (gated: accept the licence and set
   `HF_TOKEN`), both in 4-bit.
   * m_A is first fine-tuned on substitution in full precision.
-  * 200 keys with values 1..1000, expressions of 3-6 terms, 20% of the keys for training.
+  * 200 keys, each one token of the Llama-2 vocabulary, with values 1..1000, expressions of 3-6 terms, 20% of the keys for training.
   * The paper composed PaLM2-XXS into PaLM2-XS, and its own table sizes are not in our notes.
 """),
 ("params", r"""
@@ -247,9 +259,27 @@ display(Markdown("\n\n".join(lines)))
 ("md", r"""
 ## Where a miss comes from
 
-Reading m_A and computing with what it read are two steps. The copying control asks the first. The two extra rows
-ask the second: given the values written in, how much of the held-out KV arithmetic the anchor itself answers, and
-whether the composition learned KV arithmetic even over the keys it trained on.
+Reading m_A and computing with what it read are two steps, and m_A must hold the values where the bridges look.
+* **Does m_A hold them?** A linear probe (softmax regression) from each composed m_A block's output at each key's
+  last token to the key's value, fitted on the training rows (training keys) and scored on the held-out keys. It
+  says how much a linear read-out, as a bridge's value projection is, could find of keys it never trained on.
+  The vanilla m_A, which never learnt the values, gives the same probe's chance level.
+* **Can the composition read them?** The copying control.
+* **Can the anchor compute with them?** Given the values written in, how much of the held-out KV arithmetic the
+  anchor itself answers, and whether the composition learned KV arithmetic even over the keys it trained on.
+"""),
+("code", r"""
+probes = pd.DataFrame(C.value_probe(inputs, config, "trained") + C.value_probe(inputs, config, "vanilla"))
+run.save_table(probes, "value_probe")
+display(probes.round(1))
+best = {m: probes[probes["m_A"] == m]["held_out_keys"].max() for m in ("trained", "vanilla")}
+if probes["held_out_keys"].isna().all():
+    display(Markdown("No held-out key shares its value with a training key (the values are unique), so no linear "
+                     "read-out fitted on the training keys can name a held-out key's value: the probe is not scored."))
+else:
+    display(Markdown(f"At its best block, a linear read-out of the trained m_A names the value of **{best['trained']:.1f}%** "
+                     f"of the held-out keys' occurrences ({probes['held_out_occurrences'].iloc[0]} of them), of the "
+                     f"vanilla m_A {best['vanilla']:.1f}% (chance {probes['chance'].iloc[0]:.1f}%)."))
 """),
 ("code", r"""
 accuracy = {(r["task"], r["model"]): r["accuracy"] for r in table.to_dict("records")}
@@ -269,7 +299,7 @@ main_effect = {calm: all(c["verdict"] == "shown" for c in claims if c["model"] =
                          and c["claim"].endswith(("beats the anchor", "beats m_A")))
                for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs)}
 run.log(source=inputs.source, plan=first["plan"], added_parameters=first["added_parameters"], diagnosis=diagnosis,
-        anchor_given_values=reach,
+        anchor_given_values=reach, value_probe=probes.to_dict("records"),
         paper_formula=first["paper_formula"], step0_max_logit_gap=float(composition["step0_max_logit_gap"].max()),
         keys={s: len(k) for s, k in inputs.keys.items()}, claims=claims, table1=table.to_dict("records"),
         main_effect_shown=main_effect, stage_seconds=float(stages["seconds"].sum()) if len(stages) else 0.0,
