@@ -15,7 +15,8 @@ a frozen augmenting model through cross-attention (methods.md §3), for notebook
   **separate** KV caches, so cached generation equals recomputing both models on the whole
   sequence (tested). The authors' code passes no mask (training sees future tokens) and shares
   one cache between the models; a public port runs m_A on a separate prompt (the paper's weaker
-  "m_A as encoder" ablation). kilib does neither.
+  "m_A as encoder" ablation). kilib does neither, and offers that ablation explicitly
+  (``encoder=True``: m_A reads the prompt once, every anchor position sees all of it).
 
 Hooks on the blocks carry the states across; they never catch an exception, and handle blocks
 that return a tensor (transformers 5) or a tuple.
@@ -82,10 +83,12 @@ def _bridge_class():
             if zero_init:
                 nn.init.zeros_(self.o.weight)  # the update is exactly zero until the first step
 
-        def forward(self, hidden, states, mask):
+        def forward(self, hidden, states, mask, encoded=None):
             """``hidden`` [B, t, D_B]: the anchor's block output for the last t positions of a
             sequence of T; ``states`` [B, T, D_A]: m_A's block output at every position so far;
-            ``mask`` [B, T]: 1 for tokens, 0 for padding. Returns the update [B, t, D_B]."""
+            ``mask`` [B, T]: 1 for tokens, 0 for padding. Returns the update [B, t, D_B]. With
+            ``encoded`` [B, S] (the "m_A as encoder" ablation), ``states`` [B, S, D_A] are m_A's
+            states over the prompt, which every query sees where ``encoded`` is 1."""
             b, t, d = hidden.shape
             total = states.shape[1]
             dtype = self.q.weight.dtype
@@ -95,14 +98,19 @@ def _bridge_class():
                 return x.view(b, x.shape[1], self.heads, d // self.heads).transpose(1, 2)
 
             q, k, v = split(self.q(hidden.to(dtype))), split(self.k(projected)), split(self.v(projected))
-            if self.rotary:  # positions count tokens, so left padding does not shift them
-                positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-                q, k = _rotate(q, positions[:, total - t:]), _rotate(k, positions)
-            keys = torch.arange(total, device=hidden.device)
-            queries = keys[total - t:]
             tokens = mask.to(torch.bool)
-            allowed = (keys[None, :] <= queries[:, None])[None] & tokens[:, None, :]  # [B, t, T]
-            real = tokens[:, total - t:]  # padding queries see everything, then give zero
+            real = tokens[:, tokens.shape[1] - t:]  # padding queries see everything, then give zero
+            if encoded is not None:
+                if self.rotary:
+                    raise KilibError("the m_A-as-encoder ablation runs on the paper's cross-attention: rotary=False")
+                allowed = encoded.to(torch.bool)[:, None, :].expand(b, t, total)
+            else:
+                if self.rotary:  # positions count tokens, so left padding does not shift them
+                    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+                    q, k = _rotate(q, positions[:, total - t:]), _rotate(k, positions)
+                keys = torch.arange(total, device=hidden.device)
+                queries = keys[total - t:]
+                allowed = (keys[None, :] <= queries[:, None])[None] & tokens[:, None, :]  # [B, t, T]
             allowed = allowed | ~real[..., None]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
             return self.o(out.transpose(1, 2).reshape(b, t, d)) * real[..., None].to(out.dtype)
@@ -164,8 +172,11 @@ def _composed_class():
 
         wrapped = "anchor"
 
-        def __init__(self, anchor, augment, every: int = 4, zero_init: bool = True, seed: int = 0, rotary: bool = False):
+        def __init__(self, anchor, augment, every: int = 4, zero_init: bool = True, seed: int = 0, rotary: bool = False,
+                     encoder: bool = False):
             super().__init__()
+            if encoder and rotary:
+                raise KilibError("the m_A-as-encoder ablation runs on the paper's cross-attention: pass rotary=False")
             for model in (anchor, augment):
                 for p in model.parameters():
                     p.requires_grad = False
@@ -173,7 +184,8 @@ def _composed_class():
             object.__setattr__(self, "augment", augment)  # not a submodule: its weights stay out of the state dict
             anchor_blocks, augment_blocks = decoder_layers(anchor), decoder_layers(augment)
             self.plan = layer_plan(len(augment_blocks), len(anchor_blocks), every)
-            self.every = every
+            self.every, self.encoder = every, encoder
+            self._encoded = None  # the encoder ablation: [B, S], 1 where m_A read a prompt token
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 bridges = [Bridge(_width(augment), _width(anchor), _heads(anchor), zero_init, rotary) for _ in self.plan]
@@ -205,7 +217,7 @@ def _composed_class():
                 return super().generate(*args, **kwargs)
             finally:
                 self._enabled = False
-                self._states, self._augment_cache, self._mask = [], None, None
+                self._states, self._augment_cache, self._mask, self._encoded = [], None, None, None
 
         def remove(self) -> None:
             """Detach the hooks: the anchor and m_A are themselves again."""
@@ -227,6 +239,8 @@ def _composed_class():
             cache = kwargs.get(self._anchor_cache_kw)
             use_cache = bool(kwargs.get("use_cache")) and cache is not None
             fresh = cache is None or cache.get_seq_length() == 0
+            if self.encoder:
+                return self._encode(input_ids, kwargs, fresh)
             if fresh:
                 from transformers import DynamicCache
 
@@ -253,6 +267,34 @@ def _composed_class():
             self._seen, self._mask = total, mask
             return None
 
+        def _encode(self, input_ids, kwargs, fresh: bool):
+            """The "m_A as encoder" ablation: m_A reads the prompt once, and every anchor position
+            sees all of it. In a fresh call the prompt is every token, or, where ``labels`` are
+            given (teacher-forced training), the tokens that carry no loss; cached decoding steps
+            reuse m_A's states of the prompt."""
+            mask = kwargs.get("attention_mask")
+            if mask is None:
+                mask = torch.ones_like(input_ids)
+            if not fresh:
+                if self._encoded is None:
+                    raise KilibError("the anchor continues from a cache that CALM did not start: call ComposedLM.generate, "
+                                     "not the anchor's own")
+                self._mask = mask
+                return None
+            labels = kwargs.get("labels")
+            encoded = mask.bool() & (labels == -100) if labels is not None else mask.bool()
+            if not encoded.any(dim=1).all():
+                raise KilibError("m_A as encoder reads the prompt, the tokens whose label is -100, and a row has none: "
+                                 "mask the prompt's labels (kilib.training.sft_dataset does)")
+            self._states = [None] * len(self.plan)
+            augment_kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
+            if kwargs.get("position_ids") is not None:
+                augment_kwargs["position_ids"] = kwargs["position_ids"]
+            with torch.no_grad():  # m_A is causal: its states over the prompt do not see the answer
+                self._augment_base(**augment_kwargs)
+            self._mask, self._encoded = mask, encoded
+            return None
+
         def _capture(self, j: int):
             def hook(module, args, output):
                 if self._enabled:
@@ -269,10 +311,11 @@ def _composed_class():
                     return None
                 hidden = block_hidden(output)
                 states = self._states[j]
-                if states is None or states.shape[0] != hidden.shape[0] or states.shape[1] < hidden.shape[1]:
+                if states is None or states.shape[0] != hidden.shape[0] or (
+                        not self.encoder and states.shape[1] < hidden.shape[1]):
                     raise KilibError("m_A's states do not line up with the anchor's positions: call ComposedLM, "
                                      "not its anchor, with the same input_ids for both")
-                update = self.bridges[j](hidden, states, self._mask)
+                update = self.bridges[j](hidden, states, self._mask, self._encoded if self.encoder else None)
                 return with_block_hidden(output, hidden + update.to(hidden.dtype))
 
             return hook
@@ -281,13 +324,15 @@ def _composed_class():
 
 
 def compose(anchor, augment, anchor_tokenizer, augment_tokenizer, every: int = 4, zero_init: bool = True,
-            seed: int = 0, names: tuple[str, str] = ("the anchor", "the augmenting model"), rotary: bool = False):
+            seed: int = 0, names: tuple[str, str] = ("the anchor", "the augmenting model"), rotary: bool = False,
+            encoder: bool = False):
     """The composed model; both models must read the same token ids (their tokenizers are
-    compared first) and are frozen."""
+    compared first) and are frozen. ``encoder``: the paper's "m_A as encoder" ablation (m_A reads
+    the prompt only, and the anchor sees all of it from every position)."""
     from kilib.models import check_same_tokenizer
 
     check_same_tokenizer(anchor_tokenizer, augment_tokenizer, names)
-    return _composed_class()(anchor, augment, every=every, zero_init=zero_init, seed=seed, rotary=rotary)
+    return _composed_class()(anchor, augment, every=every, zero_init=zero_init, seed=seed, rotary=rotary, encoder=encoder)
 
 
 def save_bridges(composed, folder: str | Path) -> Path:
@@ -357,10 +402,11 @@ AUGMENTS = ("trained", "vanilla", "random")
 RUNS = (("trained", False), ("vanilla", False), ("random", False))
 
 
-def run_name(augment: str, rotary: bool, task: str = "kv") -> str:
-    """``calm``, ``calm (rotary)``, ``calm (vanilla m_A)``, ``calm (rotary, random m_A)``, and
-    ``... trained to copy`` for the copying control."""
-    parts = (["rotary"] if rotary else []) + ([f"{augment} m_A"] if augment != "trained" else [])
+def run_name(augment: str, rotary: bool, task: str = "kv", encoder: bool = False) -> str:
+    """``calm``, ``calm (rotary)``, ``calm (vanilla m_A)``, ``calm (rotary, random m_A)``,
+    ``calm (m_A as encoder)``, and ``... trained to copy`` for the copying control."""
+    parts = (["rotary"] if rotary else []) + ([f"{augment} m_A"] if augment != "trained" else []) + (
+        ["m_A as encoder"] if encoder else [])
     return "calm" + (f" ({', '.join(parts)})" if parts else "") + (" trained to copy" if task == CONTROL else "")
 
 
@@ -415,6 +461,9 @@ class CalmConfig:
     control_examples: int = 0  # the copying control's training rows (0: no control)
     eval_examples: int = 300  # per task
     runs: tuple[tuple[str, bool], ...] = RUNS
+    # the paper's "m_A as encoder" ablation: CALM (the paper's cross-attention) over the trained
+    # m_A reading the prompt only, every anchor position seeing all of it
+    encoder_ablation: bool = True
     lora_baseline: bool = True  # the paper's LoRA baseline: the anchor with as many LoRA parameters as the bridges
     quantization: str = "4bit"  # both models, in every profile
     seeds: tuple[int, ...] = (0,)
@@ -483,9 +532,9 @@ def vocabulary_keys(tokenizer, n: int, seed: int = 0, lengths: tuple[int, int] =
 
     keys = [k for k in candidates if one_token(k)]
     if len(keys) < n:
+        other = "'vocabulary' or 'random'" if aligned else "'random'"
         raise KilibError(f"the tokenizer has {len(keys)} {'aligned ' if aligned else ''}single-token keys of {lo}-{hi} "
-                         f"letters, fewer than kv_keys={n}: lower kv_keys or choose keys="
-                         f"{chr(39) + 'vocabulary' + chr(39) + ' or ' if aligned else ''}'random'")
+                         f"letters, fewer than kv_keys={n}: lower kv_keys or choose keys={other}")
     return sorted(random.Random(f"calm-keys:{seed}").sample(keys, n))
 
 
@@ -494,7 +543,8 @@ def kv_table(config: CalmConfig, world_size: str = "tiny", tokenizer=None) -> tu
     many values as keys, the world's own unique values; with more keys than values, the
     world's values 1..kv_keys folded onto 1..kv_value_max, so that each value has the same
     number of keys, and which keys share one is as random as the world's draw. With
-    ``keys="vocabulary"`` (``tokenizer`` needed) the world's keys are renamed to single tokens."""
+    ``keys="vocabulary"`` or ``"aligned"`` (``tokenizer`` needed) the world's keys are renamed
+    to single tokens of its vocabulary (:func:`vocabulary_keys`)."""
     if config.keys not in KEY_KINDS:
         raise KilibError(f"unknown keys {config.keys!r}: choose one of {', '.join(KEY_KINDS)}")
     world = kv_world(config, world_size, value_max=max(config.kv_keys, config.kv_value_max))
@@ -784,6 +834,16 @@ def linear_probe(fit_x, fit_y, test_x, test_y, l2: float = 1e-3, steps: int = 30
                 "test_items": int(seen.sum())}
 
 
+def composed_blocks(augment_model, anchor: str, every: int) -> list[int]:
+    """The m_A blocks (0-indexed) that :func:`layer_plan` composes into the anchor at ``anchor``."""
+    from transformers import AutoConfig
+
+    from kilib.models import decoder_layers
+
+    return [a for a, _ in layer_plan(len(decoder_layers(augment_model)), AutoConfig.from_pretrained(anchor).num_hidden_layers,
+                                     every)]
+
+
 def value_probe(inputs: CalmInputs, config: CalmConfig, augment: str = "trained") -> list[dict]:
     """Does m_A hold the keys' values where the bridges read them? Per composed m_A block, a
     linear probe from its state at each key's last token to the key's value, fitted on the KV
@@ -792,14 +852,12 @@ def value_probe(inputs: CalmInputs, config: CalmConfig, augment: str = "trained"
     the chance level of the same probe. Only held-out keys whose value some training key shares
     can be scored (``held_out_keys`` is None where none does, as with unique values)."""
     import torch
-    from transformers import AutoConfig
 
-    from kilib.models import decoder_layers, load_causal_lm
+    from kilib.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(prepared(inputs, config, "augment" if augment == "trained" else augment),
                                       quantization=config.quantization)
-    anchor_blocks = AutoConfig.from_pretrained(inputs.anchor).num_hidden_layers
-    blocks = [a for a, _ in layer_plan(len(decoder_layers(model)), anchor_blocks, config.every)]
+    blocks = composed_blocks(model, inputs.anchor, config.every)
     table = {**inputs.keys["train"], **inputs.keys["eval"]}
     (fit_x, fit_keys), (test_x, test_keys) = (key_states(model, tokenizer, inputs.rows["kv"][s], blocks) for s in ("train", "eval"))
     fit_y, test_y = (torch.tensor([table[k] for k in keys]) for keys in (fit_keys, test_keys))
@@ -837,7 +895,7 @@ def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
 
 
 def load_composition(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", seed: int = 0,
-                     rotary: bool = False):
+                     rotary: bool = False, encoder: bool = False):
     """(composed model, tokenizer) with freshly initialised bridges."""
     from kilib.models import load_causal_lm
 
@@ -845,7 +903,7 @@ def load_composition(inputs: CalmInputs, config: CalmConfig, augment: str = "tra
     m_a, tok_a = load_causal_lm(prepared(inputs, config, "augment" if augment == "trained" else augment),
                                 quantization=config.quantization)
     return compose(anchor, m_a, tok_b, tok_a, every=config.every, zero_init=config.zero_init, seed=seed,
-                   rotary=rotary), tok_b
+                   rotary=rotary, encoder=encoder), tok_b
 
 
 def step0_gap(composed, tokenizer, inputs: CalmInputs) -> float:
@@ -868,30 +926,31 @@ def step0_gap(composed, tokenizer, inputs: CalmInputs) -> float:
 
 
 def run_job(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", seed: int = 0, rotary: bool = False,
-            task: str = "kv") -> dict:
+            task: str = "kv", encoder: bool = False) -> dict:
     """Compose the anchor with m_A (``augment``: trained, vanilla or random; ``rotary``: positions
-    in the cross-attention), train the bridges on KV arithmetic over the training keys (or, with
-    ``task="control"``, on the copying control's substitution), and answer every task (the
-    control's run: its own task only); cached."""
+    in the cross-attention; ``encoder``: m_A as encoder), train the bridges on KV arithmetic over
+    the training keys (or, with ``task="control"``, on the copying control's substitution), and
+    answer every task (the control's run: its own task only); cached."""
     if task not in ("kv", CONTROL) or (task == CONTROL and not inputs.rows[CONTROL]["train"]):
         raise KilibError(f"a composition trains on 'kv' or, where control_examples > 0, on {CONTROL!r}; got {task!r}")
     from kilib.results import cached_dir, read_json
 
     key = {"kind": "calm-run", "version": 2, "anchor": prepared(inputs, config, "anchor"),
            "augment": prepared(inputs, config, "augment" if augment == "trained" else augment), "seed": seed,
-           "rotary": rotary,
+           "rotary": rotary, **({"encoder": True} if encoder else {}),
            "task": task, "train_rows": inputs.rows[task]["train"], "every": config.every, "zero_init": config.zero_init,
            "train": config.train, **_eval_key(inputs, config)}
-    folder = cached_dir("calm", key, lambda tmp: _run(inputs, config, augment, seed, rotary, task, tmp))
+    folder = cached_dir("calm", key, lambda tmp: _run(inputs, config, augment, seed, rotary, task, tmp, encoder))
     return read_json(folder / "run.json")
 
 
-def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary: bool, task: str, folder: Path) -> None:
+def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary: bool, task: str, folder: Path,
+         encoder: bool = False) -> None:
     from kilib.results import write_json
     from kilib.runtime import set_seed
     from kilib.training import sft_dataset, train
 
-    composed, tokenizer = load_composition(inputs, config, augment, seed, rotary)
+    composed, tokenizer = load_composition(inputs, config, augment, seed, rotary, encoder)
     gap = step0_gap(composed, tokenizer, inputs)
     set_seed(seed)
     train_config = dataclasses.replace(config.train, seed=seed)
@@ -900,7 +959,8 @@ def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     save_bridges(composed, folder / "bridges")
     write_json(folder / "run.json", {
-        "model": run_name(augment, rotary, task), "augment": augment, "rotary": rotary, "task": task, "seed": seed,
+        "model": run_name(augment, rotary, task, encoder), "augment": augment, "rotary": rotary, "encoder": encoder,
+        "task": task, "seed": seed,
         "plan": composed.plan,
         "added_parameters": composed.added_parameters,
         "paper_formula": bridge_parameters(_width(composed.augment), _width(composed.anchor), len(composed.plan))["paper_formula"],

@@ -364,6 +364,64 @@ def test_lora_rank_matches_the_bridges_parameter_count(family):
 def test_run_names():
     assert C.run_name("trained", False) == "calm" and C.run_name("trained", True) == "calm (rotary)"
     assert C.run_name("vanilla", False) == "calm (vanilla m_A)" and C.run_name("random", True) == "calm (rotary, random m_A)"
+    assert C.run_name("trained", False, encoder=True) == "calm (m_A as encoder)"
+
+
+def test_m_A_as_encoder_sees_the_whole_prompt_and_nothing_after_it():
+    """The paper's ablation: every anchor position sees m_A's states over the whole prompt (a
+    later prompt token reaches an earlier position), and none over the answer."""
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok, every=2, encoder=True)
+    ids = tok("who won the cup in the year of the final", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(composed(input_ids=ids).logits, anchor(input_ids=ids).logits)  # zero init: the anchor
+    _randomise(composed)
+    changed = ids.clone()
+    changed[0, 6] = tok("rovers", add_special_tokens=False).input_ids[0]
+    with torch.no_grad():
+        a, b = composed(input_ids=ids).logits, composed(input_ids=changed).logits
+    assert not torch.allclose(a[0, :6], b[0, :6])  # the prompt's token 6 reaches positions 0-5 through m_A
+    labels = ids.clone()
+    labels[0, :5] = -100  # a prompt of 5 tokens; the rest is the answer
+    answer_changed = ids.clone()
+    answer_changed[0, 7:] = tok("rovers", add_special_tokens=False).input_ids[0]
+    with torch.no_grad():
+        a = composed(input_ids=ids, labels=labels).logits
+        b = composed(input_ids=answer_changed, labels=labels).logits
+        prompt_only = composed(input_ids=ids[:, :5]).logits
+    assert torch.equal(a[0, :7], b[0, :7])  # answer tokens reach no position through m_A ...
+    torch.testing.assert_close(a[0, :5], prompt_only[0], rtol=1e-5, atol=1e-5)  # ... m_A read the prompt alone
+    with pytest.raises(KilibError, match="mask the prompt's labels"):
+        composed(input_ids=ids, labels=ids)
+    with pytest.raises(KilibError, match="rotary=False"):
+        C.compose(anchor, augment, tok, tok, every=2, encoder=True, rotary=True)
+
+
+def test_m_A_as_encoder_generates_as_it_trains():
+    """Cached generation (m_A reads the prompt once) equals recomputing the composition on the
+    whole sequence at each step with the prompt marked by its labels, as in training."""
+    from kilib.evaluation import generate
+
+    tok = make_tokenizer()
+    anchor, augment = _pair(tok)
+    composed = C.compose(anchor, augment, tok, tok, every=2, encoder=True)
+    _randomise(composed, seed=3)
+    prompts = ["who won the cup in the year", "the rovers", "in the year of the final?"]
+    cached = generate(composed, tok, prompts, max_new_tokens=6, batch_size=3)
+    assert cached != generate(anchor, tok, prompts, max_new_tokens=6, batch_size=3)
+    for prompt, text in zip(prompts, cached):
+        ids = tok(prompt, return_tensors="pt").input_ids
+        n = ids.shape[1]
+        with torch.no_grad():
+            for _ in range(6):
+                labels = ids.clone()
+                labels[0, :n] = -100
+                nxt = composed(input_ids=ids, labels=labels, use_cache=False).logits[0, -1].argmax()
+                ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+                if nxt.item() == tok.eos_token_id:
+                    break
+        assert tok.decode(ids[0, n:], skip_special_tokens=True) == text
 
 
 def test_rotary_cross_attention_is_causal_pads_cleanly_and_starts_as_the_anchor():

@@ -194,14 +194,16 @@ def test_03_calm_composition_smoke():
     assert m["keys"] == {"train": 10, "eval": 10}
     table = {(r["task"], r["model"]): r for r in m["table1"]}
     assert {model for _, model in table} == {"augment", "anchor", "calm", "calm (rotary)", "calm (rotary, vanilla m_A)",
-                                             "calm trained to copy", "calm (rotary) trained to copy", C.LORA}
+                                             "calm (m_A as encoder)", "calm trained to copy",
+                                             "calm (rotary) trained to copy", C.LORA}
     assert {task for task, _ in table} == set(C.TASK_NAMES.values())
     control = C.TASK_NAMES[C.CONTROL]
     assert {model for task, model in table if task == control} == {"augment", "anchor", "calm trained to copy",
                                                                    "calm (rotary) trained to copy"}
     for r in table.values():
         assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 100.0 and r["n"] == 40
-    assert len(m["claims"]) == 5 + 5 + 1  # per CALM: three claims, the LoRA baseline, its copying control; one ablation
+    # per CALM: three claims, the LoRA baseline, its copying control; the rotary one's vanilla m_A, the paper's m_A as encoder
+    assert len(m["claims"]) == 5 + 5 + 1 + 1
     assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
     assert set(m["main_effect_shown"]) == {"calm", "calm (rotary)"} and all(isinstance(v, bool) for v in m["main_effect_shown"].values())
     values = C.TASK_NAMES[C.VALUES]

@@ -29,7 +29,8 @@ strings that the tiny tokenizer splits into one to six tokens.
 5. A linear probe of m_A after its stage (softmax regression on each composed block's output at
    each key's last token, in KV prompts): fitted on 24 of the 32 training keys, scored on the
    other 8. A composition can only read a held-out key's value if m_A's states hold it in a form
-   that carries over from the keys it trained on. For random-string and single-token keys.
+   that carries over from the keys it trained on. For random-string keys, single-token keys
+   ("vocabulary") and single tokens in a digit's place ("aligned").
 6. KV arithmetic on the split of the training keys (as 4; with 128 keys, 48 and 16 of the 64),
    with single-token keys ("vocabulary") and single tokens in a digit's place ("aligned"), with
    the preset's composition budget and with every m_A block composed for 30 epochs; then, after the
@@ -184,15 +185,11 @@ def value_probe(keys: str) -> dict:
     """calm.linear_probe on m_A's composed block outputs at each key's last token (calm.key_states,
     m_A in 4-bit as composed): fitted on the 24 keys' rows, scored on the 8 others'."""
     import torch
-    from transformers import AutoConfig
-
-    from kilib.models import decoder_layers
 
     config = _anchor_config(1e-3, keys=keys)
     inputs, table, fit, dev = training_key_split(config)
     model, tokenizer = load_causal_lm(C.prepared(inputs, config, "augment"))
-    anchor_blocks = AutoConfig.from_pretrained(inputs.anchor).num_hidden_layers
-    blocks = [a for a, _ in C.layer_plan(len(decoder_layers(model)), anchor_blocks, config.every)]
+    blocks = C.composed_blocks(model, inputs.anchor, config.every)
     substitution = accuracy(C.evaluate(model, tokenizer, inputs, config, tasks=("substitution",)))
     (fit_x, fit_keys), (dev_x, dev_keys) = (C.key_states(model, tokenizer, rows[:300], blocks) for rows in (fit, dev))
     fit_y, dev_y = (torch.tensor([table[k] for k in keys]) for keys in (fit_keys, dev_keys))

@@ -25,8 +25,10 @@ it.
 * CALM is trained on KV arithmetic (`fo + ba` → `32`) over part of the keys, and evaluated on expressions over the
   **other** keys. To answer those, the anchor must read the key values from m_A.
 * The paper's ablations run beside it: CALM over m_A before its substitution training (**vanilla m_A**), over
-  an m_A with random weights (**random m_A**), and the **LoRA baseline**: the anchor alone with a LoRA adapter of
-  as many parameters as the bridges, trained on the same rows. It has no m_A, so it cannot know the held-out keys.
+  an m_A with random weights (**random m_A**), with **m_A as an encoder** (m_A reads the prompt only, once, and
+  every anchor position sees all of it: what a public port of CALM does in place of the composition), and the
+  **LoRA baseline**: the anchor alone with a LoRA adapter of as many parameters as the bridges, trained on the
+  same rows. It has no m_A, so it cannot know the held-out keys.
 * **A copying control** (kilib's, not in the paper): the composition trained to *substitute* over the training
   keys, then asked to substitute over the held-out keys, which only m_A knows. It asks whether the composition can
   read m_A at all, apart from whether the anchor can compute.
@@ -137,6 +139,8 @@ the composed model equals the anchor before training: the largest logit differen
 ("code", r"""
 runs = [C.baseline(inputs, config, which) for which in ("augment", "anchor")]
 calm_runs = [C.run_job(inputs, config, augment, seed, rotary) for augment, rotary in config.runs for seed in config.seeds]
+if config.encoder_ablation:  # the paper's cross-attention over the trained m_A, reading the prompt only
+    calm_runs += [C.run_job(inputs, config, "trained", seed, encoder=True) for seed in config.seeds]
 if inputs.rows[C.CONTROL]["train"]:  # the copying control, for each cross-attention
     calm_runs += [C.run_job(inputs, config, "trained", seed, rotary, task=C.CONTROL)
                   for rotary in sorted({r for _, r in config.runs}) for seed in config.seeds]
@@ -214,6 +218,9 @@ for rotary in sorted({r for _, r in config.runs}):
         if r == rotary and augment != "trained":
             mine.append(C.compare(records, "kv", calm, C.run_name(augment, rotary),
                                   f"KV arithmetic: {calm} over the trained m_A beats it over the {augment} m_A"))
+    if config.encoder_ablation and not rotary:
+        mine.append(C.compare(records, "kv", calm, C.run_name("trained", False, encoder=True),
+                              f"KV arithmetic: {calm} beats it with m_A as encoder"))
     if lora_runs:
         mine.append(C.compare(records, "kv", calm, C.LORA,
                               f"KV arithmetic: {calm} beats the anchor with a LoRA of as many parameters"))
@@ -240,6 +247,10 @@ for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
     elif ablations and all(c["verdict"] == "shown" for c in ablations):
         lines.append(f"{calm} does better over the trained m_A than over the vanilla and the random one: what it gains comes "
                      "from m_A's knowledge of the keys.")
+    encoded = [c for c in mine if c["claim"].endswith("with m_A as encoder")]
+    if encoded:
+        lines.append(f"m_A as encoder: on the held-out keys {calm} answers {encoded[0]['higher']:.1f}%, with m_A reading "
+                     f"the prompt only {encoded[0]['lower']:.1f}% (**{encoded[0]['verdict']}**).")
     lora = [c for c in mine if c["claim"].endswith("LoRA of as many parameters")]
     if lora:
         lines.append(f"LoRA baseline: on the held-out keys {calm} answers {lora[0]['higher']:.1f}%, the anchor with a LoRA "
