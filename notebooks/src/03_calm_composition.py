@@ -242,8 +242,8 @@ for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
                  + ("**shown** in this run." if effect else "**not shown** in this run."))
     ablations = [c for c in mine if "over the trained m_A" in c["claim"]]
     if ablations and not any(c["verdict"] == "shown" for c in ablations):
-        lines.append(f"{calm} does no better over the trained m_A than over the vanilla or random one: it did not use "
-                     "m_A's knowledge of the keys.")
+        lines.append(f"On the held-out keys {calm} does no better over the trained m_A than over the vanilla or random "
+                     "one: it did not use m_A's knowledge of those keys.")
     elif ablations and all(c["verdict"] == "shown" for c in ablations):
         lines.append(f"{calm} does better over the trained m_A than over the vanilla and the random one: what it gains comes "
                      "from m_A's knowledge of the keys.")
@@ -302,8 +302,23 @@ for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
     said.append(f"**{calm}** answers {fit['higher']:.1f}% of its own training rows (the anchor: {fit['lower']:.1f}%; "
                 f"{fit['verdict']}, difference {fit['difference']:+.1f}, 95% interval {fit['difference_ci'][0]:+.1f} to "
                 f"{fit['difference_ci'][1]:+.1f}) and {accuracy[(C.TASK_NAMES['kv'], calm)]:.1f}% on the held-out keys.")
+for augment, rotary in config.runs:
+    if augment != "trained":
+        name = C.run_name(augment, rotary)
+        said.append(f"Over the {augment} m_A, {name} answers {accuracy[(C.TASK_NAMES[C.KV_SEEN], name)]:.1f}% of its "
+                    f"own training rows.")
 said.append(f"Given the values written in, the anchor answers {reach:.1f}% of the held-out expressions: the most a "
             "composition could reach by reading every value from m_A.")
+fitted = [d["model"] for d in diagnosis if d["verdict"] == "shown"
+          and accuracy[(C.TASK_NAMES["kv"], d["model"])] <= accuracy[(C.TASK_NAMES["kv"], "anchor")]]
+if fitted and not probes["held_out_keys"].isna().all() and best["trained"] > best["vanilla"] + 10:
+    vanilla_fit = probes[probes["m_A"] == "vanilla"]["training_keys"].max()
+    said.append(f"So m_A holds the held-out keys' values where the bridges read them, and {' and '.join(fitted)} fitted "
+                "their training rows but answer no more held-out rows than the anchor: they learnt the training keys, "
+                f"not a way to read any key. A likely reason, not tested here: with only {len(inputs.keys['train'])} "
+                "training keys, a linear map can fit each training key's state to its value whatever the state holds. "
+                f"The probe on the vanilla m_A, which never learnt the values, fits {vanilla_fit:.1f}% of the training "
+                f"keys' occurrences and reads {best['vanilla']:.1f}% of the held-out ones.")
 display(Markdown("\n\n".join(said)))
 run.save_table(pd.DataFrame(diagnosis), "diagnosis")
 main_effect = {calm: all(c["verdict"] == "shown" for c in claims if c["model"] == calm and c["task"] == "kv"
