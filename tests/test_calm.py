@@ -103,13 +103,15 @@ def test_padding_is_masked_in_the_cross_attention():
             torch.testing.assert_close(padded[row, :n], alone, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("rotary", [False, True])
-def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence(rotary):
+@pytest.mark.parametrize("rotary, encoder", [(False, False), (True, False), (False, True)])
+def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence(rotary, encoder):
+    """With m_A as encoder, m_A reads the prompt once while generating; recomputing marks the
+    prompt by its labels, as training does."""
     from kilib.evaluation import generate
 
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2, rotary=rotary)
+    composed = C.compose(anchor, augment, tok, tok, every=2, rotary=rotary, encoder=encoder)
     _randomise(composed, seed=3)
     prompts = ["who won the cup in the year", "the rovers", "in the year of the final?"]
     cached = generate(composed, tok, prompts, max_new_tokens=6, batch_size=3)
@@ -120,7 +122,9 @@ def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence(
         n = ids.shape[1]
         with torch.no_grad():
             for _ in range(6):
-                nxt = composed(input_ids=ids, use_cache=False).logits[0, -1].argmax()
+                labels = ids.clone()
+                labels[0, :n] = -100
+                nxt = composed(input_ids=ids, labels=labels, use_cache=False).logits[0, -1].argmax()
                 ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
                 if nxt.item() == tok.eos_token_id:
                     break
@@ -396,32 +400,6 @@ def test_m_A_as_encoder_sees_the_whole_prompt_and_nothing_after_it():
         composed(input_ids=ids, labels=ids)
     with pytest.raises(KilibError, match="rotary=False"):
         C.compose(anchor, augment, tok, tok, every=2, encoder=True, rotary=True)
-
-
-def test_m_A_as_encoder_generates_as_it_trains():
-    """Cached generation (m_A reads the prompt once) equals recomputing the composition on the
-    whole sequence at each step with the prompt marked by its labels, as in training."""
-    from kilib.evaluation import generate
-
-    tok = make_tokenizer()
-    anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2, encoder=True)
-    _randomise(composed, seed=3)
-    prompts = ["who won the cup in the year", "the rovers", "in the year of the final?"]
-    cached = generate(composed, tok, prompts, max_new_tokens=6, batch_size=3)
-    assert cached != generate(anchor, tok, prompts, max_new_tokens=6, batch_size=3)
-    for prompt, text in zip(prompts, cached):
-        ids = tok(prompt, return_tensors="pt").input_ids
-        n = ids.shape[1]
-        with torch.no_grad():
-            for _ in range(6):
-                labels = ids.clone()
-                labels[0, :n] = -100
-                nxt = composed(input_ids=ids, labels=labels, use_cache=False).logits[0, -1].argmax()
-                ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
-                if nxt.item() == tok.eos_token_id:
-                    break
-        assert tok.decode(ids[0, n:], skip_special_tokens=True) == text
 
 
 def test_rotary_cross_attention_is_causal_pads_cleanly_and_starts_as_the_anchor():
