@@ -233,6 +233,33 @@ def test_vocabulary_keys_are_single_tokens_and_aligned_ones_take_a_digit_place(w
                 assert [t for t, d in zip(tokens, digits) if t != d] == [a, b]
 
 
+def test_vocabulary_keys_with_a_sentencepiece_style_tokenizer():
+    """Llama-2's tokenizer marks a word's leading space with ▁ (Metaspace), as the paper profile's keys see it."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from kilib.training import render_prompt
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 5))) for _ in range(300)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator([" ".join(rng.sample(words, 20)) + " [INST] Substitute: 12 + 7 = [/INST]" for _ in range(200)],
+                            trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                          "{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}")
+    keys = C.vocabulary_keys(fast, 20)
+    for key in keys:
+        for task in ("kv", "substitution"):
+            text = render_prompt(fast, C.task_prompt(task, f"{key} + {key}"))
+            tokens = fast.convert_ids_to_tokens(fast(text, add_special_tokens=False)["input_ids"])
+            assert [t.lstrip("▁") for t in tokens].count(key) == 2  # "▁key", or "▁" then "key"
+
+
 def test_vocabulary_keys_too_few_or_without_a_tokenizer_name_the_fix(world_tokenizer):
     with pytest.raises(KilibError, match="fewer than kv_keys=5000: lower kv_keys or choose keys='vocabulary' or 'random'"):
         C.vocabulary_keys(world_tokenizer, 5000, aligned=True)
