@@ -15,7 +15,7 @@ layers, the only part that trains.
   padding mask: what m_A has seen while decoding, and no more while training. The authors' code passes no mask, so
   training sees future tokens; kilib's test shows the causal mask keeps them out. The two models keep separate KV
   caches (tested against recomputing both on the whole sequence).
-* **Start.** The value projections start at zero, so the composed model is the anchor at step 0 (checked below).
+* **Start.** The output projections start at zero, so the composed model is the anchor at step 0 (checked below).
 
 **Table 1, key-value arithmetic.** Keys are short strings mapped to integers. As in the paper, which took them from
 PaLM2-XXS's vocabulary, each key is one token of the models' vocabulary (2-6 letters), so m_A can tie a value to
