@@ -257,13 +257,7 @@ def _composed_class():
             if mask.dim() != 2 or mask.shape[1] != total:
                 raise KilibError(f"CALM needs a 2-D attention mask over all {total} positions so far; got shape "
                                  f"{tuple(mask.shape)}")
-            augment_kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": use_cache}
-            if kwargs.get("position_ids") is not None:
-                augment_kwargs["position_ids"] = kwargs["position_ids"]
-            if use_cache:
-                augment_kwargs[self._augment_cache_kw] = self._augment_cache
-            with torch.no_grad():
-                self._augment_base(**augment_kwargs)
+            self._read(input_ids, mask, kwargs.get("position_ids"), use_cache)
             self._seen, self._mask = total, mask
             return None
 
@@ -287,13 +281,19 @@ def _composed_class():
                 raise KilibError("m_A as encoder reads the prompt, the tokens whose label is -100, and a row has none: "
                                  "mask the prompt's labels (kilib.training.sft_dataset does)")
             self._states = [None] * len(self.plan)
-            augment_kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
-            if kwargs.get("position_ids") is not None:
-                augment_kwargs["position_ids"] = kwargs["position_ids"]
-            with torch.no_grad():  # m_A is causal: its states over the prompt do not see the answer
-                self._augment_base(**augment_kwargs)
+            self._read(input_ids, mask, kwargs.get("position_ids"))  # m_A is causal: its states over the prompt do not see the answer
             self._mask, self._encoded = mask, encoded
             return None
+
+        def _read(self, input_ids, mask, position_ids=None, use_cache: bool = False) -> None:
+            """Run m_A (no gradients) on the anchor's tokens; the capture hooks keep its states."""
+            augment_kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": use_cache}
+            if position_ids is not None:
+                augment_kwargs["position_ids"] = position_ids
+            if use_cache:
+                augment_kwargs[self._augment_cache_kw] = self._augment_cache
+            with torch.no_grad():
+                self._augment_base(**augment_kwargs)
 
         def _capture(self, j: int):
             def hook(module, args, output):
@@ -770,7 +770,7 @@ def key_states(model, tokenizer, rows: Sequence[Mapping], blocks: Sequence[int],
     in the KV arithmetic prompts of ``rows``: ``([tensor [occurrences, D] per block], [key per occurrence])``."""
     import torch
 
-    from kilib.models import block_hidden, decoder_layers
+    from kilib.models import block_hidden, decoder_layers, padding_side
     from kilib.training import render_prompt
 
     layers = decoder_layers(model)
@@ -779,13 +779,12 @@ def key_states(model, tokenizer, rows: Sequence[Mapping], blocks: Sequence[int],
                for b in blocks]
     features: list[list] = [[] for _ in blocks]
     keys: list[str] = []
-    saved = tokenizer.padding_side
-    tokenizer.padding_side = "right"  # each prompt's tokens at the same positions as alone
     try:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             texts = [render_prompt(tokenizer, task_prompt("kv", r["expression"])) for r in chunk]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=True)
+            with padding_side(tokenizer, "right"):  # each prompt's tokens at the same positions as alone
+                batch = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=True)
             offsets = batch.pop("offset_mapping").tolist()
             with torch.no_grad():
                 model(**batch.to(next(model.parameters()).device))
@@ -800,7 +799,6 @@ def key_states(model, tokenizer, rows: Sequence[Mapping], blocks: Sequence[int],
                         keys.append(term)
                     where += len(term) + 1
     finally:
-        tokenizer.padding_side = saved
         for h in handles:
             h.remove()
     return [torch.stack(f) for f in features], keys
@@ -911,15 +909,12 @@ def step0_gap(composed, tokenizer, inputs: CalmInputs) -> float:
     training prompts before any training: 0.0 exactly with ``zero_init``."""
     import torch
 
+    from kilib.models import padding_side
     from kilib.training import render_prompt
 
     prompts = [render_prompt(tokenizer, task_prompt("kv", r["expression"])) for r in inputs.rows["kv"]["train"][:8]]
-    saved = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
+    with padding_side(tokenizer, "right"):
         batch = tokenizer(prompts, return_tensors="pt", padding=True).to(composed.device)
-    finally:
-        tokenizer.padding_side = saved
     with torch.no_grad():
         gap = (composed(**batch).logits - composed.anchor(**batch).logits).abs() * batch["attention_mask"][..., None]
     return float(gap.max())

@@ -549,6 +549,8 @@ def generate(
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
+    from kilib.models import padding_side
+
     prompts = [str(p) for p in prompts]
     if not prompts:
         return []
@@ -596,12 +598,10 @@ def generate(
     device = _model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
-    saved_side = tokenizer.padding_side
     was_training = model.training
-    tokenizer.padding_side = "left"
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), padding_side(tokenizer, "left"):
             for batch in _batches(order, batch_size, progress, "generate"):
                 encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True)
                 encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
@@ -612,7 +612,6 @@ def generate(
                 for i, text in zip(batch, texts):
                     outputs[i] = _cut_at_stop(text, stop)
     finally:
-        tokenizer.padding_side = saved_side
         model.train(was_training)
     return outputs
 

@@ -152,6 +152,18 @@ def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None, tru
     return tok
 
 
+@contextlib.contextmanager
+def padding_side(tokenizer, side: str):
+    """Pad on ``side`` ("left" for generation, "right" to keep each row's tokens where they
+    are alone) inside the block; the tokenizer's own side is restored after it."""
+    saved = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = saved
+
+
 def load_causal_lm(
     name_or_path: str | Path,
     *,

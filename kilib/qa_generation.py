@@ -166,6 +166,8 @@ class LocalGenerator:
 
         import torch
 
+        from kilib.models import padding_side
+
         config = copy.deepcopy(model.generation_config)
         config.do_sample = True
         config.temperature = self.temperature
@@ -184,19 +186,14 @@ class LocalGenerator:
         device = getattr(model, "device", None) or next(model.parameters()).device
         cuda_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         replies: list[str] = []
-        saved_side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            with torch.random.fork_rng(devices=cuda_devices), torch.inference_mode():
-                torch.manual_seed(seed)
-                for start in range(0, len(rendered), self.batch_size):
-                    encoded = tokenizer(rendered[start:start + self.batch_size], return_tensors="pt", padding=True)
-                    encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
-                    output = model.generate(**encoded, generation_config=config)
-                    new = output[:, encoded["input_ids"].shape[1]:]
-                    replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-        finally:
-            tokenizer.padding_side = saved_side
+        with torch.random.fork_rng(devices=cuda_devices), torch.inference_mode(), padding_side(tokenizer, "left"):
+            torch.manual_seed(seed)
+            for start in range(0, len(rendered), self.batch_size):
+                encoded = tokenizer(rendered[start:start + self.batch_size], return_tensors="pt", padding=True)
+                encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
+                output = model.generate(**encoded, generation_config=config)
+                new = output[:, encoded["input_ids"].shape[1]:]
+                replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
         return replies
 
 

@@ -151,3 +151,15 @@ def test_mismatched_tokenizers_are_refused():
         check_same_tokenizer(a, c)
     with pytest.raises(KilibError, match="augmenting model's tokenizer is a str, not a tokenizer"):
         check_same_tokenizer(a, "path/to/tokenizer", ("anchor", "augmenting model"))
+
+
+def test_padding_side_pads_inside_and_restores_after_an_error():
+    tok = make_tokenizer()
+    tok.padding_side = "right"
+    with models.padding_side(tok, "left"):
+        ids = tok(["a", "a b c"], padding=True)["attention_mask"]
+    assert ids[0][0] == 0 and ids[0][-1] == 1  # padded on the left inside the block
+    assert tok.padding_side == "right"
+    with pytest.raises(ValueError), models.padding_side(tok, "left"):
+        raise ValueError("boom")
+    assert tok.padding_side == "right"

@@ -46,7 +46,7 @@ import json
 import random
 
 from kilib import calm as C
-from kilib.models import load_causal_lm, load_tokenizer
+from kilib.models import load_causal_lm, load_tokenizer, padding_side
 from kilib.runtime import results_root
 from kilib.training import set_threads, sft_dataset, train
 
@@ -113,9 +113,9 @@ def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
     from kilib.training import render_prompt
 
     model, tokenizer = load_causal_lm(path, quantization="none")
-    tokenizer.padding_side = "right"
-    batch = tokenizer([render_prompt(tokenizer, C.task_prompt("kv", r["expression"])) for r in inputs.rows["kv"]["train"][:32]],
-                      return_tensors="pt", padding=True)
+    with padding_side(tokenizer, "right"):
+        batch = tokenizer([render_prompt(tokenizer, C.task_prompt("kv", r["expression"])) for r in inputs.rows["kv"]["train"][:32]],
+                          return_tensors="pt", padding=True)
     with torch.no_grad():
         hidden = model(**batch, output_hidden_states=True).hidden_states[1:-1]  # block outputs before the final norm
     tokens = batch["attention_mask"].bool()
