@@ -469,6 +469,11 @@ class CalmConfig:
     seeds: tuple[int, ...] = (0,)
     max_new_tokens: int = 24
     eval_batch_size: int = 64
+    # On a CPU the runs train side by side (kilib.jobs.side_by_side): ``workers`` processes at
+    # once (0: one per core), each run on ``threads`` torch threads wherever it runs, so that
+    # its numbers do not depend on the machine's core count. A GPU runs them one by one.
+    workers: int = 0
+    threads: int = 1
     train: TrainConfig = TrainConfig(epochs=3, batch_size=32, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
                                      save_every_epoch=False, progress=False, logging_steps=10)
 
@@ -714,12 +719,12 @@ def prepared(inputs: CalmInputs, config: CalmConfig, role: str) -> str:
 
         def build_random(folder: Path) -> None:
             import torch
-            from transformers import AutoConfig, AutoModelForCausalLM
+            from transformers import AutoModelForCausalLM
 
-            from kilib.models import load_tokenizer
+            from kilib.models import load_config, load_tokenizer
 
             torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(inputs.augment), dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(load_config(inputs.augment), dtype=torch.float32)
             model.save_pretrained(folder)
             load_tokenizer(inputs.augment).save_pretrained(folder)
 
@@ -834,12 +839,9 @@ def linear_probe(fit_x, fit_y, test_x, test_y, l2: float = 1e-3, steps: int = 30
 
 def composed_blocks(augment_model, anchor: str, every: int) -> list[int]:
     """The m_A blocks (0-indexed) that :func:`layer_plan` composes into the anchor at ``anchor``."""
-    from transformers import AutoConfig
+    from kilib.models import decoder_layers, load_config
 
-    from kilib.models import decoder_layers
-
-    return [a for a, _ in layer_plan(len(decoder_layers(augment_model)), AutoConfig.from_pretrained(anchor).num_hidden_layers,
-                                     every)]
+    return [a for a, _ in layer_plan(len(decoder_layers(augment_model)), load_config(anchor).num_hidden_layers, every)]
 
 
 def value_probe(inputs: CalmInputs, config: CalmConfig, augment: str = "trained") -> list[dict]:
@@ -930,7 +932,9 @@ def run_job(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", se
         raise KilibError(f"a composition trains on 'kv' or, where control_examples > 0, on {CONTROL!r}; got {task!r}")
     from kilib.results import cached_dir, read_json
 
-    key = {"kind": "calm-run", "version": 2, "anchor": prepared(inputs, config, "anchor"),
+    from kilib.jobs import cpu_threads
+
+    key = {"kind": "calm-run", "version": 2, "threads": cpu_threads(), "anchor": prepared(inputs, config, "anchor"),
            "augment": prepared(inputs, config, "augment" if augment == "trained" else augment), "seed": seed,
            "rotary": rotary, **({"encoder": True} if encoder else {}),
            "task": task, "train_rows": inputs.rows[task]["train"], "every": config.every, "zero_init": config.zero_init,
@@ -987,7 +991,9 @@ def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed:
     and asked the same tasks; cached. Without m_A it cannot know the held-out keys' values."""
     from kilib.results import cached_dir, read_json
 
-    key = {"kind": "calm-lora", "version": 1, "anchor": prepared(inputs, config, "anchor"), "seed": seed,
+    from kilib.jobs import cpu_threads
+
+    key = {"kind": "calm-lora", "version": 1, "threads": cpu_threads(), "anchor": prepared(inputs, config, "anchor"), "seed": seed,
            "parameters": parameters, "train_rows": inputs.rows["kv"]["train"], "train": config.train,
            **_eval_key(inputs, config)}
 
@@ -1012,6 +1018,52 @@ def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed:
             "answers": evaluate(model, tokenizer, inputs, config, tasks=COMPOSITION_TASKS)})
 
     return read_json(cached_dir("calm", key, build) / "run.json")
+
+
+def composition_parameters(inputs: CalmInputs, config: CalmConfig) -> int:
+    """The bridges' parameter count, from the two models' configs (what the LoRA baseline matches)."""
+    from kilib.models import load_config
+
+    anchor, augment = (load_config(prepared(inputs, config, role)) for role in ("anchor", "augment"))
+    n = len(layer_plan(augment.num_hidden_layers, anchor.num_hidden_layers, config.every))
+    return bridge_parameters(augment.hidden_size, anchor.hidden_size, n)["exact"]
+
+
+def study_runs(inputs: CalmInputs, config: CalmConfig, progress: bool = True) -> dict[str, list[dict]]:
+    """Every run of the study, cached: ``baselines`` (m_A and the anchor alone), ``calm`` (each of
+    ``config.runs`` per seed, then the encoder ablation and the copying controls) and ``lora``.
+    The models they compose are prepared here first; the runs then go side by side on a CPU
+    (``config.workers``, ``config.threads``; :func:`kilib.jobs.side_by_side`)."""
+    import time
+
+    from kilib.jobs import side_by_side
+
+    for role in ("anchor", "augment", *sorted({a for a, _ in config.runs} - {"trained"})):
+        prepared(inputs, config, role)  # built once, before any worker needs it
+    calm = [(run_job, (inputs, config, augment, seed, rotary), {}) for augment, rotary in config.runs for seed in config.seeds]
+    if config.encoder_ablation:  # the paper's cross-attention over the trained m_A, reading the prompt only
+        calm += [(run_job, (inputs, config, "trained", seed), {"encoder": True}) for seed in config.seeds]
+    if inputs.rows[CONTROL]["train"]:  # the copying control, for each cross-attention
+        calm += [(run_job, (inputs, config, "trained", seed, rotary), {"task": CONTROL})
+                 for rotary in sorted({r for _, r in config.runs}) for seed in config.seeds]
+    parameters = composition_parameters(inputs, config)
+    groups = {"baselines": [(baseline, (inputs, config, which), {}) for which in ("augment", "anchor")], "calm": calm,
+              "lora": [(lora_baseline, (inputs, config, parameters, seed), {}) for seed in config.seeds]
+              if config.lora_baseline else []}
+    calls = [c for group in groups.values() for c in group]
+    start = time.time()
+
+    def report(i: int, finished: int, result: dict) -> None:
+        if progress:
+            print(f"[{finished}/{len(calls)}] {result['model']}, seed {result.get('seed', 0)} ({time.time() - start:.0f} s)",
+                  flush=True)
+
+    results = iter(side_by_side(calls, workers=config.workers, threads=config.threads, done=report))
+    out = {name: [next(results) for _ in group] for name, group in groups.items()}
+    if any(r["added_parameters"] != parameters for r in out["calm"]):
+        raise KilibError(f"a composition added {[r['added_parameters'] for r in out['calm']]} parameters where its "
+                         f"models' configs give {parameters}: the LoRA baseline would not match it")
+    return out
 
 
 def answer_rows(runs) -> list[dict]:
@@ -1048,11 +1100,13 @@ def compare(answers, task: str, better: str, worse: str, claim: str, margin: flo
             "margin": margin, "verdict": r["verdict"]}
 
 
-def notebook_overrides(anchor: str = "", augment: str = "", seeds: int = 0) -> dict[str, Any]:
+def notebook_overrides(anchor: str = "", augment: str = "", seeds: int = 0, workers: int = 0) -> dict[str, Any]:
     """Notebook 03's parameters as preset overrides: "" and 0 keep the profile's value."""
     if seeds < 0:
         raise KilibError(f"SEEDS must be >= 0 (0 keeps the profile's seeds), got {seeds}")
-    out = {"anchor": anchor, "augment": augment, "seeds": tuple(range(seeds))}
+    if workers < 0:
+        raise KilibError(f"WORKERS={workers}: use 0 for one run per CPU core, or n > 0 for n side by side")
+    out = {"anchor": anchor, "augment": augment, "seeds": tuple(range(seeds)), "workers": workers}
     return {k: v for k, v in out.items() if v}
 
 

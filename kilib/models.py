@@ -219,12 +219,21 @@ def load_causal_lm(
     return model, tokenizer
 
 
+def load_config(name_or_path: str | Path, *, revision: str | None = None, token: str | None = None):
+    """A model's ``AutoConfig`` by Hub id or local folder, with the loaders' one-line errors."""
+    from transformers import AutoConfig
+
+    name_or_path = _local_or_hub(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(str(name_or_path), revision=revision, token=token)
+    except (OSError, ValueError) as e:
+        raise (_hub_error(str(name_or_path), e) or e) from e
+
+
 def _check_cpu_4bit_widths(name_or_path, revision, token) -> None:
     """bitsandbytes' CPU 4-bit kernels need every quantized layer's width divisible by 64
     (the quantization block size)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(name_or_path), revision=revision, token=token)
+    config = load_config(name_or_path, revision=revision, token=token)
     widths = {w for w in (getattr(config, "hidden_size", 0), getattr(config, "intermediate_size", 0)) if w}
     odd = sorted(w for w in widths if w % 64)
     if odd:

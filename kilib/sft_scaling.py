@@ -538,7 +538,7 @@ def adapter_job(base: str, config: InjectionConfig, pairs: Sequence[dict], eval_
             "checkpoints": config.train.save_every_epoch, "logging_steps": config.train.logging_steps}
 
 
-def train_and_answer(job: Mapping[str, Any], threads: int | None = None) -> tuple[Path, Path]:
+def train_and_answer(job: Mapping[str, Any]) -> tuple[Path, Path]:
     """Train one LoRA adapter on its Q&A pairs (loss on answer tokens only, 4-bit base), then
     answer its evaluation questions greedily; each step cached by its key.
 
@@ -546,10 +546,6 @@ def train_and_answer(job: Mapping[str, Any], threads: int | None = None) -> tupl
     and ``train.json``: steps, losses, seconds) and the answers folder (``answers.json``)."""
     from kilib.results import cached_dir
 
-    if threads:
-        from kilib.training import set_threads
-
-        set_threads(threads)
     trained: dict[str, Any] = {}
 
     def build_adapter(folder: Path) -> None:
@@ -629,25 +625,18 @@ def _answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch
                     max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
-def _job_worker(job: Mapping[str, Any], threads: int) -> None:
-    train_and_answer(job, threads)
-
-
 def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progress: bool = True) -> list[dict]:
     """Train and answer every job, reusing cached ones; returns each job's tags with its
     ``train.json`` (as ``train``) and answers, in the jobs' order.
 
     On a CPU the adapters of a grid are independent and small, so ``workers`` processes (0: one
-    per usable core) train them side by side, splitting the cores between them: on two cores
-    this nearly halves notebook 01's wall time, where more threads inside one small model barely
-    help. ``workers=0`` on a GPU runs them one by one in this process."""
-    import concurrent.futures as cf
-    import multiprocessing
+    per usable core) train them side by side, one thread each (:func:`kilib.jobs.side_by_side`):
+    on two cores this nearly halves notebook 01's wall time, where more threads inside one small
+    model barely help. ``workers=0`` on a GPU runs them one by one in this process."""
     import time
 
-    from kilib.models import cuda_available
+    from kilib.jobs import side_by_side
     from kilib.results import cache_path, is_cached, read_json
-    from kilib.runtime import usable_cores
 
     todo, seen = [], set()
     for job in jobs:  # two jobs with one key (a 5x set equal to the 10x) train once
@@ -655,36 +644,18 @@ def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progre
         if path not in seen and not is_cached(ANSWER_CACHE, job["answer_key"]):
             todo.append(job)
         seen.add(path)
-    cores = usable_cores()
-    if workers <= 0:
-        workers = 1 if cuda_available() else cores
-    workers = max(1, min(workers, len(todo)))
+    todo.sort(key=lambda j: -len(j["train_key"]["pairs"]))  # the largest first: no long job left for the end
     start = time.time()
 
-    def report(i: int, job: Mapping[str, Any]) -> None:
+    def report(i: int, finished: int, _) -> None:
         if progress:
-            t = job["tags"]
-            r = read_json(cache_path(ADAPTER_CACHE, job["train_key"]) / "train.json")
+            t = todo[i]["tags"]
+            r = read_json(cache_path(ADAPTER_CACHE, todo[i]["train_key"]) / "train.json")
             losses = [h["loss"] for h in r["losses"]] or [r["train_loss"]]
-            print(f"[{i}/{len(todo)}] {t.get('doc_id', '')} {t.get('rule', '')} {t.get('scale', '')}x seed {t['seed']}: "
+            print(f"[{finished}/{len(todo)}] {t.get('doc_id', '')} {t.get('rule', '')} {t.get('scale', '')}x seed {t['seed']}: "
                   f"{r['steps']} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f} ({time.time() - start:.0f} s)", flush=True)
 
-    todo.sort(key=lambda j: -len(j["train_key"]["pairs"]))  # the largest first: no long job left for the end
-    if workers == 1:
-        for i, job in enumerate(todo, 1):
-            train_and_answer(job)
-            report(i, job)
-    elif todo:
-        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            futures = {pool.submit(_job_worker, job, max(1, cores // workers)): job for job in todo}
-            for i, future in enumerate(cf.as_completed(futures), 1):
-                future.result()
-                report(i, futures[future])
-        except cf.process.BrokenProcessPool:
-            raise KilibError(f"an adapter worker died (out of memory?): set WORKERS below {workers}") from None
-        finally:  # on an error, do not wait for the rest of the grid before saying so
-            pool.shutdown(wait=True, cancel_futures=True)
+    side_by_side([(train_and_answer, (job,), {}) for job in todo], workers=workers, done=report)
     out = []
     for job in jobs:
         train = read_json(cache_path(ADAPTER_CACHE, job["train_key"]) / "train.json")

@@ -60,7 +60,8 @@ def test_job_key_ignores_tags_and_rejects_empty_sets(base):
 
 
 def test_parallel_workers_train_the_same_adapters_as_one_process(base, tmp_path, monkeypatch):
-    """Two spawned workers (one thread each) against one in-process run, in separate caches."""
+    """Two spawned workers against one in-process run, in separate caches: one thread each,
+    so the losses are the same to the last bit."""
     jobs = [job_for(base, seed=s) for s in (3, 4)]
     out = {}
     for workers in (1, 2):
@@ -70,7 +71,7 @@ def test_parallel_workers_train_the_same_adapters_as_one_process(base, tmp_path,
         assert serial["seed"] == parallel["seed"] and serial["folder"] != parallel["folder"]
         a = [h["loss"] for h in serial["train"]["losses"]]
         b = [h["loss"] for h in parallel["train"]["losses"]]
-        assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+        assert a == b
 
 
 def test_grid_evaluation_is_disjoint_from_training():

@@ -76,6 +76,7 @@ PROFILE: str = "tiny"  # auto | tiny | smoke | paper
 ANCHOR: str = ""  # "" keeps the profile's anchor (a zoo model name in tiny)
 AUGMENT: str = ""  # "" keeps the profile's augmenting model
 SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
+WORKERS: int = 0  # runs trained side by side on a CPU (0: one per core)
 """),
 ("code", r"""
 from IPython.display import Markdown, display
@@ -89,7 +90,7 @@ from kilib.runtime import resolve_profile
 from kilib.training import set_threads
 
 profile = resolve_profile(PROFILE)
-config = select_preset(C.CALM_PRESETS, profile, C.notebook_overrides(ANCHOR, AUGMENT, SEEDS))
+config = select_preset(C.CALM_PRESETS, profile, C.notebook_overrides(ANCHOR, AUGMENT, SEEDS, WORKERS))
 set_threads()
 inputs = C.study_inputs(profile, config)
 run = Run("03_calm_composition", profile, config=config, seed=config.seeds[0])
@@ -137,19 +138,12 @@ The layer pairs, the added parameters (exactly, beside the paper's estimate n(D_
 the composed model equals the anchor before training: the largest logit difference must be 0.
 """),
 ("code", r"""
-runs = [C.baseline(inputs, config, which) for which in ("augment", "anchor")]
-calm_runs = [C.run_job(inputs, config, augment, seed, rotary) for augment, rotary in config.runs for seed in config.seeds]
-if config.encoder_ablation:  # the paper's cross-attention over the trained m_A, reading the prompt only
-    calm_runs += [C.run_job(inputs, config, "trained", seed, encoder=True) for seed in config.seeds]
-if inputs.rows[C.CONTROL]["train"]:  # the copying control, for each cross-attention
-    calm_runs += [C.run_job(inputs, config, "trained", seed, rotary, task=C.CONTROL)
-                  for rotary in sorted({r for _, r in config.runs}) for seed in config.seeds]
-runs += calm_runs
+study = C.study_runs(inputs, config)
+calm_runs, lora_runs = study["calm"], study["lora"]
+runs = study["baselines"] + calm_runs + lora_runs
 first = calm_runs[0]
 print(f"pairs (m_A block -> anchor block, 0-indexed): {first['plan']}")
 print(f"added parameters: {first['added_parameters']:,} (the paper's formula: {first['paper_formula']:,})")
-lora_runs = [C.lora_baseline(inputs, config, first["added_parameters"], seed) for seed in config.seeds] if config.lora_baseline else []
-runs += lora_runs
 for r in lora_runs:
     print(f"LoRA baseline, seed {r['seed']}: rank {r['rank']}, {r['added_parameters']:,} parameters, "
           f"loss {r['train']['losses'][0]['loss']:.3f} -> {r['train']['losses'][-1]['loss']:.3f} in {r['train']['seconds']:.1f} s")

@@ -1,0 +1,81 @@
+"""Independent runs side by side on a CPU.
+
+A tiny-profile study trains many small models that do not depend on one another: notebook 01's
+grid of adapters, notebook 03's compositions. One such model gains little from a second thread
+(a composition step of notebook 03 runs 1.45x faster on two threads than on one), so on a CPU
+they train in spawned processes, one per core. Each run gets exactly ``threads`` torch threads
+wherever it runs, in a worker or in this process: torch sums some gradients in another order
+with another thread count, so a run's numbers would otherwise depend on how many ran beside it
+or how many were already cached. On a GPU the runs go one by one in this process.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kilib.runtime import KilibError
+
+Call = tuple[Callable[..., Any], tuple, dict]  # a module-level function (it is pickled), its args and kwargs
+
+
+def cpu_threads() -> int | None:
+    """torch's thread count where a training run's numbers depend on it (on a CPU), for its
+    cache key; None on a GPU."""
+    import torch
+
+    from kilib.runtime import cuda_available
+
+    return None if cuda_available() else torch.get_num_threads()
+
+
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int) -> Any:
+    from kilib.training import set_threads
+
+    set_threads(threads)
+    return fn(*args, **kwargs)
+
+
+def side_by_side(calls: Sequence[Call], workers: int = 0, threads: int = 1,
+                 done: Callable[[int, int, Any], None] | None = None) -> list[Any]:
+    """Each call's result, in the calls' order. ``workers``: processes at once (0: one per
+    ``threads`` usable cores on a CPU, 1 on a GPU); with one, the calls run here. ``done(i,
+    finished, result)`` is called as each call ``i`` finishes (``finished`` counts them)."""
+    import multiprocessing
+
+    from kilib.runtime import cuda_available, usable_cores
+
+    if threads < 1:
+        raise KilibError(f"threads must be at least 1, got {threads}")
+    if workers < 0:
+        raise KilibError(f"workers={workers}: use 0 for one per CPU core, or n > 0 for n side by side")
+    if workers == 0:
+        workers = 1 if cuda_available() else max(1, usable_cores() // threads)
+    workers = max(1, min(workers, len(calls)))
+    results: list[Any] = [None] * len(calls)
+    if workers == 1:
+        import torch
+
+        saved = torch.get_num_threads()
+        try:
+            for i, (fn, args, kwargs) in enumerate(calls):
+                results[i] = fn(*args, **kwargs) if cuda_available() else _run(fn, args, kwargs, threads)
+                if done:
+                    done(i, i + 1, results[i])
+        finally:
+            torch.set_num_threads(saved)
+        return results
+    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(_run, fn, args, kwargs, threads): i for i, (fn, args, kwargs) in enumerate(calls)}
+        for finished, future in enumerate(cf.as_completed(futures), 1):
+            i = futures[future]
+            results[i] = future.result()
+            if done:
+                done(i, finished, results[i])
+    except cf.process.BrokenProcessPool:
+        raise KilibError(f"a worker process died (out of memory?): set WORKERS below {workers}") from None
+    finally:  # on an error, do not wait for the rest before saying so
+        pool.shutdown(wait=True, cancel_futures=True)
+    return results

@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from kilib.jobs import side_by_side
+from kilib.runtime import KilibError
+
+
+def test_side_by_side_keeps_the_calls_order_and_reports_each():
+    seen = []
+    calls = [(pow, (2, n), {}) for n in range(5)]
+    assert side_by_side(calls, workers=2, done=lambda i, finished, r: seen.append((i, finished, r))) == [1, 2, 4, 8, 16]
+    assert sorted((i, r) for i, _, r in seen) == [(n, 2 ** n) for n in range(5)]
+    assert sorted(f for _, f, _ in seen) == [1, 2, 3, 4, 5]
+    assert side_by_side([]) == []
+
+
+def test_every_call_gets_its_threads_in_a_worker_and_here():
+    before = torch.get_num_threads()
+    ask = (torch.get_num_threads, (), {})
+    assert side_by_side([ask, ask], workers=2) == [1, 1]
+    assert side_by_side([ask], workers=1) == [1]  # in this process, then restored
+    assert side_by_side([ask], workers=1, threads=2) == [2]
+    assert torch.get_num_threads() == before
+
+
+def test_a_failing_call_raises_here_and_bad_counts_are_refused():
+    with pytest.raises(ValueError, match="invalid literal"):
+        side_by_side([(int, ("x",), {}), (int, ("1",), {})], workers=2)
+    with pytest.raises(KilibError, match="workers=-1: use 0"):
+        side_by_side([(int, ("1",), {})], workers=-1)
+    with pytest.raises(KilibError, match="threads must be at least 1"):
+        side_by_side([(int, ("1",), {})], threads=0)
