@@ -844,21 +844,27 @@ def composed_blocks(augment_model, anchor: str, every: int) -> list[int]:
     return [a for a, _ in layer_plan(len(decoder_layers(augment_model)), load_config(anchor).num_hidden_layers, every)]
 
 
+PROBE_COLUMNS = ("m_A", "block", "training_keys", "held_out_keys", "held_out_occurrences", "chance")
+
+
 def value_probe(inputs: CalmInputs, config: CalmConfig, augment: str = "trained") -> list[dict]:
     """Does m_A hold the keys' values where the bridges read them? Per composed m_A block, a
     linear probe from its state at each key's last token to the key's value, fitted on the KV
     training rows (training keys) and scored on the evaluation rows (held-out keys): for the
     trained m_A, how much a bridge could read of keys it never trained on; for the vanilla one,
     the chance level of the same probe. Only held-out keys whose value some training key shares
-    can be scored (``held_out_keys`` is None where none does, as with unique values)."""
+    can be scored (``held_out_keys`` is None where none does); where no held-out key shares
+    one, as with unique values, there are no rows (columns: :data:`PROBE_COLUMNS`)."""
     import torch
 
     from kilib.models import load_causal_lm
 
+    table = {**inputs.keys["train"], **inputs.keys["eval"]}
+    if not set(inputs.keys["train"].values()) & set(inputs.keys["eval"].values()):
+        return []  # unique values (the paper's table): nothing to score, and the fit over 1,000 classes is costly
     model, tokenizer = load_causal_lm(prepared(inputs, config, "augment" if augment == "trained" else augment),
                                       quantization=config.quantization)
     blocks = composed_blocks(model, inputs.anchor, config.every)
-    table = {**inputs.keys["train"], **inputs.keys["eval"]}
     (fit_x, fit_keys), (test_x, test_keys) = (key_states(model, tokenizer, inputs.rows["kv"][s], blocks) for s in ("train", "eval"))
     fit_y, test_y = (torch.tensor([table[k] for k in keys]) for keys in (fit_keys, test_keys))
     out = []

@@ -520,7 +520,10 @@ def scores(answers: Sequence[Mapping[str, Any]], by: Sequence[str] = ("model", "
 
 # -- runs ------------------------------------------------------------------------------------
 def _eval_key(inputs: MemoryInputs, config: MemoryConfig) -> dict:
-    return {"eval": inputs.eval, "demo_pool": inputs.demo_pool, "demo_seed": config.demo_seed,
+    # the demonstrations a prompt can hold, not their pool (FEVER's is 225k claims; each k-shot
+    # prompt's demonstrations are the first k of these)
+    demos = demonstrations(inputs.demo_pool, max((*config.shots, config.memory_shots)), config.demo_seed)
+    return {"eval": inputs.eval, "demos": demos,
             "max_new_tokens": config.max_new_tokens, "batch_size": config.eval_batch_size,
             "quantization": config.quantization}
 

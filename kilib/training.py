@@ -117,7 +117,9 @@ def sft_dataset(tokenizer, pairs, prompt_key: str = "prompt", answer_key: str = 
 
 def lm_dataset(tokenizer, texts: Iterable[str], block_size: int):
     """Causal-LM blocks from raw documents: each text is tokenised, EOS-terminated,
-    concatenated, and cut into ``block_size`` windows (the last partial one is padded)."""
+    concatenated, and cut into ``block_size`` windows (the last partial one is padded). Where
+    the tokenizer starts its inputs with BOS (Llama's), each window starts with BOS too, as the
+    prompts the model is later asked do."""
     from datasets import Dataset
 
     stream: list[int] = []
@@ -129,9 +131,12 @@ def lm_dataset(tokenizer, texts: Iterable[str], block_size: int):
         n += 1
     if n == 0:
         raise KilibError("no documents to train on: check the document folder")
+    bos = tokenizer.bos_token_id
+    first = ([bos] if bos is not None and tokenizer("a").input_ids[:1] == [bos] else [])
+    width = block_size - len(first)
     rows = []
-    for start in range(0, len(stream), block_size):
-        ids = stream[start : start + block_size]
+    for start in range(0, len(stream), width):
+        ids = first + stream[start : start + width]
         pad = block_size - len(ids)
         rows.append({
             "input_ids": ids + [tokenizer.pad_token_id] * pad,

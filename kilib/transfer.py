@@ -77,14 +77,24 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
     totals = {n: torch.zeros(() if summed else logical_shape(all_params[n]), dtype=torch.float32, device=all_params[n].device)
               for n in [*params, *hooked]}
     reduce = (lambda t: t.sum()) if summed else (lambda t: t)
+    # A hooked weight's gradient for the sample: added into its running sum as soon as it is
+    # complete (a layer called once per forward), so that no more than one layer's g^T x is
+    # held at a time; a layer called more than once sums its gradient pieces first.
     weight_grads: dict[str, Any] = {}
+    calls: dict[str, int] = {}
+    pending: dict[str, int] = {}
 
     def on_forward(name, module, args, output):
         x = args[0].detach()
+        calls[name] = pending[name] = calls.get(name, 0) + 1
 
         def on_grad(g):
             gw = g.reshape(-1, g.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()
             weight_grads[name] = weight_grads[name] + gw if name in weight_grads else gw
+            pending[name] -= 1
+            if pending[name] == 0:
+                with torch.no_grad():
+                    totals[name] += reduce((dense_weight(hooked[name].weight) * weight_grads.pop(name)).abs())
 
         if output.requires_grad:
             output.register_hook(on_grad)
@@ -94,6 +104,7 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
 
     handles = [m.register_forward_hook(functools.partial(on_forward, n)) for n, m in hooked.items()]
     handles.append(model.get_input_embeddings().register_forward_hook(inputs_require_grad))
+    device = next(model.parameters()).device
     samples = 0
     try:
         for batch in batches:
@@ -102,13 +113,16 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
                 raise KilibError(f"sensitivity takes one sample per batch, got {ids.shape[0]}: its absolute value is per sample")
             model.zero_grad(set_to_none=True)
             weight_grads.clear()
-            out = model(input_ids=ids, attention_mask=batch.get("attention_mask"), labels=batch["labels"], use_cache=False)
+            calls.clear()
+            mask = batch.get("attention_mask")
+            out = model(input_ids=ids.to(device), attention_mask=None if mask is None else mask.to(device),
+                        labels=batch["labels"].to(device), use_cache=False)
             out.loss.backward()
             with torch.no_grad():
                 for n, p in params.items():
                     if p.grad is not None:
                         totals[n] += reduce((p.detach().float() * p.grad.float()).abs())
-                for n, gw in weight_grads.items():
+                for n, gw in weight_grads.items():  # a call whose output the loss did not use sent no gradient
                     totals[n] += reduce((dense_weight(hooked[n].weight) * gw).abs())
             samples += 1
     finally:
@@ -222,8 +236,10 @@ def teacher_name(student_name: str, selected: Sequence[int], prefix: str = "mode
 
 
 def extract(teacher, student, scores: Mapping[str, Any], selected: Sequence[int], how: str = "sensitive",
-            seed: int = 0, prefix: str = "model.layers.") -> dict[str, Any]:
-    """Every 2-D student parameter cut from the teacher (:func:`extract_matrix`), by name."""
+            seed: int = 0, prefix: str = "model.layers.", each=None) -> dict[str, Any]:
+    """Every 2-D student parameter cut from the teacher (:func:`extract_matrix`), by name; with
+    ``each(name, matrix)``, what it returns for each matrix as soon as that one is cut (so that
+    a 7B student's matrices need not all be held at once)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -237,8 +253,40 @@ def extract(teacher, student, scores: Mapping[str, Any], selected: Sequence[int]
         if source not in theirs or source not in scores:
             raise KilibError(f"the teacher has no {source} (for the student's {name}): pick two models of one architecture")
         vocab = "embed_tokens" in name or "lm_head" in name
-        out[name] = extract_matrix(dense_weight(theirs[source]), scores[source], shape, how, vocab_rows=vocab, generator=generator)
+        cut = extract_matrix(dense_weight(theirs[source]), scores[source], shape, how, vocab_rows=vocab, generator=generator)
+        out[name] = cut if each is None else each(name, cut)
     return out
+
+
+def lora_factors(student, rank: int):
+    """``(name, matrix) -> (B, A)``: the rank-``rank`` factors (:func:`svd_factors`) of a matrix
+    cut for the student's parameter ``name``, oriented as its LoRA takes them: of the transposed
+    matrix for an embedding (peft's embedding update is (B A)^T)."""
+    import torch
+
+    modules = dict(student.named_modules())
+
+    def factors(name: str, matrix):
+        matrix = matrix.to(torch.float32)
+        embedding = isinstance(modules.get(name.removesuffix(".weight")), torch.nn.Embedding)
+        return svd_factors(matrix.T if embedding else matrix, rank)
+
+    return factors
+
+
+def save_factors(factors: Mapping[str, tuple[Any, Any]], path: str | Path) -> None:
+    """``{name: (B, A)}`` as one safetensors file (``<name>.B``, ``<name>.A``)."""
+    from safetensors.torch import save_file
+
+    save_file({f"{n}.{part}": t.contiguous().cpu() for n, (b, a) in factors.items() for part, t in (("B", b), ("A", a))},
+              str(path))
+
+
+def load_factors(path: str | Path) -> dict[str, tuple[Any, Any]]:
+    from safetensors.torch import load_file
+
+    flat = load_file(str(path))
+    return {n[:-2]: (flat[n], flat[n[:-2] + ".A"]) for n in flat if n.endswith(".B")}
 
 
 RESIDUAL = "transfer_residual"  # the frozen adapter holding -B A
@@ -246,7 +294,8 @@ RESIDUAL = "transfer_residual"  # the frozen adapter holding -B A
 
 def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str = "default") -> list[str]:
     """Start each LoRA of the peft ``model`` whose base weight has an extracted matrix at that
-    matrix's rank-``rank`` factors (B scaled by 1/scaling, so the update is B A), and add a
+    matrix's rank-``rank`` factors (B scaled by 1/scaling, so the update is B A; a value may be
+    the factors themselves, ``(B, A)`` from :func:`lora_factors`), and add a
     frozen second adapter holding -B A: the model computes W - B A + B A, the student unchanged
     at step 0 (methods.md §2, "initially equivalent"), whether W is in full precision or in
     4-bit (where W - B A could not be stored without requantising). Embedding LoRAs take the
@@ -272,8 +321,14 @@ def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str 
         name = module_name.removeprefix("base_model.model.") + ".weight"
         if name not in extracted:
             continue
-        matrix = extracted[name].to(torch.float32)
-        b, a = svd_factors(matrix if linear else matrix.T, rank)
+        value = extracted[name]
+        if isinstance(value, tuple):
+            b, a = (t.to(torch.float32) for t in value)
+            if b.shape[1] != rank or a.shape[0] != rank:
+                raise KilibError(f"the factors of {name} have rank {b.shape[1]}, not {rank}: extract them at rank {rank}")
+        else:
+            matrix = value.to(torch.float32)
+            b, a = svd_factors(matrix if linear else matrix.T, rank)
         if linear:
             pairs = [(module.lora_A[k].weight, module.lora_B[k].weight) for k in (adapter, RESIDUAL)]
         else:
@@ -411,10 +466,15 @@ TRANSFER_PRESETS = {
 
 # The paper profile's data (methods.md §2): Hub dataset, config, and the split each role draws
 # from. A local folder of parquet or jsonl files with the same split names works in its place.
+# ``stream``: read in streaming mode and shuffled through a 10,000-row buffer (with the shards'
+# order), for SNI's millions of rows. A buffer draws only from its first rows plus the sample,
+# so for one ordered file (MMLU's test set is sorted by subject) it would never reach the end:
+# GSM8K and MMLU are loaded whole and shuffled over every row.
 PAPER_DATASETS = {
-    "gsm": {"path": "openai/gsm8k", "name": "main", "train": "train", "demos": "train", "eval": "test"},
-    "mmlu": {"path": "cais/mmlu", "name": "all", "train": "auxiliary_train", "demos": "dev", "eval": "test"},
-    "sni": {"path": "Muennighoff/natural-instructions", "name": None, "train": "train", "demos": "train", "eval": "test"},
+    "gsm": {"path": "openai/gsm8k", "name": "main", "train": "train", "demos": "train", "eval": "test", "stream": False},
+    "mmlu": {"path": "cais/mmlu", "name": "all", "train": "auxiliary_train", "demos": "dev", "eval": "test", "stream": False},
+    "sni": {"path": "Muennighoff/natural-instructions", "name": None, "train": "train", "demos": "train", "eval": "test",
+            "stream": True},
 }
 _HUB_FIELDS = {"gsm": ("question", "answer"), "mmlu": ("question", "choices", "answer"), "sni": ("definition", "inputs", "targets")}
 
@@ -442,24 +502,26 @@ def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[str, list[dict]]:
-    """``sizes`` rows per role (seed, train, demos, eval) from the task's Hub dataset, streamed
-    and shuffled with ``seed`` (SNI's training split alone has millions of rows). Seed,
-    training and, where they share a split, demonstration rows are disjoint."""
+    """``sizes`` rows per role (seed, train, demos, eval) from the task's Hub dataset, shuffled
+    with ``seed``: over the whole split, or streamed through a buffer where the dataset says
+    ``stream`` (SNI's training split alone has millions of rows). Seed, training and, where they
+    share a split, demonstration rows are disjoint."""
     from datasets import load_dataset
 
     spec = PAPER_DATASETS[task]
     local = Path(str(spec["path"])).expanduser()
+    streaming = bool(spec.get("stream", True))
 
     def open_split(split: str):
         if not local.is_dir():
-            return load_dataset(spec["path"], spec["name"], split=split, streaming=True)
+            return load_dataset(spec["path"], spec["name"], split=split, streaming=streaming)
         files = sorted(p for p in local.iterdir() if p.name.split(".")[0].split("-")[0] == split)
         kinds = {p.suffix for p in files}
         if not files or len(kinds) != 1 or kinds - {".jsonl", ".json", ".parquet"}:
             raise KilibError(f"{local} has no single-format {split}.jsonl or {split}.parquet (or {split}-*.parquet) "
                              f"for {task}: add it, or point transfer.PAPER_DATASETS at another folder")
         builder = "parquet" if kinds == {".parquet"} else "json"
-        return load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=True)
+        return load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=streaming)
 
     def stream(split: str, n: int):
         try:
@@ -467,7 +529,9 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
         except (OSError, ValueError, ConnectionError) as e:
             raise KilibError(f"cannot load {spec['path']} ({split}) for {task}: {str(e).splitlines()[0][:200]}. "
                              "Connect to the Hub once to cache it, or set transfer.PAPER_DATASETS to a local copy") from e
-        return [task_row(task, r) for r in data.shuffle(seed=seed, buffer_size=10_000).take(n)]
+        if streaming:
+            return [task_row(task, r) for r in data.shuffle(seed=seed, buffer_size=10_000).take(n)]
+        return [task_row(task, r) for r in data.shuffle(seed=seed).select(range(min(n, len(data))))]
 
     order = ["seed", "train"] + (["demos"] if spec["demos"] == spec["train"] else [])
     drawn = stream(spec["train"], sum(sizes.get(k, 0) for k in order))
@@ -589,15 +653,14 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
     by a hash of the models, the seed rows and the settings."""
     from kilib.results import cached_dir
 
-    key = {"kind": "transfer-extraction", "version": 2, "teacher": inputs.teacher, "student": inputs.student,
+    key = {"kind": "transfer-extraction", "version": 3, "teacher": inputs.teacher, "student": inputs.student,
            "task": task, "seed_rows": inputs.rows[task]["seed"], "quantization": config.quantization,
-           "methods": [m for m in config.methods if m != "lora"]}
+           "methods": [m for m in config.methods if m != "lora"], "rank": config.rank}
     return cached_dir("transfer", key, lambda tmp: _extract(inputs, config, task, key["methods"], tmp))
 
 
 def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods, folder: Path) -> None:
     import torch
-    from safetensors.torch import save_file
 
     from kilib.models import decoder_layers, load_causal_lm
     from kilib.results import write_json
@@ -612,9 +675,11 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
     selected = select_layers(blocks, len(decoder_layers(student)))
     needed = sorted({teacher_name(n, selected) for n, p in student.named_parameters() if len(logical_shape(p)) == 2})
     scores = sensitivity(teacher, samples, names=needed)
+    # Only each matrix's rank-r factors are kept (the LoRA starts from them): a 7B student's cut
+    # matrices in float32 would take 27 GB per way of cutting.
     for how in methods:
-        cut = extract(teacher, student, scores, selected, how=how, seed=0)
-        save_file({k: v.contiguous().cpu() for k, v in cut.items()}, str(folder / f"{how}.safetensors"))
+        save_factors(extract(teacher, student, scores, selected, how=how, seed=0, each=lora_factors(student, config.rank)),
+                     folder / f"{how}.safetensors")
     probe = "model.layers.{}.mlp.down_proj.weight"
     heat = {"name": probe.format(selected[0]), "shape": list(logical_shape(dict(student.named_parameters())[probe.format(0)]))}
     torch.save(scores[heat["name"]].cpu(), folder / "probe_sensitivity.pt")
@@ -651,8 +716,6 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
 
 
 def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str, seed: int, folder: Path) -> None:
-    from safetensors.torch import load_file
-
     from kilib.models import attach_lora, load_causal_lm
     from kilib.results import write_json
     from kilib.runtime import set_seed
@@ -663,8 +726,7 @@ def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str,
     model = attach_lora(model, r=config.rank, include_embeddings=True)
     initialised = []
     if method != "lora":
-        cut = load_file(str(extraction(inputs, config, task) / f"{method}.safetensors"))
-        initialised = init_lora_from(model, cut, config.rank)
+        initialised = init_lora_from(model, load_factors(extraction(inputs, config, task) / f"{method}.safetensors"), config.rank)
     rows = [{"prompt": task_prompt(task, r), "answer": task_answer(task, r)} for r in inputs.rows[task]["train"]]
     train_config = dataclasses.replace(config.train, seed=seed)
     result = train(model, sft_dataset(tokenizer, rows, max_length=train_config.max_length), train_config,

@@ -321,6 +321,14 @@ def test_linear_probe_reads_a_planted_code_and_not_noise():
     assert unseen["test_items"] == 50
 
 
+def test_value_probe_with_unique_values_loads_nothing():
+    """The paper's table: no held-out key shares a value with a training key, so nothing can be
+    scored, and the probe returns before loading m_A (the paths below do not exist)."""
+    inputs = C.CalmInputs("/no/anchor", "/no/augment", rows={}, keys={"train": {"ab": 1, "cd": 2}, "eval": {"ef": 3}},
+                          source="")
+    assert C.value_probe(inputs, C.CALM_PRESETS["paper"]) == []
+
+
 @pytest.mark.parametrize("profile", ["smoke", "tiny", "paper"])
 def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_tokenizer, tmp_path, monkeypatch):
     import random

@@ -1,5 +1,6 @@
 """The memory study (methods.md §4) against direct computations: the module, the hook, the data pipeline."""
 
+import dataclasses
 import json
 
 import pytest
@@ -249,6 +250,15 @@ def test_demonstrations_cycle_the_labels_and_grow_by_one():
     assert M.demonstrations(pool, 3, seed=1) != M.demonstrations(pool, 3, seed=0)
     with pytest.raises(KilibError, match="too few 'refutes'"):
         M.demonstrations([c for c in pool if c["label"] != "refutes"], 2)
+
+
+def test_cache_keys_hold_the_demonstrations_used_not_their_pool():
+    pool = [_claim(f"P{i}", label, f"claim {i} {label}") for i in range(40) for label in M.DEMO_LABELS]
+    inputs = M.MemoryInputs(models={}, pages={}, eval=[], train=[], demo_pool=pool, selection={}, source="")
+    config = M.MEMORY_PRESETS["smoke"]
+    key = M._eval_key(inputs, config)
+    assert "demo_pool" not in key and key["demos"] == M.demonstrations(pool, max((*config.shots, config.memory_shots)))
+    assert M._eval_key(inputs, dataclasses.replace(config, demo_seed=1))["demos"] != key["demos"]
 
 
 def test_tiny_claims_are_unseen_disjoint_and_cover_every_page():

@@ -69,6 +69,19 @@ def test_lm_blocks_cover_the_stream_and_mask_padding():
     assert got == stream
     last = ds[len(ds) - 1]
     assert all(l == IGNORE_INDEX for l, m in zip(last["labels"], last["attention_mask"]) if not m)
+    assert tok.bos_token_id is None  # the zoo's kind of tokenizer: no BOS, windows as above
+
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = tok.backend_tokenizer  # a tokenizer that starts every input with BOS, as Llama's
+    bos = tok.convert_tokens_to_ids("<|user|>")
+    backend.post_processor = processors.TemplateProcessing(single="<|user|> $A", special_tokens=[("<|user|>", bos)])
+    llama_like = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|eos|>",
+                                         unk_token="<|unk|>", bos_token="<|user|>")
+    rows = lm_dataset(llama_like, texts, block_size=8)
+    assert all(row["input_ids"][0] == bos for row in rows)
+    assert [i for row in rows for i, m in zip(row["input_ids"][1:], row["attention_mask"][1:]) if m] == stream
 
 
 class _Crash(Exception):

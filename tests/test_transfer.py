@@ -300,6 +300,23 @@ def test_4bit_student_lora_starts_at_the_teacher_factors_unchanged(tmp_path):
     with pytest.raises(KilibError, match="already started"):
         T.init_lora_from(model, cut, rank=4)
 
+    # what the extraction saves: only the factors, cut matrix by matrix; they start the same LoRA
+    path = tmp_path / "factors.safetensors"
+    fresh, _ = load_causal_lm(_saved_llama(tmp_path, tok, seed=2), quantization="4bit", device="cpu")
+    T.save_factors(T.extract(teacher, fresh, scores, selected, each=T.lora_factors(fresh, 4)), path)
+    factors = T.load_factors(path)
+    assert set(factors) == set(cut) and factors["model.layers.0.mlp.up_proj.weight"][0].shape == (128, 4)
+    again = attach_lora(fresh, r=4, include_embeddings=True)
+    assert T.init_lora_from(again, factors, rank=4) == done
+    frozen = {n: p for n, p in model.named_parameters() if T.RESIDUAL in n}  # the start's factors (B negated)
+    assert frozen and all(torch.equal(p, frozen[n]) for n, p in again.named_parameters() if T.RESIDUAL in n)
+    embedding = again.base_model.model.model.embed_tokens
+    b, a = T.svd_factors(cut["model.embed_tokens.weight"].T, 4)
+    torch.testing.assert_close(embedding.lora_embedding_B["default"] @ embedding.lora_embedding_A["default"], b @ a)
+    with pytest.raises(KilibError, match="have rank 4, not 2: extract them at rank 2"):
+        T.init_lora_from(attach_lora(load_causal_lm(_saved_llama(tmp_path, tok, seed=2), quantization="4bit",
+                                                    device="cpu")[0], r=2, include_embeddings=True), factors, rank=2)
+
 
 def test_task_scoring_and_notebook_parameters():
     row = {"question": "q", "answer": "12", "rationale": "3 x 4 = 12. The answer is 12"}
@@ -374,6 +391,13 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
     assert all(x["answer"] == "ABCD"[int(x["question"][1:-1]) % 4] for x in m["train"] + m["demos"])
     s = T.hub_task_rows("sni", sizes)["eval"][0]
     assert s["instruction"] == "Copy." and s["output"] == s["input"]
+    # MMLU's test file is ordered (by subject): the draw reaches its end, which a 10,000-row
+    # streaming buffer never does
+    ordered = [{"question": f"m{i}?", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 0} for i in range(12_000)]
+    T.PAPER_DATASETS["mmlu"] = {**T.PAPER_DATASETS["mmlu"], "path": folder("mmlu-long", {
+        "auxiliary_train": mmlu, "dev": mmlu[:5], "test": ordered})}
+    drawn = [int(x["question"][1:-1]) for x in T.hub_task_rows("mmlu", {**sizes, "eval": 200})["eval"]]
+    assert len(set(drawn)) == 200 and max(drawn) >= 11_000
     with pytest.raises(KilibError, match="too few rows for gsm: eval \\(10 of 20\\)"):
         T.hub_task_rows("gsm", {**sizes, "eval": 20})
     with pytest.raises(KilibError, match="need the field\\(s\\) targets"):

@@ -274,7 +274,8 @@ Reading m_A and computing with what it read are two steps, and m_A must hold the
   anchor itself answers, and whether the composition learned KV arithmetic even over the keys it trained on.
 """),
 ("code", r"""
-probes = pd.DataFrame(C.value_probe(inputs, config, "trained") + C.value_probe(inputs, config, "vanilla"))
+probes = pd.DataFrame(C.value_probe(inputs, config, "trained") + C.value_probe(inputs, config, "vanilla"),
+                      columns=list(C.PROBE_COLUMNS))
 run.save_table(probes, "value_probe")
 display(probes.round(1))
 best = {m: probes[probes["m_A"] == m]["held_out_keys"].max() for m in ("trained", "vanilla")}
