@@ -14,7 +14,8 @@ def test_side_by_side_keeps_the_calls_order_and_reports_each():
     assert side_by_side([]) == []
 
 
-def test_every_call_gets_its_threads_in_a_worker_and_here():
+def test_every_call_gets_its_threads_in_a_worker_and_here(monkeypatch):
+    monkeypatch.setattr("kilib.runtime.cuda_available", lambda: False)  # the CPU path, on any machine
     before = torch.get_num_threads()
     ask = (torch.get_num_threads, (), {})
     assert side_by_side([ask, ask], workers=2) == [1, 1]
