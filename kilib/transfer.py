@@ -369,8 +369,16 @@ PAPER_TABLE1 = {
 PAPER_ROWS = {"student": "vanilla 7B", "teacher": "vanilla 13B", "lora": "7B-LoRA", "sensitive": "+ 13B param."}
 
 
+def demonstrations_for(row, pool, k: int) -> list:
+    """The ``k`` demonstrations a row is asked after: the first ``k`` of the pool, or, for a row
+    with a subject (MMLU from the Hub), the first ``k`` of its subject."""
+    subject = row.get("subject")
+    return [d for d in pool if d.get("subject") == subject][:k] if subject else list(pool[:k])
+
+
 def task_prompt(task: str, row, demos=()) -> str:
-    """The prompt for one row, after ``demos`` (rows with their answers) for few-shot."""
+    """The prompt for one row, after ``demos`` (rows with their answers) for few-shot. An MMLU
+    row with a subject opens with open-instruct's header naming it."""
     def one(r) -> str:
         if task == "gsm":
             return f"Question: {r['question']}\nAnswer:"
@@ -384,7 +392,9 @@ def task_prompt(task: str, row, demos=()) -> str:
         raise KilibError(f"unknown task {task!r}: choose among {', '.join(TASKS + TINY_TASKS)}")
 
     shots = "".join(f"{one(d)} {task_answer(task, d)}\n\n" for d in demos)
-    return shots + one(row)
+    subject = row.get("subject") if task == "mmlu" else None
+    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n" if subject else ""
+    return header + shots + one(row)
 
 
 def task_answer(task: str, row) -> str:
@@ -469,10 +479,13 @@ TRANSFER_PRESETS = {
 # ``stream``: read in streaming mode and shuffled through a 10,000-row buffer (with the shards'
 # order), for SNI's millions of rows. A buffer draws only from its first rows plus the sample,
 # so for one ordered file (MMLU's test set is sorted by subject) it would never reach the end:
-# GSM8K and MMLU are loaded whole and shuffled over every row.
+# GSM8K and MMLU are loaded whole and shuffled over every row. ``demos_by_subject``: the whole
+# demonstration split in its order, and each question's k demonstrations are the first k of its
+# subject (MMLU's dev set has five per subject), as in open-instruct's MMLU evaluation.
 PAPER_DATASETS = {
     "gsm": {"path": "openai/gsm8k", "name": "main", "train": "train", "demos": "train", "eval": "test", "stream": False},
-    "mmlu": {"path": "cais/mmlu", "name": "all", "train": "auxiliary_train", "demos": "dev", "eval": "test", "stream": False},
+    "mmlu": {"path": "cais/mmlu", "name": "all", "train": "auxiliary_train", "demos": "dev", "eval": "test", "stream": False,
+             "demos_by_subject": True},
     "sni": {"path": "Muennighoff/natural-instructions", "name": None, "train": "train", "demos": "train", "eval": "test",
             "stream": True},
 }
@@ -482,7 +495,8 @@ _HUB_FIELDS = {"gsm": ("question", "answer"), "mmlu": ("question", "choices", "a
 def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
     """A Hub row in the fields the tiny world's tasks have: GSM8K's "rationale #### 72" becomes
     the rationale ending "The answer is 72" and the answer "72"; MMLU's answer index becomes
-    its letter; SNI's definition, inputs and targets become instruction, input and output."""
+    its letter (its subject kept, for same-subject demonstrations); SNI's definition, inputs and
+    targets become instruction, input and output."""
     missing = [f for f in _HUB_FIELDS[task] if f not in row]
     if missing:
         raise KilibError(f"{task} rows need the field(s) {', '.join(missing)}; found {', '.join(row)}: "
@@ -496,7 +510,8 @@ def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
     if task == "mmlu":
         answer = row["answer"]
         letter = CHOICES[int(answer)] if not isinstance(answer, str) or answer.isdigit() else answer.strip().upper()
-        return {"question": row["question"], "choices": list(row["choices"]), "answer": letter}
+        return {"question": row["question"], "choices": list(row["choices"]), "answer": letter,
+                "subject": str(row.get("subject") or "")}
     return {"instruction": row["definition"], "input": row["inputs"],
             "output": row["targets"][0] if isinstance(row["targets"], list) else row["targets"]}
 
@@ -539,7 +554,9 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
     for role in order:
         rows[role] = drawn[start:start + sizes.get(role, 0)]
         start += sizes.get(role, 0)
-    if "demos" not in rows:
+    if "demos" not in rows and spec.get("demos_by_subject"):
+        rows["demos"] = [task_row(task, r) for r in open_split(spec["demos"])]
+    elif "demos" not in rows:
         rows["demos"] = stream(spec["demos"], sizes.get("demos", 0))
     rows["eval"] = stream(spec["eval"], sizes["eval"])
     short = [f"{role} ({len(rows[role])} of {sizes.get(role, 0)})" for role in rows if len(rows[role]) < sizes.get(role, 0)]
@@ -694,8 +711,8 @@ def _evaluate(model, tokenizer, task: str, inputs: TransferInputs, config: Trans
     limit = dict(config.max_new_tokens)[task]
     rows, answers = inputs.rows[task]["eval"], []
     for k in _shots(config, task):
-        demos = inputs.rows[task]["demos"][:k]
-        prompts = [render_prompt(tokenizer, task_prompt(task, r, demos)) for r in rows]
+        prompts = [render_prompt(tokenizer, task_prompt(task, r, demonstrations_for(r, inputs.rows[task]["demos"], k)))
+                   for r in rows]
         outputs = generate(model, tokenizer, prompts, max_new_tokens=limit, batch_size=config.eval_batch_size,
                            stop=("\n\n", "\nQuestion:"))
         answers += [{"shots": k, "item": i, "prediction": o, **score(task, o, r)} for i, (r, o) in enumerate(zip(rows, outputs))]

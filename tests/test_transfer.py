@@ -389,6 +389,20 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
     assert T.hub_task_rows("gsm", sizes) == rows  # seeded: the same draw
     m = T.hub_task_rows("mmlu", sizes)
     assert all(x["answer"] == "ABCD"[int(x["question"][1:-1]) % 4] for x in m["train"] + m["demos"])
+    # MMLU's demonstrations: the whole dev split in order, and each question gets its subject's first k
+    dev = [{**r, "subject": s} for r, s in zip(mmlu[:6], ["high_school_physics"] * 3 + ["virology"] * 3)]
+    T.PAPER_DATASETS["mmlu"] = {**T.PAPER_DATASETS["mmlu"], "path": folder("mmlu-dev", {
+        "auxiliary_train": mmlu, "dev": dev, "test": [{**mmlu[9], "subject": "virology"}]})}
+    m = T.hub_task_rows("mmlu", {**sizes, "eval": 1})
+    assert [d["question"] for d in m["demos"]] == [r["question"] for r in dev]
+    question = m["eval"][0]
+    shots = T.demonstrations_for(question, m["demos"], 2)
+    assert [d["question"] for d in shots] == ["m3?", "m4?"]
+    prompt = T.task_prompt("mmlu", question, shots)
+    assert prompt.startswith("The following are multiple choice questions (with answers) about virology.\n\nm3?\nA. a")
+    assert prompt.count("The following") == 1 and prompt.endswith("m9?\nA. a\nB. b\nC. c\nD. d\nAnswer:")
+    tiny = {"question": "q?", "choices": ["a", "b", "c", "d"], "answer": "A"}  # no subject: the first k, no header
+    assert T.demonstrations_for(tiny, [tiny] * 3, 2) == [tiny, tiny] and T.task_prompt("mmlu", tiny).startswith("q?")
     s = T.hub_task_rows("sni", sizes)["eval"][0]
     assert s["instruction"] == "Copy." and s["output"] == s["input"]
     # MMLU's test file is ordered (by subject): the draw reaches its end, which a 10,000-row
