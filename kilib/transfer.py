@@ -81,12 +81,11 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
     # complete (a layer called once per forward), so that no more than one layer's g^T x is
     # held at a time; a layer called more than once sums its gradient pieces first.
     weight_grads: dict[str, Any] = {}
-    calls: dict[str, int] = {}
-    pending: dict[str, int] = {}
+    pending: dict[str, int] = {}  # per layer, its calls in this sample's forward whose gradient has not come
 
     def on_forward(name, module, args, output):
         x = args[0].detach()
-        calls[name] = pending[name] = calls.get(name, 0) + 1
+        pending[name] = pending.get(name, 0) + 1
 
         def on_grad(g):
             gw = g.reshape(-1, g.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()
@@ -113,7 +112,7 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
                 raise KilibError(f"sensitivity takes one sample per batch, got {ids.shape[0]}: its absolute value is per sample")
             model.zero_grad(set_to_none=True)
             weight_grads.clear()
-            calls.clear()
+            pending.clear()
             mask = batch.get("attention_mask")
             out = model(input_ids=ids.to(device), attention_mask=None if mask is None else mask.to(device),
                         labels=batch["labels"].to(device), use_cache=False)
@@ -538,12 +537,15 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
         builder = "parquet" if kinds == {".parquet"} else "json"
         return load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=streaming)
 
-    def stream(split: str, n: int):
+    def stream(split: str, n: int | None):
+        """``n`` rows drawn with the seed; ``None``: every row, in the split's order."""
         try:
             data = open_split(split)
         except (OSError, ValueError, ConnectionError) as e:
             raise KilibError(f"cannot load {spec['path']} ({split}) for {task}: {str(e).splitlines()[0][:200]}. "
                              "Connect to the Hub once to cache it, or set transfer.PAPER_DATASETS to a local copy") from e
+        if n is None:
+            return [task_row(task, r) for r in data]
         if streaming:
             return [task_row(task, r) for r in data.shuffle(seed=seed, buffer_size=10_000).take(n)]
         return [task_row(task, r) for r in data.shuffle(seed=seed).select(range(min(n, len(data))))]
@@ -554,10 +556,8 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
     for role in order:
         rows[role] = drawn[start:start + sizes.get(role, 0)]
         start += sizes.get(role, 0)
-    if "demos" not in rows and spec.get("demos_by_subject"):
-        rows["demos"] = [task_row(task, r) for r in open_split(spec["demos"])]
-    elif "demos" not in rows:
-        rows["demos"] = stream(spec["demos"], sizes.get("demos", 0))
+    if "demos" not in rows:
+        rows["demos"] = stream(spec["demos"], None if spec.get("demos_by_subject") else sizes.get("demos", 0))
     rows["eval"] = stream(spec["eval"], sizes["eval"])
     short = [f"{role} ({len(rows[role])} of {sizes.get(role, 0)})" for role in rows if len(rows[role]) < sizes.get(role, 0)]
     if short:
