@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kilib.models import model_ref
 from kilib.runtime import KilibError
 from kilib.training import TrainConfig
 
@@ -715,7 +716,7 @@ def prepared(inputs: CalmInputs, config: CalmConfig, role: str) -> str:
     if role == "vanilla":
         return inputs.augment
     if role == "random":
-        key = {"kind": "calm-random", "version": 1, "model": inputs.augment}
+        key = {"kind": "calm-random", "version": 1, "model": model_ref(inputs.augment)}
 
         def build_random(folder: Path) -> None:
             import torch
@@ -737,7 +738,7 @@ def prepared(inputs: CalmInputs, config: CalmConfig, role: str) -> str:
         return base
     task = "numeric" if role == "anchor" else "substitution"
     rows = _sft_rows(task, inputs.rows[task]["stage"])
-    key = {"kind": "calm-stage", "version": 1, "model": base, "task": task, "rows": rows, "train": stage.train}
+    key = {"kind": "calm-stage", "version": 1, "model": model_ref(base), "task": task, "rows": rows, "train": stage.train}
 
     def build(folder: Path) -> None:
         write_json(folder / "stage.json", {"role": role, "task": task, **_train_full(base, rows, stage.train, folder)})
@@ -888,7 +889,7 @@ def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
     if which not in ("anchor", "augment"):
         raise KilibError(f"unknown baseline {which!r}: choose anchor or augment")
     path = prepared(inputs, config, which)
-    key = {"kind": "calm-baseline", "version": 2, "model": path, **_eval_key(inputs, config)}
+    key = {"kind": "calm-baseline", "version": 2, "model": model_ref(path), **_eval_key(inputs, config)}
 
     def build(folder: Path) -> None:
         from kilib.models import load_causal_lm
@@ -940,8 +941,8 @@ def run_job(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", se
 
     from kilib.jobs import cpu_threads
 
-    key = {"kind": "calm-run", "version": 2, "threads": cpu_threads(), "anchor": prepared(inputs, config, "anchor"),
-           "augment": prepared(inputs, config, "augment" if augment == "trained" else augment), "seed": seed,
+    key = {"kind": "calm-run", "version": 2, "threads": cpu_threads(), "anchor": model_ref(prepared(inputs, config, "anchor")),
+           "augment": model_ref(prepared(inputs, config, "augment" if augment == "trained" else augment)), "seed": seed,
            "rotary": rotary, **({"encoder": True} if encoder else {}),
            "task": task, "train_rows": inputs.rows[task]["train"], "every": config.every, "zero_init": config.zero_init,
            "train": config.train, **_eval_key(inputs, config)}
@@ -999,7 +1000,7 @@ def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed:
 
     from kilib.jobs import cpu_threads
 
-    key = {"kind": "calm-lora", "version": 1, "threads": cpu_threads(), "anchor": prepared(inputs, config, "anchor"), "seed": seed,
+    key = {"kind": "calm-lora", "version": 1, "threads": cpu_threads(), "anchor": model_ref(prepared(inputs, config, "anchor")), "seed": seed,
            "parameters": parameters, "train_rows": inputs.rows["kv"]["train"], "train": config.train,
            **_eval_key(inputs, config)}
 
@@ -1061,8 +1062,9 @@ def study_runs(inputs: CalmInputs, config: CalmConfig, progress: bool = True) ->
 
     def report(i: int, finished: int, result: dict) -> None:
         if progress:
-            print(f"[{finished}/{len(calls)}] {result['model']}, seed {result.get('seed', 0)} ({time.time() - start:.0f} s)",
-                  flush=True)
+            seed = f", seed {result['seed']}" if "seed" in result else ""  # the baselines train nothing
+            print(f"[{finished}/{len(calls)}] {MODEL_NAMES.get(result['model'], result['model'])}{seed} "
+                  f"({time.time() - start:.0f} s)", flush=True)
 
     results = iter(side_by_side(calls, workers=config.workers, threads=config.threads, done=report))
     out = {name: [next(results) for _ in group] for name, group in groups.items()}

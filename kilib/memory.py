@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kilib.data import FEVER_LABELS, FEVER_LETTERS, fever_answer, fever_prompt
+from kilib.models import model_ref
 from kilib.runtime import KilibError
 from kilib.training import TrainConfig
 
@@ -533,7 +534,7 @@ def sweep(inputs: MemoryInputs, config: MemoryConfig, name: str) -> dict:
     from kilib.results import cached_dir, read_json, write_json
 
     path = inputs.models[name]
-    key = {"kind": "memory-sweep", "version": 1, "model": path, "shots": config.shots, **_eval_key(inputs, config)}
+    key = {"kind": "memory-sweep", "version": 1, "model": model_ref(path), "shots": config.shots, **_eval_key(inputs, config)}
 
     def build(folder: Path) -> None:
         from kilib.models import load_causal_lm
@@ -582,7 +583,7 @@ def run_job(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str,
         train_config = dataclasses.replace(train_config, weight_decay=weight_decay)
     train_config = dataclasses.replace(train_config, seed=seed)
     gate = config.gate if gate is None else float(gate)
-    key = {"kind": "memory-run", "version": 1, "model": inputs.models[name], "variant": variant, "seed": seed,
+    key = {"kind": "memory-run", "version": 1, "model": model_ref(inputs.models[name]), "variant": variant, "seed": seed,
            "full_update": full_update, "texts": training_texts(inputs, config, variant), "train": train_config,
            "memory": [config.memory_dim, config.depth, gate], "block_size": config.block_size,
            "memory_shots": config.memory_shots, **_eval_key(inputs, config)}

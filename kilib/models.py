@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,57 @@ def _local_or_hub(name_or_path: str | Path, marks: tuple[str, ...] = ("config.js
     if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
         raise KilibError(f"{text} does not exist: pass a `save_pretrained` model folder or a Hub id (org/name)")
     return text
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """A local model folder as ``path@hash`` of its config and weight files' names, sizes and
+    modification times (and the config's text), so weights replaced in place (same shapes,
+    same sizes) are not mistaken for the old ones."""
+    from kilib.results import stable_hash
+
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
+    return f"{folder}@{stable_hash([(p.name, p.stat().st_size, p.stat().st_mtime_ns, p.read_text() if p.name == 'config.json' else '') for p in files])}"
+
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@functools.lru_cache(maxsize=None)
+def hub_commit(name: str, revision: str | None = None, token: str | None = None) -> str:
+    """The Hub commit that ``name`` at ``revision`` (default: main) resolves to now: from the
+    local Hugging Face cache when offline, else asked of the Hub (one small request, for
+    config.json). A full commit hash is returned as given."""
+    from huggingface_hub import hf_hub_download
+
+    if revision and _COMMIT.fullmatch(revision):
+        return revision
+    try:
+        path = Path(hf_hub_download(name, "config.json", revision=revision, token=token))
+    except Exception as e:  # noqa: BLE001 - translated below, or raised as it came
+        raise (_hub_error(name, e) or e) from e
+    # <cache>/models--org--name/snapshots/<commit>/config.json
+    commit = path.parent.name
+    if not _COMMIT.fullmatch(commit):
+        raise KilibError(f"could not tell which commit of {name} the Hugging Face cache holds ({path}): "
+                         "pin a full commit hash as its revision")
+    return commit
+
+
+def model_ref(name_or_path: str | Path, revision: str | None = None, token: str | None = None) -> str:
+    """What names a model in a cache key, so that a cached result is never reused for other
+    weights: a Hub id as ``id@commit`` (the commit ``revision`` resolves to, see
+    :func:`hub_commit`: a model updated on the Hub gets new keys), a folder under kilib's own
+    cache (the zoo, a training stage: its path is already the hash of what made it) as its
+    path, any other folder as :func:`folder_fingerprint`."""
+    from kilib.runtime import cache_root
+
+    text = str(name_or_path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        if local.resolve().is_relative_to(cache_root().resolve()):
+            return text
+        return folder_fingerprint(local)
+    return f"{_local_or_hub(text)}@{hub_commit(text, revision, token)}"
 
 
 def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, token: str | None = None):

@@ -480,18 +480,14 @@ def _train_fields(config: TrainConfig, seed: int) -> dict[str, Any]:
     return fields
 
 
-def model_fingerprint(base: str) -> str:
-    """What identifies a trainee in a cache key: a Hub id as given (pin ``revision`` too), a
-    local folder by its path and a hash of its config and weight files' names, sizes and
-    modification times, so weights replaced in place (same shapes, same sizes) are not mistaken
-    for the old ones."""
-    from kilib.results import stable_hash
+def model_fingerprint(base: str, revision: str | None = None) -> str:
+    """What identifies a trainee in a cache key: a Hub id with the commit ``revision`` resolves
+    to (:func:`kilib.models.model_ref`), a local folder (the zoo's included) by its path and a
+    hash of its files (:func:`kilib.models.folder_fingerprint`)."""
+    from kilib.models import folder_fingerprint, model_ref
 
     folder = Path(str(base)).expanduser()
-    if not folder.is_dir():
-        return str(base)
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
-    return f"{folder}@{stable_hash([(p.name, p.stat().st_size, p.stat().st_mtime_ns, p.read_text() if p.name == 'config.json' else '') for p in files])}"
+    return folder_fingerprint(folder) if folder.is_dir() else model_ref(base, revision)
 
 
 def _items(pairs: Iterable[dict], passages: Sequence[str] | None = None) -> list[dict]:
@@ -519,7 +515,7 @@ def adapter_job(base: str, config: InjectionConfig, pairs: Sequence[dict], eval_
     train_key = {
         "version": 2,
         "base": str(base),
-        "fingerprint": model_fingerprint(base),
+        "fingerprint": model_fingerprint(base, config.revision),
         "revision": config.revision,
         "quantization": config.quantization,
         "lora": {"r": config.lora_r, "alpha": config.lora_alpha},

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kilib.data import qa_prompt
-from kilib.models import dense_weight, is_4bit_param, logical_shape
+from kilib.models import dense_weight, is_4bit_param, logical_shape, model_ref
 from kilib.runtime import KilibError
 from kilib.training import TrainConfig
 
@@ -670,7 +670,7 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
     by a hash of the models, the seed rows and the settings."""
     from kilib.results import cached_dir
 
-    key = {"kind": "transfer-extraction", "version": 3, "teacher": inputs.teacher, "student": inputs.student,
+    key = {"kind": "transfer-extraction", "version": 3, "teacher": model_ref(inputs.teacher), "student": model_ref(inputs.student),
            "task": task, "seed_rows": inputs.rows[task]["seed"], "quantization": config.quantization,
            "methods": [m for m in config.methods if m != "lora"], "rank": config.rank}
     return cached_dir("transfer", key, lambda tmp: _extract(inputs, config, task, key["methods"], tmp))
@@ -724,7 +724,7 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
     the teacher matrices cut by ``method``) and answer the evaluation rows; cached."""
     from kilib.results import cached_dir, read_json
 
-    key = {"kind": "transfer-run", "version": 1, "student": inputs.student, "task": task, "method": method, "seed": seed,
+    key = {"kind": "transfer-run", "version": 1, "student": model_ref(inputs.student), "task": task, "method": method, "seed": seed,
            "train_rows": inputs.rows[task]["train"], "eval_rows": inputs.rows[task]["eval"],
            "demos": inputs.rows[task]["demos"], "extraction": extraction(inputs, config, task).name if method != "lora" else None,
            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("teacher", "student", "tasks", "methods", "seeds")}}
@@ -760,7 +760,7 @@ def baseline(inputs: TransferInputs, config: TransferConfig, task: str, which: s
     from kilib.results import cached_dir, read_json
 
     path = inputs.student if which == "student" else inputs.teacher
-    key = {"kind": "transfer-baseline", "version": 1, "model": path, "task": task, "eval_rows": inputs.rows[task]["eval"],
+    key = {"kind": "transfer-baseline", "version": 1, "model": model_ref(path), "task": task, "eval_rows": inputs.rows[task]["eval"],
            "demos": inputs.rows[task]["demos"], "shots": _shots(config, task),
            "max_new_tokens": dict(config.max_new_tokens)[task], "quantization": config.quantization}
 

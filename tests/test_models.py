@@ -163,3 +163,51 @@ def test_padding_side_pads_inside_and_restores_after_an_error():
     with pytest.raises(ValueError), models.padding_side(tok, "left"):
         raise ValueError("boom")
     assert tok.padding_side == "right"
+
+
+def _hub_snapshot(cache, repo: str, commit: str, model, tokenizer) -> None:
+    """``repo`` at ``commit`` laid out as huggingface_hub caches a download, and made main."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    model.save_pretrained(root / "snapshots" / commit)
+    tokenizer.save_pretrained(root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_model_ref_names_the_commit_a_hub_id_resolves_to(tmp_path, tokenizer, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    from conftest import make_model
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    models.hub_commit.cache_clear()
+    first, second = "a" * 40, "b" * 40
+    _hub_snapshot(tmp_path / "hub", "org/tiny", first, make_model("llama", tokenizer, seed=0), tokenizer)
+    assert models.model_ref("org/tiny") == f"org/tiny@{first}"
+    # what the loaders read for that id is that snapshot
+    assert models.load_config("org/tiny").hidden_size == 64
+    assert models.model_ref("org/tiny", revision=second) == f"org/tiny@{second}"  # a full hash is a pin already
+    # the Hub's main moves on: the id names other weights, so every key holding it changes
+    _hub_snapshot(tmp_path / "hub", "org/tiny", second, make_model("llama", tokenizer, seed=1), tokenizer)
+    models.hub_commit.cache_clear()
+    assert models.model_ref("org/tiny") == f"org/tiny@{second}"
+    models.hub_commit.cache_clear()
+    with pytest.raises(KilibError, match=r"hf download org/absent"):
+        models.model_ref("org/absent")
+
+
+def test_model_ref_of_folders(tmp_path, saved_model, monkeypatch):
+    from kilib.runtime import cache_root
+
+    _, folder, _ = saved_model
+    # a folder of one's own: its files' fingerprint, which follows weights replaced in place
+    assert models.model_ref(folder) == models.folder_fingerprint(folder)
+    assert models.model_ref(folder).startswith(f"{folder}@")
+    # kilib's own cache folders are named by the hash of what made them: the path as given
+    inside = cache_root() / "zoo" / "some-hash"
+    inside.mkdir(parents=True, exist_ok=True)
+    (inside / "config.json").write_text("{}")
+    assert models.model_ref(str(inside)) == str(inside)
+    with pytest.raises(KilibError, match="does not exist"):
+        models.model_ref(tmp_path / "nowhere")

@@ -74,7 +74,7 @@ def test_parallel_workers_train_the_same_adapters_as_one_process(base, tmp_path,
         assert a == b
 
 
-def test_grid_evaluation_is_disjoint_from_training():
+def test_grid_evaluation_is_disjoint_from_training(tmp_path):
     from kilib.zoo import world_of, zoo_config
 
     world = world_of(zoo_config("smoke"))
@@ -83,7 +83,8 @@ def test_grid_evaluation_is_disjoint_from_training():
     docs = S.study_documents(world, config)
     sets = S.world_training_sets(world, docs, tok, config)
     evaluation = {d: S.eval_sets(world, d, tok) for d in docs}
-    jobs = S.grid_jobs("base", config, sets, evaluation, world.control_doc_id)
+    (tmp_path / "config.json").write_text("{}")  # a trainee folder: the keys name it, nothing loads it
+    jobs = S.grid_jobs(str(tmp_path), config, sets, evaluation, world.control_doc_id)
     assert len(jobs) == len(docs) * len(S.RULES) * len(config.seeds) * len(config.scales)
     for job in jobs:
         trained = {S.question_key(p["question"]) for p in job["train_key"]["pairs"]}
@@ -252,7 +253,9 @@ def test_model_fingerprint_changes_when_weights_are_replaced_in_place(tmp_path, 
     assert model_fingerprint(str(tmp_path)) == first  # stable while nothing changes
     make_model("llama", tokenizer, seed=1).save_pretrained(tmp_path)  # same shapes, same file sizes
     assert model_fingerprint(str(tmp_path)) != first
-    assert model_fingerprint("meta-llama/Llama-2-7b-chat-hf") == "meta-llama/Llama-2-7b-chat-hf"
+    # a Hub id is named with its pinned commit (how an unpinned one resolves: test_models)
+    pin = "0" * 40
+    assert model_fingerprint("meta-llama/Llama-2-7b-chat-hf", pin) == f"meta-llama/Llama-2-7b-chat-hf@{pin}"
 
 
 def test_notebook_parameters_become_overrides():
