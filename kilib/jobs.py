@@ -3,10 +3,11 @@
 A tiny-profile study trains many small models that do not depend on one another: notebook 01's
 grid of adapters, notebook 03's compositions. One such model gains little from a second thread
 (on 2 cores, ``make bench-threads``: a QLoRA step of the zoo's llama-m shape 1.4-1.6x, greedy
-answering 1.1-1.2x), so on a CPU they train in spawned processes, one per core. Each run gets exactly ``threads`` torch threads
-wherever it runs, in a worker or in this process: torch sums some gradients in another order
-with another thread count, so a run's numbers would otherwise depend on how many ran beside it
-or how many were already cached. On a GPU the runs go one by one in this process.
+answering 1.1-1.2x), so on a CPU they train in spawned processes, one per core. Each run gets
+exactly ``threads`` torch threads wherever it runs, in a worker or in this process: torch sums
+some gradients in another order with another thread count, so a run's numbers would otherwise
+depend on how many ran beside it or how many were already cached. On a GPU the runs go one by
+one in this process.
 """
 
 from __future__ import annotations

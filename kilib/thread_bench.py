@@ -2,9 +2,9 @@
 
 :func:`kilib.jobs.side_by_side` trains notebook 01's adapters and notebook 03's compositions
 in processes of one thread each, because a small model gains little from a second thread.
-This measures that claim on the machine at hand, through the same function, for two kinds of
-training step on a locally built random Llama of the tiny zoo's llama-m shape (the Hub is
-never contacted):
+This measures that claim on the machine at hand, through the same function, for three kinds
+of step on a locally built random Llama of the tiny zoo's llama-m shape (the Hub is never
+contacted):
 
 * ``pretrain``: every weight trained in float32, as the zoo pretrains (batch 16 x 256 tokens);
 * ``qlora``: an NF4 base with LoRA r=16 on every linear layer, as notebooks 01-03 train on the
@@ -34,9 +34,9 @@ WARMUP_STEPS = 2
 
 
 def timed_steps(kind: str, folder: str, steps: int, shape: dict) -> dict:
-    """``steps`` optimiser steps of ``kind`` on batches of ``shape`` (after :data:`WARMUP_STEPS` untimed ones) in this
-    process at torch's current thread count: each step's seconds and the timed window's wall
-    clock (``time.time``, comparable across processes)."""
+    """``steps`` steps of ``kind`` on batches of ``shape`` (after :data:`WARMUP_STEPS` untimed
+    ones) in this process at torch's current thread count: each step's seconds and the timed
+    window's wall clock (``time.time``, comparable across processes)."""
     import torch
 
     from kilib.bench import batches
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                      f"({r['side_by_side_over_one_run_on_all_cores']:.2f}x one run on {cores} threads)")
         print(line + f" [{time.time() - t:.0f} s]", flush=True)
     target = write_json(results_root() / "bench" / "threads_cpu.json", {
-        "what": "training-step throughput of a tiny-zoo llama-m shape: one run on all cores against one run per core",
+        "what": "step throughput (pretraining, QLoRA, answering) of a tiny-zoo llama-m shape: one run on all cores against one run per core",
         "shape": SHAPE, "kinds": {k: KINDS[k] for k in kinds}, "steps": args.steps, "warmup_steps_excluded": WARMUP_STEPS,
         "usable_cores": cores, "results": results, "hardware": hardware(), "packages": package_versions(),
     })
