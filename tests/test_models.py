@@ -211,3 +211,43 @@ def test_model_ref_of_folders(tmp_path, saved_model, monkeypatch):
     assert models.model_ref(str(inside)) == str(inside)
     with pytest.raises(KilibError, match="does not exist"):
         models.model_ref(tmp_path / "nowhere")
+
+
+def test_study_cache_keys_name_a_hub_model_by_its_commit(tmp_path, tokenizer, monkeypatch):
+    """calm, transfer and memory key their runs on model_ref, not on the id as given: a Hub
+    id's key changes when its main moves (checked where each study keys a Hub id directly)."""
+    import huggingface_hub.constants as hub
+
+    from conftest import make_model
+    from kilib import calm as C, memory as M, results, transfer as T
+
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    keys = []
+
+    class Stop(Exception):
+        pass
+
+    def record(kind, key, build, **kwargs):
+        keys.append(key)
+        raise Stop
+
+    monkeypatch.setattr(results, "cached_dir", record)
+    pool = [{"page": f"P{i}", "claim": f"claim {i}", "label": label} for i in range(3) for label in M.DEMO_LABELS]
+    calls = [
+        lambda: C.prepared(C.CalmInputs("org/tiny", "org/tiny", {}, {}, ""), C.CALM_PRESETS["smoke"], "random"),
+        lambda: T.baseline(T.TransferInputs("org/tiny", "org/tiny", {"gsm": {"eval": [], "demos": []}}, ""),
+                           T.TRANSFER_PRESETS["smoke"], "gsm", "student"),
+        lambda: M.sweep(M.MemoryInputs(models={"m": "org/tiny"}, pages={}, eval=[], train=[], demo_pool=pool,
+                                       selection={}, source=""), M.MEMORY_PRESETS["smoke"], "m"),
+    ]
+    for commit in ("a" * 40, "b" * 40):
+        _hub_snapshot(tmp_path / "hub", "org/tiny", commit, make_model("llama", tokenizer), tokenizer)
+        models.hub_commit.cache_clear()
+        for call in calls:
+            with pytest.raises(Stop):
+                call()
+    first, second = keys[:3], keys[3:]
+    assert [k.get("model") for k in first] == [f"org/tiny@{'a' * 40}"] * 3
+    assert [k.get("model") for k in second] == [f"org/tiny@{'b' * 40}"] * 3
+    models.hub_commit.cache_clear()
