@@ -197,7 +197,9 @@ def test_model_ref_names_the_commit_a_hub_id_resolves_to(tmp_path, tokenizer, mo
         models.model_ref("org/absent")
 
 
-def test_model_ref_of_folders(tmp_path, saved_model, monkeypatch):
+def test_model_ref_of_folders(tmp_path, saved_model):
+    import shutil
+
     from kilib.runtime import cache_root
 
     _, folder, _ = saved_model
@@ -205,10 +207,13 @@ def test_model_ref_of_folders(tmp_path, saved_model, monkeypatch):
     assert models.model_ref(folder) == models.folder_fingerprint(folder)
     assert models.model_ref(folder).startswith(f"{folder}@")
     # kilib's own cache folders are named by the hash of what made them: the path as given
-    inside = cache_root() / "zoo" / "some-hash"
+    inside = cache_root() / "test-model-ref" / "some-hash"
     inside.mkdir(parents=True, exist_ok=True)
     (inside / "config.json").write_text("{}")
-    assert models.model_ref(str(inside)) == str(inside)
+    try:
+        assert models.model_ref(str(inside)) == str(inside)
+    finally:
+        shutil.rmtree(inside.parent)
     with pytest.raises(KilibError, match="does not exist"):
         models.model_ref(tmp_path / "nowhere")
 
