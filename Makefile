@@ -12,7 +12,7 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .PHONY: help env reproduce test bench bench-stages bench-threads lab lock clean-cache
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: PROFILE=auto|paper|tiny|smoke (default auto)  ONLY=00,01 (default all)"
 
 $(STAMP): pyproject.toml constraints.txt
@@ -36,7 +36,7 @@ bench: $(STAMP) ## measure kilib's QLoRA SFT step against a bare transformers+pe
 bench-stages: $(STAMP) ## time and peak memory of notebook 01's paper-profile stages on a local 7B-shaped model (results/bench/)
 	$(OFFLINE) $(PY) -m kilib.stage_bench
 
-bench-threads: $(STAMP) ## on a CPU: one training run on every core against one run per core side by side (results/bench/)
+bench-threads: $(STAMP) ## on a CPU: one run on every core against one run per core side by side (results/bench/)
 	$(OFFLINE) $(PY) -m kilib.thread_bench
 
 lab: $(STAMP) ## open JupyterLab on notebooks/ with the project's kernel
