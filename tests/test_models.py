@@ -174,22 +174,29 @@ def _hub_snapshot(cache, repo: str, commit: str, model, tokenizer) -> None:
     (root / "refs" / "main").write_text(commit)
 
 
-def test_model_ref_names_the_commit_a_hub_id_resolves_to(tmp_path, tokenizer, monkeypatch):
+@pytest.fixture
+def offline_hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of this test's own, read offline; commits resolved afresh."""
     import huggingface_hub.constants as hub
-
-    from conftest import make_model
 
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     models.hub_commit.cache_clear()
+    yield tmp_path / "hub"
+    models.hub_commit.cache_clear()
+
+
+def test_model_ref_names_the_commit_a_hub_id_resolves_to(offline_hub_cache, tokenizer):
+    from conftest import make_model
+
     first, second = "a" * 40, "b" * 40
-    _hub_snapshot(tmp_path / "hub", "org/tiny", first, make_model("llama", tokenizer, seed=0), tokenizer)
+    _hub_snapshot(offline_hub_cache, "org/tiny", first, make_model("llama", tokenizer, seed=0), tokenizer)
     assert models.model_ref("org/tiny") == f"org/tiny@{first}"
     # what the loaders read for that id is that snapshot
     assert models.load_config("org/tiny").hidden_size == 64
     assert models.model_ref("org/tiny", revision=second) == f"org/tiny@{second}"  # a full hash is a pin already
     # the Hub's main moves on: the id names other weights, so every key holding it changes
-    _hub_snapshot(tmp_path / "hub", "org/tiny", second, make_model("llama", tokenizer, seed=1), tokenizer)
+    _hub_snapshot(offline_hub_cache, "org/tiny", second, make_model("llama", tokenizer, seed=1), tokenizer)
     models.hub_commit.cache_clear()
     assert models.model_ref("org/tiny") == f"org/tiny@{second}"
     models.hub_commit.cache_clear()
@@ -218,16 +225,12 @@ def test_model_ref_of_folders(tmp_path, saved_model):
         models.model_ref(tmp_path / "nowhere")
 
 
-def test_study_cache_keys_name_a_hub_model_by_its_commit(tmp_path, tokenizer, monkeypatch):
+def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, tokenizer, monkeypatch):
     """calm, transfer and memory key their runs on model_ref, not on the id as given: a Hub
     id's key changes when its main moves (checked where each study keys a Hub id directly)."""
-    import huggingface_hub.constants as hub
-
     from conftest import make_model
     from kilib import calm as C, memory as M, results, transfer as T
 
-    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     keys = []
 
     class Stop(Exception):
@@ -247,7 +250,7 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(tmp_path, tokenizer, mo
                                        selection={}, source=""), M.MEMORY_PRESETS["smoke"], "m"),
     ]
     for commit in ("a" * 40, "b" * 40):
-        _hub_snapshot(tmp_path / "hub", "org/tiny", commit, make_model("llama", tokenizer), tokenizer)
+        _hub_snapshot(offline_hub_cache, "org/tiny", commit, make_model("llama", tokenizer), tokenizer)
         models.hub_commit.cache_clear()
         for call in calls:
             with pytest.raises(Stop):
@@ -255,4 +258,3 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(tmp_path, tokenizer, mo
     first, second = keys[:3], keys[3:]
     assert [k.get("model") for k in first] == [f"org/tiny@{'a' * 40}"] * 3
     assert [k.get("model") for k in second] == [f"org/tiny@{'b' * 40}"] * 3
-    models.hub_commit.cache_clear()
