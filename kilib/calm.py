@@ -466,7 +466,11 @@ class CalmConfig:
     # m_A reading the prompt only, every anchor position seeing all of it
     encoder_ablation: bool = True
     lora_baseline: bool = True  # the paper's LoRA baseline: the anchor with as many LoRA parameters as the bridges
-    quantization: str = "4bit"  # both models, in every profile
+    quantization: str = "4bit"  # the anchor, and m_A unless augment_quantization says otherwise
+    # m_A's loading ("4bit", "8bit", "none": the compute dtype; "" as quantization). The paper
+    # profile's m_A is small and fine-tuned at a low rate, and NF4 adds rounding noise larger
+    # than small updates (tools/nf4_rounding.py).
+    augment_quantization: str = ""
     seeds: tuple[int, ...] = (0,)
     max_new_tokens: int = 24
     eval_batch_size: int = 64
@@ -480,6 +484,17 @@ class CalmConfig:
 
 
 CALM_PRESETS: dict[str, CalmConfig] = {}  # filled below, once the profiles are settled
+
+
+def quantization_of(config: CalmConfig, which: str) -> str:
+    """How ``which`` ("anchor", or an m_A: "augment", "trained", "vanilla", "random") is loaded."""
+    return config.quantization if which == "anchor" else config.augment_quantization or config.quantization
+
+
+def _augment_precision(config: CalmConfig) -> dict[str, str]:
+    """The key field for an m_A loaded unlike the anchor; none where both load alike (the tiny keys)."""
+    q = quantization_of(config, "augment")
+    return {"augment_quantization": q} if q != config.quantization else {}
 
 
 def kv_world(config: CalmConfig, world_size: str = "tiny", seed: int = 0, keys: int | None = None,
@@ -864,7 +879,7 @@ def value_probe(inputs: CalmInputs, config: CalmConfig, augment: str = "trained"
     if not set(inputs.keys["train"].values()) & set(inputs.keys["eval"].values()):
         return []  # unique values (the paper's table): nothing to score, and the fit over 1,000 classes is costly
     model, tokenizer = load_causal_lm(prepared(inputs, config, "augment" if augment == "trained" else augment),
-                                      quantization=config.quantization)
+                                      quantization=quantization_of(config, augment))
     blocks = composed_blocks(model, inputs.anchor, config.every)
     (fit_x, fit_keys), (test_x, test_keys) = (key_states(model, tokenizer, inputs.rows["kv"][s], blocks) for s in ("train", "eval"))
     fit_y, test_y = (torch.tensor([table[k] for k in keys]) for keys in (fit_keys, test_keys))
@@ -889,13 +904,14 @@ def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
     if which not in ("anchor", "augment"):
         raise KilibError(f"unknown baseline {which!r}: choose anchor or augment")
     path = prepared(inputs, config, which)
-    key = {"kind": "calm-baseline", "version": 2, "model": model_ref(path), **_eval_key(inputs, config)}
+    key = {"kind": "calm-baseline", "version": 2, "model": model_ref(path), **_eval_key(inputs, config),
+           "quantization": quantization_of(config, which)}
 
     def build(folder: Path) -> None:
         from kilib.models import load_causal_lm
         from kilib.results import write_json
 
-        model, tokenizer = load_causal_lm(path, quantization=config.quantization)
+        model, tokenizer = load_causal_lm(path, quantization=quantization_of(config, which))
         write_json(folder / "run.json", {"model": which, "answers": evaluate(model, tokenizer, inputs, config)})
 
     return read_json(cached_dir("calm", key, build) / "run.json")
@@ -908,7 +924,7 @@ def load_composition(inputs: CalmInputs, config: CalmConfig, augment: str = "tra
 
     anchor, tok_b = load_causal_lm(prepared(inputs, config, "anchor"), quantization=config.quantization)
     m_a, tok_a = load_causal_lm(prepared(inputs, config, "augment" if augment == "trained" else augment),
-                                quantization=config.quantization)
+                                quantization=quantization_of(config, augment))
     return compose(anchor, m_a, tok_b, tok_a, every=config.every, zero_init=config.zero_init, seed=seed,
                    rotary=rotary, encoder=encoder), tok_b
 
@@ -945,7 +961,7 @@ def run_job(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", se
            "augment": model_ref(prepared(inputs, config, "augment" if augment == "trained" else augment)), "seed": seed,
            "rotary": rotary, **({"encoder": True} if encoder else {}),
            "task": task, "train_rows": inputs.rows[task]["train"], "every": config.every, "zero_init": config.zero_init,
-           "train": config.train, **_eval_key(inputs, config)}
+           "train": config.train, **_eval_key(inputs, config), **_augment_precision(config)}
     folder = cached_dir("calm", key, lambda tmp: _run(inputs, config, augment, seed, rotary, task, tmp, encoder))
     return read_json(folder / "run.json")
 
@@ -1170,9 +1186,12 @@ CALM_PRESETS.update({
                         control_examples=40, eval_examples=40, max_new_tokens=8,
                         train=TrainConfig(epochs=6, batch_size=16, lr=1e-2, scheduler="cosine", save_every_epoch=False,
                                           progress=False, logging_steps=3)),
-    # TinyLlama (22 blocks, the Llama-2 tokenizer) into Llama-2 7B, both in 4-bit; m_A is first
-    # fine-tuned on substitution in full precision; the anchor is used as it is, as PaLM2-XS was.
+    # TinyLlama (22 blocks, the Llama-2 tokenizer) into Llama-2 7B in 4-bit; m_A is first
+    # fine-tuned on substitution in full precision, and loaded so (bf16 on a GPU, 2.2 GB), that
+    # NF4's rounding noise does not bury its stage's small steps. The anchor is used as it is, as
+    # PaLM2-XS was.
     "paper": CalmConfig(anchor="meta-llama/Llama-2-7b-hf", augment="TinyLlama/TinyLlama_v1.1", every=4,
+                        augment_quantization="none",
                         kv_keys=200, kv_value_max=1000, kv_terms=(3, 6), train_fraction=0.2,
                         augment_stage=Stage(20000, TrainConfig(epochs=1, batch_size=16, lr=2e-5, scheduler="cosine",
                                                                warmup_ratio=0.03, save_every_epoch=False, progress=False,

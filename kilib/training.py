@@ -85,6 +85,11 @@ def tokenize_sft(tokenizer, prompt: str, answer: str, max_length: int = 512) -> 
     The prompt and the answer are tokenised separately and concatenated, so the boundary
     is exact: the loss covers the answer tokens (and the template's end-of-turn), never the
     prompt (Mecklenburg et al. §3: "gradient updates only on the answer").
+
+    Past ``max_length`` tokens the answer is kept whole (up to ``max_length - 1`` tokens) and
+    the prompt loses its middle: its first half of the room left keeps the BOS token, the chat
+    template's opening and a task's instruction, its second half the question and the turn
+    marker before the answer.
     """
     if not str(answer).strip():
         raise KilibError(f"empty answer for prompt {prompt[:60]!r}: drop the pair or fix the data file")
@@ -93,7 +98,9 @@ def tokenize_sft(tokenizer, prompt: str, answer: str, max_length: int = 512) -> 
     if len(answer_ids) >= max_length:
         answer_ids = answer_ids[: max_length - 1]
     keep = max_length - len(answer_ids)
-    prompt_ids = prompt_ids[-keep:]  # cut the prompt's start, never the answer
+    if len(prompt_ids) > keep:  # cut the prompt's middle, never the answer
+        head = keep // 2
+        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (keep - head):]
     ids = prompt_ids + answer_ids
     return {
         "input_ids": ids,

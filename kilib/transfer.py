@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -375,9 +376,44 @@ def demonstrations_for(row, pool, k: int) -> list:
     return [d for d in pool if d.get("subject") == subject][:k] if subject else list(pool[:k])
 
 
+# The eight chain-of-thought exemplars of Wei et al. (2022, Table 20), which open-instruct's GSM8K
+# evaluation (the one Zhong et al. use) puts before each question in its 8-shot setting.
+GSM_COT_EXEMPLARS = tuple({"question": q, "rationale": r, "answer": a} for q, r, a in (
+    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, "
+     "there will be 21 trees. How many trees did the grove workers plant today?",
+     "There are 15 trees originally. Then there were 21 trees after some more were planted. "
+     "So there must have been 21 - 15 = 6. So the answer is 6.", "6"),
+    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
+     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. So the answer is 5.", "5"),
+    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
+     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
+     "After eating 35, they had 74 - 35 = 39. So the answer is 39.", "39"),
+    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. "
+     "How many lollipops did Jason give to Denny?",
+     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 - 12 = 8. "
+     "So the answer is 8.", "8"),
+    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?",
+     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. 5 + 4 = 9. "
+     "So the answer is 9.", "9"),
+    ("There were nine computers in the server room. Five more computers were installed each day, from monday to "
+     "thursday. How many computers are now in the server room?",
+     "There were originally 9 computers. For each of 4 days, 5 more computers were added. "
+     "So 5 * 4 = 20 computers were added. 9 + 20 is 29. So the answer is 29.", "29"),
+    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. "
+     "How many golf balls did he have at the end of wednesday?",
+     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. "
+     "After losing 2 more, he had 35 - 2 = 33 golf balls. So the answer is 33.", "33"),
+    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars "
+     "left. 23 - 15 is 8. So the answer is 8.", "8"),
+))
+
+
 def task_prompt(task: str, row, demos=()) -> str:
-    """The prompt for one row, after ``demos`` (rows with their answers) for few-shot. An MMLU
-    row with a subject opens with open-instruct's header naming it."""
+    """The prompt for one row, after ``demos`` (rows with their answers) for few-shot. A GSM
+    prompt opens as open-instruct's does ("Answer the following question." or, before
+    demonstrations, "questions."); an MMLU row with a subject opens with open-instruct's header
+    naming it."""
     def one(r) -> str:
         if task == "gsm":
             return f"Question: {r['question']}\nAnswer:"
@@ -393,6 +429,8 @@ def task_prompt(task: str, row, demos=()) -> str:
     shots = "".join(f"{one(d)} {task_answer(task, d)}\n\n" for d in demos)
     subject = row.get("subject") if task == "mmlu" else None
     header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n" if subject else ""
+    if task == "gsm":
+        header = f"Answer the following question{'s' if demos else ''}.\n\n"
     return header + shots + one(row)
 
 
@@ -432,7 +470,8 @@ def _rouge_l(prediction: str, reference: str) -> float:
 class TransferConfig:
     """One profile of the transfer study (methods.md §2). The paper: Llama-2 13B into 7B, 32
     seed samples, LoRA rank 16 on every linear layer, the embeddings and the output head, 3
-    epochs at 3e-4, global batch 64, 3% warmup, 1,000 training samples per task."""
+    epochs at 3e-4, global batch 64, 3% warmup, 1,000 training samples per task, examples of up to
+    2,048 tokens (their ``train.sh``: ``--cutoff_len 2048``)."""
 
     teacher: str = "llama-m"  # zoo name (tiny, smoke) or Hub id / folder (paper)
     student: str = "llama-s"
@@ -448,7 +487,8 @@ class TransferConfig:
     max_new_tokens: tuple[tuple[str, int], ...] = (("gsm", 256), ("mmlu", 4), ("sni", 64), ("qa", 12))
     eval_batch_size: int = 16
     train: TrainConfig = TrainConfig(epochs=3, batch_size=16, grad_accum=4, lr=3e-4, warmup_ratio=0.03,
-                                     scheduler="linear", save_every_epoch=False, progress=False, logging_steps=5)
+                                     scheduler="linear", max_length=2048, save_every_epoch=False, progress=False,
+                                     logging_steps=5)
 
 
 TRANSFER_PRESETS = {
@@ -480,9 +520,10 @@ TRANSFER_PRESETS = {
 # so for one ordered file (MMLU's test set is sorted by subject) it would never reach the end:
 # GSM8K and MMLU are loaded whole and shuffled over every row. ``demos_by_subject``: the whole
 # demonstration split in its order, and each question's k demonstrations are the first k of its
-# subject (MMLU's dev set has five per subject), as in open-instruct's MMLU evaluation.
+# subject (MMLU's dev set has five per subject), as in open-instruct's MMLU evaluation. GSM8K's
+# demonstrations are no split but :data:`GSM_COT_EXEMPLARS`, as in open-instruct's GSM8K evaluation.
 PAPER_DATASETS = {
-    "gsm": {"path": "openai/gsm8k", "name": "main", "train": "train", "demos": "train", "eval": "test", "stream": False},
+    "gsm": {"path": "openai/gsm8k", "name": "main", "train": "train", "demos": "cot-exemplars", "eval": "test", "stream": False},
     "mmlu": {"path": "cais/mmlu", "name": "all", "train": "auxiliary_train", "demos": "dev", "eval": "test", "stream": False,
              "demos_by_subject": True},
     "sni": {"path": "Muennighoff/natural-instructions", "name": None, "train": "train", "demos": "train", "eval": "test",
@@ -493,7 +534,9 @@ _HUB_FIELDS = {"gsm": ("question", "answer"), "mmlu": ("question", "choices", "a
 
 def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
     """A Hub row in the fields the tiny world's tasks have: GSM8K's "rationale #### 72" becomes
-    the rationale ending "The answer is 72" and the answer "72"; MMLU's answer index becomes
+    the answer "72" and the rationale as Zhong et al. train on it (their ``data/gsm``): the
+    calculator annotations ``<<48/2=24>>`` removed, the lines joined by spaces, ending "So the
+    answer is 72." as the chain-of-thought exemplars do; MMLU's answer index becomes
     its letter (its subject kept, for same-subject demonstrations); SNI's definition, inputs and
     targets become instruction, input and output."""
     missing = [f for f in _HUB_FIELDS[task] if f not in row]
@@ -505,7 +548,10 @@ def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
         if not sep:
             raise KilibError(f"a GSM8K answer without '#### <number>': {str(row['answer'])[:60]!r}")
         final = final.strip().replace(",", "")
-        return {"question": row["question"], "answer": final, "rationale": f"{rationale.strip()} The answer is {final}"}
+        steps = " ".join(line.strip() for line in re.sub(r"<<[^>]*>>", "", rationale).splitlines() if line.strip())
+        ending = f"So the answer is {final}."
+        return {"question": row["question"], "answer": final,
+                "rationale": f"{steps.rstrip('.')}. {ending}" if steps else ending}
     if task == "mmlu":
         answer = row["answer"]
         letter = CHOICES[int(answer)] if not isinstance(answer, str) or answer.isdigit() else answer.strip().upper()
@@ -556,7 +602,12 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
     for role in order:
         rows[role] = drawn[start:start + sizes.get(role, 0)]
         start += sizes.get(role, 0)
-    if "demos" not in rows:
+    if spec["demos"] == "cot-exemplars":
+        if sizes.get("demos", 0) > len(GSM_COT_EXEMPLARS):
+            raise KilibError(f"{task} has {len(GSM_COT_EXEMPLARS)} chain-of-thought exemplars, not {sizes['demos']}: "
+                             f"ask for at most {len(GSM_COT_EXEMPLARS)} shots")
+        rows["demos"] = [dict(d) for d in GSM_COT_EXEMPLARS[:sizes.get("demos", 0)]]
+    elif "demos" not in rows:
         rows["demos"] = stream(spec["demos"], None if spec.get("demos_by_subject") else sizes.get("demos", 0))
     rows["eval"] = stream(spec["eval"], sizes["eval"])
     short = [f"{role} ({len(rows[role])} of {sizes.get(role, 0)})" for role in rows if len(rows[role]) < sizes.get(role, 0)]
@@ -600,8 +651,10 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
     bad = [m for m in config.methods if m not in METHODS]
     if bad or "lora" not in config.methods:
         raise KilibError(f"methods must include 'lora' and be among {', '.join(METHODS)}; got {', '.join(config.methods)}")
-    demos = max([k for _, k in config.shots] + [0])
-    sizes = {"seed": config.seed_samples, "train": config.train_samples, "eval": config.eval_samples, "demos": demos}
+    def sizes(task: str) -> dict[str, int]:
+        return {"seed": config.seed_samples, "train": config.train_samples, "eval": config.eval_samples,
+                "demos": max(_shots(config, task))}
+
     if profile == "paper":
         tiny_only = [t for t in config.tasks if t in TINY_TASKS]
         if tiny_only:
@@ -609,7 +662,7 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
                              f"drop it from TASKS for the paper profile (its tasks: {', '.join(TASKS)})")
         teacher, student = config.teacher, config.student
         check_same_tokenizer(load_tokenizer(teacher), load_tokenizer(student), (teacher, student))
-        rows = {task: hub_task_rows(task, sizes) for task in config.tasks}
+        rows = {task: hub_task_rows(task, sizes(task)) for task in config.tasks}
         return TransferInputs(teacher, student, rows, f"Hub models and datasets: {teacher} into {student}")
     zconfig = zoo.zoo_config(profile)
     teacher, student = (str(zoo.model_dir(zconfig, n)) for n in (config.teacher, config.student))
@@ -618,11 +671,11 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
     rows = {}
     for task in config.tasks:
         if task == "qa":
-            rows[task] = _qa_rows(world, sizes)
+            rows[task] = _qa_rows(world, sizes(task))
             continue
-        drawn = getattr(world, task)(sum(sizes.values()), seed=0).to_list()
+        drawn = getattr(world, task)(sum(sizes(task).values()), seed=0).to_list()
         rows[task], start = {}, 0
-        for split, n in sizes.items():
+        for split, n in sizes(task).items():
             rows[task][split] = drawn[start:start + n]
             start += n
     return TransferInputs(teacher, student, rows, f"the {zconfig.world_size} world: {config.teacher} into {config.student}")
@@ -652,14 +705,32 @@ def _shots(config: TransferConfig, task: str) -> list[int]:
     return [0] + [k for t, k in config.shots if t == task and k > 0]
 
 
-def _samples(tokenizer, task: str, rows) -> list[dict]:
+def _train_pairs(task: str, rows) -> list[dict[str, str]]:
+    """The (prompt, answer) pairs a task's seed and training rows are shown as (zero-shot prompts)."""
+    return [{"prompt": task_prompt(task, r), "answer": task_answer(task, r)} for r in rows]
+
+
+def _eval_prompts(inputs: TransferInputs, config: TransferConfig, task: str) -> list[tuple[int, int, str]]:
+    """(shots, item, prompt) for every evaluation question at every shot count, before the chat template."""
+    rows, demos = inputs.rows[task]["eval"], inputs.rows[task]["demos"]
+    return [(k, i, task_prompt(task, r, demonstrations_for(r, demos, k))) for k in _shots(config, task) for i, r in enumerate(rows)]
+
+
+def _prompts_hash(pairs=(), prompts=()) -> str:
+    """A hash of the text a job shows the model, so that a change of prompt format misses the cache."""
+    from kilib.results import stable_hash
+
+    return stable_hash({"pairs": list(pairs), "prompts": [p for *_, p in prompts]})
+
+
+def _samples(tokenizer, task: str, rows, max_length: int) -> list[dict]:
     import torch
 
     from kilib.training import tokenize_sft
 
     out = []
-    for r in rows:
-        ex = tokenize_sft(tokenizer, task_prompt(task, r), task_answer(task, r))
+    for pair in _train_pairs(task, rows):
+        ex = tokenize_sft(tokenizer, pair["prompt"], pair["answer"], max_length)
         out.append({"input_ids": torch.tensor([ex["input_ids"]]), "labels": torch.tensor([ex["labels"]])})
     return out
 
@@ -672,7 +743,8 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
 
     key = {"kind": "transfer-extraction", "version": 3, "teacher": model_ref(inputs.teacher), "student": model_ref(inputs.student),
            "task": task, "seed_rows": inputs.rows[task]["seed"], "quantization": config.quantization,
-           "methods": [m for m in config.methods if m != "lora"], "rank": config.rank}
+           "methods": [m for m in config.methods if m != "lora"], "rank": config.rank,
+           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["seed"])), "max_length": config.train.max_length}
     return cached_dir("transfer", key, lambda tmp: _extract(inputs, config, task, key["methods"], tmp))
 
 
@@ -684,7 +756,7 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
 
     teacher, tokenizer = load_causal_lm(inputs.teacher, quantization=config.quantization)
     student, _ = load_causal_lm(inputs.student, quantization=config.quantization)
-    samples = _samples(tokenizer, task, inputs.rows[task]["seed"])
+    samples = _samples(tokenizer, task, inputs.rows[task]["seed"], config.train.max_length)
     # Two passes, so that a 13B teacher's sensitivity fits beside it on one GPU (methods.md §2,
     # memory): totals per parameter choose the blocks, then only the matrices the student's
     # shapes are cut from are kept whole.
@@ -708,14 +780,13 @@ def _evaluate(model, tokenizer, task: str, inputs: TransferInputs, config: Trans
     from kilib.evaluation import generate
     from kilib.training import render_prompt
 
-    limit = dict(config.max_new_tokens)[task]
-    rows, answers = inputs.rows[task]["eval"], []
-    for k in _shots(config, task):
-        prompts = [render_prompt(tokenizer, task_prompt(task, r, demonstrations_for(r, inputs.rows[task]["demos"], k)))
-                   for r in rows]
-        outputs = generate(model, tokenizer, prompts, max_new_tokens=limit, batch_size=config.eval_batch_size,
+    asked, rows, answers = _eval_prompts(inputs, config, task), inputs.rows[task]["eval"], []
+    for k in _shots(config, task):  # one call per shot count, each batched longest first
+        these = [(i, p) for shots, i, p in asked if shots == k]
+        outputs = generate(model, tokenizer, [render_prompt(tokenizer, p) for _, p in these],
+                           max_new_tokens=dict(config.max_new_tokens)[task], batch_size=config.eval_batch_size,
                            stop=("\n\n", "\nQuestion:"))
-        answers += [{"shots": k, "item": i, "prediction": o, **score(task, o, r)} for i, (r, o) in enumerate(zip(rows, outputs))]
+        answers += [{"shots": k, "item": i, "prediction": o, **score(task, o, rows[i])} for (i, _), o in zip(these, outputs)]
     return answers
 
 
@@ -727,7 +798,8 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
     key = {"kind": "transfer-run", "version": 1, "student": model_ref(inputs.student), "task": task, "method": method, "seed": seed,
            "train_rows": inputs.rows[task]["train"], "eval_rows": inputs.rows[task]["eval"],
            "demos": inputs.rows[task]["demos"], "extraction": extraction(inputs, config, task).name if method != "lora" else None,
-           "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("teacher", "student", "tasks", "methods", "seeds")}}
+           "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("teacher", "student", "tasks", "methods", "seeds")},
+           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["train"]), _eval_prompts(inputs, config, task))}
     folder = cached_dir("transfer", key, lambda tmp: _run(inputs, config, task, method, seed, tmp))
     return read_json(folder / "run.json")
 
@@ -744,7 +816,7 @@ def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str,
     initialised = []
     if method != "lora":
         initialised = init_lora_from(model, load_factors(extraction(inputs, config, task) / f"{method}.safetensors"), config.rank)
-    rows = [{"prompt": task_prompt(task, r), "answer": task_answer(task, r)} for r in inputs.rows[task]["train"]]
+    rows = _train_pairs(task, inputs.rows[task]["train"])
     train_config = dataclasses.replace(config.train, seed=seed)
     result = train(model, sft_dataset(tokenizer, rows, max_length=train_config.max_length), train_config,
                    folder / "checkpoints", tokenizer=tokenizer)
@@ -762,7 +834,8 @@ def baseline(inputs: TransferInputs, config: TransferConfig, task: str, which: s
     path = inputs.student if which == "student" else inputs.teacher
     key = {"kind": "transfer-baseline", "version": 1, "model": model_ref(path), "task": task, "eval_rows": inputs.rows[task]["eval"],
            "demos": inputs.rows[task]["demos"], "shots": _shots(config, task),
-           "max_new_tokens": dict(config.max_new_tokens)[task], "quantization": config.quantization}
+           "max_new_tokens": dict(config.max_new_tokens)[task], "quantization": config.quantization,
+           "prompts": _prompts_hash(prompts=_eval_prompts(inputs, config, task))}
 
     def build(tmp: Path) -> None:
         from kilib.models import load_causal_lm

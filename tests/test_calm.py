@@ -196,6 +196,26 @@ def test_composition_runs_on_4bit_models(tmp_path):
         assert torch.equal(composed(**batch).logits, anchor4(**batch).logits)
     composed(**batch, labels=batch.input_ids).loss.backward()
     assert all(b.o.weight.grad.abs().sum() > 0 for b in composed.bridges)
+    # The paper profile's m_A unquantised beside an NF4 anchor: its weights are the saved ones,
+    # the composition starts as the anchor and trains.
+    full, _ = load_causal_lm(tmp_path / "augment", quantization=C.quantization_of(C.CALM_PRESETS["paper"], "trained"))
+    assert all(torch.equal(p, q) for p, q in zip(full.parameters(), augment.parameters()))
+    mixed = C.compose(anchor4, full, tok_b, tok_a, every=2)
+    with torch.no_grad():
+        assert torch.equal(mixed(**batch).logits, anchor4(**batch).logits)
+    mixed(**batch, labels=batch.input_ids).loss.backward()
+    assert all(b.o.weight.grad.abs().sum() > 0 for b in mixed.bridges)
+
+
+def test_m_A_precision_per_profile_and_in_the_keys():
+    import dataclasses
+
+    paper, tiny = C.CALM_PRESETS["paper"], C.CALM_PRESETS["tiny"]
+    assert [C.quantization_of(paper, w) for w in ("anchor", "trained", "vanilla", "random")] == ["4bit"] + ["none"] * 3
+    assert {C.quantization_of(tiny, w) for w in ("anchor", "trained", "vanilla", "random")} == {"4bit"}
+    assert C._augment_precision(tiny) == {}  # the tiny keys are as before
+    assert C._augment_precision(paper) == {"augment_quantization": "none"}
+    assert C._augment_precision(dataclasses.replace(tiny, augment_quantization="4bit")) == {}
 
 
 # -- the study ---------------------------------------------------------------------------

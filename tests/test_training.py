@@ -44,6 +44,16 @@ def test_long_examples_cut_the_prompt_not_the_answer():
     ex = tokenize_sft(tok, "who won " * 50, "the rovers", max_length=20)
     assert len(ex["input_ids"]) == 20
     assert tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX], skip_special_tokens=True).strip() == "the rovers"
+    # The prompt loses its middle: its start (an instruction) and its end (the question) survive.
+    prompt = "Name the winner. " + "the cup went on " * 40 + "who won the cup"
+    full = tokenize_sft(tok, prompt, "the rovers", max_length=1000)
+    cut = tokenize_sft(tok, prompt, "the rovers", max_length=40)
+    n_prompt = sum(label == IGNORE_INDEX for label in full["labels"])
+    room = 40 - (len(full["input_ids"]) - n_prompt)  # what the answer leaves to the prompt
+    assert len(cut["input_ids"]) == 40
+    assert cut["input_ids"][:room // 2] == full["input_ids"][:room // 2]  # BOS, template, instruction
+    assert cut["input_ids"][room // 2:] == full["input_ids"][n_prompt - (room - room // 2):]  # question, answer
+    assert "name the winner" in tok.decode(cut["input_ids"][:room // 2]).lower()
 
 
 def test_bad_training_data_is_a_clear_error():

@@ -370,7 +370,8 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
             write_jsonl(d / f"{split}.jsonl", rows)
         return str(d)
 
-    gsm = [{"question": f"q{i}?", "answer": f"Add {i} and 1,000.\n{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"} for i in range(30)]
+    gsm = [{"question": f"q{i}?", "answer": f"Add {i} and 1,000.\n{i} + 1000 = <<{i}+1000={i + 1000}>>{i + 1000}\n#### {i + 1000:,}"}
+           for i in range(30)]
     mmlu = [{"question": f"m{i}?", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": i % 4} for i in range(30)]
     sni = [{"task_name": "t", "id": str(i), "definition": "Copy.", "inputs": f"w{i}", "targets": f"w{i}"} for i in range(30)]
     monkeypatch.setattr(T, "PAPER_DATASETS", {
@@ -384,9 +385,22 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
     assert len({r["question"] for k in ("seed", "train", "demos") for r in rows[k]}) == 4 + 12 + 3  # disjoint
     r = rows["train"][0]
     i = int(r["question"][1:-1])
-    assert r["answer"] == str(i + 1000) and r["rationale"].endswith(f"= {i + 1000} The answer is {i + 1000}")
+    # the authors' training format: no calculator annotations, one line, the exemplars' ending
+    assert r["answer"] == str(i + 1000)
+    assert r["rationale"] == f"Add {i} and 1,000. {i} + 1000 = {i + 1000}. So the answer is {i + 1000}."
     assert T.score("gsm", r["rationale"], r) == {"correct": 1.0}
     assert T.hub_task_rows("gsm", sizes) == rows  # seeded: the same draw
+    # GSM8K's demonstrations are the fixed chain-of-thought exemplars, as open-instruct's 8-shot setting has them
+    assert rows["demos"] == [dict(d) for d in T.GSM_COT_EXEMPLARS[:3]]
+    eight = T.hub_task_rows("gsm", {**sizes, "demos": 8})["demos"]
+    prompt = T.task_prompt("gsm", r, T.demonstrations_for(r, eight, 8))
+    assert prompt.startswith("Answer the following questions.\n\nQuestion: There are 15 trees in the grove.")
+    assert prompt.count("Question:") == 9 and prompt.count("So the answer is") == 8
+    assert "left. 23 - 15 is 8. So the answer is 8.\n\nQuestion: q" in prompt and prompt.endswith("?\nAnswer:")
+    assert T.task_prompt("gsm", r) == f"Answer the following question.\n\nQuestion: {r['question']}\nAnswer:"
+    assert all(T.score("gsm", d["rationale"], d) == {"correct": 1.0} for d in eight)
+    with pytest.raises(KilibError, match="8 chain-of-thought exemplars, not 9: ask for at most 8 shots"):
+        T.hub_task_rows("gsm", {**sizes, "demos": 9})
     m = T.hub_task_rows("mmlu", sizes)
     assert all(x["answer"] == "ABCD"[int(x["question"][1:-1]) % 4] for x in m["train"] + m["demos"])
     # MMLU's demonstrations: the whole dev split in order, and each question gets its subject's first k
@@ -418,3 +432,37 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
         T.task_row("sni", {"definition": "d", "inputs": "i"})
     with pytest.raises(KilibError, match="without '#### <number>'"):
         T.task_row("gsm", {"question": "q", "answer": "no marker"})
+
+
+def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch):
+    """The extraction, a training run and a baseline key on the text the model is shown, so that
+    a change of prompt format (GSM's open-instruct header, say) misses the cache."""
+    from kilib import results
+
+    keys = []
+
+    class Stop(Exception):
+        pass
+
+    def record(kind, key, build, **kwargs):
+        keys.append(key)
+        raise Stop
+
+    monkeypatch.setattr(results, "cached_dir", record)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    row = {"question": "q?", "answer": "3", "rationale": "1 + 2 = 3. So the answer is 3."}
+    inputs = T.TransferInputs(str(folder), str(folder), {"gsm": {k: [row] for k in ("seed", "train", "eval", "demos")}}, "")
+    config = T.TRANSFER_PRESETS["tiny"]
+    calls = [lambda: T.extraction(inputs, config, "gsm"), lambda: T.run_job(inputs, config, "gsm", "lora", 0),
+             lambda: T.baseline(inputs, config, "gsm", "student")]
+    original = T.task_prompt
+    for prompt in (original, lambda task, r, demos=(): "Q. " + original(task, r, demos)):
+        monkeypatch.setattr(T, "task_prompt", prompt)
+        for call in calls:
+            with pytest.raises(Stop):
+                call()
+    for before, after in zip(keys[:3], keys[3:]):
+        assert before["prompts"] != after["prompts"]
+        assert {k: v for k, v in before.items() if k != "prompts"} == {k: v for k, v in after.items() if k != "prompts"}

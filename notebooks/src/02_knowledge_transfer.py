@@ -64,6 +64,10 @@ print(f"tasks {', '.join(config.tasks)}; {config.seed_samples} seed, {config.tra
 
 One example of each, as the student is trained on it (prompt, then target). GSM is scored on the last number of
 the output, MMLU on the letter, SNI by exact match and ROUGE-L, the closed-book questions by normalised exact match.
+Prompts follow open-instruct's evaluation, which the paper uses: GSM opens "Answer the following question." (before
+demonstrations: "questions."), and MMLU names its subject in the paper profile. Few-shot demonstrations come from rows
+no role trains on; in the paper profile GSM's are the eight fixed chain-of-thought exemplars of Wei et al. (2022)
+that open-instruct uses, and MMLU's the first k `dev` questions of the question's subject.
 """),
 ("code", r"""
 for task in config.tasks:
