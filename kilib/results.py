@@ -239,11 +239,19 @@ class Run:
 
 
 def markdown_table(df, floatfmt: str = ".3f") -> str:
-    """A DataFrame as Markdown: floats with ``floatfmt``, integers and text as they are."""
+    """A DataFrame as Markdown: floats with ``floatfmt``, also inside list cells (an interval's
+    bounds), missing floats blank, integers and text as they are."""
+    def interval(v):
+        if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
+            return "[" + ", ".join(format(x, floatfmt) for x in v) + "]"
+        return v
+
     shown = df.copy()
     for column in shown.columns:
         if shown[column].dtype.kind == "f":
             shown[column] = shown[column].map(lambda v: "" if v != v else format(v, floatfmt))
+        elif shown[column].dtype.kind == "O":
+            shown[column] = shown[column].map(interval)
     return shown.to_markdown(index=False, disable_numparse=True)
 
 

@@ -113,6 +113,10 @@ def test_tables_and_figures(tmp_path):
     assert (d / "t.md").read_text().splitlines()[2].split() == ["|", "1", "|", "0.500", "|"]
     assert (d / "f.png").stat().st_size > 1000 and (d / "f.svg").exists()
     assert not [p for p in d.iterdir() if p.name.startswith(".")]
+    from kilib.results import markdown_table
+
+    shown = markdown_table(pd.DataFrame({"ci": [[-0.04666666666666667, 0.0]], "name": ["x"], "n": [[1, 2]]}))
+    assert [c.strip() for c in shown.splitlines()[2].split("|")[1:-1]] == ["[-0.047, 0.000]", "x", "[1, 2]"]  # bounds too
     mask = os.umask(0)
     os.umask(mask)
     assert (d / "t.csv").stat().st_mode & 0o777 == 0o666 & ~mask  # the permissions of any file the user writes
