@@ -121,13 +121,28 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def hardware() -> dict[str, Any]:
+    """The machine a run ran on. CPU builds are bit-identical for one thread count on one kind of
+    CPU, so the CPU's model and the instruction set torch's kernels use are recorded too."""
     import torch
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),

@@ -67,6 +67,8 @@ def test_run_json_holds_provenance(tmp_path):
     for field in ("packages", "git", "hardware", "wall_time_s", "memory"):
         assert field in record
     assert record["packages"]["torch"] and record["packages"]["transformers"]
+    assert record["hardware"]["cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256"}
+    assert record["hardware"]["torch_threads"] >= 1 and "cpu" in record["hardware"]
     assert set(record["git"]) == {"commit", "dirty"}
     assert record["memory"]["peak_rss_mib"] > 10
     assert record["artifacts"] == ["extra.json"]
