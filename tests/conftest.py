@@ -68,3 +68,23 @@ def saved_model(request, tmp_path_factory, tokenizer):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return request.param, folder, model
+
+
+class KeyRecorded(Exception):
+    """Raised in place of a build by the ``cache_keys`` fixture."""
+
+
+@pytest.fixture
+def cache_keys(monkeypatch):
+    """The keys studies pass to ``kilib.results.cached_dir``, recorded in call order; each call
+    raises :class:`KeyRecorded` instead of building anything."""
+    from kilib import results
+
+    keys = []
+
+    def record(kind, key, build, **kwargs):
+        keys.append(key)
+        raise KeyRecorded
+
+    monkeypatch.setattr(results, "cached_dir", record)
+    return keys

@@ -225,22 +225,13 @@ def test_model_ref_of_folders(tmp_path, saved_model):
         models.model_ref(tmp_path / "nowhere")
 
 
-def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, tokenizer, monkeypatch):
+def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, tokenizer, cache_keys):
     """calm, transfer and memory key their runs on model_ref, not on the id as given: a Hub
     id's key changes when its main moves (checked where each study keys a Hub id directly)."""
-    from conftest import make_model
-    from kilib import calm as C, memory as M, results, transfer as T
+    from conftest import KeyRecorded, make_model
+    from kilib import calm as C, memory as M, transfer as T
 
-    keys = []
-
-    class Stop(Exception):
-        pass
-
-    def record(kind, key, build, **kwargs):
-        keys.append(key)
-        raise Stop
-
-    monkeypatch.setattr(results, "cached_dir", record)
+    keys = cache_keys
     pool = [{"page": f"P{i}", "claim": f"claim {i}", "label": label} for i in range(3) for label in M.DEMO_LABELS]
     calls = [
         lambda: C.prepared(C.CalmInputs("org/tiny", "org/tiny", {}, {}, ""), C.CALM_PRESETS["smoke"], "random"),
@@ -253,7 +244,7 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, toke
         _hub_snapshot(offline_hub_cache, "org/tiny", commit, make_model("llama", tokenizer), tokenizer)
         models.hub_commit.cache_clear()
         for call in calls:
-            with pytest.raises(Stop):
+            with pytest.raises(KeyRecorded):
                 call()
     first, second = keys[:3], keys[3:]
     assert [k.get("model") for k in first] == [f"org/tiny@{'a' * 40}"] * 3

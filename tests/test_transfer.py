@@ -434,21 +434,12 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
         T.task_row("gsm", {"question": "q", "answer": "no marker"})
 
 
-def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch):
+def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
     """The extraction, a training run and a baseline key on the text the model is shown, so that
     a change of prompt format (GSM's open-instruct header, say) misses the cache."""
-    from kilib import results
+    from conftest import KeyRecorded
 
-    keys = []
-
-    class Stop(Exception):
-        pass
-
-    def record(kind, key, build, **kwargs):
-        keys.append(key)
-        raise Stop
-
-    monkeypatch.setattr(results, "cached_dir", record)
+    keys = cache_keys
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -461,7 +452,7 @@ def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch):
     for prompt in (original, lambda task, r, demos=(): "Q. " + original(task, r, demos)):
         monkeypatch.setattr(T, "task_prompt", prompt)
         for call in calls:
-            with pytest.raises(Stop):
+            with pytest.raises(KeyRecorded):
                 call()
     for before, after in zip(keys[:3], keys[3:]):
         assert before["prompts"] != after["prompts"]

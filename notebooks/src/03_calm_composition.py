@@ -66,8 +66,9 @@ it.
     nothing on held-out keys, and with rotary positions on its queries and keys it did. The ablations (vanilla and
     random m_A) run on this one.
 * *paper*: TinyLlama 1.1B as m_A (same tokenizer as Llama-2) into Llama-2 7B (gated: accept the licence and set
-  `HF_TOKEN`), both in 4-bit.
-  * m_A is first fine-tuned on substitution in full precision.
+  `HF_TOKEN`) in 4-bit.
+  * m_A is first fine-tuned on substitution in full precision, and loaded unquantised (bf16, 2.2 GB), so that NF4's
+    rounding noise does not bury its stage's small steps.
   * 200 keys, each one token of the Llama-2 vocabulary, with values 1..1000, expressions of 3-6 terms, 20% of the keys for training.
   * The paper composed PaLM2-XXS into PaLM2-XS, and its own table sizes are not in our notes.
 """),
@@ -116,8 +117,8 @@ for split, keys in inputs.keys.items():
 ## Before composition: each model learns its own task
 
 The anchor learns numeric arithmetic and m_A learns substitution, each on every expression but the evaluated ones
-(full fine-tuning in full precision; the paper profile's anchor is used as it is). Both are then loaded in 4-bit and
-frozen. Cached: a rerun trains nothing that is already there.
+(full fine-tuning in full precision; the paper profile's anchor is used as it is). Both are then loaded in 4-bit (the
+paper profile's m_A unquantised) and frozen. Cached: a rerun trains nothing that is already there.
 """),
 ("code", r"""
 stages = []
