@@ -457,3 +457,36 @@ def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
     for before, after in zip(keys[:3], keys[3:]):
         assert before["prompts"] != after["prompts"]
         assert {k: v for k, v in before.items() if k != "prompts"} == {k: v for k, v in after.items() if k != "prompts"}
+
+
+def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
+    """Notebook 02's paper path on the CPU, with GSM8K-shaped files and two saved Llamas where the
+    Hub would be: the 8-shot prompts are the chain-of-thought exemplars, and the extraction, a run
+    started from the teacher and the student's baseline all complete."""
+    import dataclasses
+
+    from kilib.data import write_jsonl
+
+    tok = make_tokenizer()
+    teacher, student = _saved_llama(tmp_path, tok, seed=1), _saved_llama(tmp_path, tok, seed=2)
+    data = tmp_path / "gsm8k"
+    data.mkdir()
+    rows = [{"question": f"q{i}?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"} for i in range(20)]
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "test.jsonl", rows[:5])
+    monkeypatch.setattr(T, "PAPER_DATASETS", {**T.PAPER_DATASETS, "gsm": {**T.PAPER_DATASETS["gsm"], "path": str(data)}})
+    paper = T.TRANSFER_PRESETS["paper"]
+    config = dataclasses.replace(paper, teacher=str(teacher), student=str(student), tasks=("gsm",),
+                                 methods=("lora", "sensitive"), seed_samples=2, train_samples=8, eval_samples=3, rank=2,
+                                 max_new_tokens=(("gsm", 4),), eval_batch_size=4,
+                                 train=dataclasses.replace(paper.train, batch_size=4, grad_accum=1, epochs=1))
+    inputs = T.study_inputs("paper", config)
+    assert inputs.rows["gsm"]["demos"] == [dict(d) for d in T.GSM_COT_EXEMPLARS]
+    assert config.train.max_length == 2048 and T.PAPER_DATASETS["gsm"]["demos"] == "cot-exemplars"
+    eight = [p for k, _, p in T._eval_prompts(inputs, config, "gsm") if k == 8]
+    assert len(eight) == 3 and all(p.startswith("Answer the following questions.\n\nQuestion: There are 15 trees") for p in eight)
+    run = T.run_job(inputs, config, "gsm", "sensitive", 0)
+    assert run["initialised"] > 0 and run["train"]["steps"] == 2
+    assert sorted((a["shots"], a["item"]) for a in run["answers"]) == [(k, i) for k in (0, 8) for i in range(3)]
+    base = T.baseline(inputs, config, "gsm", "student")
+    assert len(base["answers"]) == 6 and all(set(a) >= {"prediction", "correct"} for a in base["answers"])
