@@ -240,6 +240,8 @@ def load_causal_lm(
     if device.startswith("cuda") and not cuda_available():
         raise KilibError("a CUDA device was asked for and none was found: pass device='cpu' or use a GPU machine")
     name_or_path = _local_or_hub(name_or_path)
+    if not Path(name_or_path).is_dir():
+        check_download_room(name_or_path, revision=revision, token=token)
     tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code, token=token)
     if quantization == "4bit" and not device.startswith("cuda"):
         _check_cpu_4bit_widths(name_or_path, revision, token)
@@ -269,6 +271,48 @@ def load_causal_lm(
     model.eval()
     torch.set_grad_enabled(True)
     return model, tokenizer
+
+
+def _weight_files(siblings) -> list:
+    """The files ``from_pretrained`` downloads the weights from: the top-level safetensors (the
+    sharded ``model-*`` ones where a repository has those too), else the PyTorch ``.bin`` files."""
+    top = [s for s in siblings if "/" not in s.rfilename]
+    for pattern in (r"model.*\.safetensors", r".*\.safetensors", r"pytorch_model.*\.bin"):
+        found = [s for s in top if re.fullmatch(pattern, s.rfilename)]
+        if found:
+            return found
+    return []
+
+
+def check_download_room(name: str, *, revision: str | None = None, token: str | None = None) -> None:
+    """Before a Hub model is downloaded: a one-line error naming the fix where its weight files
+    not yet in the local Hugging Face cache would not fit on that cache's disk, instead of a
+    disk-full error halfway through (the memory study's sweep alone downloads about 130 GB).
+    Offline, or where the Hub cannot say, nothing is checked: the loaders report those cases."""
+    import shutil
+
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    if hub_offline() or constants.HF_HUB_OFFLINE:
+        return
+    try:
+        info = HfApi().model_info(name, revision=revision, token=token, files_metadata=True, timeout=10)
+    except Exception:  # noqa: BLE001 - gated, missing or unreachable: the load itself says which
+        return
+    cache = Path(constants.HF_HUB_CACHE)
+    blobs = cache / f"models--{name.replace('/', '--')}" / "blobs"
+
+    def cached(s) -> bool:  # in this snapshot, or as a blob another snapshot shares
+        sha = getattr(getattr(s, "lfs", None), "sha256", None)
+        return isinstance(try_to_load_from_cache(name, s.rfilename, revision=info.sha), str) or bool(sha and (blobs / sha).is_file())
+
+    missing = sum(s.size or 0 for s in _weight_files(info.siblings or []) if not cached(s))
+    existing = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    if missing > free:
+        raise KilibError(f"{name} needs {missing / 1e9:.1f} GB more in the Hugging Face cache ({cache}) and its disk "
+                         f"has {free / 1e9:.1f} GB free: free space, point HF_HOME at a larger disk, or run fewer models "
+                         "at a time (notebook 04: -p MODELS)")
 
 
 def load_config(name_or_path: str | Path, *, revision: str | None = None, token: str | None = None):

@@ -249,3 +249,48 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, toke
     first, second = keys[:3], keys[3:]
     assert [k.get("model") for k in first] == [f"org/tiny@{'a' * 40}"] * 3
     assert [k.get("model") for k in second] == [f"org/tiny@{'b' * 40}"] * 3
+
+
+def test_a_download_that_would_not_fit_is_one_line_before_it_starts(offline_hub_cache, tokenizer, monkeypatch):
+    """Online, a Hub model's weight files not yet cached are weighed against the cache disk's free
+    space: too big is one line naming the fix, before the tokenizer or any weight is fetched."""
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    import huggingface_hub.constants as hub
+    from conftest import make_model
+
+    commit = "c" * 40
+    _hub_snapshot(offline_hub_cache, "org/cached", commit, make_model("llama", tokenizer), tokenizer)
+    files = {"org/big": [("model-00001-of-00002.safetensors", 6e9), ("model-00002-of-00002.safetensors", 4e9),
+                         ("pytorch_model-00001-of-00002.bin", 6e9), ("original/consolidated.safetensors", 9e9)],
+             "org/cached": [("model.safetensors", 6e9), ("pytorch_model.bin", 6e9)],
+             "org/moved": [("model.safetensors", 6e9)]}  # a new commit whose weights another snapshot holds
+    blob = offline_hub_cache / "models--org--moved" / "blobs" / ("e" * 64)
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"weights")
+    asked = []
+
+    def model_info(self, name, revision=None, token=None, files_metadata=False, timeout=None):
+        asked.append(name)
+        if name not in files:
+            raise huggingface_hub.errors.RepositoryNotFoundError("no such repo")
+        return SimpleNamespace(sha=commit, siblings=[SimpleNamespace(rfilename=f, size=n, lfs=SimpleNamespace(sha256="e" * 64))
+                                                     for f, n in files[name]])
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=2e9, used=1e9, free=1e9))
+    message = "org/big needs 10.0 GB more in the Hugging Face cache .* has 1.0 GB free: free space, point HF_HOME"
+    with pytest.raises(KilibError, match=message):
+        models.check_download_room("org/big")
+    with pytest.raises(KilibError, match=message):
+        models.load_causal_lm("org/big", device="cpu")  # stops before the tokenizer is fetched
+    models.check_download_room("org/cached")  # its weights are in the cache already: nothing to fetch
+    models.check_download_room("org/moved")
+    models.check_download_room("org/unknown")  # the Hub cannot say: the load reports it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models.check_download_room("org/big")  # offline: nothing is asked
+    assert asked == ["org/big", "org/big", "org/cached", "org/moved", "org/unknown"]
