@@ -716,11 +716,16 @@ def _eval_prompts(inputs: TransferInputs, config: TransferConfig, task: str) -> 
     return [(k, i, task_prompt(task, r, demonstrations_for(r, demos, k))) for k in _shots(config, task) for i, r in enumerate(rows)]
 
 
+# Where an answer ends: a blank line (the demonstrations' separator) or the next question.
+STOP = ("\n\n", "\nQuestion:")
+
+
 def _prompts_hash(pairs=(), prompts=()) -> str:
-    """A hash of the text a job shows the model, so that a change of prompt format misses the cache."""
+    """A hash of the text a job shows the model and of where its answers are cut, so that a change
+    of prompt format or of the stop strings misses the cache."""
     from kilib.results import stable_hash
 
-    return stable_hash({"pairs": list(pairs), "prompts": [p for *_, p in prompts]})
+    return stable_hash({"pairs": list(pairs), "prompts": [p for *_, p in prompts], **({"stop": list(STOP)} if prompts else {})})
 
 
 def _samples(tokenizer, task: str, rows, max_length: int) -> list[dict]:
@@ -785,7 +790,7 @@ def _evaluate(model, tokenizer, task: str, inputs: TransferInputs, config: Trans
         these = [(i, p) for shots, i, p in asked if shots == k]
         outputs = generate(model, tokenizer, [render_prompt(tokenizer, p) for _, p in these],
                            max_new_tokens=dict(config.max_new_tokens)[task], batch_size=config.eval_batch_size,
-                           stop=("\n\n", "\nQuestion:"))
+                           stop=STOP)
         answers += [{"shots": k, "item": i, "prediction": o, **score(task, o, rows[i])} for (i, _), o in zip(these, outputs)]
     return answers
 

@@ -457,6 +457,12 @@ def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
     for before, after in zip(keys[:3], keys[3:]):
         assert before["prompts"] != after["prompts"]
         assert {k: v for k, v in before.items() if k != "prompts"} == {k: v for k, v in after.items() if k != "prompts"}
+    # where answers are cut is part of what the run and the baseline computed
+    monkeypatch.setattr(T, "STOP", ("\n",))
+    for call in calls:
+        with pytest.raises(KeyRecorded):
+            call()
+    assert [k["prompts"] == a["prompts"] for k, a in zip(keys[3:6], keys[6:])] == [True, False, False]
 
 
 def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
