@@ -670,12 +670,13 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
     world = zoo.world_of(zconfig)
     rows = {}
     for task in config.tasks:
+        counts = sizes(task)
         if task == "qa":
-            rows[task] = _qa_rows(world, sizes(task))
+            rows[task] = _qa_rows(world, counts)
             continue
-        drawn = getattr(world, task)(sum(sizes(task).values()), seed=0).to_list()
+        drawn = getattr(world, task)(sum(counts.values()), seed=0).to_list()
         rows[task], start = {}, 0
-        for split, n in sizes(task).items():
+        for split, n in counts.items():
             rows[task][split] = drawn[start:start + n]
             start += n
     return TransferInputs(teacher, student, rows, f"the {zconfig.world_size} world: {config.teacher} into {config.student}")
@@ -720,12 +721,12 @@ def _eval_prompts(inputs: TransferInputs, config: TransferConfig, task: str) -> 
 STOP = ("\n\n", "\nQuestion:")
 
 
-def _prompts_hash(pairs=(), prompts=()) -> str:
-    """A hash of the text a job shows the model and of where its answers are cut, so that a change
-    of prompt format or of the stop strings misses the cache."""
+def _prompts_hash(pairs=(), prompts=(), stop: Sequence[str] = ()) -> str:
+    """A hash of the text a job shows the model and, where it generates, of the stop strings
+    that cut its answers, so that a change of prompt format or of the stop strings misses the cache."""
     from kilib.results import stable_hash
 
-    return stable_hash({"pairs": list(pairs), "prompts": [p for *_, p in prompts], **({"stop": list(STOP)} if prompts else {})})
+    return stable_hash({"pairs": list(pairs), "prompts": [p for *_, p in prompts], **({"stop": list(stop)} if stop else {})})
 
 
 def _samples(tokenizer, task: str, rows, max_length: int) -> list[dict]:
@@ -804,7 +805,7 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
            "train_rows": inputs.rows[task]["train"], "eval_rows": inputs.rows[task]["eval"],
            "demos": inputs.rows[task]["demos"], "extraction": extraction(inputs, config, task).name if method != "lora" else None,
            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("teacher", "student", "tasks", "methods", "seeds")},
-           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["train"]), _eval_prompts(inputs, config, task))}
+           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["train"]), _eval_prompts(inputs, config, task), STOP)}
     folder = cached_dir("transfer", key, lambda tmp: _run(inputs, config, task, method, seed, tmp))
     return read_json(folder / "run.json")
 
@@ -840,7 +841,7 @@ def baseline(inputs: TransferInputs, config: TransferConfig, task: str, which: s
     key = {"kind": "transfer-baseline", "version": 1, "model": model_ref(path), "task": task, "eval_rows": inputs.rows[task]["eval"],
            "demos": inputs.rows[task]["demos"], "shots": _shots(config, task),
            "max_new_tokens": dict(config.max_new_tokens)[task], "quantization": config.quantization,
-           "prompts": _prompts_hash(prompts=_eval_prompts(inputs, config, task))}
+           "prompts": _prompts_hash(prompts=_eval_prompts(inputs, config, task), stop=STOP)}
 
     def build(tmp: Path) -> None:
         from kilib.models import load_causal_lm
