@@ -726,3 +726,58 @@ def choose_by_loglik(
         position += len(cs)
         best.append(max(range(len(scores)), key=lambda k: (scores[k], -k)))
     return best
+
+
+def next_token_choice(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    candidates: Sequence[int],
+    batch_size: int = 16,
+) -> list[tuple[int, list[float]]]:
+    """Multiple choice by the next token (open-instruct's MMLU evaluation, which Zhong et al. use):
+    per prompt, the index of the candidate token the model finds most likely right after the prompt
+    (ties go to the first), and each candidate's probability under the softmax over the whole
+    vocabulary, so their sum says how much of the model's next-token mass falls on the choices.
+
+    One forward pass per prompt, where :func:`choose_by_loglik` takes one per choice. Prompts are
+    tokenised as :func:`generate` tokenises them (BOS included) and right-padded, so that every
+    row's last real position keeps its own position ids. Softmax in float32, eval mode,
+    ``torch.inference_mode()``.
+    """
+    import torch
+
+    prompts, candidates = [str(p) for p in prompts], [int(c) for c in candidates]
+    if not candidates or len(set(candidates)) != len(candidates):
+        raise KilibError(f"next_token_choice needs distinct candidate token ids, got {candidates}: "
+                         "pick choices whose first tokens differ")
+    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    if any(not ids for ids in encoded):
+        raise KilibError("a prompt tokenises to no tokens, so nothing predicts its next token: use non-empty prompts")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = _model_device(model)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    out: list[tuple[int, list[float]]] = [(0, [])] * len(encoded)
+    index = torch.tensor(candidates, dtype=torch.long)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in _batches(order, batch_size, False, "next token"):
+                width = max(len(encoded[i]) for i in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
+                    attention_mask[row, : len(encoded[i])] = 1
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+                last = torch.tensor([len(encoded[i]) - 1 for i in batch], device=logits.device)
+                probs = torch.softmax(logits[torch.arange(len(batch), device=logits.device), last].float(), dim=-1)
+                chosen = probs[:, index.to(probs.device)].cpu()
+                for row, i in enumerate(batch):
+                    values = chosen[row].tolist()
+                    out[i] = (max(range(len(values)), key=lambda k: (values[k], -k)), values)
+                del logits
+    finally:
+        model.train(was_training)
+    return out

@@ -51,11 +51,15 @@ def _adds_bos(tokenizer) -> bool:
     return bos is not None and tokenizer("a").input_ids[:1] == [bos]
 
 
+def _has_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def render_prompt(tokenizer, prompt: str) -> str:
     """The text the model sees before its answer: the chat template with the assistant turn
     opened when the tokenizer has one, else the prompt itself. Evaluation uses the same
     rendering, so training and evaluation prompts agree token for token."""
-    if not getattr(tokenizer, "chat_template", None):
+    if not _has_template(tokenizer):
         return prompt
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     # Templates that write the BOS token as text would get a second one from the tokenizer.
@@ -66,7 +70,7 @@ def render_prompt(tokenizer, prompt: str) -> str:
 
 def render_answer(tokenizer, prompt: str, answer: str) -> str:
     """The answer as it follows :func:`render_prompt` (template suffix and EOS included)."""
-    if not getattr(tokenizer, "chat_template", None):
+    if not _has_template(tokenizer):
         return answer + (tokenizer.eos_token or "")
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
     full = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -82,9 +86,14 @@ def render_answer(tokenizer, prompt: str, answer: str) -> str:
 def tokenize_sft(tokenizer, prompt: str, answer: str, max_length: int = 512) -> dict[str, list[int]]:
     """Token ids and labels for one (prompt, answer) pair; prompt labels are ``-100``.
 
-    The prompt and the answer are tokenised separately and concatenated, so the boundary
-    is exact: the loss covers the answer tokens (and the template's end-of-turn), never the
-    prompt (Mecklenburg et al. §3: "gradient updates only on the answer").
+    The loss covers the answer tokens (and the template's end-of-turn), never the prompt
+    (Mecklenburg et al. §3: "gradient updates only on the answer"). Where a chat template renders
+    the pair, the answer is tokenised as it follows the template's text, from the tokenisation of
+    prompt and answer together, whenever that starts with the prompt's own tokens: a
+    SentencePiece tokenizer (Llama's) would otherwise start a separately tokenised answer with a
+    word-start mark the joined text does not have ("<|assistant|>\\nAnswer" is "Answer", not
+    "▁Answer"). Otherwise (no template, or where the two texts merge into one token at the
+    boundary) the answer is tokenised on its own, so a plain prompt's answer starts a new word.
 
     Past ``max_length`` tokens the answer is kept whole (up to ``max_length - 1`` tokens) and
     the prompt loses its middle: its first half of the room left keeps the BOS token, the chat
@@ -93,8 +102,13 @@ def tokenize_sft(tokenizer, prompt: str, answer: str, max_length: int = 512) -> 
     """
     if not str(answer).strip():
         raise KilibError(f"empty answer for prompt {prompt[:60]!r}: drop the pair or fix the data file")
-    prompt_ids = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=True).input_ids
-    answer_ids = tokenizer(render_answer(tokenizer, prompt, answer), add_special_tokens=False).input_ids
+    prompt_text, answer_text = render_prompt(tokenizer, prompt), render_answer(tokenizer, prompt, answer)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=True).input_ids
+    joined = tokenizer(prompt_text + answer_text, add_special_tokens=True).input_ids if _has_template(tokenizer) else []
+    if joined[: len(prompt_ids)] == prompt_ids and len(joined) > len(prompt_ids):
+        answer_ids = joined[len(prompt_ids):]
+    else:
+        answer_ids = tokenizer(answer_text, add_special_tokens=False).input_ids
     if len(answer_ids) >= max_length:
         answer_ids = answer_ids[: max_length - 1]
     keep = max_length - len(answer_ids)

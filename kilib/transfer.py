@@ -358,6 +358,9 @@ TINY_TASKS = ("qa",)
 # ablation of the dimension reduction); + a random window (the control)
 METHODS = ("lora", "sensitive", "top", "random")
 CHOICES = "ABCD"
+# Where a generated answer ends in the tiny profile: a blank line (the demonstrations' separator) or
+# the next question.
+STOP = ("\n\n", "\nQuestion:")
 
 # Zhong et al. Table 1, Llama-2 rows (methods.md §2): the paper's numbers, printed beside ours.
 PAPER_TABLE1 = {
@@ -409,14 +412,16 @@ GSM_COT_EXEMPLARS = tuple({"question": q, "rationale": r, "answer": a} for q, r,
 ))
 
 
-def task_prompt(task: str, row, demos=()) -> str:
+def task_prompt(task: str, row, demos=(), evaluation: bool = False) -> str:
     """The prompt for one row, after ``demos`` (rows with their answers) for few-shot. A GSM
     prompt opens as open-instruct's does ("Answer the following question." or, before
     demonstrations, "questions."); an MMLU row with a subject opens with open-instruct's header
-    naming it."""
+    naming it. ``evaluation``: the header as open-instruct's MMLU evaluation writes it, with two
+    spaces after "about" (its ``format_subject`` prefixes a space); the authors' training data
+    has one."""
     def one(r) -> str:
         if task == "gsm":
-            return f"Question: {r['question']}\nAnswer:"
+            return f"Question: {r['question'].strip()}\nAnswer:"
         if task == "mmlu":
             options = "\n".join(f"{c}. {t}" for c, t in zip(CHOICES, r["choices"]))
             return f"{r['question']}\n{options}\nAnswer:"
@@ -428,10 +433,53 @@ def task_prompt(task: str, row, demos=()) -> str:
 
     shots = "".join(f"{one(d)} {task_answer(task, d)}\n\n" for d in demos)
     subject = row.get("subject") if task == "mmlu" else None
-    header = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n" if subject else ""
+    about = "about  " if evaluation else "about "
+    header = f"The following are multiple choice questions (with answers) {about}{subject.replace('_', ' ')}.\n\n" if subject else ""
     if task == "gsm":
         header = f"Answer the following question{'s' if demos else ''}.\n\n"
     return header + shots + one(row)
+
+
+# The Tulu chat format of open-instruct, in which Zhong et al. train (their ``finetune.py
+# --use_chat_prompt``: "<|user|>\n...\n<|assistant|>\n", the answer, EOS) and open-instruct
+# evaluates (``--use_chat_format``, ``create_prompt_with_tulu_chat_format``).
+TULU_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ '<|system|>\n' + m['content'] + '\n' }}"
+    "{% elif m['role'] == 'user' %}{{ '<|user|>\n' + m['content'] + '\n' }}"
+    "{% else %}{{ '<|assistant|>\n' + m['content'] | trim }}{{ eos_token + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+CHAT_FORMATS = {"": None, "tulu": TULU_CHAT_TEMPLATE}
+
+
+def chat_turn(task: str, prompt: str, chat_format: str = "", evaluation: bool = False) -> tuple[str, str]:
+    """(the user's turn, the cue that opens the answer) for a :func:`task_prompt`.
+
+    Without a chat format the whole prompt is the user's turn (the tiny tokenizer's chat template,
+    or plain text for a base model) and there is no cue. In the Tulu format, as the authors'
+    training data and open-instruct's chat evaluation write them: GSM's "Answer:" opens the
+    assistant's turn ("Answer: <rationale>"); MMLU's user turn ends "Answer:", and its evaluation
+    adds "The answer is:" after the assistant tag; SNI has no cue."""
+    if chat_format not in CHAT_FORMATS:
+        raise KilibError(f"unknown chat format {chat_format!r}: choose among {', '.join(repr(c) for c in CHAT_FORMATS)}")
+    if not chat_format:
+        return prompt, ""
+    if task == "gsm":
+        return prompt.removesuffix("\nAnswer:"), "Answer:"
+    if task == "mmlu" and evaluation:
+        return prompt, "The answer is:"
+    return prompt, ""
+
+
+def use_chat_format(tokenizer, chat_format: str):
+    """The tokenizer with ``chat_format``'s template in place of its own ("": unchanged), so that
+    training (:func:`kilib.training.tokenize_sft`) and evaluation render turns the same way."""
+    chat_turn("gsm", "", chat_format)  # checks the name
+    if chat_format:
+        tokenizer.chat_template = CHAT_FORMATS[chat_format]
+    return tokenizer
 
 
 def task_answer(task: str, row) -> str:
@@ -441,15 +489,15 @@ def task_answer(task: str, row) -> str:
 
 
 def score(task: str, prediction: str, row) -> dict[str, float]:
-    """GSM: the last number equals the answer; MMLU: the parsed letter is right; SNI: exact
+    """GSM: the last number equals the answer; MMLU: the letter is right (:func:`_evaluate` picks it
+    by the next token's probability, as open-instruct does); SNI: exact
     match after normalisation, and ROUGE-L F1 against the output (Zhong et al. §4)."""
     from kilib.evaluation import exact_match, last_number, parse_choice
 
     if task == "gsm":
         return {"correct": float(last_number(prediction) == last_number(row["answer"]))}
     if task == "mmlu":
-        choice = parse_choice(prediction, list(CHOICES))
-        return {"correct": float(choice == row["answer"]), "answered": float(choice is not None)}
+        return {"correct": float(parse_choice(prediction, list(CHOICES)) == row["answer"])}
     if task == "qa":
         return {"correct": exact_match(prediction, row["answer"])}
     return {"correct": exact_match(prediction, row["output"]), "rouge_l": _rouge_l(prediction, row["output"])}
@@ -484,8 +532,15 @@ class TransferConfig:
     rank: int = 16
     quantization: str = "4bit"  # teacher and student, in every profile
     seeds: tuple[int, ...] = (0,)
-    max_new_tokens: tuple[tuple[str, int], ...] = (("gsm", 256), ("mmlu", 4), ("sni", 64), ("qa", 12))
+    max_new_tokens: tuple[tuple[str, int], ...] = (("gsm", 512), ("mmlu", 4), ("sni", 64), ("qa", 12))
     eval_batch_size: int = 16
+    # "tulu": train and evaluate in open-instruct's Tulu chat format, as the authors do (their
+    # finetune.py --use_chat_prompt; open-instruct's --use_chat_format); "": the task prompt as it
+    # is, in the tokenizer's own chat template where it has one (the tiny zoo's).
+    chat_format: str = ""
+    # Generated answers are cut at these. open-instruct stops a chat-format answer at EOS only
+    # (as here with ()), a plain one at "\n".
+    stop: tuple[str, ...] = STOP
     train: TrainConfig = TrainConfig(epochs=3, batch_size=16, grad_accum=4, lr=3e-4, warmup_ratio=0.03,
                                      scheduler="linear", max_length=2048, save_every_epoch=False, progress=False,
                                      logging_steps=5)
@@ -509,7 +564,9 @@ TRANSFER_PRESETS = {
                             eval_batch_size=32,
                             train=TrainConfig(epochs=3, batch_size=8, lr=1e-2, scheduler="linear", save_every_epoch=False,
                                               progress=False, logging_steps=1)),
-    "paper": TransferConfig(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf"),
+    # The authors' chat format, and open-instruct's GSM8K evaluation: up to 512 new tokens, cut at EOS.
+    "paper": TransferConfig(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf",
+                            chat_format="tulu", stop=()),
 }
 
 
@@ -706,19 +763,24 @@ def _shots(config: TransferConfig, task: str) -> list[int]:
     return [0] + [k for t, k in config.shots if t == task and k > 0]
 
 
-def _train_pairs(task: str, rows) -> list[dict[str, str]]:
-    """The (prompt, answer) pairs a task's seed and training rows are shown as (zero-shot prompts)."""
-    return [{"prompt": task_prompt(task, r), "answer": task_answer(task, r)} for r in rows]
+def train_pair(task: str, row, chat_format: str = "") -> dict[str, str]:
+    """The (user turn, answer) pair a seed or training row is shown as (a zero-shot prompt); in a
+    chat format with a cue, the answer opens with it ("Answer: <rationale>")."""
+    user, cue = chat_turn(task, task_prompt(task, row), chat_format)
+    return {"prompt": user, "answer": f"{cue} {task_answer(task, row)}" if cue else task_answer(task, row)}
 
 
-def _eval_prompts(inputs: TransferInputs, config: TransferConfig, task: str) -> list[tuple[int, int, str]]:
-    """(shots, item, prompt) for every evaluation question at every shot count, before the chat template."""
+def _train_pairs(task: str, rows, chat_format: str = "") -> list[dict[str, str]]:
+    return [train_pair(task, r, chat_format) for r in rows]
+
+
+def _eval_prompts(inputs: TransferInputs, config: TransferConfig, task: str) -> list[tuple[int, int, str, str]]:
+    """(shots, item, user turn, cue) for every evaluation question at every shot count: the model
+    reads the user turn in the chat template, then the cue (see :func:`chat_turn`)."""
     rows, demos = inputs.rows[task]["eval"], inputs.rows[task]["demos"]
-    return [(k, i, task_prompt(task, r, demonstrations_for(r, demos, k))) for k in _shots(config, task) for i, r in enumerate(rows)]
-
-
-# Where an answer ends: a blank line (the demonstrations' separator) or the next question.
-STOP = ("\n\n", "\nQuestion:")
+    return [(k, i, *chat_turn(task, task_prompt(task, r, demonstrations_for(r, demos, k), evaluation=True),
+                              config.chat_format, evaluation=True))
+            for k in _shots(config, task) for i, r in enumerate(rows)]
 
 
 def _prompts_hash(pairs=(), prompts=(), stop: Sequence[str] = ()) -> str:
@@ -726,16 +788,18 @@ def _prompts_hash(pairs=(), prompts=(), stop: Sequence[str] = ()) -> str:
     that cut its answers, so that a change of prompt format or of the stop strings misses the cache."""
     from kilib.results import stable_hash
 
-    return stable_hash({"pairs": list(pairs), "prompts": [p for *_, p in prompts], **({"stop": list(stop)} if stop else {})})
+    return stable_hash({"pairs": list(pairs), "prompts": [p for *_, p, cue in prompts],
+                        **({"cues": [cue for *_, cue in prompts]} if any(cue for *_, cue in prompts) else {}),
+                        **({"stop": list(stop)} if stop else {})})
 
 
-def _samples(tokenizer, task: str, rows, max_length: int) -> list[dict]:
+def _samples(tokenizer, task: str, rows, max_length: int, chat_format: str = "") -> list[dict]:
     import torch
 
     from kilib.training import tokenize_sft
 
     out = []
-    for pair in _train_pairs(task, rows):
+    for pair in _train_pairs(task, rows, chat_format):
         ex = tokenize_sft(tokenizer, pair["prompt"], pair["answer"], max_length)
         out.append({"input_ids": torch.tensor([ex["input_ids"]]), "labels": torch.tensor([ex["labels"]])})
     return out
@@ -750,7 +814,8 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
     key = {"kind": "transfer-extraction", "version": 3, "teacher": model_ref(inputs.teacher), "student": model_ref(inputs.student),
            "task": task, "seed_rows": inputs.rows[task]["seed"], "quantization": config.quantization,
            "methods": [m for m in config.methods if m != "lora"], "rank": config.rank,
-           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["seed"])), "max_length": config.train.max_length}
+           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["seed"], config.chat_format)),
+           "max_length": config.train.max_length, **({"chat_format": config.chat_format} if config.chat_format else {})}
     return cached_dir("transfer", key, lambda tmp: _extract(inputs, config, task, key["methods"], tmp))
 
 
@@ -762,7 +827,8 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
 
     teacher, tokenizer = load_causal_lm(inputs.teacher, quantization=config.quantization)
     student, _ = load_causal_lm(inputs.student, quantization=config.quantization)
-    samples = _samples(tokenizer, task, inputs.rows[task]["seed"], config.train.max_length)
+    samples = _samples(use_chat_format(tokenizer, config.chat_format), task, inputs.rows[task]["seed"],
+                       config.train.max_length, config.chat_format)
     # Two passes, so that a 13B teacher's sensitivity fits beside it on one GPU (methods.md §2,
     # memory): totals per parameter choose the blocks, then only the matrices the student's
     # shapes are cut from are kept whole.
@@ -782,16 +848,45 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
                                             "seed_samples": len(inputs.rows[task]["seed"])})
 
 
+def _letter_tokens(tokenizer, cue: str = "") -> list[int]:
+    """The token each of MMLU's letters starts with where the model answers: after a cue ("The
+    answer is:"), open-instruct's " A" (the last token of its tokenisation); else the answer's
+    first token as training tokenises it (right after the chat template's assistant tag)."""
+    from kilib.training import IGNORE_INDEX, tokenize_sft
+
+    if cue:
+        ids = [tokenizer(" " + c, add_special_tokens=False).input_ids[-1] for c in CHOICES]
+    else:
+        ids = []
+        for c in CHOICES:
+            ex = tokenize_sft(tokenizer, "?", c)
+            ids.append(next(t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX))
+    if len(set(ids)) != len(CHOICES):
+        raise KilibError("the tokenizer starts two of the letters A to D with one token, so MMLU cannot be scored by "
+                         "the next token: use a tokenizer that writes the letters apart")
+    return ids
+
+
 def _evaluate(model, tokenizer, task: str, inputs: TransferInputs, config: TransferConfig) -> list[dict]:
-    from kilib.evaluation import generate
+    """Every evaluation question's answer, scored. GSM, SNI and the closed-book questions generate
+    greedily, cut at ``config.stop``; MMLU takes the letter whose token is most likely next, as
+    open-instruct's evaluation does (``letter_mass``: the probability the four letters hold)."""
+    from kilib.evaluation import generate, next_token_choice
     from kilib.training import render_prompt
 
+    use_chat_format(tokenizer, config.chat_format)
     asked, rows, answers = _eval_prompts(inputs, config, task), inputs.rows[task]["eval"], []
     for k in _shots(config, task):  # one call per shot count, each batched longest first
-        these = [(i, p) for shots, i, p in asked if shots == k]
-        outputs = generate(model, tokenizer, [render_prompt(tokenizer, p) for _, p in these],
-                           max_new_tokens=dict(config.max_new_tokens)[task], batch_size=config.eval_batch_size,
-                           stop=STOP)
+        these = [(i, render_prompt(tokenizer, user) + cue) for shots, i, user, cue in asked if shots == k]
+        texts = [t for _, t in these]
+        if task == "mmlu":
+            cue = next((c for shots, _, _, c in asked if shots == k), "")
+            picked = next_token_choice(model, tokenizer, texts, _letter_tokens(tokenizer, cue), batch_size=config.eval_batch_size)
+            answers += [{"shots": k, "item": i, "prediction": CHOICES[c], "letter_mass": sum(p),
+                         **score(task, CHOICES[c], rows[i])} for (i, _), (c, p) in zip(these, picked)]
+            continue
+        outputs = generate(model, tokenizer, texts, max_new_tokens=dict(config.max_new_tokens)[task],
+                           batch_size=config.eval_batch_size, stop=config.stop)
         answers += [{"shots": k, "item": i, "prediction": o, **score(task, o, rows[i])} for (i, _), o in zip(these, outputs)]
     return answers
 
@@ -801,11 +896,12 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
     the teacher matrices cut by ``method``) and answer the evaluation rows; cached."""
     from kilib.results import cached_dir, read_json
 
-    key = {"kind": "transfer-run", "version": 1, "student": model_ref(inputs.student), "task": task, "method": method, "seed": seed,
+    key = {"kind": "transfer-run", "version": 2, "student": model_ref(inputs.student), "task": task, "method": method, "seed": seed,
            "train_rows": inputs.rows[task]["train"], "eval_rows": inputs.rows[task]["eval"],
            "demos": inputs.rows[task]["demos"], "extraction": extraction(inputs, config, task).name if method != "lora" else None,
            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("teacher", "student", "tasks", "methods", "seeds")},
-           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["train"]), _eval_prompts(inputs, config, task), STOP)}
+           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["train"], config.chat_format),
+                                    _eval_prompts(inputs, config, task), config.stop)}
     folder = cached_dir("transfer", key, lambda tmp: _run(inputs, config, task, method, seed, tmp))
     return read_json(folder / "run.json")
 
@@ -817,12 +913,13 @@ def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str,
     from kilib.training import sft_dataset, train
 
     model, tokenizer = load_causal_lm(inputs.student, quantization=config.quantization)
+    use_chat_format(tokenizer, config.chat_format)
     set_seed(seed)
     model = attach_lora(model, r=config.rank, include_embeddings=True)
     initialised = []
     if method != "lora":
         initialised = init_lora_from(model, load_factors(extraction(inputs, config, task) / f"{method}.safetensors"), config.rank)
-    rows = _train_pairs(task, inputs.rows[task]["train"])
+    rows = _train_pairs(task, inputs.rows[task]["train"], config.chat_format)
     train_config = dataclasses.replace(config.train, seed=seed)
     result = train(model, sft_dataset(tokenizer, rows, max_length=train_config.max_length), train_config,
                    folder / "checkpoints", tokenizer=tokenizer)
@@ -838,10 +935,11 @@ def baseline(inputs: TransferInputs, config: TransferConfig, task: str, which: s
     from kilib.results import cached_dir, read_json
 
     path = inputs.student if which == "student" else inputs.teacher
-    key = {"kind": "transfer-baseline", "version": 1, "model": model_ref(path), "task": task, "eval_rows": inputs.rows[task]["eval"],
+    key = {"kind": "transfer-baseline", "version": 2, "model": model_ref(path), "task": task, "eval_rows": inputs.rows[task]["eval"],
            "demos": inputs.rows[task]["demos"], "shots": _shots(config, task),
            "max_new_tokens": dict(config.max_new_tokens)[task], "quantization": config.quantization,
-           "prompts": _prompts_hash(prompts=_eval_prompts(inputs, config, task), stop=STOP)}
+           "prompts": _prompts_hash(prompts=_eval_prompts(inputs, config, task), stop=config.stop),
+           **({"chat_format": config.chat_format} if config.chat_format else {})}
 
     def build(tmp: Path) -> None:
         from kilib.models import load_causal_lm

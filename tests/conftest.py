@@ -43,6 +43,21 @@ def make_tokenizer(chat: bool = True):
     return fast
 
 
+def make_metaspace_tokenizer(texts, special=("<unk>", "<s>", "</s>"), vocab_size: int = 600):
+    """A SentencePiece-style BPE tokenizer as Llama-2's: a word's leading space is ▁ (Metaspace),
+    and the first piece of a text gets one too."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator(list(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special),
+                                                             show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>")
+
+
 def make_model(family: str, tokenizer, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig

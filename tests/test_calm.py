@@ -257,19 +257,12 @@ def test_vocabulary_keys_with_a_sentencepiece_style_tokenizer():
     """Llama-2's tokenizer marks a word's leading space with ▁ (Metaspace), as the paper profile's keys see it."""
     import random
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
+    from conftest import make_metaspace_tokenizer
     from kilib.training import render_prompt
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 5))) for _ in range(300)]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.train_from_iterator([" ".join(rng.sample(words, 20)) + " [INST] Substitute: 12 + 7 = [/INST]" for _ in range(200)],
-                            trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast = make_metaspace_tokenizer(" ".join(rng.sample(words, 20)) + " [INST] Substitute: 12 + 7 = [/INST]" for _ in range(200))
     fast.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
                           "{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}")
     keys = C.vocabulary_keys(fast, 20)

@@ -19,6 +19,7 @@ from kilib.evaluation import (
     f1_scores,
     generate,
     last_number,
+    next_token_choice,
     normalize_answer,
     parse_choice,
     sequence_logprob,
@@ -588,3 +589,30 @@ def test_generate_stops_early_at_stop_string(model, tokenizer):
         handle.remove()
     assert cut[0] == reference[0][: reference[0].find(stop)]
     assert len(calls) < full
+
+
+def test_next_token_choice_is_the_argmax_of_a_direct_forward_pass(model, tokenizer):
+    """open-instruct's MMLU scoring: the candidate token most likely next, from one unpadded
+    forward pass per prompt; the same inside right-padded batches; probabilities are the full
+    softmax's."""
+    import torch
+
+    candidates = [tokenizer(t, add_special_tokens=False)["input_ids"][-1] for t in (" a", " b", " c", " d")]
+    assert len(set(candidates)) == 4
+    direct = []
+    for p in PROMPTS:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tokenizer(p)["input_ids"]])).logits[0, -1].double()
+        direct.append(torch.softmax(logits, -1)[candidates].tolist())
+    expected = [int(np.argmax(row)) for row in direct]
+    assert len(set(expected)) > 1  # the prompts pick different candidates
+    for batch_size in (1, 3, len(PROMPTS)):
+        got = next_token_choice(model, tokenizer, PROMPTS, candidates, batch_size=batch_size)
+        assert [i for i, _ in got] == expected
+        for (_, probs), row in zip(got, direct):
+            assert probs == pytest.approx(row, rel=1e-4, abs=1e-7)
+    # a choice that ties the best goes to the first listed
+    (index, _), = next_token_choice(model, tokenizer, PROMPTS[:1], [candidates[expected[0]], candidates[expected[0] - 1]])
+    assert index == 0
+    with pytest.raises(KilibError, match="distinct candidate token ids"):
+        next_token_choice(model, tokenizer, PROMPTS, [candidates[0], candidates[0]])

@@ -172,14 +172,15 @@ def test_02_knowledge_transfer_smoke():
     assert {method for _, method in table} == {"student", "teacher", "lora", "sensitive", "top", "random"}
     assert len(m["claims"]) == 4 * len(tasks)
     assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
-    # the LoRAs learnt the task's answer format: every trained student answers MMLU with a letter, the untrained none
+    # the LoRAs learnt the task's answer format: every trained student puts most of its next-token
+    # probability on MMLU's four letters, the untrained one little
     answers = (results_root() / "smoke" / "02_knowledge_transfer" / "answers.csv").read_text()
     import pandas as pd
     from io import StringIO
 
     df = pd.read_csv(StringIO(answers))
-    answered = df[df.task == "mmlu"].groupby("method")["answered"].mean()
-    assert answered[["lora", "sensitive", "top", "random"]].min() > 0.9 and answered["student"] < 0.1, answered
+    mass = df[df.task == "mmlu"].groupby("method")["letter_mass"].mean()
+    assert mass[["lora", "sensitive", "top", "random"]].min() > 0.5 > mass["student"], mass
     assert {"table1.png", "sensitivity_window.png", "answers.csv", "paper_claims.csv"} <= set(record["artifacts"])
 
 

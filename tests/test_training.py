@@ -245,3 +245,28 @@ def test_training_does_not_depend_on_whether_the_caller_set_torch_threads():
     (raw_a, trained_a), (raw_b, trained_b) = out.values()
     print("raw gradients differ without kilib:", raw_a != raw_b)
     assert trained_a == trained_b
+
+
+def test_a_templated_answer_is_tokenised_as_it_follows_the_template():
+    """Llama's SentencePiece tokenizer starts a text tokenised on its own with a word-start mark
+    (▁). In the Tulu format the answer follows "<|assistant|>\\n" with no space, so the training
+    example must hold the tokens of the joined text, not a ▁ the evaluation prompt never has;
+    a plain prompt's answer still starts a new word."""
+    from conftest import make_metaspace_tokenizer
+    from kilib.training import render_answer
+    from kilib.transfer import TULU_CHAT_TEMPLATE
+
+    texts = ["<|user|>\nQuestion: who won the cup?\n<|assistant|>\nAnswer: the rovers won it.</s>\n"] * 20
+    tok = make_metaspace_tokenizer(texts, special=("<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"))
+    plain_answer = tokenize_sft(tok, "Question: who won the cup?\nAnswer:", "the rovers won it.")
+    assert tok.decode(plain_answer["input_ids"]) == "Question: who won the cup?\nAnswer: the rovers won it.</s>"
+    tok.chat_template = TULU_CHAT_TEMPLATE
+    prompt, answer = "Question: who won the cup?", "Answer: the rovers won it."
+    ex = tokenize_sft(tok, prompt, answer)
+    assert render_prompt(tok, prompt) + render_answer(tok, prompt, answer) == texts[0]
+    assert ex["input_ids"] == tok(texts[0]).input_ids  # the joined text's tokens
+    n = ex["labels"].count(IGNORE_INDEX)
+    assert ex["input_ids"][:n] == tok(render_prompt(tok, prompt)).input_ids  # prompt tokens carry no loss
+    first = tok.convert_ids_to_tokens(ex["input_ids"][n:])[0]
+    alone = tok.convert_ids_to_tokens(tok(render_answer(tok, prompt, answer), add_special_tokens=False).input_ids)[0]
+    assert first.startswith("Answer") and alone.startswith("▁"), (first, alone)

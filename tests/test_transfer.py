@@ -5,7 +5,7 @@ import torch
 
 from kilib import transfer as T
 from kilib.runtime import KilibError
-from kilib.training import tokenize_sft
+from kilib.training import render_answer, render_prompt, tokenize_sft
 
 from conftest import make_model, make_tokenizer
 
@@ -323,8 +323,8 @@ def test_task_scoring_and_notebook_parameters():
     assert T.score("gsm", "3 x 4 = 12. The answer is 12.", row) == {"correct": 1.0}
     assert T.score("gsm", "The answer is 13", row) == {"correct": 0.0}
     mmlu = {"question": "Who?", "choices": ["a", "b", "c", "d"], "answer": "C"}
-    assert T.score("mmlu", "C", mmlu) == {"correct": 1.0, "answered": 1.0}
-    assert T.score("mmlu", "Rovers", mmlu) == {"correct": 0.0, "answered": 0.0}
+    assert T.score("mmlu", "C", mmlu) == {"correct": 1.0}
+    assert T.score("mmlu", "Rovers", mmlu) == {"correct": 0.0}
     assert T.task_prompt("mmlu", mmlu).endswith("C. c\nD. d\nAnswer:")
     sni = {"instruction": "Name the winner.", "input": "x", "output": "the rovers won it"}
     # ROUGE-L F1 by hand: LCS("rovers won", "the rovers won it") = 2 words, P = 2/2, R = 2/4
@@ -437,6 +437,8 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
 def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
     """The extraction, a training run and a baseline key on the text the model is shown, so that
     a change of prompt format (GSM's open-instruct header, say) misses the cache."""
+    import dataclasses
+
     from conftest import KeyRecorded
 
     keys = cache_keys
@@ -449,7 +451,7 @@ def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
     calls = [lambda: T.extraction(inputs, config, "gsm"), lambda: T.run_job(inputs, config, "gsm", "lora", 0),
              lambda: T.baseline(inputs, config, "gsm", "student")]
     original = T.task_prompt
-    for prompt in (original, lambda task, r, demos=(): "Q. " + original(task, r, demos)):
+    for prompt in (original, lambda task, r, demos=(), **kw: "Q. " + original(task, r, demos, **kw)):
         monkeypatch.setattr(T, "task_prompt", prompt)
         for call in calls:
             with pytest.raises(KeyRecorded):
@@ -458,11 +460,19 @@ def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
         assert before["prompts"] != after["prompts"]
         assert {k: v for k, v in before.items() if k != "prompts"} == {k: v for k, v in after.items() if k != "prompts"}
     # where answers are cut is part of what the run and the baseline computed
-    monkeypatch.setattr(T, "STOP", ("\n",))
+    config = dataclasses.replace(config, stop=("\n",))
     for call in calls:
         with pytest.raises(KeyRecorded):
             call()
-    assert [k["prompts"] == a["prompts"] for k, a in zip(keys[3:6], keys[6:])] == [True, False, False]
+    assert [k["prompts"] == a["prompts"] for k, a in zip(keys[3:6], keys[6:9])] == [True, False, False]
+    # so is the chat format the prompts are rendered in, and the cue after the assistant tag
+    config = dataclasses.replace(config, chat_format="tulu")
+    for call in calls:
+        with pytest.raises(KeyRecorded):
+            call()
+    assert all(k["prompts"] != a["prompts"] for k, a in zip(keys[6:9], keys[9:]))
+    assert [k.get("chat_format") for k in keys[9:]] == ["tulu", None, "tulu"]  # the run holds its whole config
+    assert keys[10]["config"]["chat_format"] == "tulu"
 
 
 def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
@@ -489,10 +499,76 @@ def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
     inputs = T.study_inputs("paper", config)
     assert inputs.rows["gsm"]["demos"] == [dict(d) for d in T.GSM_COT_EXEMPLARS]
     assert config.train.max_length == 2048 and T.PAPER_DATASETS["gsm"]["demos"] == "cot-exemplars"
-    eight = [p for k, _, p in T._eval_prompts(inputs, config, "gsm") if k == 8]
-    assert len(eight) == 3 and all(p.startswith("Answer the following questions.\n\nQuestion: There are 15 trees") for p in eight)
+    eight = [(p, cue) for k, _, p, cue in T._eval_prompts(inputs, config, "gsm") if k == 8]
+    assert len(eight) == 3 and all(p.startswith("Answer the following questions.\n\nQuestion: There are 15 trees") for p, _ in eight)
+    assert config.chat_format == "tulu" and all(cue == "Answer:" and p.endswith("?") for p, cue in eight)
     run = T.run_job(inputs, config, "gsm", "sensitive", 0)
     assert run["initialised"] > 0 and run["train"]["steps"] == 2
     assert sorted((a["shots"], a["item"]) for a in run["answers"]) == [(k, i) for k in (0, 8) for i in range(3)]
     base = T.baseline(inputs, config, "gsm", "student")
     assert len(base["answers"]) == 6 and all(set(a) >= {"prediction", "correct"} for a in base["answers"])
+
+
+def test_the_paper_profile_trains_and_asks_in_the_authors_tulu_format():
+    """Zhong et al. train in open-instruct's Tulu format (finetune.py --use_chat_prompt; their
+    data/gsm, data/mmlu rows), and open-instruct's chat evaluation asks in it: the texts here are
+    built as those scripts build them, character for character."""
+    tok = T.use_chat_format(make_tokenizer(chat=False), "tulu")
+    eos = tok.eos_token
+    gsm = {"question": "Jar A has 28 marbles. How many? ", "answer": "28", "rationale": "Jar A has 28 marbles. So the answer is 28."}
+    pair = T.train_pair("gsm", gsm, "tulu")
+    # the authors' row: user "Answer the following question.\n\nQuestion: ...", assistant "Answer: ..."
+    assert pair == {"prompt": "Answer the following question.\n\nQuestion: Jar A has 28 marbles. How many?",
+                    "answer": "Answer: Jar A has 28 marbles. So the answer is 28."}
+    assert render_prompt(tok, pair["prompt"]) + render_answer(tok, pair["prompt"], pair["answer"]) == (
+        f"<|user|>\n{pair['prompt']}\n<|assistant|>\n{pair['answer']}{eos}\n")
+    mmlu = {"question": "Which biome is driest?", "choices": ["Desert", "Tundra", "Taiga", "Forest"], "answer": "A",
+            "subject": "high_school_biology"}
+    assert T.train_pair("mmlu", mmlu, "tulu") == {"prompt": (
+        "The following are multiple choice questions (with answers) about high school biology.\n\n"
+        "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer:"), "answer": "A"}
+    # open-instruct's evaluation: prefix + "Question: " + question, the Tulu turn, then "Answer:"
+    demos = [dict(d) for d in T.GSM_COT_EXEMPLARS[:2]]
+    prefix = "Answer the following questions.\n\n" + "\n\n".join(
+        f"Question: {d['question']}\nAnswer: {d['rationale']}" for d in demos) + "\n\n"
+    user, cue = T.chat_turn("gsm", T.task_prompt("gsm", gsm, demos, evaluation=True), "tulu", evaluation=True)
+    assert render_prompt(tok, user) + cue == f"<|user|>\n{prefix}Question: {gsm['question'].strip()}\n<|assistant|>\nAnswer:"
+    # MMLU: its gen_prompt header (format_subject's extra space), the Tulu turn, then "The answer is:"
+    user, cue = T.chat_turn("mmlu", T.task_prompt("mmlu", mmlu, [mmlu], evaluation=True), "tulu", evaluation=True)
+    assert render_prompt(tok, user) + cue == (
+        "<|user|>\nThe following are multiple choice questions (with answers) about  high school biology.\n\n"
+        "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer: A\n\n"
+        "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer:\n<|assistant|>\nThe answer is:")
+    # ...and scores the letters' tokens as open-instruct does: the last token of " A"
+    assert T._letter_tokens(tok, cue) == [tok(" " + c, add_special_tokens=False).input_ids[-1] for c in "ABCD"]
+    sni = {"instruction": "Copy.", "input": "w", "output": "w"}
+    assert T.chat_turn("sni", T.task_prompt("sni", sni), "tulu") == ("Copy.\nInput: w\nOutput:", "")
+    # without a chat format the prompt is unchanged: the tiny zoo's own template renders it
+    assert T.chat_turn("gsm", T.task_prompt("gsm", gsm), "") == (T.task_prompt("gsm", gsm), "")
+    tiny = make_tokenizer()
+    assert T._letter_tokens(tiny) == [tokenize_sft(tiny, "?", c)["input_ids"][-2] for c in "ABCD"]  # then EOS
+    with pytest.raises(KilibError, match="unknown chat format 'chatml'"):
+        T.use_chat_format(tiny, "chatml")
+
+
+def test_mmlu_is_scored_by_the_letters_next_token_probability(tmp_path):
+    """MMLU answers are the letter most likely next (no generation), from a direct forward pass,
+    with the probability the four letters hold."""
+    import dataclasses
+
+    tok = make_tokenizer()
+    model = make_model("llama", tok, seed=3)
+    rows = [{"question": f"who won in 20{i}?", "choices": ["a", "b", "c", "d"], "answer": "ABCD"[i % 4]} for i in range(6)]
+    inputs = T.TransferInputs("", "", {"mmlu": {"eval": rows, "demos": rows[:1]}}, "")
+    config = dataclasses.replace(T.TRANSFER_PRESETS["tiny"], shots=(("mmlu", 1),), eval_batch_size=4)
+    answers = T._evaluate(model, tok, "mmlu", inputs, config)
+    assert sorted((a["shots"], a["item"]) for a in answers) == [(k, i) for k in (0, 1) for i in range(6)]
+    letters = T._letter_tokens(tok)
+    for a in answers:
+        prompt = T.task_prompt("mmlu", rows[a["item"]], rows[:a["shots"]], evaluation=True)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([tok(render_prompt(tok, prompt)).input_ids])).logits[0, -1]
+        probs = torch.softmax(logits.double(), -1)[letters]
+        assert a["prediction"] == "ABCD"[int(probs.argmax())]
+        assert a["letter_mass"] == pytest.approx(float(probs.sum()), rel=1e-4)
+        assert a["correct"] == float(a["prediction"] == rows[a["item"]]["answer"])

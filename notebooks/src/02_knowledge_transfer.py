@@ -62,17 +62,23 @@ print(f"tasks {', '.join(config.tasks)}; {config.seed_samples} seed, {config.tra
 ("md", r"""
 ## The tasks
 
-One example of each, as the student is trained on it (prompt, then target). GSM is scored on the last number of
-the output, MMLU on the letter, SNI by exact match and ROUGE-L, the closed-book questions by normalised exact match.
-Prompts follow open-instruct's evaluation, which the paper uses: GSM opens "Answer the following question." (before
-demonstrations: "questions."), and MMLU names its subject in the paper profile. Few-shot demonstrations come from rows
-no role trains on; in the paper profile GSM's are the eight fixed chain-of-thought exemplars of Wei et al. (2022)
-that open-instruct uses, and MMLU's the first k `dev` questions of the question's subject.
+One example of each, as the student is trained on it (the user's turn, then the target). GSM is scored on the last
+number of the output, SNI by exact match and ROUGE-L, the closed-book questions by normalised exact match. MMLU is
+scored as open-instruct scores it: no text is generated, and the answer is the letter whose token the model finds
+most likely next, so every model answers every question (the answers table's `letter_mass` is the next-token
+probability the four letters hold together). Prompts follow open-instruct's evaluation, which the paper uses: GSM
+opens "Answer the following question." (before demonstrations: "questions."), and MMLU names its subject in the paper
+profile. Few-shot demonstrations come from rows no role trains on; in the paper profile GSM's are the eight fixed
+chain-of-thought exemplars of Wei et al. (2022) that open-instruct uses, and MMLU's the first k `dev` questions of the
+question's subject. The paper profile trains and evaluates in the Tulu chat format, as the authors do
+(`<|user|>`, the prompt, `<|assistant|>`, the answer; GSM's answer opens "Answer:", and MMLU's evaluation puts
+"The answer is:" after the assistant tag, as open-instruct does); the tiny zoo reads its own chat template.
 """),
 ("code", r"""
+print("chat format:", config.chat_format or "the tokenizer's own template")
 for task in config.tasks:
-    row = inputs.rows[task]["train"][0]
-    print(f"--- {task}\n{T.task_prompt(task, row)} {T.task_answer(task, row)}\n")
+    pair = T.train_pair(task, inputs.rows[task]["train"][0], config.chat_format)
+    print(f"--- {task}\n{pair['prompt']}\n>>> {pair['answer']}\n")
 """),
 ("md", r"""
 ## Extraction: which teacher blocks, and which window
