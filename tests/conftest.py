@@ -43,15 +43,22 @@ def make_tokenizer(chat: bool = True):
     return fast
 
 
-def make_metaspace_tokenizer(texts, special=("<unk>", "<s>", "</s>"), vocab_size: int = 600):
+def make_metaspace_tokenizer(texts, special=("<unk>", "<s>", "</s>"), vocab_size: int = 600, legacy: bool = False):
     """A SentencePiece-style BPE tokenizer as Llama-2's: a word's leading space is ▁ (Metaspace),
-    and the first piece of a text gets one too."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    and the first piece of a text gets one too. ``legacy``: as Llama-2's own tokenizer.json
+    writes it, a normaliser that prepends ▁ to every text and turns each space into ▁, so a text
+    that starts with a space starts with two."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    if legacy:
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")  # SentencePiece's word pieces
+        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     tok.train_from_iterator(list(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special),
                                                              show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",

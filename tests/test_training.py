@@ -247,26 +247,34 @@ def test_training_does_not_depend_on_whether_the_caller_set_torch_threads():
     assert trained_a == trained_b
 
 
-def test_a_templated_answer_is_tokenised_as_it_follows_the_template():
+LLAMA2_CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+               "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+
+@pytest.mark.parametrize("template", ["tulu", "llama-2-chat"])
+def test_a_templated_answer_is_tokenised_as_it_follows_the_template(template):
     """Llama's SentencePiece tokenizer starts a text tokenised on its own with a word-start mark
-    (▁). In the Tulu format the answer follows "<|assistant|>\\n" with no space, so the training
-    example must hold the tokens of the joined text, not a ▁ the evaluation prompt never has;
-    a plain prompt's answer still starts a new word."""
+    (▁). After the template's assistant opening (Tulu's "<|assistant|>\\n", Llama-2-chat's
+    "[/INST] ") that mark is wrong or doubled, so the training example must hold the tokens of
+    the joined text; a plain prompt's answer still starts a new word."""
     from conftest import make_metaspace_tokenizer
     from kilib.training import render_answer
     from kilib.transfer import TULU_CHAT_TEMPLATE
 
-    texts = ["<|user|>\nQuestion: who won the cup?\n<|assistant|>\nAnswer: the rovers won it.</s>\n"] * 20
-    tok = make_metaspace_tokenizer(texts, special=("<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"))
-    plain_answer = tokenize_sft(tok, "Question: who won the cup?\nAnswer:", "the rovers won it.")
-    assert tok.decode(plain_answer["input_ids"]) == "Question: who won the cup?\nAnswer: the rovers won it.</s>"
-    tok.chat_template = TULU_CHAT_TEMPLATE
     prompt, answer = "Question: who won the cup?", "Answer: the rovers won it."
+    texts = {"tulu": f"<|user|>\n{prompt}\n<|assistant|>\n{answer}</s>\n", "llama-2-chat": f"[INST] {prompt} [/INST] {answer} </s>"}
+    plain = "Question: who won the cup?\nAnswer: the rovers won it."
+    tok = make_metaspace_tokenizer([texts[template], plain] * 20, special=("<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"),
+                                   legacy=template == "llama-2-chat")
+    plain_answer = tokenize_sft(tok, "Question: who won the cup?\nAnswer:", "the rovers won it.")
+    assert tok.decode(plain_answer["input_ids"]) == plain + "</s>"
+    tok.chat_template = TULU_CHAT_TEMPLATE if template == "tulu" else LLAMA2_CHAT
     ex = tokenize_sft(tok, prompt, answer)
-    assert render_prompt(tok, prompt) + render_answer(tok, prompt, answer) == texts[0]
-    assert ex["input_ids"] == tok(texts[0]).input_ids  # the joined text's tokens
+    assert render_prompt(tok, prompt) + render_answer(tok, prompt, answer) == texts[template]
+    assert ex["input_ids"] == tok(texts[template]).input_ids  # the joined text's tokens
     n = ex["labels"].count(IGNORE_INDEX)
     assert ex["input_ids"][:n] == tok(render_prompt(tok, prompt)).input_ids  # prompt tokens carry no loss
+    alone = tok(render_answer(tok, prompt, answer), add_special_tokens=False).input_ids
+    assert alone != ex["input_ids"][n:]  # what tokenising the answer on its own gives instead
     first = tok.convert_ids_to_tokens(ex["input_ids"][n:])[0]
-    alone = tok.convert_ids_to_tokens(tok(render_answer(tok, prompt, answer), add_special_tokens=False).input_ids)[0]
-    assert first.startswith("Answer") and alone.startswith("▁"), (first, alone)
+    assert first.startswith("Answer" if template == "tulu" else "▁Answer"), first
