@@ -629,6 +629,19 @@ def _pair_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[int], int
     return prompt_ids + continuation_ids, len(continuation_ids)
 
 
+def _right_padded(rows: list[list[int]], pad_id: int):
+    """(input_ids, attention_mask) for token id lists, right-padded to the longest."""
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
 def _continuation_logprobs(model, tokenizer, prompts, continuations, batch_size, progress=False):
     """(sum of log-probs, token count) per pair; see :func:`sequence_logprob`."""
     import torch
@@ -645,13 +658,7 @@ def _continuation_logprobs(model, tokenizer, prompts, continuations, batch_size,
     try:
         with torch.inference_mode():
             for batch in _batches(order, batch_size, progress, "log-likelihood"):
-                width = max(len(pairs[i][0]) for i in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):  # right padding
-                    ids = pairs[i][0]
-                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    attention_mask[row, : len(ids)] = 1
+                input_ids, attention_mask = _right_padded([pairs[i][0] for i in batch], pad_id)
                 logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
                 for row, i in enumerate(batch):
                     ids, n_cont = pairs[i]
@@ -764,12 +771,7 @@ def next_token_choice(
     try:
         with torch.inference_mode():
             for batch in _batches(order, batch_size, False, "next token"):
-                width = max(len(encoded[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    input_ids[row, : len(encoded[i])] = torch.tensor(encoded[i], dtype=torch.long)
-                    attention_mask[row, : len(encoded[i])] = 1
+                input_ids, attention_mask = _right_padded([encoded[i] for i in batch], pad_id)
                 logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
                 last = torch.tensor([len(encoded[i]) - 1 for i in batch], device=logits.device)
                 probs = torch.softmax(logits[torch.arange(len(batch), device=logits.device), last].float(), dim=-1)

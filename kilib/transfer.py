@@ -462,9 +462,7 @@ def chat_turn(task: str, prompt: str, chat_format: str = "", evaluation: bool = 
     training data and open-instruct's chat evaluation write them: GSM's "Answer:" opens the
     assistant's turn ("Answer: <rationale>"); MMLU's user turn ends "Answer:", and its evaluation
     adds "The answer is:" after the assistant tag; SNI has no cue."""
-    if chat_format not in CHAT_FORMATS:
-        raise KilibError(f"unknown chat format {chat_format!r}: choose among {', '.join(repr(c) for c in CHAT_FORMATS)}")
-    if not chat_format:
+    if not _chat_format_checked(chat_format):
         return prompt, ""
     if task == "gsm":
         return prompt.removesuffix("\nAnswer:"), "Answer:"
@@ -473,13 +471,26 @@ def chat_turn(task: str, prompt: str, chat_format: str = "", evaluation: bool = 
     return prompt, ""
 
 
+def _chat_format_checked(chat_format: str) -> str:
+    if chat_format not in CHAT_FORMATS:
+        raise KilibError(f"unknown chat format {chat_format!r}: choose among {', '.join(repr(c) for c in CHAT_FORMATS)}")
+    return chat_format
+
+
 def use_chat_format(tokenizer, chat_format: str):
     """The tokenizer with ``chat_format``'s template in place of its own ("": unchanged), so that
     training (:func:`kilib.training.tokenize_sft`) and evaluation render turns the same way."""
-    chat_turn("gsm", "", chat_format)  # checks the name
-    if chat_format:
+    if _chat_format_checked(chat_format):
         tokenizer.chat_template = CHAT_FORMATS[chat_format]
     return tokenizer
+
+
+def _load(path: str, config: "TransferConfig"):
+    """A teacher or student in the study's precision, its tokenizer in the study's chat format."""
+    from kilib.models import load_causal_lm
+
+    model, tokenizer = load_causal_lm(path, quantization=config.quantization)
+    return model, use_chat_format(tokenizer, config.chat_format)
 
 
 def task_answer(task: str, row) -> str:
@@ -822,13 +833,12 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
 def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods, folder: Path) -> None:
     import torch
 
-    from kilib.models import decoder_layers, load_causal_lm
+    from kilib.models import decoder_layers
     from kilib.results import write_json
 
-    teacher, tokenizer = load_causal_lm(inputs.teacher, quantization=config.quantization)
-    student, _ = load_causal_lm(inputs.student, quantization=config.quantization)
-    samples = _samples(use_chat_format(tokenizer, config.chat_format), task, inputs.rows[task]["seed"],
-                       config.train.max_length, config.chat_format)
+    teacher, tokenizer = _load(inputs.teacher, config)
+    student, _ = _load(inputs.student, config)
+    samples = _samples(tokenizer, task, inputs.rows[task]["seed"], config.train.max_length, config.chat_format)
     # Two passes, so that a 13B teacher's sensitivity fits beside it on one GPU (methods.md §2,
     # memory): totals per parameter choose the blocks, then only the matrices the student's
     # shapes are cut from are kept whole.
@@ -874,14 +884,14 @@ def _evaluate(model, tokenizer, task: str, inputs: TransferInputs, config: Trans
     from kilib.evaluation import generate, next_token_choice
     from kilib.training import render_prompt
 
-    use_chat_format(tokenizer, config.chat_format)
     asked, rows, answers = _eval_prompts(inputs, config, task), inputs.rows[task]["eval"], []
+    if task == "mmlu":
+        letters = _letter_tokens(tokenizer, chat_turn(task, "", config.chat_format, evaluation=True)[1])
     for k in _shots(config, task):  # one call per shot count, each batched longest first
         these = [(i, render_prompt(tokenizer, user) + cue) for shots, i, user, cue in asked if shots == k]
         texts = [t for _, t in these]
         if task == "mmlu":
-            cue = next((c for shots, _, _, c in asked if shots == k), "")
-            picked = next_token_choice(model, tokenizer, texts, _letter_tokens(tokenizer, cue), batch_size=config.eval_batch_size)
+            picked = next_token_choice(model, tokenizer, texts, letters, batch_size=config.eval_batch_size)
             answers += [{"shots": k, "item": i, "prediction": CHOICES[c], "letter_mass": sum(p),
                          **score(task, CHOICES[c], rows[i])} for (i, _), (c, p) in zip(these, picked)]
             continue
@@ -907,13 +917,12 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
 
 
 def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str, seed: int, folder: Path) -> None:
-    from kilib.models import attach_lora, load_causal_lm
+    from kilib.models import attach_lora
     from kilib.results import write_json
     from kilib.runtime import set_seed
     from kilib.training import sft_dataset, train
 
-    model, tokenizer = load_causal_lm(inputs.student, quantization=config.quantization)
-    use_chat_format(tokenizer, config.chat_format)
+    model, tokenizer = _load(inputs.student, config)
     set_seed(seed)
     model = attach_lora(model, r=config.rank, include_embeddings=True)
     initialised = []
@@ -942,10 +951,9 @@ def baseline(inputs: TransferInputs, config: TransferConfig, task: str, which: s
            **({"chat_format": config.chat_format} if config.chat_format else {})}
 
     def build(tmp: Path) -> None:
-        from kilib.models import load_causal_lm
         from kilib.results import write_json
 
-        model, tokenizer = load_causal_lm(path, quantization=config.quantization)
+        model, tokenizer = _load(path, config)
         write_json(tmp / "run.json", {"task": task, "method": which, "answers": _evaluate(model, tokenizer, task, inputs, config)})
 
     return read_json(cached_dir("transfer", key, build) / "run.json")

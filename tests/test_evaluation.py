@@ -611,8 +611,8 @@ def test_next_token_choice_is_the_argmax_of_a_direct_forward_pass(model, tokeniz
         assert [i for i, _ in got] == expected
         for (_, probs), row in zip(got, direct):
             assert probs == pytest.approx(row, rel=1e-4, abs=1e-7)
-    # a choice that ties the best goes to the first listed
-    (index, _), = next_token_choice(model, tokenizer, PROMPTS[:1], [candidates[expected[0]], candidates[expected[0] - 1]])
-    assert index == 0
+    # the index is the position in the candidates as passed
+    (index, _), = next_token_choice(model, tokenizer, PROMPTS[:1], [candidates[expected[0] - 1], candidates[expected[0]]])
+    assert index == 1
     with pytest.raises(KilibError, match="distinct candidate token ids"):
         next_token_choice(model, tokenizer, PROMPTS, [candidates[0], candidates[0]])
