@@ -893,8 +893,8 @@ def value_probe(inputs: CalmInputs, config: CalmConfig, augment: str = "trained"
 
 
 def _eval_key(inputs: CalmInputs, config: CalmConfig) -> dict:
-    return {"eval_rows": {t: inputs.rows[t]["eval"] for t in TASKS + EXTRA_TASKS}, "max_new_tokens": config.max_new_tokens,
-            "quantization": config.quantization}
+    """What an evaluation asks (each caller adds the quantization of the model it loads)."""
+    return {"eval_rows": {t: inputs.rows[t]["eval"] for t in TASKS + EXTRA_TASKS}, "max_new_tokens": config.max_new_tokens}
 
 
 def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
@@ -961,7 +961,8 @@ def run_job(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", se
            "augment": model_ref(prepared(inputs, config, "augment" if augment == "trained" else augment)), "seed": seed,
            "rotary": rotary, **({"encoder": True} if encoder else {}),
            "task": task, "train_rows": inputs.rows[task]["train"], "every": config.every, "zero_init": config.zero_init,
-           "train": config.train, **_eval_key(inputs, config), **_augment_precision(config)}
+           "train": config.train, **_eval_key(inputs, config), "quantization": config.quantization,
+           **_augment_precision(config)}
     folder = cached_dir("calm", key, lambda tmp: _run(inputs, config, augment, seed, rotary, task, tmp, encoder))
     return read_json(folder / "run.json")
 
@@ -1018,7 +1019,7 @@ def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed:
 
     key = {"kind": "calm-lora", "version": 1, "threads": cpu_threads(), "anchor": model_ref(prepared(inputs, config, "anchor")), "seed": seed,
            "parameters": parameters, "train_rows": inputs.rows["kv"]["train"], "train": config.train,
-           **_eval_key(inputs, config)}
+           **_eval_key(inputs, config), "quantization": config.quantization}
 
     def build(folder: Path) -> None:
         from kilib.models import attach_lora, load_causal_lm
