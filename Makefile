@@ -5,15 +5,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
 ONLY ?=
+ZOO ?= tiny-zoo.tar.gz
 STAMP := $(VENV)/.kilib-env
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
-.PHONY: help env reproduce test bench bench-stages bench-threads lab lock clean-cache
+.PHONY: help env reproduce test zoo zoo-export zoo-import bench bench-stages bench-threads lab lock clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=auto|paper|tiny|smoke (default auto)  ONLY=00,01 (default all)"
+	@echo "  variables: PROFILE=auto|paper|tiny|smoke (default auto)  ONLY=00,01 (default all)  ZOO=tiny-zoo.tar.gz"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +30,15 @@ reproduce: $(STAMP) ## run the notebook series with papermill (PROFILE=auto pick
 
 test: $(STAMP) ## run the test suite offline (math checks + every notebook at smoke size)
 	$(OFFLINE) $(PY) -m pytest -q
+
+zoo: $(STAMP) ## build the tiny zoo (notebook 00 builds it too) and list its cache folders
+	$(OFFLINE) $(PY) -m kilib.cli zoo build
+
+zoo-export: zoo ## write the built tiny zoo to one file (ZOO=tiny-zoo.tar.gz) for other machines, e.g. a reading group's laptops
+	$(OFFLINE) $(PY) -m kilib.cli zoo export $(ZOO)
+
+zoo-import: $(STAMP) ## put a file from make zoo-export (ZOO=path, made at the same kilib commit) into this cache
+	$(OFFLINE) $(PY) -m kilib.cli zoo import $(ZOO)
 
 bench: $(STAMP) ## measure kilib's QLoRA SFT step against a bare transformers+peft loop (results/bench/)
 	$(OFFLINE) $(PY) -m kilib.bench

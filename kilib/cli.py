@@ -1,4 +1,5 @@
-"""Command line: ``python -m kilib.cli reproduce`` runs the notebook series with papermill.
+"""Command line: ``python -m kilib.cli reproduce`` runs the notebook series with papermill;
+``python -m kilib.cli zoo build|status|export|import`` builds the tiny zoo or shares it.
 
 ``make reproduce [PROFILE=auto] [ONLY=00,01]`` calls this. Each notebook runs with the
 project's Jupyter kernel and ``PROFILE`` injected into its ``parameters`` cell; the executed
@@ -158,6 +159,45 @@ def reproduce(args) -> int:
     return 0
 
 
+def _print_zoo(status: list[dict]) -> None:
+    for e in status:
+        print(f"  {'built  ' if e['built'] else 'missing'}  {e['what']:<24} {_shown(e['path'])}")
+
+
+def zoo(args) -> int:
+    """``kilib zoo build|status|export|import``: the tiny zoo, built once and shared (kilib.zoo_archive)."""
+    import dataclasses
+
+    from kilib import zoo_archive
+    from kilib.zoo import zoo_config
+
+    if args.action == "import":
+        result = zoo_archive.import_zoo(args.path)
+        made = result["manifest"].get("kilib") or {}
+        print(f"kilib: {args.path}: the {result['profile']} zoo exported at kilib {str(made.get('commit'))[:12]}"
+              f" on {(result['manifest'].get('exported_on') or {}).get('cpu', 'an unknown CPU')}")
+        for e in result["imported"]:
+            print(f"  imported      {e['what']:<24} {e['kind']}/{e['name']}")
+        for e in result["present"]:
+            print(f"  already here  {e['what']:<24} {e['kind']}/{e['name']}")
+        if result["missing"]:
+            print(f"  still to build here: {', '.join(result['missing'])} (make zoo)")
+        return 0
+    config = dataclasses.replace(zoo_config(args.profile), world_seed=args.seed)
+    if args.action == "export":
+        result = zoo_archive.export_zoo(config, args.path, args.profile)
+        print(f"kilib: wrote {_shown(result['path'])} ({result['bytes'] / 2**20:.1f} MiB, "
+              f"{len(result['manifest']['entries'])} cache folders); on another checkout of this commit: "
+              f"make zoo-import ZOO={args.path}")
+        return 0
+    start = time.time()
+    status = zoo_archive.build_zoo(config) if args.action == "build" else zoo_archive.zoo_status(config)
+    took = f" ({time.time() - start:.0f} s)" if args.action == "build" else ""
+    print(f"kilib: the {args.profile} zoo (world seed {args.seed}){took}")
+    _print_zoo(status)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kilib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,12 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 00,01")
     rep.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="extra notebook parameter")
     rep.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
+    zoo_parser = sub.add_parser("zoo", help="build the tiny zoo, or share it between machines as one file")
+    actions = zoo_parser.add_subparsers(dest="action", required=True)
+    for action, what in (("build", "build what is not cached yet, then list it"), ("status", "list what is cached"),
+                         ("export", "write the built zoo to one file"), ("import", "put a file from export into this cache")):
+        one = actions.add_parser(action, help=what)
+        if action in ("export", "import"):
+            one.add_argument("path", help="the archive, *.tar.gz or *.tar")
+        if action != "import":  # an archive says which zoo it holds
+            one.add_argument("--profile", default="tiny", choices=("tiny", "smoke"), help="which zoo (default tiny)")
+            one.add_argument("--seed", type=int, default=0, help="the world's seed (notebook 00's SEED; default 0)")
     args = parser.parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # a kill cleans up as Ctrl-C does
     try:
         if args.command == "reproduce":
             return reproduce(args)
+        if args.command == "zoo":
+            return zoo(args)
     except KilibError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from typing import Any
 
 from kilib.data import FEVER_LABELS, fever_answer, fever_prompt, qa_prompt
 from kilib.models import progress_bars
-from kilib.results import cached_dir, read_json, write_json
+from kilib.results import cache_path, cached_dir, read_json, stable_hash, write_json
 from kilib.runtime import KilibError
 from kilib.training import IGNORE_INDEX, PackingCollator, TrainConfig, lm_dataset, render_answer, render_prompt, train
 
@@ -380,9 +380,12 @@ def _world_key(config: ZooConfig) -> dict[str, Any]:
     return {"seed": config.world_seed, "size": config.world_size, "size_fields": dataclasses.asdict(WORLD_SIZES[config.world_size])}
 
 
+def _tokenizer_key(config: ZooConfig) -> dict[str, Any]:
+    return {"kind": "tokenizer", "recipe": RECIPE_VERSION, "world": _world_key(config), "vocab_size": config.vocab_size}
+
+
 def tokenizer_dir(config: ZooConfig) -> Path:
-    key = {"kind": "tokenizer", "recipe": RECIPE_VERSION, "world": _world_key(config), "vocab_size": config.vocab_size}
-    return cached_dir("tokenizer", key, lambda tmp: build_tokenizer(world_of(config), config.vocab_size, tmp))
+    return cached_dir("tokenizer", _tokenizer_key(config), lambda tmp: build_tokenizer(world_of(config), config.vocab_size, tmp))
 
 
 def _spec(config: ZooConfig, name: str) -> ModelSpec:
@@ -397,28 +400,51 @@ def pretrained_dir(config: ZooConfig, name: str) -> Path:
     cached afterwards (a crashed build resumes from its last epoch)."""
     spec = _spec(config, name)
     tok_dir = tokenizer_dir(config)
-    key = {
-        "kind": "zoo-model",
-        "recipe": RECIPE_VERSION,
-        "world": _world_key(config),
-        "tokenizer": tok_dir.name,
-        "spec": dataclasses.asdict(spec),
-        "corpus": {k: v for k, v in dataclasses.asdict(config).items()
-                   if k not in ("models", "train", "reading", "world_size", "world_seed")},
-        "train": dataclasses.asdict(config.train),
-    }
-    return cached_dir("zoo", key, lambda tmp: _pretrain(config, spec, tok_dir, tmp), resumable=True)
+    return cached_dir("zoo", _pretrained_key(config, spec), lambda tmp: _pretrain(config, spec, tok_dir, tmp), resumable=True)
 
 
 def model_dir(config: ZooConfig, name: str) -> Path:
     """The zoo member ``name`` as the studies use it: pretrained, then through the reading
     stage when the config sends it through one. Built on first use, cached afterwards."""
     base = pretrained_dir(config, name)
-    if config.reading.reading_examples <= 0 or name not in config.reading.models:
+    if not _reads(config, name):
         return base
-    key = {"kind": "zoo-reader", "recipe": RECIPE_VERSION, "pretrained": base.name,
-           "reading": {k: v for k, v in dataclasses.asdict(config.reading).items() if k != "models"}}
-    return cached_dir("zoo", key, lambda tmp: _read_stage(config, base, tmp), resumable=True)
+    return cached_dir("zoo", _reader_key(config, base.name), lambda tmp: _read_stage(config, base, tmp), resumable=True)
+
+
+def _reads(config: ZooConfig, name: str) -> bool:
+    return config.reading.reading_examples > 0 and name in config.reading.models
+
+
+def _pretrained_key(config: ZooConfig, spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "kind": "zoo-model",
+        "recipe": RECIPE_VERSION,
+        "world": _world_key(config),
+        "tokenizer": stable_hash(_tokenizer_key(config)),  # the tokenizer folder's name
+        "spec": dataclasses.asdict(spec),
+        "corpus": {k: v for k, v in dataclasses.asdict(config).items()
+                   if k not in ("models", "train", "reading", "world_size", "world_seed")},
+        "train": dataclasses.asdict(config.train),
+    }
+
+
+def _reader_key(config: ZooConfig, pretrained_name: str) -> dict[str, Any]:
+    return {"kind": "zoo-reader", "recipe": RECIPE_VERSION, "pretrained": pretrained_name,
+            "reading": {k: v for k, v in dataclasses.asdict(config.reading).items() if k != "models"}}
+
+
+def zoo_entries(config: ZooConfig) -> list[tuple[str, str, Path]]:
+    """Every cache folder the zoo consists of, as (what it is, cache kind, where it lies or will
+    lie), without building any: the tokenizer, each model after pretraining, and each model
+    after its reading stage. A folder is built when ``key.json`` is in it."""
+    entries = [("tokenizer", "tokenizer", cache_path("tokenizer", _tokenizer_key(config)))]
+    for spec in config.models:
+        base = cache_path("zoo", _pretrained_key(config, spec))
+        entries.append((f"{spec.name} pretrained", "zoo", base))
+        if _reads(config, spec.name):
+            entries.append((f"{spec.name} + reading stage", "zoo", cache_path("zoo", _reader_key(config, base.name))))
+    return entries
 
 
 def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -> None:
