@@ -190,10 +190,13 @@ def zoo(args) -> int:
               f"{len(result['manifest']['entries'])} cache folders); on another checkout of this commit: "
               f"make zoo-import ZOO={args.path}")
         return 0
+    print(f"kilib: the {args.profile} zoo (world seed {args.seed})", flush=True)
     start = time.time()
-    status = zoo_archive.build_zoo(config) if args.action == "build" else zoo_archive.zoo_status(config)
-    took = f" ({time.time() - start:.0f} s)" if args.action == "build" else ""
-    print(f"kilib: the {args.profile} zoo (world seed {args.seed}){took}")
+    if args.action == "build":
+        status = zoo_archive.build_zoo(config, log=lambda line: print(line, flush=True))
+        print(f"  built or found in {time.time() - start:.0f} s")
+    else:
+        status = zoo_archive.zoo_status(config)
     _print_zoo(status)
     return 0
 

@@ -23,9 +23,10 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable
 
 from kilib.results import atomic_path, git_state, hardware, stable_hash, write_json
 from kilib.runtime import KilibError, cache_root
@@ -43,14 +44,21 @@ def zoo_status(config: ZooConfig) -> list[dict[str, Any]]:
             for what, kind, path in zoo_entries(config)]
 
 
-def build_zoo(config: ZooConfig) -> list[dict[str, Any]]:
+def build_zoo(config: ZooConfig, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Build every zoo member not cached yet, on every core as notebook 00 does (so the two
-    build the same weights on one machine), and return :func:`zoo_status`."""
+    build the same weights on one machine), and return :func:`zoo_status`. ``log`` hears a
+    line as each member starts and ends (pretraining takes minutes per model)."""
     from kilib.training import set_threads
 
-    set_threads()
-    for spec in config.models:
+    threads = set_threads()
+    for i, spec in enumerate(config.models, 1):
+        todo = [e["what"] for e in zoo_status(config) if e["what"].startswith(spec.name + " ") and not e["built"]]
+        if todo and log:
+            log(f"  [{i}/{len(config.models)}] building {' and '.join(todo)} on {threads} thread(s)")
+        start = time.time()
         model_dir(config, spec.name)
+        if todo and log:
+            log(f"        done in {time.time() - start:.0f} s")
     return zoo_status(config)
 
 

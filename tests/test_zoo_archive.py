@@ -171,3 +171,10 @@ def test_an_interrupted_import_leaves_only_whole_folders(archive, tmp_path, monk
     assert not list(cache.glob(".zoo-import.*"))
     result = zoo_archive.import_zoo(path)  # the rerun completes it
     assert len(result["present"]) == 2 and result["missing"] == []
+
+
+def test_zoo_build_lists_each_folder_and_builds_nothing_twice(archive, capsys):
+    assert cli.main(["zoo", "build", "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "building" not in out  # the archive fixture built it
+    assert [line.split()[0] for line in out.splitlines()[2:]] == ["built"] * len(zoo_archive.zoo_status(SMOKE))
