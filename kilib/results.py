@@ -288,6 +288,14 @@ def is_cached(kind: str, key: Any, root: Path | None = None) -> bool:
     return (cache_path(kind, key, root) / "key.json").exists()
 
 
+def move_into_place(work: Path, final: Path) -> None:
+    """Rename the finished folder ``work`` onto the cache folder ``final`` (on one file system,
+    so it appears whole), replacing a leftover ``final`` that has no ``key.json``."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(work, final)
+
+
 def cached_dir(kind: str, key: Any, build: Callable[[Path], None], root: Path | None = None, resumable: bool = False) -> Path:
     """Return ``<cache>/<kind>/<hash(key)>``, building it once with ``build(folder)``.
 
@@ -309,9 +317,7 @@ def cached_dir(kind: str, key: Any, build: Callable[[Path], None], root: Path | 
     try:
         build(work)
         write_json(work / "key.json", key)
-        if final.exists():  # a leftover without key.json
-            shutil.rmtree(final)
-        os.replace(work, final)
+        move_into_place(work, final)
     except BaseException:
         if not resumable:
             shutil.rmtree(work, ignore_errors=True)

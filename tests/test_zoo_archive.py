@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+import os
 import tarfile
 
 import pytest
@@ -100,7 +101,7 @@ def _break_key(m, data):
 
 def _escape(m, data):
     if m.name.endswith("model.safetensors"):
-        m = tarfile.TarInfo(m.name.split("/", 1)[0] + "/../../escaped.bin")
+        m = tarfile.TarInfo(m.name.split("/", 1)[0] + "/../../../escaped.bin")  # from the staging folder to tmp_path
         m.size = len(data)
     return m, data
 
@@ -154,7 +155,7 @@ def test_an_archive_of_another_recipe_is_refused_before_anything_is_written(arch
 def test_an_interrupted_import_leaves_only_whole_folders(archive, tmp_path, monkeypatch):
     path, _ = archive
     cache = fresh_cache(tmp_path, monkeypatch)
-    real, calls = zoo_archive.os.replace, []
+    real, calls = os.replace, []
 
     def failing(src, dst):
         calls.append(dst)
@@ -162,10 +163,10 @@ def test_an_interrupted_import_leaves_only_whole_folders(archive, tmp_path, monk
             raise OSError("disk full")
         real(src, dst)
 
-    monkeypatch.setattr(zoo_archive.os, "replace", failing)
+    monkeypatch.setattr(os, "replace", failing)
     with pytest.raises(OSError, match="disk full"):
         zoo_archive.import_zoo(path)
-    monkeypatch.setattr(zoo_archive.os, "replace", real)
+    monkeypatch.setattr(os, "replace", real)
     folders = [p for kind in zoo_archive.KINDS for p in (cache / kind).glob("*")]
     assert len(folders) == 2 and all((p / "key.json").exists() for p in folders)
     assert not list(cache.glob(".zoo-import.*"))

@@ -10,7 +10,7 @@ This notebook shows that world to a reader: an article, its atomic facts, the qu
 FEVER-like claims, the task analogues for the transfer and CALM studies, and the zoo with what each model knows.
 Everything below comes from a real run; nothing is hard-coded.
 
-The first run pretrains the zoo, which takes 20 to 30 minutes on two CPU cores; later runs load it from the cache.
+The first run pretrains the zoo, which takes 16 to 26 minutes on two CPU cores (by CPU); later runs load it from the cache.
 A reading group can build it once: `make zoo-export` on one machine writes it to a file, and `make zoo-import
 ZOO=that-file` on each laptop (a checkout of the same commit) puts it into the cache, so that everyone starts
 from the same models.
