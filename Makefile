@@ -41,13 +41,13 @@ zoo-import: $(STAMP) ## put a file from make zoo-export (ZOO=path, made at the s
 	$(OFFLINE) $(PY) -m kilib.cli zoo import $(ZOO)
 
 bench: $(STAMP) ## measure kilib's QLoRA SFT step against a bare transformers+peft loop (results/bench/)
-	$(OFFLINE) $(PY) -m kilib.bench
+	$(OFFLINE) $(PY) -m kilib.bench.sft_step
 
 bench-stages: $(STAMP) ## time and peak memory of notebook 01's paper-profile stages on a local 7B-shaped model (results/bench/)
-	$(OFFLINE) $(PY) -m kilib.stage_bench
+	$(OFFLINE) $(PY) -m kilib.bench.stages
 
 bench-threads: $(STAMP) ## on a CPU: one run on every core against one run per core side by side (results/bench/)
-	$(OFFLINE) $(PY) -m kilib.thread_bench
+	$(OFFLINE) $(PY) -m kilib.bench.threads
 
 lab: $(STAMP) ## open JupyterLab on notebooks/ with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/

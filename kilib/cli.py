@@ -165,11 +165,11 @@ def _print_zoo(status: list[dict]) -> None:
 
 
 def zoo(args) -> int:
-    """``kilib zoo build|status|export|import``: the tiny zoo, built once and shared (kilib.zoo_archive)."""
+    """``kilib zoo build|status|export|import``: the tiny zoo, built once and shared (kilib.tiny.archive)."""
     import dataclasses
 
-    from kilib import zoo_archive
-    from kilib.zoo import zoo_config
+    from kilib.tiny import archive as zoo_archive
+    from kilib.tiny.zoo import zoo_config
 
     if args.action == "import":
         result = zoo_archive.import_zoo(args.path)

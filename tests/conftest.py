@@ -29,7 +29,7 @@ def make_tokenizer(chat: bool = True):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from kilib.zoo import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from kilib.tiny.zoo import CHAT_TEMPLATE, SPECIAL_TOKENS
 
     tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

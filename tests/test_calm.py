@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from kilib import calm as C
+from kilib.calm import study as C
 from kilib.runtime import KilibError
 
 from conftest import make_model, make_tokenizer
@@ -107,7 +107,7 @@ def test_padding_is_masked_in_the_cross_attention():
 def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence(rotary, encoder):
     """With m_A as encoder, m_A reads the prompt once while generating; recomputing marks the
     prompt by its labels, as training does."""
-    from kilib.evaluation import generate
+    from kilib.lm.inference import generate
 
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
@@ -181,7 +181,7 @@ def test_mismatched_tokenizers_are_refused_with_the_fix():
 
 def test_composition_runs_on_4bit_models(tmp_path):
     """The paper path: both models loaded in NF4 through load_causal_lm, composed, trained a step."""
-    from kilib.models import load_causal_lm
+    from kilib.lm.models import load_causal_lm
 
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
@@ -222,14 +222,14 @@ def test_m_A_precision_per_profile_and_in_the_keys():
 @pytest.fixture(scope="module")
 def world_tokenizer(tmp_path_factory):
     """The tiny zoo's tokenizer, built as the zoo builds it (BPE on the tiny world, digits split)."""
-    from kilib import zoo
+    from kilib.tiny import zoo
 
     config = zoo.zoo_config("tiny")
     return zoo.build_tokenizer(zoo.world_of(config), config.vocab_size, tmp_path_factory.mktemp("world-tokenizer"))
 
 
 def _tokens(tokenizer, task, expression):
-    from kilib.training import render_prompt
+    from kilib.lm.training import render_prompt
 
     return tokenizer.convert_ids_to_tokens(tokenizer(render_prompt(tokenizer, C.task_prompt(task, expression)),
                                                      add_special_tokens=False)["input_ids"])
@@ -258,7 +258,7 @@ def test_vocabulary_keys_with_a_sentencepiece_style_tokenizer():
     import random
 
     from conftest import make_metaspace_tokenizer
-    from kilib.training import render_prompt
+    from kilib.lm.training import render_prompt
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 5))) for _ in range(300)]
@@ -283,7 +283,7 @@ def test_vocabulary_keys_too_few_or_without_a_tokenizer_name_the_fix(world_token
 
 
 def test_renamed_keys_keep_each_value_and_split():
-    from kilib.world import evaluate_arithmetic
+    from kilib.tiny.world import evaluate_arithmetic
 
     world, table = C.kv_table(dataclasses.replace(C.CALM_PRESETS["smoke"], keys="random"), "smoke")
     names = [f"k{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(len(table))]
@@ -301,7 +301,7 @@ def test_renamed_keys_keep_each_value_and_split():
 
 
 def test_key_states_are_each_key_last_token_block_output_batched_as_alone():
-    from kilib.training import render_prompt
+    from kilib.lm.training import render_prompt
 
     tok = make_tokenizer()
     model = make_model("llama", tok)
@@ -346,8 +346,8 @@ def test_value_probe_with_unique_values_loads_nothing():
 def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_tokenizer, tmp_path, monkeypatch):
     import random
 
-    from kilib import zoo
-    from kilib.world import evaluate_arithmetic
+    from kilib.tiny import zoo
+    from kilib.tiny.world import evaluate_arithmetic
 
     config = C.CALM_PRESETS[profile]
     if profile == "paper":  # 200 keys need a vocabulary of many words, as Llama-2's: the world's text and 600 more
@@ -398,7 +398,7 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_token
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 def test_lora_rank_matches_the_bridges_parameter_count(family):
-    from kilib.models import attach_lora
+    from kilib.lm.models import attach_lora
 
     tok = make_tokenizer()
     anchor, augment = _pair(tok, family)

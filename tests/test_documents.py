@@ -1,4 +1,4 @@
-"""Documents as section rows (kilib.documents; methods.md §1, Mecklenburg et al. §2): Wikipedia at a
+"""Documents as section rows (kilib.lm.documents; methods.md §1, Mecklenburg et al. §2): Wikipedia at a
 pinned revision through a mock MediaWiki API, a folder of your own files, and their errors."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kilib import documents as D
+from kilib.lm import documents as D
 from kilib.runtime import KilibError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "wikipedia_example_cup.wikitext"

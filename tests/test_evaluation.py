@@ -10,21 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kilib.evaluation import (
-    accuracy_with_ci,
-    bootstrap_ci,
-    choose_by_loglik,
-    contains_answer,
-    exact_match,
-    f1_scores,
-    generate,
-    last_number,
-    next_token_choice,
-    normalize_answer,
-    parse_choice,
-    sequence_logprob,
-    token_f1,
-)
+from kilib.lm.inference import choose_by_loglik, generate, next_token_choice, sequence_logprob
+from kilib.lm.scoring import contains_answer, exact_match, last_number, normalize_answer, parse_choice, token_f1
+from kilib.stats import accuracy_with_ci, bootstrap_ci, f1_scores
 from kilib.runtime import KilibError
 
 # ----------------------------------------------------------------------------------------------
@@ -302,7 +290,7 @@ def test_classification_ci_is_f1_scores_on_each_resample():
 
     import numpy as np
 
-    from kilib.evaluation import classification_ci, f1_scores
+    from kilib.stats import classification_ci, f1_scores
 
     rng = random.Random(3)
     labels = ["a", "b", "c"]

@@ -192,7 +192,7 @@ def test_resumable_build_keeps_its_work_folder(tmp_path):
 
 
 def test_data_files_fail_with_the_line_and_the_fix(tmp_path):
-    from kilib.data import read_jsonl, write_jsonl
+    from kilib.lm.data import read_jsonl, write_jsonl
 
     good = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
     assert read_jsonl(good, required=("question", "answer")) == [{"question": "q", "answer": "a"}]

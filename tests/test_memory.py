@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from kilib import memory as M
+from kilib.memory import study as M
 from kilib.runtime import KilibError
 
 from conftest import make_model, make_tokenizer
@@ -74,7 +74,7 @@ class _Wrapped(nn.Module):
 def test_memory_adds_to_the_residual_stream_after_its_block(family):
     import copy
 
-    from kilib.models import decoder_layers
+    from kilib.lm.models import decoder_layers
 
     tok = make_tokenizer()
     base = make_model(family, tok)
@@ -162,7 +162,7 @@ def test_hook_never_hides_an_error():
 
 
 def _train(model, tok, tmp_path, steps=20):
-    from kilib.training import TrainConfig, lm_dataset, train
+    from kilib.lm.training import TrainConfig, lm_dataset, train
 
     data = lm_dataset(tok, TEXT * 8, block_size=16)
     config = TrainConfig(epochs=100, max_steps=steps, batch_size=4, lr=1e-2, logging_steps=1, save_every_epoch=False,
@@ -206,7 +206,7 @@ def test_a_trained_memory_changes_the_logits_and_only_the_memory_trains(tmp_path
 
 
 def test_memory_trains_on_a_4bit_base(saved_model, tmp_path):
-    from kilib.models import load_causal_lm
+    from kilib.lm.models import load_causal_lm
 
     _, folder, _ = saved_model
     base, tok = load_causal_lm(folder, quantization="4bit")
@@ -262,7 +262,7 @@ def test_cache_keys_hold_the_demonstrations_used_not_their_pool():
 
 
 def test_tiny_claims_are_unseen_disjoint_and_cover_every_page():
-    from kilib import zoo
+    from kilib.tiny import zoo
 
     config = zoo.zoo_config("smoke")
     world = zoo.world_of(config)
@@ -381,7 +381,7 @@ def test_paper_profile_drops_claims_it_trains_on_and_checks_demonstrations(fever
 def test_paper_pages_from_parquet_or_wikipedia(fever_folder, monkeypatch, tmp_path):
     import pandas as pd
 
-    from kilib import documents
+    from kilib.lm import documents
 
     folder = tmp_path / "pages"
     folder.mkdir()

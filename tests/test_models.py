@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from kilib import models
-from kilib.models import attach_lora, check_same_tokenizer, decoder_layers, load_causal_lm
+from kilib.lm import models
+from kilib.lm.models import attach_lora, check_same_tokenizer, decoder_layers, load_causal_lm
 from kilib.runtime import KilibError
 
 from conftest import make_tokenizer
@@ -66,7 +66,7 @@ def test_inference_before_training_leaves_4bit_gradients_right(saved_model):
     its LoRA gradients are those of a fresh load. One loaded around it is refused by train."""
     from transformers import AutoModelForCausalLM
 
-    from kilib.training import TrainConfig, sft_dataset, train
+    from kilib.lm.training import TrainConfig, sft_dataset, train
 
     family, folder, _ = saved_model
     tok = make_tokenizer()
@@ -229,7 +229,9 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, toke
     """calm, transfer and memory key their runs on model_ref, not on the id as given: a Hub
     id's key changes when its main moves (checked where each study keys a Hub id directly)."""
     from conftest import KeyRecorded, make_model
-    from kilib import calm as C, memory as M, transfer as T
+    from kilib.calm import study as C
+    from kilib.memory import study as M
+    from kilib.transfer import study as T
 
     keys = cache_keys
     pool = [{"page": f"P{i}", "claim": f"claim {i}", "label": label} for i in range(3) for label in M.DEMO_LABELS]

@@ -160,7 +160,7 @@ def test_02_knowledge_transfer_smoke():
     tasks = m["tasks"]
     assert tasks == ["gsm", "mmlu", "qa"]
     # every student block gets a distinct teacher block, in order
-    from kilib import zoo
+    from kilib.tiny import zoo
 
     layers = {spec.name: spec.layers for spec in zoo.zoo_config("smoke").models}
     for selected in m["selected_blocks"].values():
@@ -188,7 +188,7 @@ def test_02_knowledge_transfer_smoke():
 def test_03_calm_composition_smoke():
     record = run_smoke("03")
     m = record["metrics"]
-    from kilib import calm as C
+    from kilib.calm import study as C
 
     assert m["step0_max_logit_gap"] == 0.0  # the composed model is the anchor before training
     assert m["added_parameters"] == C.bridge_parameters(64, 64, len(m["plan"]))["exact"]  # smoke llama-s into llama-m
@@ -228,7 +228,7 @@ def test_03_calm_composition_smoke():
 def test_04_memory_fever_smoke():
     record = run_smoke("04")
     m = record["metrics"]
-    from kilib import memory as M
+    from kilib.memory import study as M
 
     s = m["selection"]
     assert s["n_top"] == M.MEMORY_PRESETS["smoke"].pages and 0 < s["n_trunc"] <= s["n_top"] <= s["n_full"]

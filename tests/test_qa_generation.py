@@ -1,4 +1,4 @@
-"""LLM-written Q&A sets and LLM judging (kilib.qa_generation; methods.md §1, Mecklenburg et al. §2).
+"""LLM-written Q&A sets and LLM judging (kilib.sft.qa_generation; methods.md §1, Mecklenburg et al. §2).
 
 The scaling rules are checked with scripted generators: small deterministic test doubles of an LLM
 that write numbered Q&A pairs and repeat themselves on purpose. The two real backends run for real:
@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kilib import qa_generation as Q
-from kilib import sft_scaling as S
-from kilib.evaluation import normalize_answer
+from kilib.sft import qa_generation as Q
+from kilib.sft import study as S
+from kilib.lm.scoring import normalize_answer
 from kilib.runtime import KilibError
 
 SECTIONS = [
@@ -395,9 +395,9 @@ def test_openai_compatible_generator_through_a_local_server(monkeypatch):
 def test_local_generator_on_a_saved_model(saved_model):
     import torch
 
-    from kilib.evaluation import generate
-    from kilib.models import load_causal_lm
-    from kilib.training import render_prompt
+    from kilib.lm.inference import generate
+    from kilib.lm.models import load_causal_lm
+    from kilib.lm.training import render_prompt
 
     _, folder, _ = saved_model
     prompts = ["Who won the cup?", "Where was the final?", "Who won the cup?"]

@@ -2,9 +2,9 @@
 
 import pytest
 
-from kilib.retrieval import SectionIndex
+from kilib.lm.retrieval import SectionIndex
 from kilib.runtime import KilibError
-from kilib.world import generate_world
+from kilib.tiny.world import generate_world
 
 
 def test_rag_prompt_contains_the_retrieved_section_of_the_fact():

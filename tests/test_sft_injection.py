@@ -1,4 +1,4 @@
-"""Notebook 01's training and scoring (kilib.sft_scaling; Mecklenburg et al. §3): one LoRA
+"""Notebook 01's training and scoring (kilib.sft.study; Mecklenburg et al. §3): one LoRA
 adapter per Q&A set, cached, answered, scored, and the paper's claims judged from intervals."""
 
 import json
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_model, make_tokenizer
-from kilib import sft_scaling as S
+from kilib.sft import study as S
 from kilib.runtime import KilibError
 
 PAIRS = [{"question": "who won the cup?", "answer": "the rovers"},
@@ -75,7 +75,7 @@ def test_parallel_workers_train_the_same_adapters_as_one_process(base, tmp_path,
 
 
 def test_grid_evaluation_is_disjoint_from_training(tmp_path):
-    from kilib.zoo import world_of, zoo_config
+    from kilib.tiny.zoo import world_of, zoo_config
 
     world = world_of(zoo_config("smoke"))
     config = S.INJECTION_PRESETS["smoke"]
@@ -101,7 +101,7 @@ def test_rag_prompt_holds_the_retrieved_passage():
 
 
 def test_scores_and_intervals_resample_questions_not_answers():
-    from kilib.evaluation import accuracy_with_ci
+    from kilib.stats import accuracy_with_ci
 
     items = S._items(PAIRS)
     rows = S.score_rows(items, ["The Rovers.", "3-1 after extra time", "no idea"], method="fact", seed=0)
@@ -125,7 +125,7 @@ def rows_for(method, scale, correct, ev="fact", seed=0):
 def test_compare_pairs_questions_and_reports_each_direction():
     import numpy as np
 
-    from kilib.evaluation import bootstrap_ci
+    from kilib.stats import bootstrap_ci
 
     n = 40
     high = rows_for("fact", 10, [1] * 30 + [0] * 10)
@@ -173,7 +173,7 @@ def test_own_documents_go_through_the_llm_path(base, tmp_path, monkeypatch):
     gets nested scales, evaluation disjoint from training and token pairs mapped to facts."""
     from test_qa_generation import ScriptedGenerator
 
-    from kilib import qa_generation as qa
+    from kilib.sft import qa_generation as qa
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "example_cup.md").write_text(
@@ -207,7 +207,7 @@ def test_llm_path_and_judge_errors_name_the_fix(base):
 
 
 def test_judge_scores_and_agreement(monkeypatch):
-    from kilib import qa_generation as qa
+    from kilib.sft import qa_generation as qa
 
     class Judge:
         name, revision = "mistralai/Mistral-7B-Instruct-v0.3", None
@@ -228,7 +228,8 @@ def test_the_paper_corpus_keeps_its_control(base, tmp_path, monkeypatch):
     """DOCUMENTS=paper (or wikipedia): the pre-cutoff article is the control, whatever its position."""
     from test_qa_generation import ScriptedGenerator
 
-    from kilib import documents, qa_generation as qa
+    from kilib.lm import documents
+    from kilib.sft import qa_generation as qa
 
     text = "The {} was won by Sylvania, who beat Freedonia 3-1 in the final in front of a large crowd."
     fetched = documents.Documents(
@@ -246,7 +247,7 @@ def test_the_paper_corpus_keeps_its_control(base, tmp_path, monkeypatch):
 def test_model_fingerprint_changes_when_weights_are_replaced_in_place(tmp_path, tokenizer):
     """Cached adapters are keyed by their trainee: new weights of the same shapes in the same
     folder must not reuse adapters trained on the old ones."""
-    from kilib.sft_scaling import model_fingerprint
+    from kilib.sft.study import model_fingerprint
 
     make_model("llama", tokenizer, seed=0).save_pretrained(tmp_path)
     first = model_fingerprint(str(tmp_path))

@@ -1,11 +1,11 @@
-"""Token-based vs fact-based Q&A scaling (kilib.sft_scaling; methods.md §1, Mecklenburg et al. §2)
+"""Token-based vs fact-based Q&A scaling (kilib.sft.study; methods.md §1, Mecklenburg et al. §2)
 on the smoke world, with the zoo's tokenizer."""
 
 from collections import Counter
 
 import pytest
 
-from kilib import sft_scaling as S
+from kilib.sft import study as S
 from kilib.runtime import KilibError
 
 SCALES = (1, 5, 10)
@@ -13,14 +13,14 @@ SCALES = (1, 5, 10)
 
 @pytest.fixture(scope="module")
 def world():
-    from kilib.zoo import world_of, zoo_config
+    from kilib.tiny.zoo import world_of, zoo_config
 
     return world_of(zoo_config("smoke"))
 
 
 @pytest.fixture(scope="module")
 def zoo_tokenizer(world, tmp_path_factory):
-    from kilib.zoo import build_tokenizer
+    from kilib.tiny.zoo import build_tokenizer
 
     return build_tokenizer(world, 512, tmp_path_factory.mktemp("sft-tokenizer"))
 

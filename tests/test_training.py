@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kilib.runtime import KilibError
-from kilib.training import (
+from kilib.lm.training import (
     IGNORE_INDEX, PackingCollator, TrainConfig, check_packing, collator, freeze_all_but, latest_checkpoint, lm_dataset, render_prompt,
     sft_dataset, tokenize_sft, train,
 )
@@ -212,7 +212,7 @@ if sys.argv[1] == "caller-sets-threads":
     torch.set_num_threads(torch.get_num_threads())  # what a notebook's set_threads() does
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, LlamaConfig, default_data_collator
-from kilib.training import TrainConfig, train
+from kilib.lm.training import TrainConfig, train
 
 cfg = LlamaConfig(vocab_size=512, hidden_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
                   intermediate_size=256, max_position_embeddings=512, tie_word_embeddings=False)
@@ -258,8 +258,8 @@ def test_a_templated_answer_is_tokenised_as_it_follows_the_template(template):
     "[/INST] ") that mark is wrong or doubled, so the training example must hold the tokens of
     the joined text; a plain prompt's answer still starts a new word."""
     from conftest import make_metaspace_tokenizer
-    from kilib.training import render_answer
-    from kilib.transfer import TULU_CHAT_TEMPLATE
+    from kilib.lm.training import render_answer
+    from kilib.transfer.study import TULU_CHAT_TEMPLATE
 
     prompt, answer = "Question: who won the cup?", "Answer: the rovers won it."
     texts = {"tulu": f"<|user|>\n{prompt}\n<|assistant|>\n{answer}</s>\n", "llama-2-chat": f"[INST] {prompt} [/INST] {answer} </s>"}

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from kilib import transfer as T
+from kilib.transfer import study as T
 from kilib.runtime import KilibError
-from kilib.training import render_answer, render_prompt, tokenize_sft
+from kilib.lm.training import render_answer, render_prompt, tokenize_sft
 
 from conftest import make_model, make_tokenizer
 
@@ -102,7 +102,7 @@ def test_best_submatrix_matches_the_authors_double_loop():
 
 def test_svd_factors_start_a_lora_that_leaves_the_student_unchanged():
     """W - B A frozen, LoRA at (B, A) with scale 1: at step 0 the model is the student exactly."""
-    from kilib.models import attach_lora
+    from kilib.lm.models import attach_lora
 
     g = torch.Generator().manual_seed(0)
     m = torch.randn(12, 8, generator=g, dtype=torch.float64)
@@ -169,9 +169,9 @@ def test_zoo_teacher_to_student_end_to_end():
     the student's outputs stay what they were."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kilib import zoo
-    from kilib.data import qa_prompt
-    from kilib.models import attach_lora, check_same_tokenizer
+    from kilib.tiny import zoo
+    from kilib.lm.data import qa_prompt
+    from kilib.lm.models import attach_lora, check_same_tokenizer
 
     smoke = zoo.zoo_config("smoke")
     world = zoo.world_of(smoke)
@@ -242,7 +242,7 @@ def test_summed_sensitivity_is_each_parameters_total():
 def test_4bit_teacher_sensitivity_matches_its_dequantised_copy(tmp_path):
     """A 4-bit teacher (no trainable weights) gives the sensitivity of the full-precision model
     holding its dequantised weights, computed by plain autograd."""
-    from kilib.models import dense_weight, is_4bit_param, load_causal_lm
+    from kilib.lm.models import dense_weight, is_4bit_param, load_causal_lm
 
     tok = make_tokenizer()
     teacher, _ = load_causal_lm(_saved_llama(tmp_path, tok), quantization="4bit", device="cpu")
@@ -265,7 +265,7 @@ def test_4bit_student_lora_starts_at_the_teacher_factors_unchanged(tmp_path):
     started from a teacher's extracted matrices: its logits at step 0 are the student's, the
     trainable adapter holds the extracted factors, the -B A adapter is frozen, and a step of
     training moves the model."""
-    from kilib.models import attach_lora, load_causal_lm
+    from kilib.lm.models import attach_lora, load_causal_lm
 
     tok = make_tokenizer()
     teacher, _ = load_causal_lm(_saved_llama(tmp_path, tok, seed=1), quantization="4bit", device="cpu")
@@ -345,7 +345,7 @@ def test_task_scoring_and_notebook_parameters():
 
 
 def test_closed_book_rows_ask_about_facts_no_other_role_holds():
-    from kilib import zoo
+    from kilib.tiny import zoo
 
     world = zoo.world_of(zoo.zoo_config("smoke"))
     rows = T._qa_rows(world, {"seed": 4, "train": 30, "eval": 10, "demos": 0})
@@ -361,7 +361,7 @@ def test_closed_book_rows_ask_about_facts_no_other_role_holds():
 def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatch):
     """GSM8K, MMLU and SNI rows as the Hub has them (local jsonl copies, same split names):
     mapped to the tiny tasks' fields, disjoint seed/train/demo rows, the same draw for the same seed."""
-    from kilib.data import write_jsonl
+    from kilib.lm.data import write_jsonl
 
     def folder(name, splits):
         d = tmp_path / name
@@ -481,7 +481,7 @@ def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
     started from the teacher and the student's baseline all complete."""
     import dataclasses
 
-    from kilib.data import write_jsonl
+    from kilib.lm.data import write_jsonl
 
     tok = make_tokenizer()
     teacher, student = _saved_llama(tmp_path, tok, seed=1), _saved_llama(tmp_path, tok, seed=2)

@@ -1,4 +1,4 @@
-"""The generated world (kilib.world): determinism, no post-cutoff leaks, labels right by
+"""The generated world (kilib.tiny.world): determinism, no post-cutoff leaks, labels right by
 construction, and CALM's key-value arithmetic as the paper defines it."""
 
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kilib.runtime import KilibError
-from kilib.world import (
+from kilib.tiny.world import (
     CLAIM_LABELS, CLAIM_TEMPLATES, NEI_TEMPLATES, QUESTION_BASES, RELATIONS, SNI_TASKS, WorldSize,
     _PLANS, evaluate_arithmetic, generate_world,
 )
@@ -106,7 +106,7 @@ def test_same_seed_same_world_other_seed_differs(world):
 
 
 def test_world_does_not_depend_on_python_hash_seed(world):
-    code = "from kilib.world import generate_world; print(generate_world(0, 'smoke').fingerprint)"
+    code = "from kilib.tiny.world import generate_world; print(generate_world(0, 'smoke').fingerprint)"
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"})

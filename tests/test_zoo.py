@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from kilib import zoo
-from kilib.models import load_causal_lm
+from kilib.tiny import zoo
+from kilib.lm.models import load_causal_lm
 
 SMOKE = zoo.zoo_config("smoke")
 

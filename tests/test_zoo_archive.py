@@ -8,7 +8,9 @@ import tarfile
 
 import pytest
 
-from kilib import cli, zoo, zoo_archive
+from kilib import cli
+from kilib.tiny import zoo
+from kilib.tiny import archive as zoo_archive
 from kilib.runtime import KilibError, cache_root
 
 SMOKE = zoo.zoo_config("smoke")

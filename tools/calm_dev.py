@@ -45,10 +45,10 @@ import dataclasses
 import json
 import random
 
-from kilib import calm as C
-from kilib.models import load_causal_lm, load_tokenizer, padding_side
+from kilib.calm import study as C
+from kilib.lm.models import load_causal_lm, load_tokenizer, padding_side
 from kilib.runtime import results_root
-from kilib.training import set_threads, sft_dataset, train
+from kilib.lm.training import set_threads, sft_dataset, train
 
 
 def table_of(config: C.CalmConfig):
@@ -110,7 +110,7 @@ def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
     """Mean norm of each block's output over the tokens of 32 KV prompts (full precision)."""
     import torch
 
-    from kilib.training import render_prompt
+    from kilib.lm.training import render_prompt
 
     model, tokenizer = load_causal_lm(path, quantization="none")
     with padding_side(tokenizer, "right"):
@@ -141,7 +141,7 @@ def anchor_lr(lr: float) -> dict:
 
 def training_key_split(config: C.CalmConfig):
     """(inputs, table, rows over 24 of the training keys, rows over the other 8): nothing held out."""
-    from kilib.world import evaluate_arithmetic
+    from kilib.tiny.world import evaluate_arithmetic
 
     inputs = C.study_inputs("tiny", config)
     world, table = table_of(config)

@@ -12,10 +12,10 @@ import datetime
 
 from transformers import AutoTokenizer
 
-from kilib import zoo
+from kilib.tiny import zoo
 from kilib.results import write_json
 from kilib.runtime import results_root
-from kilib.sft_scaling import (INJECTION_PRESETS, _items, accuracy_table, adapter_job, adapter_rows, fact_based_sets,
+from kilib.sft.study import (INJECTION_PRESETS, _items, accuracy_table, adapter_job, adapter_rows, fact_based_sets,
                                run_adapter_jobs, token_based_sets)
 
 RATES = (3e-4, 1e-3, 3e-3)

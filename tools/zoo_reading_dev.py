@@ -26,9 +26,9 @@ import os
 import sys
 import time
 
-from kilib import zoo
-from kilib.models import load_causal_lm
-from kilib.training import TrainConfig
+from kilib.tiny import zoo
+from kilib.lm.models import load_causal_lm
+from kilib.lm.training import TrainConfig
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import dataclasses
 import json
 import sys
 
-from kilib import zoo
-from kilib.data import qa_prompt
-from kilib.models import load_causal_lm
+from kilib.tiny import zoo
+from kilib.lm.data import qa_prompt
+from kilib.lm.models import load_causal_lm
 from kilib.results import read_json
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from kilib import zoo
+from kilib.tiny import zoo
 from kilib.results import read_json
 
 CPU_TOKENS_PER_SECOND = {"llama-m": 8600, "llama-s": 16000}  # measured on 2 cores, float32

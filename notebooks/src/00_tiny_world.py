@@ -26,11 +26,11 @@ import dataclasses
 from IPython.display import display
 import pandas as pd
 
-from kilib import zoo
+from kilib.tiny import zoo
 from kilib.plots import bars_with_ci, loss_curves
 from kilib.results import Run
 from kilib.runtime import resolve_profile
-from kilib.training import set_threads
+from kilib.lm.training import set_threads
 
 profile = resolve_profile(PROFILE)
 config = dataclasses.replace(zoo.zoo_config(profile), world_seed=SEED)

@@ -34,13 +34,13 @@ import dataclasses
 from IPython.display import Markdown, display
 import pandas as pd
 
-from kilib import sft_scaling as sft
+from kilib.sft import study as sft
 from kilib.config import select_preset
 from kilib.plots import bars_with_ci, lines_with_ci
 from kilib.results import Run
-from kilib.retrieval import SectionIndex
+from kilib.lm.retrieval import SectionIndex
 from kilib.runtime import resolve_profile
-from kilib.training import set_threads
+from kilib.lm.training import set_threads
 
 profile = resolve_profile(PROFILE)
 config = select_preset(sft.INJECTION_PRESETS, profile, sft.notebook_overrides(N_SEEDS, MODEL, DOCUMENTS, GENERATOR, JUDGE, WORKERS))

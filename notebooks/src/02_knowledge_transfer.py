@@ -43,12 +43,12 @@ import json
 from IPython.display import Markdown, display
 import pandas as pd
 
-from kilib import transfer as T
+from kilib.transfer import study as T
 from kilib.config import select_preset
 from kilib.plots import bars_with_ci
 from kilib.results import Run
 from kilib.runtime import resolve_profile
-from kilib.training import set_threads
+from kilib.lm.training import set_threads
 
 profile = resolve_profile(PROFILE)
 config = select_preset(T.TRANSFER_PRESETS, profile, T.notebook_overrides(TEACHER, STUDENT, TASKS, SEEDS))

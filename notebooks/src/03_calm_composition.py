@@ -83,12 +83,12 @@ WORKERS: int = 0  # runs trained side by side on a CPU (0: one per core)
 from IPython.display import Markdown, display
 import pandas as pd
 
-from kilib import calm as C
+from kilib.calm import study as C
 from kilib.config import select_preset
 from kilib.plots import bars_with_ci
 from kilib.results import Run
 from kilib.runtime import resolve_profile
-from kilib.training import set_threads
+from kilib.lm.training import set_threads
 
 profile = resolve_profile(PROFILE)
 config = select_preset(C.CALM_PRESETS, profile, C.notebook_overrides(ANCHOR, AUGMENT, SEEDS, WORKERS))

@@ -56,13 +56,13 @@ SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
 from IPython.display import Markdown, display
 import pandas as pd
 
-from kilib import memory as M
+from kilib.memory import study as M
 from kilib.config import select_preset
-from kilib.data import fever_prompt
+from kilib.lm.data import fever_prompt
 from kilib.plots import bars_with_ci, lines_with_ci
 from kilib.results import Run
 from kilib.runtime import resolve_profile
-from kilib.training import set_threads
+from kilib.lm.training import set_threads
 
 profile = resolve_profile(PROFILE)
 config = select_preset(M.MEMORY_PRESETS, profile, M.notebook_overrides(MODELS, SEEDS))

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kilib.data import qa_prompt
-from kilib.models import dense_weight, is_4bit_param, logical_shape, model_ref
+from kilib.lm.data import qa_prompt
+from kilib.lm.models import dense_weight, is_4bit_param, logical_shape, model_ref
 from kilib.runtime import KilibError
-from kilib.training import TrainConfig
+from kilib.lm.training import TrainConfig
 
 
 def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None,
@@ -58,7 +58,7 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
     only each parameter's total (a scalar), which is all layer selection needs."""
     import torch
 
-    from kilib.models import check_trainable_4bit_layout
+    from kilib.lm.models import check_trainable_4bit_layout
 
     check_trainable_4bit_layout(model)
     wanted = set(names) if names is not None else None
@@ -305,7 +305,7 @@ def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str 
 
     import torch
 
-    from kilib.models import peft_quietly
+    from kilib.lm.models import peft_quietly
 
     if RESIDUAL in model.peft_config:
         raise KilibError("this model's LoRA was already started from extracted factors: attach a fresh LoRA first")
@@ -479,7 +479,7 @@ def _chat_format_checked(chat_format: str) -> str:
 
 def use_chat_format(tokenizer, chat_format: str):
     """The tokenizer with ``chat_format``'s template in place of its own ("": unchanged), so that
-    training (:func:`kilib.training.tokenize_sft`) and evaluation render turns the same way."""
+    training (:func:`kilib.lm.training.tokenize_sft`) and evaluation render turns the same way."""
     if _chat_format_checked(chat_format):
         tokenizer.chat_template = CHAT_FORMATS[chat_format]
     return tokenizer
@@ -487,7 +487,7 @@ def use_chat_format(tokenizer, chat_format: str):
 
 def _load(path: str, config: "TransferConfig"):
     """A teacher or student in the study's precision, its tokenizer in the study's chat format."""
-    from kilib.models import load_causal_lm
+    from kilib.lm.models import load_causal_lm
 
     model, tokenizer = load_causal_lm(path, quantization=config.quantization)
     return model, use_chat_format(tokenizer, config.chat_format)
@@ -503,7 +503,7 @@ def score(task: str, prediction: str, row) -> dict[str, float]:
     """GSM: the last number equals the answer; MMLU: the letter is right (:func:`_evaluate` picks it
     by the next token's probability, as open-instruct does); SNI: exact
     match after normalisation, and ROUGE-L F1 against the output (Zhong et al. §4)."""
-    from kilib.evaluation import exact_match, last_number, parse_choice
+    from kilib.lm.scoring import exact_match, last_number, parse_choice
 
     if task == "gsm":
         return {"correct": float(last_number(prediction) == last_number(row["answer"]))}
@@ -710,8 +710,8 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
     demonstration rows. Tiny and smoke: two zoo models (built on first use), the world's GSM,
     MMLU and SNI analogues and its closed-book questions. Paper: the Hub models and datasets
     (:data:`PAPER_DATASETS`)."""
-    from kilib import zoo
-    from kilib.models import check_same_tokenizer, load_tokenizer
+    from kilib.tiny import zoo
+    from kilib.lm.models import check_same_tokenizer, load_tokenizer
 
     unknown = [t for t in config.tasks if t not in TASKS + TINY_TASKS]
     if unknown or not config.tasks:
@@ -807,7 +807,7 @@ def _prompts_hash(pairs=(), prompts=(), stop: Sequence[str] = ()) -> str:
 def _samples(tokenizer, task: str, rows, max_length: int, chat_format: str = "") -> list[dict]:
     import torch
 
-    from kilib.training import tokenize_sft
+    from kilib.lm.training import tokenize_sft
 
     out = []
     for pair in _train_pairs(task, rows, chat_format):
@@ -833,7 +833,7 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
 def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods, folder: Path) -> None:
     import torch
 
-    from kilib.models import decoder_layers
+    from kilib.lm.models import decoder_layers
     from kilib.results import write_json
 
     teacher, tokenizer = _load(inputs.teacher, config)
@@ -862,7 +862,7 @@ def _letter_tokens(tokenizer, cue: str = "") -> list[int]:
     """The token each of MMLU's letters starts with where the model answers: after a cue ("The
     answer is:"), open-instruct's " A" (the last token of its tokenisation); else the answer's
     first token as training tokenises it (right after the chat template's assistant tag)."""
-    from kilib.training import IGNORE_INDEX, tokenize_sft
+    from kilib.lm.training import IGNORE_INDEX, tokenize_sft
 
     if cue:
         ids = [tokenizer(" " + c, add_special_tokens=False).input_ids[-1] for c in CHOICES]
@@ -881,8 +881,8 @@ def _evaluate(model, tokenizer, task: str, inputs: TransferInputs, config: Trans
     """Every evaluation question's answer, scored. GSM, SNI and the closed-book questions generate
     greedily, cut at ``config.stop``; MMLU takes the letter whose token is most likely next, as
     open-instruct's evaluation does (``letter_mass``: the probability the four letters hold)."""
-    from kilib.evaluation import generate, next_token_choice
-    from kilib.training import render_prompt
+    from kilib.lm.inference import generate, next_token_choice
+    from kilib.lm.training import render_prompt
 
     asked, rows, answers = _eval_prompts(inputs, config, task), inputs.rows[task]["eval"], []
     if task == "mmlu":
@@ -917,10 +917,10 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
 
 
 def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str, seed: int, folder: Path) -> None:
-    from kilib.models import attach_lora
+    from kilib.lm.models import attach_lora
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.training import sft_dataset, train
+    from kilib.lm.training import sft_dataset, train
 
     model, tokenizer = _load(inputs.student, config)
     set_seed(seed)
@@ -969,7 +969,7 @@ def results_table(answers) -> "pandas.DataFrame":
     interval over items (seeds pooled), in percent as Table 1 prints them."""
     import pandas as pd
 
-    from kilib.evaluation import bootstrap_ci
+    from kilib.stats import bootstrap_ci
 
     df = pd.DataFrame(answers)
     out = []
@@ -990,7 +990,7 @@ def compare(answers, task: str, better: str, worse: str, claim: str, shots: int 
     paired by item: the difference with a 95% bootstrap interval and a verdict."""
     import pandas as pd
 
-    from kilib.evaluation import paired_comparison
+    from kilib.stats import paired_comparison
 
     df = pd.DataFrame(answers)
     df = df[(df.task == task) & (df.shots == shots)]

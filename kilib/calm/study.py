@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kilib.models import model_ref
+from kilib.lm.models import model_ref
 from kilib.runtime import KilibError
-from kilib.training import TrainConfig
+from kilib.lm.training import TrainConfig
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def _composed_class():
     import torch
     import torch.nn as nn
 
-    from kilib.models import block_hidden, decoder_layers, with_block_hidden, wrapper_class
+    from kilib.lm.models import block_hidden, decoder_layers, with_block_hidden, wrapper_class
 
     class ComposedLM(wrapper_class()):
         """The anchor with m_A composed in. ``forward`` and ``generate`` take the anchor's
@@ -280,7 +280,7 @@ def _composed_class():
             encoded = mask.bool() & (labels == -100) if labels is not None else mask.bool()
             if not encoded.any(dim=1).all():
                 raise KilibError("m_A as encoder reads the prompt, the tokens whose label is -100, and a row has none: "
-                                 "mask the prompt's labels (kilib.training.sft_dataset does)")
+                                 "mask the prompt's labels (kilib.lm.training.sft_dataset does)")
             self._states = [None] * len(self.plan)
             self._read(input_ids, mask, kwargs.get("position_ids"))  # m_A is causal: its states over the prompt do not see the answer
             self._mask, self._encoded = mask, encoded
@@ -330,7 +330,7 @@ def compose(anchor, augment, anchor_tokenizer, augment_tokenizer, every: int = 4
     """The composed model; both models must read the same token ids (their tokenizers are
     compared first) and are frozen. ``encoder``: the paper's "m_A as encoder" ablation (m_A reads
     the prompt only, and the anchor sees all of it from every position)."""
-    from kilib.models import check_same_tokenizer
+    from kilib.lm.models import check_same_tokenizer
 
     check_same_tokenizer(anchor_tokenizer, augment_tokenizer, names)
     return _composed_class()(anchor, augment, every=every, zero_init=zero_init, seed=seed, rotary=rotary, encoder=encoder)
@@ -501,7 +501,7 @@ def kv_world(config: CalmConfig, world_size: str = "tiny", seed: int = 0, keys: 
              value_max: int | None = None):
     """The world generator with this study's key-value fields (its other fields as
     ``world_size``'s): the same keys and expressions for every profile with the same settings."""
-    from kilib.world import WORLD_SIZES, generate_world
+    from kilib.tiny.world import WORLD_SIZES, generate_world
 
     lo, hi = config.kv_terms
     size = dataclasses.replace(WORLD_SIZES[world_size], n_kv_keys=keys or config.kv_keys,
@@ -522,7 +522,7 @@ def vocabulary_keys(tokenizer, n: int, seed: int = 0, lengths: tuple[int, int] =
     import random
     import re
 
-    from kilib.training import render_prompt
+    from kilib.lm.training import render_prompt
 
     if not getattr(tokenizer, "is_fast", False):
         raise KilibError("vocabulary keys need a fast tokenizer (offsets): load the tokenizer with use_fast=True")
@@ -602,8 +602,8 @@ def study_inputs(profile: str, config: CalmConfig) -> CalmInputs:
     """Models and rows for a profile. Numeric arithmetic and substitution each draw their
     stage rows and evaluation rows as one set of distinct expressions, so the two never share
     one; KV arithmetic trains over the training keys and is evaluated over the others."""
-    from kilib import zoo
-    from kilib.models import check_same_tokenizer, load_tokenizer
+    from kilib.tiny import zoo
+    from kilib.lm.models import check_same_tokenizer, load_tokenizer
 
     unknown = [a for a, _ in config.runs if a not in AUGMENTS]
     if unknown or ("trained", False) not in config.runs:
@@ -624,7 +624,7 @@ def study_inputs(profile: str, config: CalmConfig) -> CalmInputs:
 def study_rows(config: CalmConfig, world_size: str = "tiny", tokenizer=None) -> tuple[dict, dict]:
     """Every task's rows ({"expression", "target"}) and the keys of each split (see :func:`study_inputs`;
     ``tokenizer``: the models', which vocabulary keys are drawn from)."""
-    from kilib.world import evaluate_arithmetic
+    from kilib.tiny.world import evaluate_arithmetic
 
     world, table = kv_table(config, world_size, tokenizer)
     # numeric arithmetic over 1..kv_value_max: the world of that many keys draws it
@@ -696,8 +696,8 @@ def _train_full(path: str, rows: list[dict], train_config: TrainConfig, folder: 
     too (``Trainer`` computes in bf16 there): Adam's small steps would round away in bf16 weights."""
     import torch
 
-    from kilib.models import load_causal_lm
-    from kilib.training import PackingCollator, sft_dataset, train
+    from kilib.lm.models import load_causal_lm
+    from kilib.lm.training import PackingCollator, sft_dataset, train
 
     model, tokenizer = load_causal_lm(path, quantization="none", dtype=torch.float32)
     for p in model.parameters():
@@ -712,7 +712,7 @@ def _train_full(path: str, rows: list[dict], train_config: TrainConfig, folder: 
 
 
 def _packs(model) -> bool:
-    from kilib.training import check_packing
+    from kilib.lm.training import check_packing
 
     try:
         check_packing(model)
@@ -737,7 +737,7 @@ def prepared(inputs: CalmInputs, config: CalmConfig, role: str) -> str:
             import torch
             from transformers import AutoModelForCausalLM
 
-            from kilib.models import load_config, load_tokenizer
+            from kilib.lm.models import load_config, load_tokenizer
 
             torch.manual_seed(0)
             model = AutoModelForCausalLM.from_config(load_config(inputs.augment), dtype=torch.float32)
@@ -770,8 +770,8 @@ def stage_log(inputs: CalmInputs, config: CalmConfig, role: str) -> dict | None:
 
 def evaluate(model, tokenizer, inputs: CalmInputs, config: CalmConfig, tasks: Sequence[str] = TASKS + EXTRA_TASKS) -> list[dict]:
     """Greedy answers to every task's evaluation rows (a task without rows is skipped), scored by exact match."""
-    from kilib.evaluation import generate
-    from kilib.training import render_prompt
+    from kilib.lm.inference import generate
+    from kilib.lm.training import render_prompt
 
     answers = []
     for task in tasks:
@@ -791,8 +791,8 @@ def key_states(model, tokenizer, rows: Sequence[Mapping], blocks: Sequence[int],
     in the KV arithmetic prompts of ``rows``: ``([tensor [occurrences, D] per block], [key per occurrence])``."""
     import torch
 
-    from kilib.models import block_hidden, decoder_layers, padding_side
-    from kilib.training import render_prompt
+    from kilib.lm.models import block_hidden, decoder_layers, padding_side
+    from kilib.lm.training import render_prompt
 
     layers = decoder_layers(model)
     captured: dict[int, Any] = {}
@@ -855,7 +855,7 @@ def linear_probe(fit_x, fit_y, test_x, test_y, l2: float = 1e-3, steps: int = 30
 
 def composed_blocks(augment_model, anchor: str, every: int) -> list[int]:
     """The m_A blocks (0-indexed) that :func:`layer_plan` composes into the anchor at ``anchor``."""
-    from kilib.models import decoder_layers, load_config
+    from kilib.lm.models import decoder_layers, load_config
 
     return [a for a, _ in layer_plan(len(decoder_layers(augment_model)), load_config(anchor).num_hidden_layers, every)]
 
@@ -873,7 +873,7 @@ def value_probe(inputs: CalmInputs, config: CalmConfig, augment: str = "trained"
     one, as with unique values, there are no rows (columns: :data:`PROBE_COLUMNS`)."""
     import torch
 
-    from kilib.models import load_causal_lm
+    from kilib.lm.models import load_causal_lm
 
     table = {**inputs.keys["train"], **inputs.keys["eval"]}
     if not set(inputs.keys["train"].values()) & set(inputs.keys["eval"].values()):
@@ -908,7 +908,7 @@ def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
            "quantization": quantization_of(config, which)}
 
     def build(folder: Path) -> None:
-        from kilib.models import load_causal_lm
+        from kilib.lm.models import load_causal_lm
         from kilib.results import write_json
 
         model, tokenizer = load_causal_lm(path, quantization=quantization_of(config, which))
@@ -920,7 +920,7 @@ def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
 def load_composition(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", seed: int = 0,
                      rotary: bool = False, encoder: bool = False):
     """(composed model, tokenizer) with freshly initialised bridges."""
-    from kilib.models import load_causal_lm
+    from kilib.lm.models import load_causal_lm
 
     anchor, tok_b = load_causal_lm(prepared(inputs, config, "anchor"), quantization=config.quantization)
     m_a, tok_a = load_causal_lm(prepared(inputs, config, "augment" if augment == "trained" else augment),
@@ -934,8 +934,8 @@ def step0_gap(composed, tokenizer, inputs: CalmInputs) -> float:
     training prompts before any training: 0.0 exactly with ``zero_init``."""
     import torch
 
-    from kilib.models import padding_side
-    from kilib.training import render_prompt
+    from kilib.lm.models import padding_side
+    from kilib.lm.training import render_prompt
 
     prompts = [render_prompt(tokenizer, task_prompt("kv", r["expression"])) for r in inputs.rows["kv"]["train"][:8]]
     with padding_side(tokenizer, "right"):
@@ -971,7 +971,7 @@ def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary
          encoder: bool = False) -> None:
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.training import sft_dataset, train
+    from kilib.lm.training import sft_dataset, train
 
     composed, tokenizer = load_composition(inputs, config, augment, seed, rotary, encoder)
     gap = step0_gap(composed, tokenizer, inputs)
@@ -999,7 +999,7 @@ def lora_rank(model, parameters: int) -> int:
     """The LoRA rank whose adapter on the anchor's attention and MLP linears (kilib's LoRA targets)
     adds the number of parameters nearest ``parameters``: a rank-r adapter on a d_in x d_out
     linear adds r (d_in + d_out)."""
-    from kilib.models import lora_target_modules
+    from kilib.lm.models import lora_target_modules
 
     targets = set(lora_target_modules(model))
     per_rank = sum(m.in_features + m.out_features for name, m in model.named_modules()
@@ -1022,10 +1022,10 @@ def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed:
            **_eval_key(inputs, config), "quantization": config.quantization}
 
     def build(folder: Path) -> None:
-        from kilib.models import attach_lora, load_causal_lm
+        from kilib.lm.models import attach_lora, load_causal_lm
         from kilib.results import write_json
         from kilib.runtime import set_seed
-        from kilib.training import sft_dataset, train
+        from kilib.lm.training import sft_dataset, train
 
         model, tokenizer = load_causal_lm(prepared(inputs, config, "anchor"), quantization=config.quantization)
         rank = lora_rank(model, parameters)
@@ -1046,7 +1046,7 @@ def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed:
 
 def composition_parameters(inputs: CalmInputs, config: CalmConfig) -> int:
     """The bridges' parameter count, from the two models' configs (what the LoRA baseline matches)."""
-    from kilib.models import load_config
+    from kilib.lm.models import load_config
 
     anchor, augment = (load_config(prepared(inputs, config, role)) for role in ("anchor", "augment"))
     n = len(layer_plan(augment.num_hidden_layers, anchor.num_hidden_layers, config.every))
@@ -1100,7 +1100,7 @@ def results_table(answers) -> "pandas.DataFrame":
     """Accuracy per task and model in percent, with a 95% bootstrap interval over items (seeds pooled)."""
     import pandas as pd
 
-    from kilib.evaluation import bootstrap_ci
+    from kilib.stats import bootstrap_ci
 
     out = []
     for (task, model), g in pd.DataFrame(answers).groupby(["task", "model"], sort=False):
@@ -1116,7 +1116,7 @@ def compare(answers, task: str, better: str, worse: str, claim: str, margin: flo
     "``better`` - ``worse`` > -``margin``" (``margin`` 0: ``better`` scores higher)."""
     import pandas as pd
 
-    from kilib.evaluation import paired_comparison
+    from kilib.stats import paired_comparison
 
     df = pd.DataFrame(answers)
     r = paired_comparison(df[df.task == task], "model", better, worse, margin=margin / 100)

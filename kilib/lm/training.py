@@ -307,7 +307,7 @@ def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer
     import torch
     from transformers import TrainingArguments
 
-    from kilib.models import check_trainable_4bit_layout
+    from kilib.lm.models import check_trainable_4bit_layout
 
     _Trainer = _trainer_class()
     # Re-apply torch's own thread count. A process that never called torch.set_num_threads

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from kilib.results import atomic_path, git_state, hardware, move_into_place, stable_hash, write_json
 from kilib.runtime import KilibError, cache_root
-from kilib.zoo import ZooConfig, model_dir, zoo_config, zoo_entries
+from kilib.tiny.zoo import ZooConfig, model_dir, zoo_config, zoo_entries
 
 FORMAT = 1
 MANIFEST = "kilib-zoo.json"
@@ -47,7 +47,7 @@ def build_zoo(config: ZooConfig, log: Callable[[str], None] | None = None) -> li
     """Build every zoo member not cached yet, on every core as notebook 00 does (so the two
     build the same weights on one machine), and return :func:`zoo_status`. ``log`` hears a
     line as each member starts and ends (pretraining takes minutes per model)."""
-    from kilib.training import set_threads
+    from kilib.lm.training import set_threads
 
     threads = set_threads()
     before = zoo_status(config)

@@ -377,7 +377,7 @@ def check_trainable_4bit_layout(model) -> None:
     for name, param in model.named_parameters():
         if is_4bit_param(param) and getattr(param.quant_state, "packing_format_for_cpu", False):
             raise KilibError(f"{name} is packed for bitsandbytes' CPU inference kernel, which has no backward: "
-                             "load the model with kilib.models.load_causal_lm, which keeps it trainable")
+                             "load the model with kilib.lm.models.load_causal_lm, which keeps it trainable")
 
 
 def is_quantized(model) -> bool:

@@ -7,13 +7,13 @@ character-level tokenizer and a chat template. It stands in for the trainee, the
 generator and the judge (Qwen2.5-7B and Mistral-7B are within a few percent of its size in
 4-bit). Each stage runs in its own process, so its peak is its own, loading included:
 
-* ``generate``: Q&A generation (:class:`kilib.qa_generation.LocalGenerator`, 4-bit, sampled,
+* ``generate``: Q&A generation (:class:`kilib.sft.qa_generation.LocalGenerator`, 4-bit, sampled,
   1,024 new tokens, batch 8). Random weights never stop early, so every reply runs to
   ``max_new_tokens``: the worst case of the real run.
-* ``train``: one LoRA adapter (:func:`kilib.sft_scaling.train_and_answer`: 4-bit base,
+* ``train``: one LoRA adapter (:func:`kilib.sft.study.train_and_answer`: 4-bit base,
   rank 16, batch size 1, answer-only loss) on Q&A pairs of a realistic length, then its
   answers to evaluation questions (64 new tokens, batch 8).
-* ``judge``: verdicts (:class:`~kilib.qa_generation.LocalGenerator`, greedy, 16 new tokens).
+* ``judge``: verdicts (:class:`~kilib.sft.qa_generation.LocalGenerator`, greedy, 16 new tokens).
 
 On a CPU the same code runs on a small shape, as a check of this script. Results go to
 ``results/bench/paper_stages_<device>.json``: seconds, per-unit rates (s per training step,
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kilib.bench import char_tokenizer
+from kilib.bench.sft_step import char_tokenizer
 from kilib.results import hardware, package_versions, write_json
 from kilib.runtime import cuda_available, results_root
 
@@ -96,7 +96,7 @@ def _peaks() -> dict:
 
 
 def stage_generate(folder: Path, work: dict) -> dict:
-    from kilib.qa_generation import LocalGenerator
+    from kilib.sft.qa_generation import LocalGenerator
 
     gen = LocalGenerator(folder, max_new_tokens=work["gen_tokens"], temperature=0.7, batch_size=8)
     prompts = [f"Write question and answer pairs about this section ({i}):\n\n{SECTION}" for i in range(work["gen_prompts"])]
@@ -115,8 +115,8 @@ def stage_generate(folder: Path, work: dict) -> dict:
 def stage_train(folder: Path, work: dict) -> dict:
     import dataclasses
 
-    from kilib import sft_scaling as sft
-    from kilib.data import qa_prompt
+    from kilib.sft import study as sft
+    from kilib.lm.data import qa_prompt
     from kilib.results import read_json
 
     base = sft.INJECTION_PRESETS["paper"]
@@ -138,7 +138,7 @@ def stage_train(folder: Path, work: dict) -> dict:
 
 
 def stage_judge(folder: Path, work: dict) -> dict:
-    from kilib.qa_generation import LocalGenerator
+    from kilib.sft.qa_generation import LocalGenerator
 
     judge = LocalGenerator(folder, max_new_tokens=16, temperature=0.0, batch_size=8)
     prompts = [f"Question: who won?\nReference: Australia\nAnswer {i}: Australia beat India.\nIs the answer correct? "
@@ -153,7 +153,7 @@ STAGES = {"generate": stage_generate, "train": stage_train, "judge": stage_judge
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="kilib.stage_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="kilib.bench.stages", description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=list(STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - start
     runs = {}
     for stage in STAGES:
-        out = subprocess.run([sys.executable, "-m", "kilib.stage_bench", "--stage", stage, "--folder", str(folder)],
+        out = subprocess.run([sys.executable, "-m", "kilib.bench.stages", "--stage", stage, "--folder", str(folder)],
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)

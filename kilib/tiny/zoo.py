@@ -3,7 +3,7 @@ Llama and GPT-NeoX (Pythia-like) models pretrained on its pre-cutoff part.
 
 Everything is built once and cached under ``.cache/`` by a hash of what made it (world
 seed and size, tokenizer and model configs, pretraining recipe), saved with
-``save_pretrained`` and loaded back through :func:`kilib.models.load_causal_lm`, the same
+``save_pretrained`` and loaded back through :func:`kilib.lm.models.load_causal_lm`, the same
 4-bit path the paper profile uses for Hub models (tiny-world.md, "A zoo of small models").
 """
 
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kilib.data import FEVER_LABELS, fever_answer, fever_prompt, qa_prompt
-from kilib.models import progress_bars
+from kilib.lm.data import FEVER_LABELS, fever_answer, fever_prompt, qa_prompt
+from kilib.lm.models import progress_bars
 from kilib.results import cache_path, cached_dir, read_json, stable_hash, write_json
 from kilib.runtime import KilibError
-from kilib.training import IGNORE_INDEX, PackingCollator, TrainConfig, lm_dataset, render_answer, render_prompt, train
+from kilib.lm.training import IGNORE_INDEX, PackingCollator, TrainConfig, lm_dataset, render_answer, render_prompt, train
 
 RECIPE_VERSION = 2  # bump when the corpus recipe changes, so cached zoos are rebuilt
 
@@ -173,7 +173,7 @@ def zoo_config(profile: str) -> ZooConfig:
 
 
 def world_of(config: ZooConfig):
-    from kilib.world import generate_world
+    from kilib.tiny.world import generate_world
 
     return generate_world(seed=config.world_seed, size=config.world_size)
 
@@ -282,7 +282,7 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
     that series' own, so the editions read as unseen editions of series ``world`` has."""
     if n <= 0:
         return []
-    from kilib.world import generate_world, whole_items_pattern
+    from kilib.tiny.world import generate_world, whole_items_pattern
 
     rng = random.Random(seed)
     titles = {a.title for a in world.articles.values()}
@@ -375,7 +375,7 @@ def model_config(spec: ModelSpec, tokenizer, block_size: int):
 
 
 def _world_key(config: ZooConfig) -> dict[str, Any]:
-    from kilib.world import WORLD_SIZES
+    from kilib.tiny.world import WORLD_SIZES
 
     return {"seed": config.world_seed, "size": config.world_size, "size_fields": dataclasses.asdict(WORLD_SIZES[config.world_size])}
 
@@ -482,7 +482,7 @@ def _read_stage(config: ZooConfig, base: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from kilib.runtime import set_seed
-    from kilib.training import sft_dataset
+    from kilib.lm.training import sft_dataset
 
     stage = config.reading
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -547,7 +547,9 @@ def majority_answers(world, period: str = "pre") -> dict[str, str]:
 
 def answer_accuracy(model, tokenizer, items: list[dict], batch_size: int = 32, max_new_tokens: int = 12) -> dict[str, Any]:
     """Greedy answers scored by normalised exact match, with a bootstrap interval."""
-    from kilib.evaluation import accuracy_with_ci, exact_match, generate
+    from kilib.lm.inference import generate
+    from kilib.lm.scoring import exact_match
+    from kilib.stats import accuracy_with_ci
 
     prompts = [render_prompt(tokenizer, it["prompt"]) for it in items]
     outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -555,7 +557,8 @@ def answer_accuracy(model, tokenizer, items: list[dict], batch_size: int = 32, m
 
 
 def baseline_accuracy(items: list[dict], answers: dict[str, str]) -> dict[str, Any]:
-    from kilib.evaluation import accuracy_with_ci, exact_match
+    from kilib.lm.scoring import exact_match
+    from kilib.stats import accuracy_with_ci
 
     return accuracy_with_ci([exact_match(answers.get(it["relation"], ""), it["answer"]) for it in items])
 
@@ -577,7 +580,7 @@ def knowledge_report(config: ZooConfig, name: str, per_fact: int = 1, pretrained
 
 
 def _knowledge(config: ZooConfig, name: str, folder: Path, per_fact: int) -> dict[str, Any]:
-    from kilib.models import load_causal_lm
+    from kilib.lm.models import load_causal_lm
 
     world = world_of(config)
     model, tok = load_causal_lm(folder)

@@ -72,8 +72,8 @@ def run_kilib(folder: Path, shape: dict, steps: int, device: str) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from kilib.models import attach_lora, load_causal_lm
-    from kilib.training import TrainConfig, train
+    from kilib.lm.models import attach_lora, load_causal_lm
+    from kilib.lm.training import TrainConfig, train
 
     model, tok = load_causal_lm(folder, device=device)
     model = attach_lora(model, r=16)
@@ -142,7 +142,7 @@ def one(path: str, folder: Path, shape: dict, steps: int, device: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="kilib.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="kilib.bench.sft_step", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per path (default 12 CPU, 30 GPU)")
     parser.add_argument("--one", choices=["kilib", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     build_model(folder, shape)
     runs = {}
     for path in ("kilib", "bare"):
-        out = subprocess.run([sys.executable, "-m", "kilib.bench", "--one", path, "--folder", str(folder), "--steps", str(steps)],
+        out = subprocess.run([sys.executable, "-m", "kilib.bench.sft_step", "--one", path, "--folder", str(folder), "--steps", str(steps)],
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     ratio = runs["kilib"]["tokens_per_second"] / runs["bare"]["tokens_per_second"]
     print(f" ratio: kilib / bare = {ratio:.3f}")
     target = write_json(results_root() / "bench" / f"qlora_sft_{device}.json", {
-        "what": "QLoRA SFT step (NF4 base, LoRA r=16 on all linears): kilib.training.train vs a bare transformers+peft loop",
+        "what": "QLoRA SFT step (NF4 base, LoRA r=16 on all linears): kilib.lm.training.train vs a bare transformers+peft loop",
         "device": device, "shape": shape, "steps": steps, "warmup_steps_excluded": WARMUP_STEPS,
         "runs": runs, "ratio_kilib_over_bare": ratio, "hardware": hardware(), "packages": package_versions(),
     })

@@ -3,7 +3,7 @@
 The paper's RAG baseline "leverages the cleaned document sections to answer the eval
 questions"; its retriever is not given. kilib uses BM25 (the ``bm25s`` package) over the
 same sections the Q&A sets are built from, and puts the top-k passages before the question
-(:func:`kilib.data.qa_prompt`). A passage starts with its article's title and section name,
+(:func:`kilib.lm.data.qa_prompt`). A passage starts with its article's title and section name,
 as Wikipedia passages do in retrieval benchmarks: a section such as "Final" rarely repeats
 the edition's name, which the question always holds.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kilib.data import qa_prompt
+from kilib.lm.data import qa_prompt
 from kilib.runtime import KilibError
 
 

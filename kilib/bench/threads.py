@@ -39,8 +39,8 @@ def timed_steps(kind: str, folder: str, steps: int, shape: dict) -> dict:
     window's wall clock (``time.time``, comparable across processes)."""
     import torch
 
-    from kilib.bench import batches
-    from kilib.models import attach_lora, load_causal_lm
+    from kilib.bench.sft_step import batches
+    from kilib.lm.models import attach_lora, load_causal_lm
 
     if kind not in KINDS:
         raise KilibError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
@@ -98,9 +98,9 @@ def measure(kind: str, folder: Path, steps: int, cores: int, shape: dict | None 
 
 
 def main(argv=None) -> int:
-    from kilib.bench import build_model
+    from kilib.bench.sft_step import build_model
 
-    parser = argparse.ArgumentParser(prog="kilib.thread_bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="kilib.bench.threads", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=16, help="timed steps per run (default 16)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, among {', '.join(KINDS)}")
     args = parser.parse_args(argv)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from kilib.runtime import KilibError
-from kilib.training import TrainConfig
+from kilib.lm.training import TrainConfig
 
 __all__ = [
     "QASets", "section_tokens", "overview_seed_pairs", "token_based_sets", "fact_based_sets", "eval_sets",
@@ -89,7 +89,7 @@ class TokenCounter:
     def __init__(self, tokenizer: Any) -> None:
         if tokenizer is None or not callable(getattr(tokenizer, "encode", None)):
             raise KilibError("tokenizer must have an encode() method: pass a transformers tokenizer "
-                             "(e.g. kilib.zoo.build_tokenizer or AutoTokenizer.from_pretrained)")
+                             "(e.g. kilib.tiny.zoo.build_tokenizer or AutoTokenizer.from_pretrained)")
         self.tokenizer = tokenizer
         self._cache: dict[str, int] = {}
 
@@ -203,7 +203,7 @@ def scale_token_sets(drawn: dict[str, list[dict]], t_of: dict[str, int], scales:
     """The token-based sets from each section's pairs in draw order (``drawn``) and token
     counts ``t_of``: ``head`` (the overview seeds) then, per section, the prefix whose tokens
     first exceed ``scale * T``; and the sections that fell short, per scale. Shared with the
-    LLM generator of the paper profile (:mod:`kilib.qa_generation`)."""
+    LLM generator of the paper profile (:mod:`kilib.sft.qa_generation`)."""
     sets: dict[int, list[dict]] = {}
     shortfalls: dict[int, dict[str, dict]] = {}
     for s in scales:
@@ -270,7 +270,7 @@ def _per_fact(world, doc_id: str, split: str, per_fact: int, count: TokenCounter
             pairs.append(_pair(world, fact.id, question, fact.section, count, "generated"))
         if not pairs:
             raise KilibError(f"fact {fact.id!r} has no unique {split} question: every paraphrase repeats "
-                             f"another fact's; add paraphrases for relation {fact.relation!r} in kilib/world.py")
+                             f"another fact's; add paraphrases for relation {fact.relation!r} in kilib/tiny/world.py")
         out[fact.id] = pairs
     return out
 
@@ -326,7 +326,7 @@ def eval_sets(world, doc_id: str, tokenizer, seed: int = 0) -> QASets:
 # ---------------------------------------------------------------------------------------
 def question_key(question: str) -> str:
     """A question as duplicates are detected: lower-cased, punctuation and articles dropped."""
-    from kilib.evaluation import normalize_answer
+    from kilib.lm.scoring import normalize_answer
 
     return normalize_answer(question)
 
@@ -482,9 +482,9 @@ def _train_fields(config: TrainConfig, seed: int) -> dict[str, Any]:
 
 def model_fingerprint(base: str, revision: str | None = None) -> str:
     """What identifies a trainee in a cache key: a Hub id with the commit ``revision`` resolves
-    to (:func:`kilib.models.model_ref`), a local folder (the zoo's included) by its path and a
-    hash of its files (:func:`kilib.models.folder_fingerprint`)."""
-    from kilib.models import folder_fingerprint, model_ref
+    to (:func:`kilib.lm.models.model_ref`), a local folder (the zoo's included) by its path and a
+    hash of its files (:func:`kilib.lm.models.folder_fingerprint`)."""
+    from kilib.lm.models import folder_fingerprint, model_ref
 
     folder = Path(str(base)).expanduser()
     return folder_fingerprint(folder) if folder.is_dir() else model_ref(base, revision)
@@ -492,7 +492,7 @@ def model_fingerprint(base: str, revision: str | None = None) -> str:
 
 def _items(pairs: Iterable[dict], passages: Sequence[str] | None = None) -> list[dict]:
     """Questions to ask: closed-book prompts, or RAG prompts with ``passages`` (one list per pair)."""
-    from kilib.data import qa_prompt
+    from kilib.lm.data import qa_prompt
 
     pairs = list(pairs)
     contexts = passages if passages is not None else [None] * len(pairs)
@@ -569,11 +569,11 @@ def _train(job: Mapping[str, Any], folder: Path):
     import dataclasses as dc
     import shutil
 
-    from kilib.data import qa_prompt
-    from kilib.models import attach_lora, load_causal_lm
+    from kilib.lm.data import qa_prompt
+    from kilib.lm.models import attach_lora, load_causal_lm
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.training import sft_dataset, train
+    from kilib.lm.training import sft_dataset, train
 
     key = job["train_key"]
     config = dc.replace(TrainConfig(**key["train"]), save_every_epoch=job["checkpoints"],
@@ -592,7 +592,7 @@ def _train(job: Mapping[str, Any], folder: Path):
 
 
 def _load_adapter(key: Mapping[str, Any], folder: Path):
-    from kilib.models import load_adapter, load_causal_lm
+    from kilib.lm.models import load_adapter, load_causal_lm
 
     model, tokenizer = load_causal_lm(key["base"], quantization=key["quantization"], revision=key["revision"])
     return load_adapter(model, folder / "adapter"), tokenizer
@@ -612,8 +612,8 @@ def _release(loaded: dict) -> None:
 
 
 def _answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    from kilib.evaluation import generate
-    from kilib.training import render_prompt
+    from kilib.lm.inference import generate
+    from kilib.lm.training import render_prompt
 
     if not prompts:
         return []
@@ -664,7 +664,7 @@ def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progre
 def base_answers(base: str, config: InjectionConfig, item_sets: Mapping[str, list[dict]]) -> dict[str, list[str]]:
     """The untrained model's greedy answers to each set of items (the "original" baseline,
     and RAG when the items' prompts hold retrieved passages)."""
-    from kilib.models import load_causal_lm
+    from kilib.lm.models import load_causal_lm
 
     loaded = dict(zip(("model", "tokenizer"), load_causal_lm(base, quantization=config.quantization,
                                                               revision=config.revision)))
@@ -682,7 +682,7 @@ def score_rows(items: Sequence[dict], answers: Sequence[str], **tags: Any) -> li
     """One row per question: the tags, the question, gold and predicted answers, and two
     deterministic scores: normalised exact match (the tiny profile's score) and normalised
     containment (the lexical score reported beside an LLM judge in the paper profile)."""
-    from kilib.evaluation import contains_answer, exact_match
+    from kilib.lm.scoring import contains_answer, exact_match
 
     if len(items) != len(answers):
         raise KilibError(f"{len(answers)} answers for {len(items)} questions: the cached answers are stale, "
@@ -705,7 +705,7 @@ def accuracy_table(rows, by: Sequence[str], score: str = "exact"):
     draw, not two). Also the number of answers and the spread of the per-seed accuracies."""
     import pandas as pd
 
-    from kilib.evaluation import accuracy_with_ci
+    from kilib.stats import accuracy_with_ci
 
     out = []
     for keys, group in _frame(rows).groupby(list(by), sort=False, dropna=False):
@@ -724,7 +724,7 @@ def compare(rows, higher: Mapping[str, Any], lower: Mapping[str, Any], claim: st
     difference of two independent resamples. Verdict: **shown** where the 95% interval of the
     difference lies above 0, **opposite shown** where it lies below, **direction only** where
     only the mean difference is positive, **not shown** otherwise."""
-    from kilib.evaluation import accuracy_with_ci, difference_ci, verdict
+    from kilib.stats import accuracy_with_ci, difference_ci, verdict
 
     df = _frame(rows)
 
@@ -819,7 +819,7 @@ def adapter_rows(results: Sequence[Mapping[str, Any]], jobs: Sequence[Mapping[st
 
 def baseline_rows(base: str, config: InjectionConfig, evaluation: Mapping[str, QASets], index) -> list[dict]:
     """The original model closed-book and with RAG (``index``: a
-    :class:`kilib.retrieval.SectionIndex` over every studied document's sections, top
+    :class:`kilib.lm.retrieval.SectionIndex` over every studied document's sections, top
     ``config.rag_k`` passages in the prompt), on every document's two evaluation sets."""
     item_sets, tags = {}, {}
     for doc_id, sets in evaluation.items():
@@ -861,7 +861,7 @@ def tiny_inputs(profile: str, config: InjectionConfig, world_seed: int = 0) -> S
     control, Q&A by rule from the world's paraphrases, a pretrained zoo member as trainee."""
     from transformers import AutoTokenizer
 
-    from kilib import zoo
+    from kilib.tiny import zoo
 
     zoo_config = dataclasses.replace(zoo.zoo_config(profile), world_seed=world_seed)
     world = zoo.world_of(zoo_config)
@@ -905,8 +905,8 @@ def notebook_overrides(n_seeds: int, model: str, documents: str, generator: str,
 def study_inputs(profile: str, config: InjectionConfig) -> StudyInputs:
     """The study's inputs from the tiny world, or from documents and an LLM generator."""
     if config.judge:  # a judge that cannot load should fail now, not after the adapters have trained
-        from kilib import qa_generation as qa
-        from kilib.models import load_tokenizer
+        from kilib.sft import qa_generation as qa
+        from kilib.lm.models import load_tokenizer
 
         if config.judge.startswith(qa.OPENAI_PREFIX):
             qa.make_generator(config.judge)._connected()  # the model name and the API key; no request is sent
@@ -927,16 +927,16 @@ def llm_inputs(config: InjectionConfig) -> StudyInputs:
 
     Deviation: the paper seeds the token-based list with hand-written overview Q&A; none are
     written here, so the lists start with the first generated pairs."""
-    from kilib import qa_generation as qa
-    from kilib.documents import load_documents
-    from kilib.models import load_tokenizer
+    from kilib.sft import qa_generation as qa
+    from kilib.lm.documents import load_documents
+    from kilib.lm.models import load_tokenizer
 
     if not config.generator:
         raise KilibError("documents outside the tiny world need an LLM to write their Q&A: set GENERATOR to a "
                          "local instruct model (Hub id or folder) or openai:<model>")
     if config.judge:  # before hours of generation and training, not after
         qa.check_judge_family(config.judge, config.generator)
-    from kilib.zoo import ZOO_PRESETS
+    from kilib.tiny.zoo import ZOO_PRESETS
 
     if config.model in {m.name for preset in ZOO_PRESETS.values() for m in preset.models}:
         raise KilibError(f"zoo model {config.model!r} knows only the tiny world: set MODEL to a Hub id or a model "
@@ -987,7 +987,7 @@ def judge_rows(rows, config: InjectionConfig, qa_generator: str | None = None):
     ``config.judge`` (Mecklenburg et al.'s judging is not public; methods.md §1), and return the
     rows with the judge's agreement with the lexical ``contains`` score. Each distinct
     (question, gold, answer) is judged once, and the verdicts are cached."""
-    from kilib import qa_generation as qa
+    from kilib.sft import qa_generation as qa
     from kilib.results import cached_dir, read_json, stable_hash, write_json
 
     rows = [dict(r) for r in rows]

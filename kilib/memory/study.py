@@ -14,7 +14,7 @@ Memory help factual prediction?", methods.md §4), for notebook 04.
   the note is the same with and without memory; which error did that is not known.
 * The study: claims grouped by evidence page, the top pages by claim count, pages that are
   empty or absent from the training claims dropped (:func:`select_pages`); the note's prompt
-  (:func:`kilib.data.fever_prompt`) with k demonstrations taken from training claims on other
+  (:func:`kilib.lm.data.fever_prompt`) with k demonstrations taken from training claims on other
   pages (:func:`demonstrations`; k counts demonstrations); answers parsed strictly
   (unparseable = wrong); accuracy, micro-F1 and macro-F1 with bootstrap intervals.
 """
@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kilib.data import FEVER_LABELS, FEVER_LETTERS, fever_answer, fever_prompt
-from kilib.models import model_ref
+from kilib.lm.data import FEVER_LABELS, FEVER_LETTERS, fever_answer, fever_prompt
+from kilib.lm.models import model_ref
 from kilib.runtime import KilibError
-from kilib.training import TrainConfig
+from kilib.lm.training import TrainConfig
 
 __all__ = [
     "memory_layer", "MemoryModule", "MemoryLM", "attach_memory", "save_memory", "load_memory",
@@ -95,7 +95,7 @@ def MemoryModule(d_model: int, d_memory: int = MEMORY_DIM, gate: float = 1.0):  
 def _memory_lm_class():
     import torch
 
-    from kilib.models import block_hidden, decoder_layers, with_block_hidden, wrapper_class
+    from kilib.lm.models import block_hidden, decoder_layers, with_block_hidden, wrapper_class
 
     class MemoryLM(wrapper_class()):
         """A frozen base model with a memory module after block ``layer``. ``forward`` and
@@ -139,7 +139,7 @@ def attach_memory(base, d_memory: int = MEMORY_DIM, depth: float = DEPTH, gate: 
     """``base`` with a fresh memory module (seeded) after the block at ``depth``; the base is frozen."""
     import torch
 
-    from kilib.models import decoder_layers
+    from kilib.lm.models import decoder_layers
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -314,7 +314,7 @@ def tiny_claims(world, zoo_config) -> tuple[list[dict], list[dict]]:
     """(training claims, validation claims) on every page of the tiny world: each page's claims
     (as many as it can host, :meth:`World.claim_capacity`) split alternately between the two, with
     every claim the zoo read in pretraining left out."""
-    from kilib import zoo
+    from kilib.tiny import zoo
 
     seen = set(zoo.pretraining_claims(world, zoo_config, seed=zoo_config.train.seed)["claim"])
     train, validation = [], []
@@ -331,7 +331,7 @@ def study_inputs(profile: str, config: MemoryConfig) -> MemoryInputs:
     """Models, pages and claims for a profile. Tiny and smoke: the zoo models as pretrained, and
     the world's pages and claims. Paper: the Hub models, FEVER claims (:data:`PAPER_DATA`) and
     page texts."""
-    from kilib import zoo
+    from kilib.tiny import zoo
 
     names = tuple(dict.fromkeys(config.models + config.memory_models + config.ablation_models
                                 + config.gate_ablation_models + config.full_update_models))
@@ -467,7 +467,7 @@ def _page_texts(titles: Sequence[str]) -> dict[str, str]:
             if title in wanted:
                 texts[title] = str(row["text"] or "")
         return texts
-    from kilib.documents import PageMissing, fetch_wikipedia
+    from kilib.lm.documents import PageMissing, fetch_wikipedia
 
     texts = {}
     for title in titles:
@@ -483,7 +483,8 @@ def _page_texts(titles: Sequence[str]) -> dict[str, str]:
 def evaluate(model, tokenizer, inputs: MemoryInputs, config: MemoryConfig, shots: Sequence[int]) -> list[dict]:
     """Greedy answers to every evaluated claim for each k in ``shots``, parsed strictly:
     ``parsed`` is the letter or "" (unparseable, counted wrong)."""
-    from kilib.evaluation import generate, parse_choice
+    from kilib.lm.inference import generate
+    from kilib.lm.scoring import parse_choice
 
     answers = []
     for k in shots:
@@ -505,7 +506,7 @@ def scores(answers: Sequence[Mapping[str, Any]], by: Sequence[str] = ("model", "
     interval over claims, and the share of unparseable answers."""
     import pandas as pd
 
-    from kilib.evaluation import classification_ci
+    from kilib.stats import classification_ci
 
     answers = list(answers)
     if not answers:
@@ -537,7 +538,7 @@ def sweep(inputs: MemoryInputs, config: MemoryConfig, name: str) -> dict:
     key = {"kind": "memory-sweep", "version": 1, "model": model_ref(path), "shots": config.shots, **_eval_key(inputs, config)}
 
     def build(folder: Path) -> None:
-        from kilib.models import load_causal_lm
+        from kilib.lm.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(path, quantization=config.quantization)
         write_json(folder / "run.json", {"model": name, "method": "pretrained",
@@ -595,10 +596,10 @@ def _run(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str, se
          full_update: bool, gate: float, folder: Path) -> None:
     import torch
 
-    from kilib.models import decoder_layers, load_causal_lm, progress_bars
+    from kilib.lm.models import decoder_layers, load_causal_lm, progress_bars
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.training import lm_dataset, train
+    from kilib.lm.training import lm_dataset, train
 
     path = inputs.models[name]
     set_seed(seed)
@@ -643,7 +644,7 @@ def compare(answers, shots: int, better: tuple[str, str], worse: tuple[str, str]
     paired by claim: the accuracy difference in points with a 95% bootstrap interval, and its verdict."""
     import pandas as pd
 
-    from kilib.evaluation import paired_comparison
+    from kilib.stats import paired_comparison
 
     df = pd.DataFrame(list(answers))
     df = df[df.shots == shots].assign(condition=lambda d: d.model + " | " + d.method)

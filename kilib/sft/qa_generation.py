@@ -16,8 +16,8 @@ Fine-Tuning" (arXiv 2404.00213), §2 has GPT-4 write the training data:
   family than the generator's (:func:`judge_answers`, :func:`check_judge_family`), always beside
   a lexical score, with their agreement (:func:`judge_agreement`).
 
-The sets have the structure the tiny profile's rule-based sets have (:mod:`kilib.sft_scaling`):
-a :class:`~kilib.sft_scaling.QASets` of pairs ``{"question", "answer", "fact_ids", "doc_id",
+The sets have the structure the tiny profile's rule-based sets have (:mod:`kilib.sft.study`):
+a :class:`~kilib.sft.study.QASets` of pairs ``{"question", "answer", "fact_ids", "doc_id",
 "section", "tokens", "origin"}``, tokens counted the same way, so training, evaluation and the
 figures read either. Each generated pair also says what wrote it: ``generator``, ``revision``
 and ``prompt_id`` (the prompt texts are saved beside the pairs). Token-based pairs come without
@@ -40,9 +40,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
-from kilib.evaluation import normalize_answer, token_f1
+from kilib.lm.scoring import normalize_answer, token_f1
 from kilib.runtime import KilibError
-from kilib.sft_scaling import DEFAULT_SCALES, QASets, TokenCounter, check_scales, scale_token_sets
+from kilib.sft.study import DEFAULT_SCALES, QASets, TokenCounter, check_scales, scale_token_sets
 
 __all__ = [
     "Generator", "LocalGenerator", "OpenAICompatibleGenerator", "GeneratedQASets", "AtomicFacts",
@@ -82,15 +82,15 @@ def _derived_seed(seed: int, *parts: Any) -> int:
 
 
 class LocalGenerator:
-    """A local instruct model as generator or judge, loaded by :func:`kilib.models.load_causal_lm`
+    """A local instruct model as generator or judge, loaded by :func:`kilib.lm.models.load_causal_lm`
     (4-bit NF4 by default; methods.md §1, "a local instruct model in 4-bit").
 
     Each prompt is rendered with the tokenizer's chat template as one user turn
-    (:func:`kilib.training.render_prompt`). With ``temperature > 0`` replies are sampled
+    (:func:`kilib.lm.training.render_prompt`). With ``temperature > 0`` replies are sampled
     (``model.generate``, top-p ``top_p``) under a seed derived from ``seed``, the prompts and
     how often these prompts were asked before, so a run is reproducible and a repeated request
     (regenerating a duplicate) gets a new sample; the global random state is left as it was.
-    ``temperature=0`` decodes greedily (:func:`kilib.evaluation.generate`): use it for a judge.
+    ``temperature=0`` decodes greedily (:func:`kilib.lm.inference.generate`): use it for a judge.
     The model is loaded on the first :meth:`complete`, so a cached Q&A set loads nothing.
     """
 
@@ -120,7 +120,7 @@ class LocalGenerator:
 
     def _loaded(self):
         if self._model is None:
-            from kilib.models import load_causal_lm
+            from kilib.lm.models import load_causal_lm
 
             model, tokenizer = load_causal_lm(self.name, quantization=self.quantization, revision=self.revision,
                                               device=self.device)
@@ -132,8 +132,8 @@ class LocalGenerator:
 
     def complete(self, prompts: list[str]) -> list[str]:
         """One reply per prompt (the new text only, stripped)."""
-        from kilib.evaluation import generate
-        from kilib.training import render_prompt
+        from kilib.lm.inference import generate
+        from kilib.lm.training import render_prompt
 
         prompts = [str(p) for p in prompts]
         if not prompts:
@@ -166,7 +166,7 @@ class LocalGenerator:
 
         import torch
 
-        from kilib.models import padding_side
+        from kilib.lm.models import padding_side
 
         config = copy.deepcopy(model.generation_config)
         config.do_sample = True
@@ -476,7 +476,7 @@ def parse_fact_lines(reply: str) -> tuple[list[str], list[str], int]:
 # Sets and their cache
 # ---------------------------------------------------------------------------------------
 class GeneratedQASets(QASets):
-    """A :class:`~kilib.sft_scaling.QASets` written by an LLM, with ``report``: how the
+    """A :class:`~kilib.sft.study.QASets` written by an LLM, with ``report``: how the
     generation went (requests, rounds, malformed lines, duplicate questions dropped, facts
     skipped), for the notebook to show beside the sets."""
 
@@ -565,7 +565,7 @@ def _document_rows(sections_rows: Iterable[Mapping[str, Any]], doc_id: str | Non
         missing = [f for f in _SECTION_FIELDS if f not in row]
         if missing:
             raise KilibError(f"section row {i} lacks {', '.join(missing)}: "
-                             "pass rows of kilib.documents or World.documents()")
+                             "pass rows of kilib.lm.documents or World.documents()")
     ids = list(dict.fromkeys(r["doc_id"] for r in rows))
     if doc_id is None:
         if len(ids) != 1:
@@ -579,7 +579,7 @@ def _document_rows(sections_rows: Iterable[Mapping[str, Any]], doc_id: str | Non
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise KilibError(f"document {doc_id!r} repeats section name {repeated[0]!r}: clean the rows with "
-                         "kilib.documents.clean_sections, which makes names unique")
+                         "kilib.lm.documents.clean_sections, which makes names unique")
     return doc_id, rows
 
 
@@ -709,16 +709,16 @@ def generate_token_based(generator: Generator, sections_rows: Iterable[Mapping[s
     ``overview_pairs`` (hand-written Q&A about the overview section, ``{"question", "answer"}``)
     open every scale and sit outside every budget, as in the tiny profile. Then, for each
     section with T its token count under ``tokenizer`` (question and answer each encoded alone,
-    no special tokens, as :mod:`kilib.sft_scaling` counts): the generator is asked for
+    no special tokens, as :mod:`kilib.sft.study` counts): the generator is asked for
     ``pairs_per_request`` pairs at a time (JSON lines, :data:`TOKEN_QA_PROMPT`, the section's
     latest questions listed to avoid); malformed lines are skipped and a question whose
-    normalised form (:func:`kilib.evaluation.normalize_answer`) the document already has is
+    normalised form (:func:`kilib.lm.scoring.normalize_answer`) the document already has is
     dropped; requests repeat until the kept pairs' tokens first exceed ``max(scales) * T``.
     Scale s takes each section's pairs in order until their tokens first exceed ``s * T``, so
     1x ⊂ 5x ⊂ 10x per section. A section still under budget after ``max_rounds`` requests is
     recorded in ``.shortfalls``. ``fact_ids`` stay empty (:func:`map_pairs_to_facts` fills them).
 
-    ``sections_rows``: rows of :mod:`kilib.documents` (``doc_id`` picks one document where they
+    ``sections_rows``: rows of :mod:`kilib.lm.documents` (``doc_id`` picks one document where they
     hold several). Cached by document text, generator, prompt, scales and tokenizer.
     Returns a :class:`GeneratedQASets`, rule ``"token"``: scale -> pairs, seeds first.
     """
@@ -947,7 +947,7 @@ def map_pairs_to_facts(pairs: Iterable[Mapping[str, Any]], facts: Iterable[Mappi
     coverage figure (Mecklenburg et al. Fig 2: how many token-based pairs touch each fact).
 
     The rule is lexical: the fact of the pair's document whose statement has the highest SQuAD
-    token F1 (:func:`kilib.evaluation.token_f1`, on normalised words) with the pair's question
+    token F1 (:func:`kilib.lm.scoring.token_f1`, on normalised words) with the pair's question
     and answer joined, provided that F1 is at least ``min_f1``; ties go to the fact listed
     first, and a pair below ``min_f1`` for every fact gets no fact (``[]``). A pair restates
     its fact in other words, so shared names, numbers and dates carry the match; 0.3 keeps

@@ -343,7 +343,7 @@ def fetch_wikipedia(title: str, timestamp: str = PINNED_TIMESTAMP, doc_id: str |
     request with (tests pass one with a mock transport); by default one is made with a
     descriptive User-Agent, as Wikimedia's policy asks, and a 30 s timeout.
     """
-    from kilib.data import read_jsonl, write_jsonl
+    from kilib.lm.data import read_jsonl, write_jsonl
     from kilib.results import cached_dir, read_json, write_json
 
     title = " ".join(str(title).split())
