@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kilib-env
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
-.PHONY: help env reproduce test zoo zoo-export zoo-import bench bench-stages bench-threads lab lock clean-cache
+.PHONY: help env reproduce test test-fast lint notebooks zoo zoo-export zoo-import bench bench-stages bench-threads lab lock clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,6 +30,16 @@ reproduce: $(STAMP) ## run the notebook series with papermill (PROFILE=auto pick
 
 test: $(STAMP) ## run the test suite offline (math checks + every notebook at smoke size)
 	$(OFFLINE) $(PY) -m pytest -q
+
+test-fast: $(STAMP) ## the mathematics and mechanics without the notebook runs (a few minutes)
+	$(OFFLINE) $(PY) -m pytest -q -m "not notebook"
+
+lint: $(STAMP) ## ruff: lint and format check of kilib, tests, tools and the notebook sources
+	$(VENV)/bin/ruff check kilib tests tools notebooks
+	$(VENV)/bin/ruff format --check kilib tests tools notebooks
+
+notebooks: $(STAMP) ## write notebooks/*.ipynb from their jupytext sources (notebooks/*.py)
+	$(PY) -m kilib.cli notebooks
 
 zoo: $(STAMP) ## build the tiny zoo (notebook 00 builds it too) and list its cache folders
 	$(OFFLINE) $(PY) -m kilib.cli zoo build

@@ -1,5 +1,6 @@
 """Command line: ``python -m kilib.cli reproduce`` runs the notebook series with papermill;
-``python -m kilib.cli zoo build|status|export|import`` builds the tiny zoo or shares it.
+``python -m kilib.cli zoo build|status|export|import`` builds the tiny zoo or shares it;
+``python -m kilib.cli notebooks`` writes each ``.ipynb`` from its jupytext source.
 
 ``make reproduce [PROFILE=auto] [ONLY=00,01]`` calls this. Each notebook runs with the
 project's Jupyter kernel and ``PROFILE`` injected into its ``parameters`` cell; the executed
@@ -201,6 +202,50 @@ def zoo(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------
+# The notebooks' sources: notebooks/NN_*.py (jupytext percent) -> notebooks/NN_*.ipynb
+# ---------------------------------------------------------------------------------------
+def notebook_sources(folder: Path | None = None) -> list[Path]:
+    """The series' jupytext sources, ``notebooks/NN_*.py``, in order."""
+    return sorted((folder or repo_root() / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def build_notebook(source: Path) -> str:
+    """The ``.ipynb`` text of a jupytext percent source: no outputs, the ``parameters`` tag kept,
+    the project's kernel, cells numbered ``c00``, ``c01``, ... so that a rebuild changes nothing."""
+    import jupytext
+    import nbformat
+
+    nb = jupytext.read(source, fmt="py:percent")
+    nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python (kilib)", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata.get("jupytext", {}).pop("text_representation", None)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"c{i:02d}"
+        cell.metadata.pop("lines_to_next_cell", None)
+    nbformat.validate(nb)
+    return nbformat.writes(nb) + "\n"
+
+
+def notebooks(args) -> int:
+    """``kilib notebooks [--check]``: write each ``.ipynb`` from its source, or (``--check``) fail
+    where one is out of date."""
+    stale = []
+    for source in notebook_sources():
+        target = source.with_suffix(".ipynb")
+        text = build_notebook(source)
+        if target.exists() and target.read_text() == text:
+            continue
+        if args.check:
+            stale.append(target.name)
+        else:
+            target.write_text(text)
+            print(f"wrote {_shown(target)}")
+    if stale:
+        raise KilibError(f"{', '.join(stale)} out of date with the .py source: make notebooks")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kilib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         if action != "import":  # an archive says which zoo it holds
             one.add_argument("--profile", default="tiny", choices=("tiny", "smoke"), help="which zoo (default tiny)")
             one.add_argument("--seed", type=int, default=0, help="the world's seed (notebook 00's SEED; default 0)")
+    nbs = sub.add_parser("notebooks", help="write notebooks/*.ipynb from their jupytext sources (notebooks/*.py)")
+    nbs.add_argument("--check", action="store_true", help="write nothing; fail where an .ipynb is out of date")
     args = parser.parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # a kill cleans up as Ctrl-C does
@@ -227,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             return reproduce(args)
         if args.command == "zoo":
             return zoo(args)
+        if args.command == "notebooks":
+            return notebooks(args)
     except KilibError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

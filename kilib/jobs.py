@@ -32,7 +32,7 @@ def cpu_threads() -> int | None:
 
 
 def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int) -> Any:
-    from kilib.lm.training import set_threads
+    from kilib.runtime import set_threads
 
     set_threads(threads)
     return fn(*args, **kwargs)

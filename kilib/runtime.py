@@ -92,3 +92,12 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def set_threads(n: int | None = None) -> int:
+    """Use ``n`` (default: every usable core) CPU threads for torch; returns the count set."""
+    import torch  # runtime stays light: the CLI imports it before anything needs torch
+
+    n = n or usable_cores()
+    torch.set_num_threads(n)
+    return n

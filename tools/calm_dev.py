@@ -48,7 +48,8 @@ import random
 from kilib.calm import study as C
 from kilib.lm.models import load_causal_lm, load_tokenizer, padding_side
 from kilib.runtime import results_root
-from kilib.lm.training import set_threads, sft_dataset, train
+from kilib.lm.training import sft_dataset, train
+from kilib.runtime import set_threads
 
 
 def table_of(config: C.CalmConfig):

@@ -165,9 +165,9 @@ def _composed_class():
     import torch
     import torch.nn as nn
 
-    from kilib.lm.models import block_hidden, decoder_layers, with_block_hidden, wrapper_class
+    from kilib.lm.models import block_hidden, decoder_layers, with_block_hidden, WrappedLM
 
-    class ComposedLM(wrapper_class()):
+    class ComposedLM(WrappedLM):
         """The anchor with m_A composed in. ``forward`` and ``generate`` take the anchor's
         arguments; only the bridges train. ``anchor`` called on its own is the anchor alone."""
 

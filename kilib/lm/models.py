@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch.nn as nn
+
 from kilib.runtime import KilibError, cuda_available, hub_offline
 
 QUANTIZATIONS = ("4bit", "8bit", "none")
@@ -471,41 +473,36 @@ def with_block_hidden(output, hidden):
     return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
 
 
-@functools.cache
-def wrapper_class():
+class WrappedLM(nn.Module):
     """The base of kilib's wrappers around a frozen Hugging Face causal LM (CALM's composed
     model, the memory model): a plain ``nn.Module`` (``Trainer`` refuses a quantized model that
     gained modules) that presents the wrapped model's ``config``, ``generation_config`` and
     ``device``, and forwards ``forward`` and ``generate`` to it. A subclass names the wrapped
     model's attribute in ``wrapped``."""
-    import torch.nn as nn
 
-    class WrappedLM(nn.Module):
-        wrapped = "base"
+    wrapped = "base"
 
-        @property
-        def _model(self):
-            return getattr(self, self.wrapped)
+    @property
+    def _model(self):
+        return getattr(self, self.wrapped)
 
-        @property
-        def config(self):
-            return self._model.config
+    @property
+    def config(self):
+        return self._model.config
 
-        @property
-        def generation_config(self):
-            return self._model.generation_config
+    @property
+    def generation_config(self):
+        return self._model.generation_config
 
-        @property
-        def device(self):
-            return self._model.device
+    @property
+    def device(self):
+        return self._model.device
 
-        def forward(self, *args, **kwargs):
-            return self._model(*args, **kwargs)
+    def forward(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
 
-        def generate(self, *args, **kwargs):
-            return self._model.generate(*args, **kwargs)
-
-    return WrappedLM
+    def generate(self, *args, **kwargs):
+        return self._model.generate(*args, **kwargs)
 
 
 def check_same_tokenizer(tok_a, tok_b, names: tuple[str, str] = ("model A", "model B")) -> None:

@@ -393,14 +393,3 @@ def freeze_all_but(model, trainable: Sequence[str] = ()) -> None:
     keys = tuple(trainable)
     for name, p in model.named_parameters():
         p.requires_grad = any(k in name for k in keys)
-
-
-def set_threads(n: int | None = None) -> int:
-    """Use ``n`` (default: all) CPU threads for torch; returns the count set."""
-    import torch
-
-    from kilib.runtime import usable_cores
-
-    n = n or usable_cores()
-    torch.set_num_threads(n)
-    return n

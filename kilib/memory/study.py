@@ -95,9 +95,9 @@ def MemoryModule(d_model: int, d_memory: int = MEMORY_DIM, gate: float = 1.0):  
 def _memory_lm_class():
     import torch
 
-    from kilib.lm.models import block_hidden, decoder_layers, with_block_hidden, wrapper_class
+    from kilib.lm.models import block_hidden, decoder_layers, with_block_hidden, WrappedLM
 
-    class MemoryLM(wrapper_class()):
+    class MemoryLM(WrappedLM):
         """A frozen base model with a memory module after block ``layer``. ``forward`` and
         ``generate`` take the base model's arguments. The hook stays on the base's block until
         :meth:`remove`, so the base called directly also goes through the memory."""

@@ -47,7 +47,7 @@ def build_zoo(config: ZooConfig, log: Callable[[str], None] | None = None) -> li
     """Build every zoo member not cached yet, on every core as notebook 00 does (so the two
     build the same weights on one machine), and return :func:`zoo_status`. ``log`` hears a
     line as each member starts and ends (pretraining takes minutes per model)."""
-    from kilib.lm.training import set_threads
+    from kilib.runtime import set_threads
 
     threads = set_threads()
     before = zoo_status(config)

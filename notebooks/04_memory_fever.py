@@ -1,58 +1,68 @@
-CELLS = [
-("md", r"""
-# 04 · Neural memory modules for factual prediction (FEVER)
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
+#   kernelspec:
+#     display_name: Python (kilib)
+#     language: python
+#     name: kilib
+# ---
 
-A lab note, *Does Adaptation of Neural Memory help factual prediction?* (Korean seminar notes; methods.md §4). A small
-module is added to a frozen language model's residual stream and trained to store knowledge; the question is whether it
-helps the model judge claims.
+# %% [markdown]
+# # 04 · Neural memory modules for factual prediction (FEVER)
+#
+# A lab note, *Does Adaptation of Neural Memory help factual prediction?* (Korean seminar notes; methods.md §4). A small
+# module is added to a frozen language model's residual stream and trained to store knowledge; the question is whether it
+# helps the model judge claims.
+#
+# * **The module.** `up = Linear(d, 128)`, GELU, `down = Linear(128, d)`, `LayerNorm(d)`, times a learned scalar gate
+#   (1.0 at the start). It is added after one block, h ← h + mem(h): after block ⌊0.75·N⌋ of N (1-indexed), which is
+#   70-80% of the way for 12 blocks and more; for 6 blocks (Pythia-70m, the tiny llama-m) it is after block 4 (67%), for
+#   the tiny 2-block models after block 1. Only the module trains; the base model is frozen, in 4-bit here. Training as
+#   in the note (cosine schedule, lr 1e-3, 10 warmup steps, weight decay 0.05, gradient clip 10), through the Trainer's
+#   AdamW, whose weight decay is decoupled and spares biases and LayerNorm weights (the note says Adam).
+# * **What it stores.** *Document*: language-model loss on the claims' evidence pages. *Template*: the training claims
+#   about those pages, written in the one-shot prompt with their answers. *Doc + Template*: both.
+# * **The data.** Validation claims grouped by evidence page (a claim's first evidence page), the top pages by claim
+#   count; pages that are empty or have no training claim are dropped (FEVER: 99 pages, 3,045 claims). Validation
+#   claims whose text is also a training claim are dropped, since the Template memory trains on those. Not done: the
+#   note's padding of a page's few-shot data with extra supports, refutes and not-enough-info claims where a page has
+#   too few.
+# * **The prompt.** "Determine the factuality of the following claims", the three answer candidates, k demonstrations
+#   `Claim: ... / A: (x)`, then the claim. **k counts demonstrations.** They are training claims on pages that are not
+#   evaluated, labels cycling supports, refutes, not enough info (the note's two-shot prompt is (a), then (b); one of the
+#   note's own demonstrations looks mislabelled, so kilib takes claims and labels from the data). The same k
+#   demonstrations precede every claim, in every run.
+# * **Scoring.** The generated answer is parsed strictly: `(a)`, `a)`, `A: (b)` and the like, and nothing else; an
+#   unparseable answer is wrong. Accuracy, micro-F1 and macro-F1, each with a 95% bootstrap interval over claims. The
+#   note's micro-F1 equals its accuracy in every row (it counted an unparseable answer as a class of its own), so its
+#   "F1" is compared with accuracy here.
+# * **The trap in the note's code.** The author's public hook catches every exception, prints it, and returns the
+#   block's output unchanged, so any error in it (a block that returns a tensor instead of a tuple, for one) leaves the
+#   model without memory. Every Pythia row of the note is the same with and without memory; which error did it is not
+#   known. kilib's hook never catches an error and takes either return type; its tests show that a trained memory
+#   changes the logits.
+#
+# **Profiles.**
+# * *tiny*: the zoo's three GPT-NeoX models stand for Pythia and its two Llama models for Llama-2, all as pretrained
+#   (notebook 00), in 4-bit. The world's pages and FEVER-like claims stand for Wikipedia and FEVER: each page's claims
+#   are split between training and validation, and every claim the zoo read in pretraining is left out, so no evaluated
+#   claim was read before. A validation claim often states the same fact as a training claim in other words, or with
+#   another object: the Template memory trains on the one it may be asked about, as in FEVER. The zoo read the
+#   pre-cutoff pages in pretraining, as Pythia read Wikipedia; the five post-cutoff pages it never read. The tiny run
+#   trains 8 epochs at batch 8 instead of 25 at batch 4, to fit the notebook's minutes.
+# * *paper*: Pythia 70m to 12b (deduped) and Llama-2 7B and 13B with their chat models (gated: accept the licence and set
+#   `HF_TOKEN`), claims from `copenlu/fever_gold_evidence`, page texts from a local copy of FEVER's 2017 wiki dump
+#   (`memory.PAPER_DATA["pages"]`) or else from Wikipedia as of June 2017. The full-weight update runs at lr 1e-5 for 3
+#   epochs (the note gives no settings for it; the tiny run uses the memory's).
 
-* **The module.** `up = Linear(d, 128)`, GELU, `down = Linear(128, d)`, `LayerNorm(d)`, times a learned scalar gate
-  (1.0 at the start). It is added after one block, h ← h + mem(h): after block ⌊0.75·N⌋ of N (1-indexed), which is
-  70-80% of the way for 12 blocks and more; for 6 blocks (Pythia-70m, the tiny llama-m) it is after block 4 (67%), for
-  the tiny 2-block models after block 1. Only the module trains; the base model is frozen, in 4-bit here. Training as
-  in the note (cosine schedule, lr 1e-3, 10 warmup steps, weight decay 0.05, gradient clip 10), through the Trainer's
-  AdamW, whose weight decay is decoupled and spares biases and LayerNorm weights (the note says Adam).
-* **What it stores.** *Document*: language-model loss on the claims' evidence pages. *Template*: the training claims
-  about those pages, written in the one-shot prompt with their answers. *Doc + Template*: both.
-* **The data.** Validation claims grouped by evidence page (a claim's first evidence page), the top pages by claim
-  count; pages that are empty or have no training claim are dropped (FEVER: 99 pages, 3,045 claims). Validation
-  claims whose text is also a training claim are dropped, since the Template memory trains on those. Not done: the
-  note's padding of a page's few-shot data with extra supports, refutes and not-enough-info claims where a page has
-  too few.
-* **The prompt.** "Determine the factuality of the following claims", the three answer candidates, k demonstrations
-  `Claim: ... / A: (x)`, then the claim. **k counts demonstrations.** They are training claims on pages that are not
-  evaluated, labels cycling supports, refutes, not enough info (the note's two-shot prompt is (a), then (b); one of the
-  note's own demonstrations looks mislabelled, so kilib takes claims and labels from the data). The same k
-  demonstrations precede every claim, in every run.
-* **Scoring.** The generated answer is parsed strictly: `(a)`, `a)`, `A: (b)` and the like, and nothing else; an
-  unparseable answer is wrong. Accuracy, micro-F1 and macro-F1, each with a 95% bootstrap interval over claims. The
-  note's micro-F1 equals its accuracy in every row (it counted an unparseable answer as a class of its own), so its
-  "F1" is compared with accuracy here.
-* **The trap in the note's code.** The author's public hook catches every exception, prints it, and returns the
-  block's output unchanged, so any error in it (a block that returns a tensor instead of a tuple, for one) leaves the
-  model without memory. Every Pythia row of the note is the same with and without memory; which error did it is not
-  known. kilib's hook never catches an error and takes either return type; its tests show that a trained memory
-  changes the logits.
-
-**Profiles.**
-* *tiny*: the zoo's three GPT-NeoX models stand for Pythia and its two Llama models for Llama-2, all as pretrained
-  (notebook 00), in 4-bit. The world's pages and FEVER-like claims stand for Wikipedia and FEVER: each page's claims
-  are split between training and validation, and every claim the zoo read in pretraining is left out, so no evaluated
-  claim was read before. A validation claim often states the same fact as a training claim in other words, or with
-  another object: the Template memory trains on the one it may be asked about, as in FEVER. The zoo read the
-  pre-cutoff pages in pretraining, as Pythia read Wikipedia; the five post-cutoff pages it never read. The tiny run
-  trains 8 epochs at batch 8 instead of 25 at batch 4, to fit the notebook's minutes.
-* *paper*: Pythia 70m to 12b (deduped) and Llama-2 7B and 13B with their chat models (gated: accept the licence and set
-  `HF_TOKEN`), claims from `copenlu/fever_gold_evidence`, page texts from a local copy of FEVER's 2017 wiki dump
-  (`memory.PAPER_DATA["pages"]`) or else from Wikipedia as of June 2017. The full-weight update runs at lr 1e-5 for 3
-  epochs (the note gives no settings for it; the tiny run uses the memory's).
-"""),
-("params", r"""
+# %% tags=["parameters"]
 PROFILE: str = "tiny"  # auto | tiny | smoke | paper
 MODELS: str = ""  # "" keeps the profile's models; else a comma-separated list for every table
 SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
-"""),
-("code", r"""
+
+# %%
 from IPython.display import Markdown, display
 import pandas as pd
 
@@ -62,7 +72,7 @@ from kilib.lm.data import fever_prompt
 from kilib.plots import bars_with_ci, lines_with_ci
 from kilib.results import Run
 from kilib.runtime import resolve_profile
-from kilib.lm.training import set_threads
+from kilib.runtime import set_threads
 
 profile = resolve_profile(PROFILE)
 config = select_preset(M.MEMORY_PRESETS, profile, M.notebook_overrides(MODELS, SEEDS))
@@ -76,26 +86,26 @@ print(f"pages with a validation claim (N_full) {s['n_full']}, top pages (N_top) 
       f"{s['dropped_as_training_claims']} validation claims dropped as training claims")
 print(f"{len(inputs.eval)} validation claims on the kept pages, {len(inputs.train)} training claims on them, "
       f"{len(inputs.demo_pool)} training claims on other pages for demonstrations; seeds {config.seeds}")
-"""),
-("md", r"""
-## A page, its claims, and the prompt
 
-One kept page, a few of its validation claims, and the two-shot prompt one of them is asked with.
-"""),
-("code", r"""
+# %% [markdown]
+# ## A page, its claims, and the prompt
+#
+# One kept page, a few of its validation claims, and the two-shot prompt one of them is asked with.
+
+# %%
 page = next(iter(inputs.pages))
 print(inputs.pages[page]["text"][:600], "...\n")
 display(pd.DataFrame([c for c in inputs.eval if c["page"] == page][:6]))
 labels = pd.DataFrame(inputs.eval).groupby("label").size().rename("validation claims")
 display(labels.to_frame().T)
 print(fever_prompt(inputs.eval[0]["claim"], M.demonstrations(inputs.demo_pool, 2, config.demo_seed)))
-"""),
-("md", r"""
-## The k-shot sweep across model sizes (the note's first table)
 
-Each pretrained model, without memory, on every validation claim for k = 0 to 5 demonstrations.
-"""),
-("code", r"""
+# %% [markdown]
+# ## The k-shot sweep across model sizes (the note's first table)
+#
+# Each pretrained model, without memory, on every validation claim for k = 0 to 5 demonstrations.
+
+# %%
 sweeps = [M.sweep(inputs, config, name) for name in config.models]
 sweep_scores = M.scores(M.answer_rows(sweeps))
 run.save_table(sweep_scores, "kshot")
@@ -114,14 +124,14 @@ run.save_table(by_label, "by_label")
 display(Markdown(f"**{config.memory_shots}-shot accuracy on each gold label** (a: supports, b: refutes, c: not enough info; "
                  "supports and refutes need the fact, not enough info can be told from the claim's wording)"))
 display(by_label.pivot_table(index="model", columns="label", values="accuracy", sort=False).round(3))
-"""),
-("md", r"""
-## Memory modules (the note's second table)
 
-For each model a memory is trained on each of the three stores, then every claim is asked one-shot. The table puts the
-pretrained model's one-shot score beside each memory's, and counts how many answers the memory changed.
-"""),
-("code", r"""
+# %% [markdown]
+# ## Memory modules (the note's second table)
+#
+# For each model a memory is trained on each of the three stores, then every claim is asked one-shot. The table puts the
+# pretrained model's one-shot score beside each memory's, and counts how many answers the memory changed.
+
+# %%
 memory_runs = [M.run_job(inputs, config, name, variant, seed)
                for name in config.memory_models for variant in config.variants for seed in config.seeds]
 first = memory_runs[0]
@@ -135,8 +145,8 @@ training = pd.DataFrame([{"model": r["model"], "variant": r["variant"], "seed": 
                           "seconds": round(r["train"]["seconds"], 1)} for r in memory_runs])
 run.save_table(training, "memory_training")
 display(training.round(3))
-"""),
-("code", r"""
+
+# %%
 answers = M.answer_rows(sweeps + memory_runs)
 at_k = [a for a in answers if a["shots"] == config.memory_shots and a["model"] in config.memory_models]
 memory_scores = M.scores(at_k, by=("model", "method", "seed"))
@@ -152,16 +162,16 @@ fig = bars_with_ci(memory_scores[memory_scores.seed == config.seeds[0]], x="mode
                    low="accuracy_low", high="accuracy_high",
                    title=f"{config.memory_shots}-shot accuracy with and without memory (seed {config.seeds[0]})")
 run.save_figure(fig, "memory")
-"""),
-("md", r"""
-## Weight decay 0.01, a gate that starts at 0, and a full-weight update without a module
 
-The note's ablations: the memory trained with weight decay 0.01 instead of 0.05, and every weight of a model trained on
-the same text with no module (its table shows Pythia 70m and 410m). And one of kilib's: the gate starts at 0 instead
-of 1.0, so the model with memory starts as the pretrained model; it asks whether what a memory costs comes from its
-start.
-"""),
-("code", r"""
+# %% [markdown]
+# ## Weight decay 0.01, a gate that starts at 0, and a full-weight update without a module
+#
+# The note's ablations: the memory trained with weight decay 0.01 instead of 0.05, and every weight of a model trained on
+# the same text with no module (its table shows Pythia 70m and 410m). And one of kilib's: the gate starts at 0 instead
+# of 1.0, so the model with memory starts as the pretrained model; it asks whether what a memory costs comes from its
+# start.
+
+# %%
 ablation_runs = [M.run_job(inputs, config, name, variant, seed, weight_decay=config.ablation_weight_decay)
                  for name in config.ablation_models for variant in config.variants for seed in config.seeds]
 gate_runs = [M.run_job(inputs, config, name, variant, seed, gate=0.0)
@@ -183,15 +193,15 @@ display(pd.DataFrame(M.PAPER_WEIGHT_DECAY, index=["1-shot (base)", "best with 0.
                                                   "Doc + Template"]).T)
 display(Markdown("**The lab note: full-weight update, 1-shot accuracy**"))
 display(pd.Series(M.PAPER_FULL_UPDATE).rename("accuracy").to_frame())
-"""),
-("md", r"""
-## What this run shows
 
-Each claim compares two conditions on the same claims, paired by claim: the accuracy difference in points with a 95%
-bootstrap interval. **shown**: the interval lies above zero; **opposite shown**: below zero; **direction only**: only
-the mean difference is positive; **not shown**: otherwise.
-"""),
-("code", r"""
+# %% [markdown]
+# ## What this run shows
+#
+# Each claim compares two conditions on the same claims, paired by claim: the accuracy difference in points with a 95%
+# bootstrap interval. **shown**: the interval lies above zero; **opposite shown**: below zero; **direction only**: only
+# the mean difference is positive; **not shown**: otherwise.
+
+# %%
 base = "pretrained"
 first_seed = lambda runs: [r for r in runs if r["seed"] == config.seeds[0]]  # noqa: E731
 beats = lambda r: M.compare(answers, config.memory_shots, (r["model"], r["method"]), (r["model"], base),  # noqa: E731
@@ -255,5 +265,3 @@ run.log(source=inputs.source, selection=inputs.selection, claims=claims, eval_cl
         fact_claims_accuracy=pd.DataFrame(knows).groupby("model")["correct"].mean().to_dict() if knows else {},
         training_seconds=float(sum(r["train"]["seconds"] for r in memory_runs + ablation_runs + gate_runs + full_runs)))
 print(f"results: {run.finish().parent}")
-"""),
-]

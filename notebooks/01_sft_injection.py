@@ -1,25 +1,35 @@
-CELLS = [
-("md", r"""
-# 01 · Injecting new knowledge with SFT: token-based vs fact-based scaling
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation
+#   kernelspec:
+#     display_name: Python (kilib)
+#     language: python
+#     name: kilib
+# ---
 
-Mecklenburg et al., *Injecting New Knowledge into Large Language Models via Supervised Fine-Tuning* (Microsoft,
-arXiv 2404.00213). A model is fine-tuned with LoRA on Q&A pairs about documents it has never seen (five sports
-events after its knowledge cutoff, plus one it knows, as a control), and then asked *other* questions about them.
+# %% [markdown]
+# # 01 · Injecting new knowledge with SFT: token-based vs fact-based scaling
+#
+# Mecklenburg et al., *Injecting New Knowledge into Large Language Models via Supervised Fine-Tuning* (Microsoft,
+# arXiv 2404.00213). A model is fine-tuned with LoRA on Q&A pairs about documents it has never seen (five sports
+# events after its knowledge cutoff, plus one it knows, as a control), and then asked *other* questions about them.
+#
+# Two ways to make the training Q&A:
+#
+# * **token-based scaling**: per section, unique Q&A pairs until their tokens pass 1x, 5x or 10x the section's tokens;
+# * **fact-based scaling**: the document's atomic facts, with 1, 5 or 10 unique Q&A pairs each.
+#
+# What the paper claims (it gives bar charts only, no numbers): accuracy rises with scale; token scaling covers the
+# facts unevenly and gains less; fact scaling covers them evenly and does better; retrieval (RAG) is a strong
+# baseline; the pre-cutoff control is already known to the base model.
+#
+# **Profiles.** *paper*: a Llama-2 chat model in 4-bit on one GPU, the six Wikipedia articles, Q&A written by an LLM.
+# *tiny*: a zoo model pretrained on a generated world (notebook 00), its five post-cutoff articles and a pre-cutoff
+# control, Q&A drawn by the same two rules from the world's question paraphrases. Same training and evaluation code.
 
-Two ways to make the training Q&A:
-
-* **token-based scaling**: per section, unique Q&A pairs until their tokens pass 1x, 5x or 10x the section's tokens;
-* **fact-based scaling**: the document's atomic facts, with 1, 5 or 10 unique Q&A pairs each.
-
-What the paper claims (it gives bar charts only, no numbers): accuracy rises with scale; token scaling covers the
-facts unevenly and gains less; fact scaling covers them evenly and does better; retrieval (RAG) is a strong
-baseline; the pre-cutoff control is already known to the base model.
-
-**Profiles.** *paper*: a Llama-2 chat model in 4-bit on one GPU, the six Wikipedia articles, Q&A written by an LLM.
-*tiny*: a zoo model pretrained on a generated world (notebook 00), its five post-cutoff articles and a pre-cutoff
-control, Q&A drawn by the same two rules from the world's question paraphrases. Same training and evaluation code.
-"""),
-("params", r"""
+# %% tags=["parameters"]
 PROFILE: str = "tiny"  # auto | tiny | smoke | paper
 N_SEEDS: int = 0  # 0 keeps the profile's seeds (tiny 2, smoke 1, paper 1), n > 0 runs seeds 0 to n-1
 MODEL: str = ""  # "" keeps the profile's trainee: a zoo model name (tiny) or a Hub id / model folder (paper)
@@ -27,8 +37,8 @@ DOCUMENTS: str = ""  # "" keeps the profile's (tiny: the generated world, paper:
 GENERATOR: str = ""  # Q&A writer outside the tiny world: a local instruct model, or openai:<model> (OPENAI_BASE_URL, OPENAI_API_KEY)
 JUDGE: str = ""  # "" keeps the profile's LLM judge (paper: a Mistral instruct model, none in tiny)
 WORKERS: int = 0  # adapters trained side by side on a CPU (0: one per core)
-"""),
-("code", r"""
+
+# %%
 import dataclasses
 
 from IPython.display import Markdown, display
@@ -40,7 +50,7 @@ from kilib.plots import bars_with_ci, lines_with_ci
 from kilib.results import Run
 from kilib.lm.retrieval import SectionIndex
 from kilib.runtime import resolve_profile
-from kilib.lm.training import set_threads
+from kilib.runtime import set_threads
 
 profile = resolve_profile(PROFILE)
 config = select_preset(sft.INJECTION_PRESETS, profile, sft.notebook_overrides(N_SEEDS, MODEL, DOCUMENTS, GENERATOR, JUDGE, WORKERS))
@@ -50,13 +60,13 @@ run = Run("01_sft_injection", profile, config=config, seed=config.seeds[0])
 print(f"profile {profile}: {inputs.source}")
 print(f"trainee {inputs.base}\nseeds {config.seeds}, scales {config.scales}, LoRA r={config.lora_r}, "
       f"{config.train.epochs:g} epochs, batch {config.train.batch_size}, lr {config.train.lr:g}")
-"""),
-("md", r"""
-## The documents
 
-Each document is split into sections; a section's token count *T* is the unit of the token-based budget.
-"""),
-("code", r"""
+# %% [markdown]
+# ## The documents
+#
+# Each document is split into sections; a section's token count *T* is the unit of the token-based budget.
+
+# %%
 sections = pd.DataFrame(inputs.sections)
 sections["tokens"] = [len(inputs.tokenizer.encode(t, add_special_tokens=False)) for t in sections["text"]]
 docs = sections.groupby("doc_id", sort=False).agg(title=("title", "first"), sections=("section", "size"),
@@ -67,14 +77,14 @@ labels = {d: t + (" (control)" if d == inputs.control_doc_id else "") for d, t i
 display(docs)
 first = inputs.doc_ids[0]
 print(f"\n{inputs.titles[first]}, first section:\n{sections[sections.doc_id == first].iloc[0]['text']}")
-"""),
-("md", r"""
-## The Q&A sets
 
-1x ⊂ 5x ⊂ 10x within each rule. The token-based sets start with the overview-seeded pairs; the evaluation sets are
-1x-sized, one per rule, and share no question with any training set.
-"""),
-("code", r"""
+# %% [markdown]
+# ## The Q&A sets
+#
+# 1x ⊂ 5x ⊂ 10x within each rule. The token-based sets start with the overview-seeded pairs; the evaluation sets are
+# 1x-sized, one per rule, and share no question with any training set.
+
+# %%
 set_rows = []
 for (doc_id, rule, seed), sets in inputs.training_sets.items():
     for scale in config.scales:
@@ -92,14 +102,14 @@ overlap = sum(sft.question_key(p["question"]) in train_questions for ev in input
 print(f"evaluation questions also in a training set: {overlap}")
 example = inputs.training_sets[(first, "token", config.seeds[0])][max(config.scales)][:3]
 print("three token-based pairs:", *[f"Q: {p['question']}  A: {p['answer']}" for p in example], sep="\n  ")
-"""),
-("md", r"""
-## Fig 2 · How evenly the token-based sets cover the facts
 
-For each fact, how many Q&A pairs of a token-based set ask about it. The fact-based sets cover every fact exactly
-1, 5 or 10 times by construction (the dashed lines).
-"""),
-("code", r"""
+# %% [markdown]
+# ## Fig 2 · How evenly the token-based sets cover the facts
+#
+# For each fact, how many Q&A pairs of a token-based set ask about it. The fact-based sets cover every fact exactly
+# 1, 5 or 10 times by construction (the dashed lines).
+
+# %%
 coverage = pd.DataFrame([
     {"doc_id": doc_id, "seed": seed, "scale": f"{scale}x", "fact_id": fid, "pairs": n}
     for (doc_id, rule, seed), sets in inputs.training_sets.items() if rule == "token"
@@ -110,16 +120,16 @@ fig = sft.coverage_figure(coverage[coverage.seed == config.seeds[0]], config.sca
 run.save_figure(fig, "fig2_token_coverage")
 spread = coverage.groupby(["scale"], sort=False)["pairs"].describe()[["min", "50%", "max"]]
 display(spread.rename(columns={"50%": "median"}))
-"""),
-("md", r"""
-## Training: one LoRA adapter per (document, rule, scale, seed)
 
-LoRA rank 16 on every linear layer of the 4-bit base, batch size 1, 3 epochs, loss on the answer tokens only
-(the prompt's labels are masked). Each adapter is cached by a hash of its base model, data and settings, so a rerun
-(or a run resumed after a crash) trains only what is missing. Each adapter then answers its document's two
-evaluation sets and, for a new document, the control's questions.
-"""),
-("code", r"""
+# %% [markdown]
+# ## Training: one LoRA adapter per (document, rule, scale, seed)
+#
+# LoRA rank 16 on every linear layer of the 4-bit base, batch size 1, 3 epochs, loss on the answer tokens only
+# (the prompt's labels are masked). Each adapter is cached by a hash of its base model, data and settings, so a rerun
+# (or a run resumed after a crash) trains only what is missing. Each adapter then answers its document's two
+# evaluation sets and, for a new document, the control's questions.
+
+# %%
 jobs = sft.grid_jobs(inputs.base, config, inputs.training_sets, inputs.evaluation, inputs.control_doc_id)
 print(f"{len(jobs)} adapters, {sum(len(j['train_key']['pairs']) for j in jobs) * config.train.epochs:,.0f} training steps")
 results = sft.run_adapter_jobs(jobs, workers=config.workers)
@@ -129,14 +139,14 @@ training = pd.DataFrame([{**{k: r[k] for k in ("doc_id", "rule", "scale", "seed"
 run.save_table(training, "training")
 display(training.groupby(["rule", "scale"]).agg(adapters=("steps", "size"), steps=("steps", "mean"),
                                                final_loss=("final_loss", "mean"), seconds=("seconds", "mean")).round(3))
-"""),
-("md", r"""
-## Baselines: the original model, and RAG
 
-*Original*: the untrained model, closed book. *RAG*: BM25 over every section of the studied documents, the top
-passage(s) placed before the question. Both answer the same evaluation sets.
-"""),
-("code", r"""
+# %% [markdown]
+# ## Baselines: the original model, and RAG
+#
+# *Original*: the untrained model, closed book. *RAG*: BM25 over every section of the studied documents, the top
+# passage(s) placed before the question. Both answer the same evaluation sets.
+
+# %%
 index = SectionIndex.from_sections(inputs.sections, max_words=config.rag_passage_words)
 rows = pd.DataFrame(sft.adapter_rows(results, jobs) + sft.baseline_rows(inputs.base, config, inputs.evaluation, index))
 rows["document"] = rows["doc_id"].map(labels)
@@ -157,16 +167,16 @@ recall = sum(g in {index.ids[i] for i in h} for g, h in zip(gold, hits)) / len(g
 print(f"retrieval: the section that states the fact is among the top {config.rag_k} for {recall:.0%} of fact questions")
 sample = rows[(rows.method == "fact") & (rows.scale == max(config.scales)) & (rows["eval"] == "fact")].head(5)
 display(sample[["document", "question", "answer", "prediction", "exact"]])
-"""),
-("md", r"""
-## Figs 1, 3 and 4 · Accuracy per document
 
-The profile's score (tiny: normalised exact match; paper: the LLM judge, with the lexical score in `answers.csv`)
-with 95% bootstrap intervals (questions pooled over seeds). Fig 1: token-trained adapters on
-the token-based evaluation set; Fig 3: fact-trained adapters on the fact-based set; Fig 4: token-trained adapters on
-the fact-based set.
-"""),
-("code", r"""
+# %% [markdown]
+# ## Figs 1, 3 and 4 · Accuracy per document
+#
+# The profile's score (tiny: normalised exact match; paper: the LLM judge, with the lexical score in `answers.csv`)
+# with 95% bootstrap intervals (questions pooled over seeds). Fig 1: token-trained adapters on
+# the token-based evaluation set; Fig 3: fact-trained adapters on the fact-based set; Fig 4: token-trained adapters on
+# the fact-based set.
+
+# %%
 conditions = ["original"] + [f"{s}x" for s in config.scales] + ["rag"]
 figures = {"fig1_token_on_token": ("token", "token", "Fig 1: token-based training, token-based evaluation"),
            "fig3_fact_on_fact": ("fact", "fact", "Fig 3: fact-based training, fact-based evaluation"),
@@ -178,16 +188,16 @@ for name, (rule, ev, title) in figures.items():
     run.save_figure(fig, name)
 display(per_doc.pivot_table(index=["eval", "document"], columns=["method", "condition"], values="accuracy",
                             sort=False).round(2))
-"""),
-("md", r"""
-## Beyond the paper: equal token budgets, and the control
 
-The paper compares the two rules at equal *scale*, but a fact-based set holds more tokens than the token-based set
-of the same scale. Below, accuracy on the new documents against the tokens each adapter was trained on, for both
-rules, on both evaluation sets. Then: does training on a new document disturb what the model knew? Each adapter
-trained on a new document is asked the control's questions, beside the original model's score.
-"""),
-("code", r"""
+# %% [markdown]
+# ## Beyond the paper: equal token budgets, and the control
+#
+# The paper compares the two rules at equal *scale*, but a fact-based set holds more tokens than the token-based set
+# of the same scale. Below, accuracy on the new documents against the tokens each adapter was trained on, for both
+# rules, on both evaluation sets. Then: does training on a new document disturb what the model knew? Each adapter
+# trained on a new document is asked the control's questions, beside the original model's score.
+
+# %%
 rows["new"] = rows["doc_id"] != inputs.control_doc_id
 new = rows[rows["new"]]
 trained = new[new["method"].isin(sft.RULES) & new["eval"].isin(sft.RULES)]
@@ -217,16 +227,16 @@ if inputs.control_doc_id:
                          f"control accuracy falls after {rule}-based {max(config.scales)}x training on a new document",
                          score) for rule in sft.RULES]
     display(pd.DataFrame(drops))
-"""),
-("md", r"""
-## What this run shows
 
-Each claim compares two conditions on the new documents' questions, each question's score averaged over seeds and
-adapters: the difference with a 95% bootstrap interval, paired by question where both sides answered the same
-ones. **shown**: the interval lies above zero; **opposite shown**: below zero; **direction only**: only the mean
-difference is positive; **not shown**: otherwise.
-"""),
-("code", r"""
+# %% [markdown]
+# ## What this run shows
+#
+# Each claim compares two conditions on the new documents' questions, each question's score averaged over seeds and
+# adapters: the difference with a 95% bootstrap interval, paired by question where both sides answered the same
+# ones. **shown**: the interval lies above zero; **opposite shown**: below zero; **direction only**: only the mean
+# difference is positive; **not shown**: otherwise.
+
+# %%
 summary = sft.accuracy_table(new, ["method", "scale", "eval"], score=score)
 claims = sft.paper_claims(new, config.scales, score)
 if inputs.control_doc_id:
@@ -249,5 +259,3 @@ run.log(documents=inputs.doc_ids, control=inputs.control_doc_id, source=inputs.s
         coverage={s: {"min": int(g.min()), "max": int(g.max())} for s, g in coverage.groupby("scale")["pairs"]},
         training_seconds=float(training["seconds"].sum()))
 print(f"results: {run.finish().parent}")
-"""),
-]
