@@ -63,7 +63,11 @@ def check_parameters(notebook: Path, parameters: dict, declared: dict | None = N
             raise KilibError(f"{notebook.name} has no parameter {name!r}: its parameters are {', '.join(declared)}")
         type_name = (declared[name].get("inferred_type_name") or "None").split("[")[0].strip()
         expected = TYPES.get(type_name)
-        if expected is not None and type_name != "None" and (not isinstance(value, expected) or (type_name in ("int", "float") and isinstance(value, bool))):
+        if (
+            expected is not None
+            and type_name != "None"
+            and (not isinstance(value, expected) or (type_name in ("int", "float") and isinstance(value, bool)))
+        ):
             raise KilibError(
                 f"parameter {name}={value!r} of {notebook.name} has the wrong type: expected {type_name} "
                 f"(default {declared[name].get('default')})"
@@ -81,7 +85,9 @@ def split_parameters(notebooks: list[Path], parameters: dict) -> dict[Path, dict
     declared = {nb: papermill.inspect_notebook(str(nb)) for nb in notebooks}
     for name in parameters:
         if not any(name in d for d in declared.values()):
-            offered = "; ".join(f"{nb.name[:2]}: {', '.join(k for k in d if k != 'PROFILE')}" for nb, d in declared.items())
+            offered = "; ".join(
+                f"{nb.name[:2]}: {', '.join(k for k in d if k != 'PROFILE')}" for nb, d in declared.items()
+            )
             raise KilibError(f"no selected notebook has a parameter {name!r} ({offered}); choose notebooks with --only")
     shares = {nb: {k: v for k, v in parameters.items() if k in declared[nb]} for nb in notebooks}
     for nb, share in shares.items():
@@ -89,7 +95,9 @@ def split_parameters(notebooks: list[Path], parameters: dict) -> dict[Path, dict
     return shares
 
 
-def run_notebook(notebook: Path, profile: str, parameters: dict | None = None, out_dir: Path | None = None, progress: bool = True) -> Path:
+def run_notebook(
+    notebook: Path, profile: str, parameters: dict | None = None, out_dir: Path | None = None, progress: bool = True
+) -> Path:
     """Execute one notebook; the executed copy is written only when it succeeds."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -103,8 +111,13 @@ def run_notebook(notebook: Path, profile: str, parameters: dict | None = None, o
     tmp = out_dir / f".{notebook.stem}.running.ipynb"
     try:
         papermill.execute_notebook(
-            str(notebook), str(tmp), parameters=params, kernel_name=KERNEL_NAME,
-            cwd=str(notebook.parent), progress_bar=progress, log_output=False,
+            str(notebook),
+            str(tmp),
+            parameters=params,
+            kernel_name=KERNEL_NAME,
+            cwd=str(notebook.parent),
+            progress_bar=progress,
+            log_output=False,
         )
     except PapermillExecutionError as e:
         _drop_staging(profile, notebook)
@@ -113,7 +126,9 @@ def run_notebook(notebook: Path, profile: str, parameters: dict | None = None, o
             raise KilibError(f"{notebook.name}: {e.evalue}") from None
         if tmp.exists():
             os.replace(tmp, failed)
-        raise KilibError(f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (executed copy: {failed})") from None
+        raise KilibError(
+            f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (executed copy: {failed})"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         _drop_staging(profile, notebook)
@@ -149,7 +164,9 @@ def reproduce(args) -> int:
     parameters = {name: parse_value(value) for name, value in (args.param or [])}
     notebooks = discover_notebooks(args.only)
     shares = split_parameters(notebooks, parameters)
-    print(f"kilib: profile {profile} ({'from auto' if args.profile == 'auto' else 'as asked'}), {len(notebooks)} notebook(s)")
+    print(
+        f"kilib: profile {profile} ({'from auto' if args.profile == 'auto' else 'as asked'}), {len(notebooks)} notebook(s)"
+    )
     for nb in notebooks:
         start = time.time()
         print(f"\n==> {nb.name}")
@@ -175,8 +192,10 @@ def zoo(args) -> int:
     if args.action == "import":
         result = zoo_archive.import_zoo(args.path)
         made = result["manifest"].get("kilib") or {}
-        print(f"kilib: {args.path}: the {result['profile']} zoo exported at kilib {str(made.get('commit'))[:12]}"
-              f" on {(result['manifest'].get('exported_on') or {}).get('cpu', 'an unknown CPU')}")
+        print(
+            f"kilib: {args.path}: the {result['profile']} zoo exported at kilib {str(made.get('commit'))[:12]}"
+            f" on {(result['manifest'].get('exported_on') or {}).get('cpu', 'an unknown CPU')}"
+        )
         for e in result["imported"]:
             print(f"  imported      {e['what']:<24} {e['kind']}/{e['name']}")
         for e in result["present"]:
@@ -187,9 +206,11 @@ def zoo(args) -> int:
     config = dataclasses.replace(zoo_config(args.profile), world_seed=args.seed)
     if args.action == "export":
         result = zoo_archive.export_zoo(config, args.path, args.profile)
-        print(f"kilib: wrote {_shown(result['path'])} ({result['bytes'] / 2**20:.1f} MiB, "
-              f"{len(result['manifest']['entries'])} cache folders); on another checkout of this commit: "
-              f"make zoo-import ZOO={args.path}")
+        print(
+            f"kilib: wrote {_shown(result['path'])} ({result['bytes'] / 2**20:.1f} MiB, "
+            f"{len(result['manifest']['entries'])} cache folders); on another checkout of this commit: "
+            f"make zoo-import ZOO={args.path}"
+        )
         return 0
     print(f"kilib: the {args.profile} zoo (world seed {args.seed})", flush=True)
     start = time.time()
@@ -252,12 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("reproduce", help="run the notebook series with papermill")
     rep.add_argument("--profile", default="auto", help="auto | paper | tiny | smoke (default auto)")
     rep.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 00,01")
-    rep.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="extra notebook parameter")
+    rep.add_argument(
+        "-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), help="extra notebook parameter"
+    )
     rep.add_argument("--quiet", action="store_true", help="no per-cell progress bar")
     zoo_parser = sub.add_parser("zoo", help="build the tiny zoo, or share it between machines as one file")
     actions = zoo_parser.add_subparsers(dest="action", required=True)
-    for action, what in (("build", "build what is not cached yet, then list it"), ("status", "list what is cached"),
-                         ("export", "write the built zoo to one file"), ("import", "put a file from export into this cache")):
+    for action, what in (
+        ("build", "build what is not cached yet, then list it"),
+        ("status", "list what is cached"),
+        ("export", "write the built zoo to one file"),
+        ("import", "put a file from export into this cache"),
+    ):
         one = actions.add_parser(action, help=what)
         if action in ("export", "import"):
             one.add_argument("path", help="the archive, *.tar.gz or *.tar")
@@ -280,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to go on; finished models, adapters and Q&A sets are cached", file=sys.stderr)
+        print(
+            "interrupted: rerun the same command to go on; finished models, adapters and Q&A sets are cached",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if main_thread:

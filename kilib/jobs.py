@@ -38,8 +38,9 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int) -> Any
     return fn(*args, **kwargs)
 
 
-def side_by_side(calls: Sequence[Call], workers: int = 0, threads: int = 1,
-                 done: Callable[[int, int, Any], None] | None = None) -> list[Any]:
+def side_by_side(
+    calls: Sequence[Call], workers: int = 0, threads: int = 1, done: Callable[[int, int, Any], None] | None = None
+) -> list[Any]:
     """Each call's result, in the calls' order. ``workers``: processes at once (0: one per
     ``threads`` usable cores on a CPU, 1 on a GPU); with one, the calls run here. ``done(i,
     finished, result)`` is called as each call ``i`` finishes (``finished`` counts them)."""

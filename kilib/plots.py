@@ -30,15 +30,28 @@ def _value_axis(ax, df, y: str, high: str, ylabel: str, percent: bool) -> None:
     top = 100.0 if percent else 1.0
     beyond = np.nanmax(df[[y, high]].to_numpy(dtype=float), initial=0.0)
     if beyond > top * (1 + 1e-9):
-        raise KilibError(f"{y} goes up to {beyond:g}, beyond the axis' {top:g}: "
-                         + ("pass fractions, or percent=True for percentages" if not percent else "pass percentages"))
+        raise KilibError(
+            f"{y} goes up to {beyond:g}, beyond the axis' {top:g}: "
+            + ("pass fractions, or percent=True for percentages" if not percent else "pass percentages")
+        )
     ax.set_ylabel(ylabel + (" (%)" if percent else ""))
     ax.set_ylim(0, 1.02 * top)
 
 
-def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low", high: str = "ci_high",
-                 title: str = "", ylabel: str = "accuracy", order: Sequence[str] | None = None,
-                 hue_order: Sequence[str] | None = None, ax=None, percent: bool = False):
+def bars_with_ci(
+    df,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    low: str = "ci_low",
+    high: str = "ci_high",
+    title: str = "",
+    ylabel: str = "accuracy",
+    order: Sequence[str] | None = None,
+    hue_order: Sequence[str] | None = None,
+    ax=None,
+    percent: bool = False,
+):
     """Grouped bars of ``y`` with asymmetric error bars from the ``low``/``high`` columns, on a
     0-1 axis, or 0-100 with ``percent`` (values beyond it are an error, not a clipped bar)."""
     import numpy as np
@@ -60,7 +73,11 @@ def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low"
         ax.bar(pos, vals, width, label=None if h is None else str(h), color=palette[j])
         ax.errorbar(pos, vals, yerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=2, lw=1)
     ax.set_xticks(range(len(xs)))
-    ax.set_xticklabels([str(v) for v in xs], rotation=20 if max(len(str(v)) for v in xs) > 8 else 0, ha="right" if max(len(str(v)) for v in xs) > 8 else "center")
+    ax.set_xticklabels(
+        [str(v) for v in xs],
+        rotation=20 if max(len(str(v)) for v in xs) > 8 else 0,
+        ha="right" if max(len(str(v)) for v in xs) > 8 else "center",
+    )
     _value_axis(ax, df, y, high, ylabel, percent)
     ax.set_title(title)
     if hue:
@@ -69,9 +86,20 @@ def bars_with_ci(df, x: str, y: str, hue: str | None = None, low: str = "ci_low"
     return ax.figure
 
 
-def lines_with_ci(df, x: str, y: str, hue: str, low: str = "ci_low", high: str = "ci_high", title: str = "",
-                  xlabel: str | None = None, ylabel: str = "accuracy", labels: str | None = None, ax=None,
-                  percent: bool = False):
+def lines_with_ci(
+    df,
+    x: str,
+    y: str,
+    hue: str,
+    low: str = "ci_low",
+    high: str = "ci_high",
+    title: str = "",
+    xlabel: str | None = None,
+    ylabel: str = "accuracy",
+    labels: str | None = None,
+    ax=None,
+    percent: bool = False,
+):
     """One line per ``hue`` value through (``x``, ``y``) with interval bars, on a 0-1 axis (0-100
     with ``percent``); ``labels`` names a column whose text is written beside each point (e.g. the scale)."""
     plt = _pyplot()
@@ -80,12 +108,25 @@ def lines_with_ci(df, x: str, y: str, hue: str, low: str = "ci_low", high: str =
     hues = list(dict.fromkeys(df[hue]))
     for h, color in zip(hues, _palette(len(hues))):
         sub = df[df[hue] == h].sort_values(x)
-        ax.errorbar(sub[x], sub[y], yerr=[sub[y] - sub[low], sub[high] - sub[y]], marker="o", capsize=3,
-                    color=color, label=str(h))
+        ax.errorbar(
+            sub[x],
+            sub[y],
+            yerr=[sub[y] - sub[low], sub[high] - sub[y]],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=str(h),
+        )
         if labels:
             for _, row in sub.iterrows():
-                ax.annotate(str(row[labels]), (row[x], row[y]), textcoords="offset points", xytext=(4, -10),
-                            fontsize="x-small", color=color)
+                ax.annotate(
+                    str(row[labels]),
+                    (row[x], row[y]),
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                    fontsize="x-small",
+                    color=color,
+                )
     ax.set_xlabel(xlabel or x)
     _value_axis(ax, df, y, high, ylabel, percent)
     ax.set_title(title)

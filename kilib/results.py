@@ -27,8 +27,21 @@ from typing import Any
 from kilib.runtime import cache_root, repo_root, results_root
 
 PACKAGES = (
-    "kilib", "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets",
-    "tokenizers", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "bm25s", "papermill",
+    "kilib",
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "numpy",
+    "scipy",
+    "pandas",
+    "matplotlib",
+    "seaborn",
+    "bm25s",
+    "papermill",
 )
 
 
@@ -112,10 +125,18 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
     """The commit and whether the code differs from it (``dirty``; ``results/`` excluded)."""
     root = root or repo_root()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
         # results/ is what runs write (a rerun rewrites committed figures), not what made them.
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
-                                cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
         return {"commit": commit, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -161,7 +182,10 @@ def peak_memory() -> dict[str, float | None]:
 
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"peak_rss_mib": round(rss_kib / 1024, 1), "peak_cuda_allocated_mib": None if cuda is None else round(cuda, 1)}
+    return {
+        "peak_rss_mib": round(rss_kib / 1024, 1),
+        "peak_cuda_allocated_mib": None if cuda is None else round(cuda, 1),
+    }
 
 
 def provenance() -> dict[str, Any]:
@@ -181,7 +205,9 @@ class Run:
     results as they were, and a finished one leaves no file of an older run beside its own.
     """
 
-    def __init__(self, notebook: str, profile: str, config: Any = None, seed: int | None = None, root: Path | None = None):
+    def __init__(
+        self, notebook: str, profile: str, config: Any = None, seed: int | None = None, root: Path | None = None
+    ):
         self.notebook, self.profile, self.config, self.seed = notebook, profile, config, seed
         self.final = Path(root or results_root()) / profile / notebook
         self.dir = self.final.parent / f".{notebook}.partial"
@@ -191,7 +217,7 @@ class Run:
         shutil.rmtree(self.dir, ignore_errors=True)  # an earlier failed run's files
         self.dir.mkdir(parents=True)
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -256,6 +282,7 @@ class Run:
 def markdown_table(df, floatfmt: str = ".3f") -> str:
     """A DataFrame as Markdown: floats with ``floatfmt``, also inside list cells (an interval's
     bounds), missing floats blank, integers and text as they are."""
+
     def interval(v):
         if isinstance(v, (list, tuple)) and v and all(isinstance(x, float) for x in v):
             return "[" + ", ".join(format(x, floatfmt) for x in v) + "]"
@@ -296,7 +323,9 @@ def move_into_place(work: Path, final: Path) -> None:
     os.replace(work, final)
 
 
-def cached_dir(kind: str, key: Any, build: Callable[[Path], None], root: Path | None = None, resumable: bool = False) -> Path:
+def cached_dir(
+    kind: str, key: Any, build: Callable[[Path], None], root: Path | None = None, resumable: bool = False
+) -> Path:
     """Return ``<cache>/<kind>/<hash(key)>``, building it once with ``build(folder)``.
 
     ``build`` fills a work folder that is renamed into place only when it returns, so an

@@ -31,8 +31,7 @@ def resolve_profile(name: str) -> str:
         return "paper" if cuda_available() else "tiny"
     if name not in PROFILES:
         raise KilibError(
-            f"unknown profile {name!r}: choose one of auto, {', '.join(PROFILES)} "
-            "(e.g. make reproduce PROFILE=tiny)"
+            f"unknown profile {name!r}: choose one of auto, {', '.join(PROFILES)} (e.g. make reproduce PROFILE=tiny)"
         )
     if name == "paper":
         require_cuda("the paper profile")

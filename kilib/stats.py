@@ -6,7 +6,7 @@ Intervals are percentile bootstraps of the mean (``scipy.stats.bootstrap``), bec
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from kilib.runtime import KilibError
 
@@ -88,9 +88,16 @@ def difference_ci(
     diff = float(a.mean() - b.mean())
     if (a.size == 1 or np.all(a == a[0])) and (b.size == 1 or np.all(b == b[0])):
         return diff, diff, diff
-    result = stats.bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
-                             n_resamples=int(n_resamples), paired=False, vectorized=True,
-                             confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (a, b),
+        lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
+        n_resamples=int(n_resamples),
+        paired=False,
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     return diff, min(float(result.confidence_interval.low), diff), max(float(result.confidence_interval.high), diff)
 
 
@@ -111,8 +118,13 @@ def paired_comparison(df, by: str, better: str, worse: str, column: str = "corre
     per_item = df.groupby([by, "item"])[column].mean()
     a, b = per_item[better].sort_index(), per_item[worse].sort_index()
     diff, low, high = difference_ci(a.values, b.values, paired=True)
-    return {"higher": float(a.mean()), "lower": float(b.mean()), "difference": diff, "difference_ci": [low, high],
-            "verdict": verdict(diff + margin, low + margin, high + margin)}
+    return {
+        "higher": float(a.mean()),
+        "lower": float(b.mean()),
+        "difference": diff,
+        "difference_ci": [low, high],
+        "verdict": verdict(diff + margin, low + margin, high + margin),
+    }
 
 
 def accuracy_with_ci(correct: Sequence[float | bool], **kw) -> dict:
@@ -157,7 +169,9 @@ def f1_scores(
     predictions = list(predictions)
     golds = [str(g) for g in golds]
     if len(predictions) != len(golds):
-        raise KilibError(f"f1_scores got {len(predictions)} predictions and {len(golds)} golds: pass one of each per example")
+        raise KilibError(
+            f"f1_scores got {len(predictions)} predictions and {len(golds)} golds: pass one of each per example"
+        )
     if not golds:
         raise KilibError("f1_scores got no examples: evaluate at least one example first")
     label_set = set(labels)
@@ -166,7 +180,9 @@ def f1_scores(
         raise KilibError(f"gold labels {bad_gold} are not in labels {labels}: pass every gold label in labels")
     bad_pred = sorted({str(p) for p in predictions if p is not None and p not in label_set})
     if bad_pred:
-        raise KilibError(f"predictions {bad_pred} are not in labels {labels}: parse them with parse_choice (None = unparseable)")
+        raise KilibError(
+            f"predictions {bad_pred} are not in labels {labels}: parse them with parse_choice (None = unparseable)"
+        )
 
     pred = np.array(["" if p is None else p for p in predictions], dtype=object)
     gold = np.array(golds, dtype=object)

@@ -33,21 +33,22 @@ QUESTIONS_PER_FACT: int = 1  # held-out paraphrases asked per fact when measurin
 # %%
 import dataclasses
 
-from IPython.display import display
 import pandas as pd
+from IPython.display import display
 
-from kilib.tiny import zoo
 from kilib.plots import bars_with_ci, loss_curves
 from kilib.results import Run
-from kilib.runtime import resolve_profile
-from kilib.runtime import set_threads
+from kilib.runtime import resolve_profile, set_threads
+from kilib.tiny import zoo
 
 profile = resolve_profile(PROFILE)
 config = dataclasses.replace(zoo.zoo_config(profile), world_seed=SEED)
 set_threads()
 world = zoo.world_of(config)
 run = Run("00_tiny_world", profile, config=config, seed=SEED)
-print(f"profile {profile}: world size {config.world_size!r}, seed {SEED}, {len(world.articles)} articles, {len(world.facts)} facts")
+print(
+    f"profile {profile}: world size {config.world_size!r}, seed {SEED}, {len(world.articles)} articles, {len(world.facts)} facts"
+)
 
 # %% [markdown]
 # ## An article
@@ -95,9 +96,15 @@ print("eval paraphrases:", *world.questions(fact.id, "eval"), sep="\n  ")
 
 # %%
 display(pd.DataFrame(world.claims(per_page=1).to_list()).groupby("label").head(2)[["claim", "label", "page"]])
-for name, ds in [("gsm", world.gsm(2, seed=0)), ("mmlu", world.mmlu(2, seed=0)), ("sni", world.sni(2, seed=0)),
-                 ("open-ended", world.open_ended(1, seed=0)), ("kv substitution", world.kv_substitution(2, seed=0)),
-                 ("numeric arithmetic", world.numeric_arithmetic(2, seed=0)), ("kv arithmetic", world.kv_arithmetic(2, seed=0, split="eval"))]:
+for name, ds in [
+    ("gsm", world.gsm(2, seed=0)),
+    ("mmlu", world.mmlu(2, seed=0)),
+    ("sni", world.sni(2, seed=0)),
+    ("open-ended", world.open_ended(1, seed=0)),
+    ("kv substitution", world.kv_substitution(2, seed=0)),
+    ("numeric arithmetic", world.numeric_arithmetic(2, seed=0)),
+    ("kv arithmetic", world.kv_arithmetic(2, seed=0, split="eval")),
+]:
     print(f"--- {name}")
     for row in ds.to_list():
         print("  ", row)
@@ -124,19 +131,39 @@ for name, ds in [("gsm", world.gsm(2, seed=0)), ("mmlu", world.mmlu(2, seed=0)),
 # %%
 for known in (0.0, 1.0):
     example = zoo.reading_examples(world, 1, seed=0, known_series=known)[0]
-    print("--- an edition of a", "known series" if known else "fresh series", "\n" + example["prompt"], "\n->", example["answer"])
-print("readers:", ", ".join(config.reading.models), f"({config.reading.known_series:.0%} of the fresh worlds renamed onto known series)")
+    print(
+        "--- an edition of a",
+        "known series" if known else "fresh series",
+        "\n" + example["prompt"],
+        "\n->",
+        example["answer"],
+    )
+print(
+    "readers:",
+    ", ".join(config.reading.models),
+    f"({config.reading.known_series:.0%} of the fresh worlds renamed onto known series)",
+)
 
 # %%
 logs = {spec.name: zoo.pretraining_log(config, spec.name) for spec in config.models}
 stages = {name: log.get("reading_stage", {"examples": 0, "seconds": 0.0}) for name, log in logs.items()}  # readers only
-zoo_table = pd.DataFrame([
-    {"model": name, "family": spec.family, "parameters": log["parameters"], "non-embedding": log["non_embedding_parameters"],
-     "corpus tokens": log["corpus_tokens"], "steps": log["steps"], "final loss": log["losses"][-1]["loss"],
-     "pretraining s": round(log["seconds"], 1),
-     "reading-stage examples": stages[name]["examples"], "reading-stage s": round(stages[name]["seconds"], 1)}
-    for spec, (name, log) in zip(config.models, logs.items())
-])
+zoo_table = pd.DataFrame(
+    [
+        {
+            "model": name,
+            "family": spec.family,
+            "parameters": log["parameters"],
+            "non-embedding": log["non_embedding_parameters"],
+            "corpus tokens": log["corpus_tokens"],
+            "steps": log["steps"],
+            "final loss": log["losses"][-1]["loss"],
+            "pretraining s": round(log["seconds"], 1),
+            "reading-stage examples": stages[name]["examples"],
+            "reading-stage s": round(stages[name]["seconds"], 1),
+        }
+        for spec, (name, log) in zip(config.models, logs.items())
+    ]
+)
 run.save_table(zoo_table, "zoo")
 display(zoo_table)
 fig = loss_curves({name: log["losses"] for name, log in logs.items()}, title="pretraining loss on the pre-cutoff world")
@@ -157,19 +184,39 @@ run.save_figure(fig, "pretraining_loss")
 # which is the model the studies load.
 
 # %%
-measured = [(spec.name, zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT, pretrained_only=True)) for spec in config.models]
-measured += [(f"{name} + reading", zoo.knowledge_report(config, name, QUESTIONS_PER_FACT)) for name in config.reading.models
-             if zoo.model_dir(config, name) != zoo.pretrained_dir(config, name)]
-labels = {"pre_closed_book": "pre-cutoff, closed book", "pre_majority_baseline": "pre-cutoff, most-common answer",
-          "control_closed_book": "control, closed book",
-          "post_closed_book": "post-cutoff, closed book", "post_majority_baseline": "post-cutoff, most-common answer",
-          "post_with_passage": "post-cutoff, passage in context"}
+measured = [
+    (spec.name, zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT, pretrained_only=True))
+    for spec in config.models
+]
+measured += [
+    (f"{name} + reading", zoo.knowledge_report(config, name, QUESTIONS_PER_FACT))
+    for name in config.reading.models
+    if zoo.model_dir(config, name) != zoo.pretrained_dir(config, name)
+]
+labels = {
+    "pre_closed_book": "pre-cutoff, closed book",
+    "pre_majority_baseline": "pre-cutoff, most-common answer",
+    "control_closed_book": "control, closed book",
+    "post_closed_book": "post-cutoff, closed book",
+    "post_majority_baseline": "post-cutoff, most-common answer",
+    "post_with_passage": "post-cutoff, passage in context",
+}
 knowledge = pd.DataFrame([{"model": label, "measure": labels[k], **r[k]} for label, r in measured for k in labels])
 run.save_table(knowledge, "knowledge")
-fig = bars_with_ci(knowledge, x="model", y="accuracy", hue="measure", hue_order=list(labels.values()),
-                   title="what the zoo knows (95% bootstrap intervals)")
+fig = bars_with_ci(
+    knowledge,
+    x="model",
+    y="accuracy",
+    hue="measure",
+    hue_order=list(labels.values()),
+    title="what the zoo knows (95% bootstrap intervals)",
+)
 run.save_figure(fig, "knowledge")
-display(knowledge.pivot(index="model", columns="measure", values="accuracy").loc[[m for m, _ in measured], list(labels.values())].round(3))
+display(
+    knowledge.pivot(index="model", columns="measure", values="accuracy")
+    .loc[[m for m, _ in measured], list(labels.values())]
+    .round(3)
+)
 
 # %% [markdown]
 # ## Does the tiny profile meet its bar?
@@ -183,29 +230,49 @@ build_seconds = sum(log["seconds"] + stages[name]["seconds"] for name, log in lo
 threads = "/".join(sorted({str(log["torch_threads"]) for log in logs.values()}))
 print(f"zoo training time: {build_seconds:.0f} s (pretraining and reading stage, all models, when they were built)")
 pretrained = dict(measured[: len(config.models)])  # one recipe for all
-used = {spec.name: zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT) for spec in config.models}  # as the studies load them
+used = {
+    spec.name: zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT) for spec in config.models
+}  # as the studies load them
 big = used[largest]
 checks = {
-    **{f"{name} answers held-out pre-cutoff paraphrases above the most-common-answer baseline (lower CI bound)":
-       used[name]["pre_closed_book"]["ci_low"] > used[name]["pre_majority_baseline"]["accuracy"] for name in config.reading.models},
-    f"{largest} answers held-out pre-cutoff paraphrases with >= 50% accuracy": big["pre_closed_book"]["accuracy"] >= 0.5,
-    f"{largest} on post-cutoff questions is no better than the most-common-answer baseline (upper CI bound)":
-        big["post_closed_book"]["accuracy"] <= big["post_majority_baseline"]["ci_high"],
-    f"{largest} with the right passage in context answers post-cutoff questions with >= 50% accuracy": big["post_with_passage"]["accuracy"] >= 0.5,
+    **{
+        f"{name} answers held-out pre-cutoff paraphrases above the most-common-answer baseline (lower CI bound)": used[
+            name
+        ]["pre_closed_book"]["ci_low"]
+        > used[name]["pre_majority_baseline"]["accuracy"]
+        for name in config.reading.models
+    },
+    f"{largest} answers held-out pre-cutoff paraphrases with >= 50% accuracy": big["pre_closed_book"]["accuracy"]
+    >= 0.5,
+    f"{largest} on post-cutoff questions is no better than the most-common-answer baseline (upper CI bound)": big[
+        "post_closed_book"
+    ]["accuracy"]
+    <= big["post_majority_baseline"]["ci_high"],
+    f"{largest} with the right passage in context answers post-cutoff questions with >= 50% accuracy": big[
+        "post_with_passage"
+    ]["accuracy"]
+    >= 0.5,
     "within each family, after pretraining, a larger model scores at least as high on pre-cutoff questions as a smaller one": all(
         pretrained[a.name]["pre_closed_book"]["accuracy"] <= pretrained[b.name]["pre_closed_book"]["accuracy"]
-        for a in config.models for b in config.models
-        if a.family == b.family and logs[a.name]["parameters"] < logs[b.name]["parameters"]),
+        for a in config.models
+        for b in config.models
+        if a.family == b.family and logs[a.name]["parameters"] < logs[b.name]["parameters"]
+    ),
     f"the whole zoo trained in under 10 minutes (built with {threads} CPU threads)": build_seconds < 600,
 }
 for text, ok in checks.items():
     print(("MET    " if ok else "MISSED ") + text)
-run.log(world={"articles": len(world.articles), "facts": len(world.facts), "seed": SEED, "size": config.world_size},
-        zoo={name: {k: r[k] for k in labels} for name, r in used.items()},
-        zoo_after_pretraining={name: {k: r[k] for k in labels} for name, r in pretrained.items()},
-        pretraining_seconds={name: log["seconds"] for name, log in logs.items()},
-        reading_stage_seconds={name: stage["seconds"] for name, stage in stages.items()},
-        pretraining_loss_first_last={name: [log["losses"][0]["loss"], log["losses"][-1]["loss"]] for name, log in logs.items()},
-        parameters={name: log["parameters"] for name, log in logs.items()},
-        checks=checks, largest_model=largest)
+run.log(
+    world={"articles": len(world.articles), "facts": len(world.facts), "seed": SEED, "size": config.world_size},
+    zoo={name: {k: r[k] for k in labels} for name, r in used.items()},
+    zoo_after_pretraining={name: {k: r[k] for k in labels} for name, r in pretrained.items()},
+    pretraining_seconds={name: log["seconds"] for name, log in logs.items()},
+    reading_stage_seconds={name: stage["seconds"] for name, stage in stages.items()},
+    pretraining_loss_first_last={
+        name: [log["losses"][0]["loss"], log["losses"][-1]["loss"]] for name, log in logs.items()
+    },
+    parameters={name: log["parameters"] for name, log in logs.items()},
+    checks=checks,
+    largest_model=largest,
+)
 print(f"results: {run.finish().parent}")

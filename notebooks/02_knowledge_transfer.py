@@ -50,15 +50,14 @@ SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
 # %%
 import json
 
-from IPython.display import Markdown, display
 import pandas as pd
+from IPython.display import Markdown, display
 
-from kilib.transfer import study as T
 from kilib.config import select_preset
 from kilib.plots import bars_with_ci
 from kilib.results import Run
-from kilib.runtime import resolve_profile
-from kilib.runtime import set_threads
+from kilib.runtime import resolve_profile, set_threads
+from kilib.transfer import study as T
 
 profile = resolve_profile(PROFILE)
 config = select_preset(T.TRANSFER_PRESETS, profile, T.notebook_overrides(TEACHER, STUDENT, TASKS, SEEDS))
@@ -66,8 +65,10 @@ set_threads()
 inputs = T.study_inputs(profile, config)
 run = Run("02_knowledge_transfer", profile, config=config, seed=config.seeds[0])
 print(f"profile {profile}: {inputs.source}")
-print(f"tasks {', '.join(config.tasks)}; {config.seed_samples} seed, {config.train_samples} training and "
-      f"{config.eval_samples} evaluation samples per task; LoRA r={config.rank}; seeds {config.seeds}")
+print(
+    f"tasks {', '.join(config.tasks)}; {config.seed_samples} seed, {config.train_samples} training and "
+    f"{config.eval_samples} evaluation samples per task; LoRA r={config.rank}; seeds {config.seeds}"
+)
 
 # %% [markdown]
 # ## The tasks
@@ -102,10 +103,14 @@ import numpy as np
 import torch
 
 extractions = {task: T.extraction(inputs, config, task) for task in config.tasks}
-blocks = pd.DataFrame([{"task": task, "block": i, "sensitivity": s, "selected": i in meta["selected"]}
-                       for task, folder in extractions.items()
-                       for meta in [json.loads((folder / "extraction.json").read_text())]
-                       for i, s in enumerate(meta["block_scores"])])
+blocks = pd.DataFrame(
+    [
+        {"task": task, "block": i, "sensitivity": s, "selected": i in meta["selected"]}
+        for task, folder in extractions.items()
+        for meta in [json.loads((folder / "extraction.json").read_text())]
+        for i, s in enumerate(meta["block_scores"])
+    ]
+)
 run.save_table(blocks, "block_sensitivity")
 display(blocks.pivot_table(index="block", columns="task", values="sensitivity").round(1))
 fig, axes = plt.subplots(1, len(config.tasks), figsize=(4 * len(config.tasks), 3), squeeze=False)
@@ -117,7 +122,8 @@ for ax, task in zip(axes[0], config.tasks):
     ax.imshow(np.log10(scores.numpy() + 1e-12), aspect="auto", cmap="viridis")
     ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), cols, rows, fill=False, edgecolor="red", linewidth=1.5))
     ax.set_title(f"{task}: {meta['probe']['name'].removeprefix('model.')}", fontsize=8)
-    ax.set_xlabel("input dimension"); ax.set_ylabel("output dimension")
+    ax.set_xlabel("input dimension")
+    ax.set_ylabel("output dimension")
 fig.suptitle("log10 sensitivity of one teacher matrix; red: the window the student gets")
 fig.tight_layout()
 run.save_figure(fig, "sensitivity_window")
@@ -133,10 +139,22 @@ runs = []
 for task in config.tasks:
     runs += [T.baseline(inputs, config, task, which) for which in ("student", "teacher")]
     runs += [T.run_job(inputs, config, task, method, seed) for method in config.methods for seed in config.seeds]
-training = pd.DataFrame([{"task": r["task"], "method": r["method"], "seed": r["seed"], "steps": r["train"]["steps"],
-                          "first_loss": r["train"]["losses"][0]["loss"], "final_loss": r["train"]["losses"][-1]["loss"],
-                          "initialised_matrices": r["initialised"], "seconds": round(r["train"]["seconds"], 1)}
-                         for r in runs if "train" in r])
+training = pd.DataFrame(
+    [
+        {
+            "task": r["task"],
+            "method": r["method"],
+            "seed": r["seed"],
+            "steps": r["train"]["steps"],
+            "first_loss": r["train"]["losses"][0]["loss"],
+            "final_loss": r["train"]["losses"][-1]["loss"],
+            "initialised_matrices": r["initialised"],
+            "seconds": round(r["train"]["seconds"], 1),
+        }
+        for r in runs
+        if "train" in r
+    ]
+)
 run.save_table(training, "training")
 display(training.round(3))
 answers = pd.DataFrame(T.answer_rows(runs))
@@ -153,13 +171,16 @@ run.save_table(answers, "answers")
 table = T.results_table(answers.to_dict("records"))
 run.save_table(table, "table1")
 ours = table.pivot_table(index="method", columns="measure", values="score", sort=False)
-paper = pd.DataFrame({T.PAPER_ROWS.get(m, m): T.PAPER_TABLE1[T.PAPER_ROWS[m]] for m in ours.index if m in T.PAPER_ROWS}).T
+paper = pd.DataFrame(
+    {T.PAPER_ROWS.get(m, m): T.PAPER_TABLE1[T.PAPER_ROWS[m]] for m in ours.index if m in T.PAPER_ROWS}
+).T
 display(Markdown("**This run**"))
 display(ours.round(1))
 display(Markdown("**The paper (Llama-2, Table 1)**"))
 display(paper[[c for c in paper.columns if c.split()[0] in config.tasks]])
-fig = bars_with_ci(table, x="measure", y="score", hue="method", title="Table 1 measures: this run", ylabel="score",
-                   percent=True)
+fig = bars_with_ci(
+    table, x="measure", y="score", hue="method", title="Table 1 measures: this run", ylabel="score", percent=True
+)
 run.save_figure(fig, "table1")
 
 # %% [markdown]
@@ -174,24 +195,58 @@ records = answers.to_dict("records")
 claims = []
 for task in config.tasks:
     if "sensitive" in config.methods:
-        claims.append(T.compare(records, task, "sensitive", "lora", f"{task}: LoRA started from the teacher's parameters beats plain LoRA"))
+        claims.append(
+            T.compare(
+                records,
+                task,
+                "sensitive",
+                "lora",
+                f"{task}: LoRA started from the teacher's parameters beats plain LoRA",
+            )
+        )
     if {"sensitive", "random"} <= set(config.methods):
-        claims.append(T.compare(records, task, "sensitive", "random", f"{task}: the sensitive window beats a random window"))
+        claims.append(
+            T.compare(records, task, "sensitive", "random", f"{task}: the sensitive window beats a random window")
+        )
     if {"sensitive", "top"} <= set(config.methods):
-        claims.append(T.compare(records, task, "sensitive", "top",
-                                f"{task}: the sensitive window beats the most sensitive rows and columns"))
+        claims.append(
+            T.compare(
+                records,
+                task,
+                "sensitive",
+                "top",
+                f"{task}: the sensitive window beats the most sensitive rows and columns",
+            )
+        )
     claims.append(T.compare(records, task, "lora", "student", f"{task}: LoRA training beats the untrained student"))
 claims_table = pd.DataFrame(claims)
 run.save_table(claims_table, "paper_claims")
-display(Markdown("\n".join(f"* {c['claim']}: **{c['verdict']}** ({100 * c['higher']:.1f} vs {100 * c['lower']:.1f}, "
-                           f"difference {100 * c['difference']:+.1f}, 95% interval {100 * c['difference_ci'][0]:+.1f} to "
-                           f"{100 * c['difference_ci'][1]:+.1f})" for c in claims)))
+display(
+    Markdown(
+        "\n".join(
+            f"* {c['claim']}: **{c['verdict']}** ({100 * c['higher']:.1f} vs {100 * c['lower']:.1f}, "
+            f"difference {100 * c['difference']:+.1f}, 95% interval {100 * c['difference_ci'][0]:+.1f} to "
+            f"{100 * c['difference_ci'][1]:+.1f})"
+            for c in claims
+        )
+    )
+)
 main = {c["task"]: c for c in claims if "teacher's parameters" in c["claim"]}
-display(Markdown("\n".join(
-    f"* **{task}**: the paper's effect (the teacher's parameters help) is "
-    + ("**shown** in this run." if c["verdict"] == "shown" else f"**not shown** in this run ({c['verdict']}).")
-    for task, c in main.items())))
-run.log(source=inputs.source, tasks=list(config.tasks), claims=claims, table1=table.to_dict("records"),
-        selected_blocks={t: json.loads((f / "extraction.json").read_text())["selected"] for t, f in extractions.items()},
-        training_seconds=float(training["seconds"].sum()))
+display(
+    Markdown(
+        "\n".join(
+            f"* **{task}**: the paper's effect (the teacher's parameters help) is "
+            + ("**shown** in this run." if c["verdict"] == "shown" else f"**not shown** in this run ({c['verdict']}).")
+            for task, c in main.items()
+        )
+    )
+)
+run.log(
+    source=inputs.source,
+    tasks=list(config.tasks),
+    claims=claims,
+    table1=table.to_dict("records"),
+    selected_blocks={t: json.loads((f / "extraction.json").read_text())["selected"] for t, f in extractions.items()},
+    training_seconds=float(training["seconds"].sum()),
+)
 print(f"results: {run.finish().parent}")

@@ -29,7 +29,9 @@ def test_thread_bench_runs_each_kind_at_the_thread_counts_it_reports(tmp_path):
     bench.build_model(tmp_path, shape)
     r = thread_bench.measure("qlora", tmp_path, steps=1, cores=2, shape=shape)
     assert r["threads_seen"] == {"alone": [1, 2], "side_by_side": [1, 1]}
-    assert r["speedup_all_cores_over_1"] == (r["alone"]["2"]["tokens_per_second"] / r["alone"]["1"]["tokens_per_second"])
+    assert r["speedup_all_cores_over_1"] == (
+        r["alone"]["2"]["tokens_per_second"] / r["alone"]["1"]["tokens_per_second"]
+    )
     tokens = 2 * shape["batch"] * shape["seq"]  # two runs, one timed step each
     assert abs(r["side_by_side"]["tokens_per_second"] * r["side_by_side"]["window_seconds"] - tokens) < 1e-6 * tokens
     for kind in ("pretrain", "generate"):  # the other kinds' steps, alone (no processes to start)

@@ -5,11 +5,10 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import make_model, make_tokenizer
 
 from kilib.calm import study as C
 from kilib.runtime import KilibError
-
-from conftest import make_model, make_tokenizer
 
 
 def _pair(tok, anchor_family="llama", augment_family="llama"):
@@ -18,8 +17,16 @@ def _pair(tok, anchor_family="llama", augment_family="llama"):
 
     anchor = make_model(anchor_family, tok, seed=1)
     torch.manual_seed(2)  # m_A: 4 blocks, 128 wide, so its width differs from the anchor's 64
-    common = dict(vocab_size=len(tok), hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                  max_position_embeddings=256, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    common = dict(
+        vocab_size=len(tok),
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     config = LlamaConfig(**common) if augment_family == "llama" else GPTNeoXConfig(**common)
     augment = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     return anchor, augment
@@ -231,8 +238,9 @@ def world_tokenizer(tmp_path_factory):
 def _tokens(tokenizer, task, expression):
     from kilib.lm.training import render_prompt
 
-    return tokenizer.convert_ids_to_tokens(tokenizer(render_prompt(tokenizer, C.task_prompt(task, expression)),
-                                                     add_special_tokens=False)["input_ids"])
+    return tokenizer.convert_ids_to_tokens(
+        tokenizer(render_prompt(tokenizer, C.task_prompt(task, expression)), add_special_tokens=False)["input_ids"]
+    )
 
 
 @pytest.mark.parametrize("aligned", [False, True])
@@ -245,7 +253,9 @@ def test_vocabulary_keys_are_single_tokens_and_aligned_ones_take_a_digit_place(w
         for task in ("kv", "substitution"):
             tokens = _tokens(world_tokenizer, task, f"{a} + {b} =")
             digits = _tokens(world_tokenizer, task, "7 + 3 =")
-            spelled, numeric = ([world_tokenizer.convert_tokens_to_string([t]).strip() for t in x] for x in (tokens, digits))
+            spelled, numeric = (
+                [world_tokenizer.convert_tokens_to_string([t]).strip() for t in x] for x in (tokens, digits)
+            )
             extra = collections.Counter(spelled) - collections.Counter(numeric)
             assert extra[a] + extra[b] == 2 and len(spelled) <= len(numeric)  # each key one token
             if aligned:  # token for token where the digits stand
@@ -258,13 +268,18 @@ def test_vocabulary_keys_with_a_sentencepiece_style_tokenizer():
     import random
 
     from conftest import make_metaspace_tokenizer
+
     from kilib.lm.training import render_prompt
 
     rng = random.Random(0)
     words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(2, 5))) for _ in range(300)]
-    fast = make_metaspace_tokenizer(" ".join(rng.sample(words, 20)) + " [INST] Substitute: 12 + 7 = [/INST]" for _ in range(200))
-    fast.chat_template = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-                          "{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}")
+    fast = make_metaspace_tokenizer(
+        " ".join(rng.sample(words, 20)) + " [INST] Substitute: 12 + 7 = [/INST]" for _ in range(200)
+    )
+    fast.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}"
+    )
     keys = C.vocabulary_keys(fast, 20)
     for key in keys:
         for task in ("kv", "substitution"):
@@ -274,7 +289,9 @@ def test_vocabulary_keys_with_a_sentencepiece_style_tokenizer():
 
 
 def test_vocabulary_keys_too_few_or_without_a_tokenizer_name_the_fix(world_tokenizer):
-    with pytest.raises(KilibError, match="fewer than kv_keys=5000: lower kv_keys or choose keys='vocabulary' or 'random'"):
+    with pytest.raises(
+        KilibError, match="fewer than kv_keys=5000: lower kv_keys or choose keys='vocabulary' or 'random'"
+    ):
         C.vocabulary_keys(world_tokenizer, 5000, aligned=True)
     with pytest.raises(KilibError, match="pass their tokenizer"):
         C.kv_table(C.CALM_PRESETS["tiny"])
@@ -295,7 +312,9 @@ def test_renamed_keys_keep_each_value_and_split():
         tokens = r["prompt"].split()
         assert set(tokens[::2]) <= set(renamed.kv_keys("train"))
         values = {**renamed.kv_keys("train")}
-        assert int(r["target"]) == evaluate_arithmetic(" ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens)))
+        assert int(r["target"]) == evaluate_arithmetic(
+            " ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens))
+        )
     with pytest.raises(KilibError, match="distinct key names"):
         world.with_kv_keys(names[:-1] + names[:1])
 
@@ -316,7 +335,7 @@ def test_key_states_are_each_key_last_token_block_output_batched_as_alone():
         where = text.rindex(r["expression"])
         for j, term in enumerate(r["expression"].split()):
             if j % 2 == 0:
-                expected.append(block0[len(tok(text[:where + len(term)])["input_ids"]) - 1])
+                expected.append(block0[len(tok(text[: where + len(term)])["input_ids"]) - 1])
             where += len(term) + 1
     torch.testing.assert_close(features[0], torch.stack(expected), atol=1e-5, rtol=1e-5)
 
@@ -337,8 +356,9 @@ def test_linear_probe_reads_a_planted_code_and_not_noise():
 def test_value_probe_with_unique_values_loads_nothing():
     """The paper's table: no held-out key shares a value with a training key, so nothing can be
     scored, and the probe returns before loading m_A (the paths below do not exist)."""
-    inputs = C.CalmInputs("/no/anchor", "/no/augment", rows={}, keys={"train": {"ab": 1, "cd": 2}, "eval": {"ef": 3}},
-                          source="")
+    inputs = C.CalmInputs(
+        "/no/anchor", "/no/augment", rows={}, keys={"train": {"ab": 1, "cd": 2}, "eval": {"ef": 3}}, source=""
+    )
     assert C.value_probe(inputs, C.CALM_PRESETS["paper"]) == []
 
 
@@ -352,15 +372,17 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_token
     config = C.CALM_PRESETS[profile]
     if profile == "paper":  # 200 keys need a vocabulary of many words, as Llama-2's: the world's text and 600 more
         rng = random.Random(0)
-        words = " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 6)))
-                         for _ in range(600))
+        words = " ".join(
+            "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 6))) for _ in range(600)
+        )
         texts = zoo.tokenizer_texts
         monkeypatch.setattr(zoo, "tokenizer_texts", lambda world: texts(world) + [words, words.replace(" ", "\n")] * 3)
         world_tokenizer = zoo.build_tokenizer(zoo.world_of(zoo.zoo_config("tiny")), 4096, tmp_path)
     rows, keys = C.study_rows(config, tokenizer=world_tokenizer)
     if config.keys != "random":  # the world's keys renamed to the vocabulary's
         assert set(keys["train"]) | set(keys["eval"]) == set(
-            C.vocabulary_keys(world_tokenizer, config.kv_keys, aligned=config.keys == "aligned"))
+            C.vocabulary_keys(world_tokenizer, config.kv_keys, aligned=config.keys == "aligned")
+        )
     assert not set(keys["train"]) & set(keys["eval"])
     assert len(keys["train"]) == round(config.train_fraction * config.kv_keys)
     values = {**keys["train"], **keys["eval"]}
@@ -377,9 +399,11 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_token
         assert not stage & held and len(held) == config.eval_examples  # no evaluated expression is trained on
     assert len(rows["numeric"]["stage"]) == config.anchor_stage.examples
     assert all(r in rows["numeric"]["stage"] for r in rows[C.SEEN]["eval"])  # the anchor's own training expressions
-    assert rows[C.KV_SEEN]["eval"] == rows["kv"]["train"][:config.eval_examples]  # the composition's own training rows
+    assert rows[C.KV_SEEN]["eval"] == rows["kv"]["train"][: config.eval_examples]  # the composition's own training rows
     assert len(rows[C.VALUES]["eval"]) == len(rows["kv"]["eval"])
-    for kv, written in zip(rows["kv"]["eval"], rows[C.VALUES]["eval"]):  # the held-out rows, each key's value written in
+    for kv, written in zip(
+        rows["kv"]["eval"], rows[C.VALUES]["eval"]
+    ):  # the held-out rows, each key's value written in
         tokens = kv["expression"].split()
         assert written["target"] == kv["target"]
         assert written["expression"] == " ".join(str(values[t]) if i % 2 == 0 else t for i, t in enumerate(tokens))
@@ -415,7 +439,10 @@ def test_lora_rank_matches_the_bridges_parameter_count(family):
 
 def test_run_names():
     assert C.run_name("trained", False) == "calm" and C.run_name("trained", True) == "calm (rotary)"
-    assert C.run_name("vanilla", False) == "calm (vanilla m_A)" and C.run_name("random", True) == "calm (rotary, random m_A)"
+    assert (
+        C.run_name("vanilla", False) == "calm (vanilla m_A)"
+        and C.run_name("random", True) == "calm (rotary, random m_A)"
+    )
     assert C.run_name("trained", False, encoder=True) == "calm (m_A as encoder)"
 
 
@@ -468,7 +495,7 @@ def test_rotary_cross_attention_is_causal_pads_cleanly_and_starts_as_the_anchor(
     with torch.no_grad():
         both = composed(**padded, position_ids=positions).logits
         alone = composed(**tok("the rovers", return_tensors="pt")).logits[0]
-    torch.testing.assert_close(both[1, -alone.shape[0]:], alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(both[1, -alone.shape[0] :], alone, rtol=1e-4, atol=1e-4)
     # a rotary bridge differs from a plain one with the same weights: positions enter the scores
     plain = C.compose(anchor, augment, tok, tok, every=2)
     plain.bridges.load_state_dict(composed.bridges.state_dict())
@@ -496,8 +523,11 @@ def test_prompts_and_scoring():
 
 
 def test_compare_pairs_rows_and_the_margin_shifts_the_verdict():
-    answers = [{"task": "numeric", "model": m, "item": i, "correct": c}
-               for i in range(200) for m, c in (("anchor", float(i % 2 == 0)), ("calm", float(i % 2 == 0 and i % 50 != 0)))]
+    answers = [
+        {"task": "numeric", "model": m, "item": i, "correct": c}
+        for i in range(200)
+        for m, c in (("anchor", float(i % 2 == 0)), ("calm", float(i % 2 == 0 and i % 50 != 0)))
+    ]
     strict = C.compare(answers, "numeric", "calm", "anchor", "calm beats anchor")
     assert strict["difference"] == pytest.approx(-2.0) and strict["verdict"] in ("opposite shown", "not shown")
     kept = C.compare(answers, "numeric", "calm", "anchor", "calm keeps the anchor's", margin=5.0)

@@ -23,11 +23,32 @@ def private_cache(tmp_path, monkeypatch):
 
 def api_answer(title, wikitext, revid=1201, timestamp="2024-02-27T10:11:12Z"):
     """What the MediaWiki API (formatversion=2) answers for one revision."""
-    return {"batchcomplete": True, "query": {"pages": [{
-        "pageid": 555, "ns": 0, "title": title,
-        "revisions": [{"revid": revid, "parentid": revid - 1, "timestamp": timestamp,
-                       "slots": {"main": {"contentmodel": "wikitext", "contentformat": "text/x-wiki",
-                                          "content": wikitext}}}]}]}}
+    return {
+        "batchcomplete": True,
+        "query": {
+            "pages": [
+                {
+                    "pageid": 555,
+                    "ns": 0,
+                    "title": title,
+                    "revisions": [
+                        {
+                            "revid": revid,
+                            "parentid": revid - 1,
+                            "timestamp": timestamp,
+                            "slots": {
+                                "main": {
+                                    "contentmodel": "wikitext",
+                                    "contentformat": "text/x-wiki",
+                                    "content": wikitext,
+                                }
+                            },
+                        }
+                    ],
+                }
+            ]
+        },
+    }
 
 
 class MockWikipedia:
@@ -55,13 +76,39 @@ def test_wikitext_is_split_into_clean_sections():
     # The lead is the Overview; nested headings keep their parent; reference-like sections (and
     # their subsections, "References / Sources") and sections left empty ("Statistics", holding
     # only a template; "Knockout stage", holding only a subsection) are gone.
-    assert names == ["Overview", "Host selection", "Venues", "Group stage", "Group stage / Group A",
-                     "Group stage / Group B", "Knockout stage / Final"]
+    assert names == [
+        "Overview",
+        "Host selection",
+        "Venues",
+        "Group stage",
+        "Group stage / Group A",
+        "Group stage / Group B",
+        "Knockout stage / Final",
+    ]
     assert all(set(r) == {"doc_id", "title", "section", "text"} for r in rows)
     text = "\n".join(r["text"] for r in rows)
-    for noise in ("{{", "}}", "[[", "]]", "<ref", "</", "thumb", "Retrieved", "Example cup dates confirmed",
-                  "Capacity", "60,000", "Harbour Park", "Please do not", "__NOTOC__", "trophy lift", "Official website",
-                  "Category", "Excluding the third-place", "  ", "( )"):
+    for noise in (
+        "{{",
+        "}}",
+        "[[",
+        "]]",
+        "<ref",
+        "</",
+        "thumb",
+        "Retrieved",
+        "Example cup dates confirmed",
+        "Capacity",
+        "60,000",
+        "Harbour Park",
+        "Please do not",
+        "__NOTOC__",
+        "trophy lift",
+        "Official website",
+        "Category",
+        "Excluding the third-place",
+        "  ",
+        "( )",
+    ):
         assert noise.lower() not in text.lower(), noise
     overview = rows[0]["text"]
     assert overview.startswith("The 2023 Example Cup was the fifth edition of the Example Cup")
@@ -72,12 +119,15 @@ def test_wikitext_is_split_into_clean_sections():
 
 
 def test_clean_sections_drops_short_sections_and_makes_names_unique():
-    rows = [{"doc_id": "d", "title": "T", "section": "A", "text": "  first   text\n\n\twith  spaces "},
-            {"doc_id": "d", "title": "T", "section": "A", "text": "second text, also long enough"},
-            {"doc_id": "d", "title": "T", "section": "B", "text": "tiny"}]
+    rows = [
+        {"doc_id": "d", "title": "T", "section": "A", "text": "  first   text\n\n\twith  spaces "},
+        {"doc_id": "d", "title": "T", "section": "A", "text": "second text, also long enough"},
+        {"doc_id": "d", "title": "T", "section": "B", "text": "tiny"},
+    ]
     assert D.clean_sections(rows, min_chars=10) == [
         {"doc_id": "d", "title": "T", "section": "A", "text": "first text\nwith spaces"},
-        {"doc_id": "d", "title": "T", "section": "A (2)", "text": "second text, also long enough"}]
+        {"doc_id": "d", "title": "T", "section": "A (2)", "text": "second text, also long enough"},
+    ]
     with pytest.raises(KilibError, match="no section of at least 100 characters"):
         D.clean_sections(rows, min_chars=100)
     with pytest.raises(KilibError, match="lacks text"):
@@ -92,15 +142,27 @@ def test_fetch_pins_the_revision_and_caches_it(private_cache):
     request = wiki.requests[0]
     assert request.url.host == "en.wikipedia.org" and request.url.path == "/w/api.php"
     params = dict(request.url.params)
-    assert params == {"action": "query", "prop": "revisions", "titles": TITLE, "rvlimit": "1", "rvdir": "older",
-                      "rvstart": "2024-03-01T00:00:00Z", "rvprop": "ids|timestamp|content", "rvslots": "main",
-                      "format": "json", "formatversion": "2", "redirects": "1"}
+    assert params == {
+        "action": "query",
+        "prop": "revisions",
+        "titles": TITLE,
+        "rvlimit": "1",
+        "rvdir": "older",
+        "rvstart": "2024-03-01T00:00:00Z",
+        "rvprop": "ids|timestamp|content",
+        "rvslots": "main",
+        "format": "json",
+        "formatversion": "2",
+        "redirects": "1",
+    }
     assert request.headers["user-agent"].startswith("kilib/")  # Wikimedia's User-Agent policy
     assert [r["section"] for r in docs][:2] == ["Overview", "Host selection"]
     assert {r["doc_id"] for r in docs} == {"example_cup"} and {r["title"] for r in docs} == {TITLE}
     source = docs.sources["example_cup"]
     assert source["revid"] == 1201 and source["url"] == "https://en.wikipedia.org/w/index.php?oldid=1201"
-    assert source["revision_timestamp"] == "2024-02-27T10:11:12Z" and source["pinned_timestamp"] == "2024-03-01T00:00:00Z"
+    assert (
+        source["revision_timestamp"] == "2024-02-27T10:11:12Z" and source["pinned_timestamp"] == "2024-03-01T00:00:00Z"
+    )
     folder = Path(source["cache"])
     assert {p.name for p in folder.iterdir()} == {"api.json", "sections.jsonl", "source.json", "key.json"}
     assert json.loads((folder / "api.json").read_text())["query"]["pages"][0]["revisions"][0]["revid"] == 1201
@@ -124,11 +186,16 @@ def test_offline_without_cache_is_one_line_naming_the_fix(private_cache):
 
 
 def test_missing_page_and_page_created_later_name_the_title():
-    wiki = MockWikipedia({"batchcomplete": True, "query": {"pages": [{"ns": 0, "title": "No Such Cup", "missing": True}]}})
+    wiki = MockWikipedia(
+        {"batchcomplete": True, "query": {"pages": [{"ns": 0, "title": "No Such Cup", "missing": True}]}}
+    )
     with wiki.client() as client, pytest.raises(KilibError, match="no page titled 'No Such Cup'"):
         D.fetch_wikipedia("No Such Cup", client=client)
     later = MockWikipedia({"query": {"pages": [{"pageid": 1, "ns": 0, "title": "Future Cup", "revisions": []}]}})
-    with later.client() as client, pytest.raises(KilibError, match="'Future Cup' has no revision at or before 2024-03-01"):
+    with (
+        later.client() as client,
+        pytest.raises(KilibError, match="'Future Cup' has no revision at or before 2024-03-01"),
+    ):
         D.fetch_wikipedia("Future Cup", client=client)
     with pytest.raises(KilibError, match="not ISO 8601"):
         D.fetch_wikipedia(TITLE, "March 2024")
@@ -158,7 +225,9 @@ def test_folder_markdown_headings_split_sections(tmp_path):
     (tmp_path / "Team Handbook.md").write_text(
         "We build boats in Kiel since 1990.\n\n# Products\nThe Kiel 30 is our best-selling sailing yacht.\n"
         "## Prices\nThe Kiel 30 costs 80,000 euros in 2024.\n```\n# not a heading inside code, kept as text\n```\n"
-        "# Staff\nForty people work at the yard in 2024.\n", encoding="utf-8")
+        "# Staff\nForty people work at the yard in 2024.\n",
+        encoding="utf-8",
+    )
     (tmp_path / "notes.txt").write_text("A plain note without headings,\nlong enough to be kept.\n", encoding="utf-8")
     (tmp_path / "image.png").write_bytes(b"\x89PNG")  # not a document
     (tmp_path / "sub").mkdir()
@@ -166,8 +235,12 @@ def test_folder_markdown_headings_split_sections(tmp_path):
     docs = D.load_folder(tmp_path)
     assert docs.doc_ids() == ["team_handbook", "notes"]  # name order: "T" < "n"
     assert [(r["doc_id"], r["section"]) for r in docs] == [
-        ("team_handbook", "Overview"), ("team_handbook", "Products"), ("team_handbook", "Products / Prices"),
-        ("team_handbook", "Staff"), ("notes", "Overview")]
+        ("team_handbook", "Overview"),
+        ("team_handbook", "Products"),
+        ("team_handbook", "Products / Prices"),
+        ("team_handbook", "Staff"),
+        ("notes", "Overview"),
+    ]
     assert docs[0]["title"] == "Team Handbook"
     assert "# not a heading inside code" in docs[2]["text"]
     assert docs[4]["text"] == "A plain note without headings,\nlong enough to be kept."

@@ -12,8 +12,8 @@ import pytest
 
 from kilib.lm.inference import choose_by_loglik, generate, next_token_choice, sequence_logprob
 from kilib.lm.scoring import contains_answer, exact_match, last_number, normalize_answer, parse_choice, token_f1
-from kilib.stats import accuracy_with_ci, bootstrap_ci, f1_scores
 from kilib.runtime import KilibError
+from kilib.stats import accuracy_with_ci, bootstrap_ci, f1_scores
 
 # ----------------------------------------------------------------------------------------------
 # Lexical metrics
@@ -600,7 +600,9 @@ def test_next_token_choice_is_the_argmax_of_a_direct_forward_pass(model, tokeniz
         for (_, probs), row in zip(got, direct):
             assert probs == pytest.approx(row, rel=1e-4, abs=1e-7)
     # the index is the position in the candidates as passed
-    (index, _), = next_token_choice(model, tokenizer, PROMPTS[:1], [candidates[expected[0] - 1], candidates[expected[0]]])
+    ((index, _),) = next_token_choice(
+        model, tokenizer, PROMPTS[:1], [candidates[expected[0] - 1], candidates[expected[0]]]
+    )
     assert index == 1
     with pytest.raises(KilibError, match="distinct candidate token ids"):
         next_token_choice(model, tokenizer, PROMPTS, [candidates[0], candidates[0]])

@@ -118,7 +118,11 @@ def test_tables_and_figures(tmp_path):
     from kilib.results import markdown_table
 
     shown = markdown_table(pd.DataFrame({"ci": [[-0.04666666666666667, 0.0]], "name": ["x"], "n": [[1, 2]]}))
-    assert [c.strip() for c in shown.splitlines()[2].split("|")[1:-1]] == ["[-0.047, 0.000]", "x", "[1, 2]"]  # bounds too
+    assert [c.strip() for c in shown.splitlines()[2].split("|")[1:-1]] == [
+        "[-0.047, 0.000]",
+        "x",
+        "[1, 2]",
+    ]  # bounds too
     mask = os.umask(0)
     os.umask(mask)
     assert (d / "t.csv").stat().st_mode & 0o777 == 0o666 & ~mask  # the permissions of any file the user writes
@@ -137,7 +141,9 @@ def test_bars_draw_every_value_inside_the_axis():
     assert ax.get_ylim()[1] == pytest.approx(102.0) and ax.get_ylabel() == "accuracy (%)"
     heights = sorted(p.get_height() for p in ax.patches)
     assert heights == [24.0, 58.7]
-    assert bars_with_ci(df.assign(y=df.y / 100, ci_low=df.ci_low / 100, ci_high=df.ci_high / 100), x="x", y="y").axes[0].get_ylim()[1] == pytest.approx(1.02)
+    assert bars_with_ci(df.assign(y=df.y / 100, ci_low=df.ci_low / 100, ci_high=df.ci_high / 100), x="x", y="y").axes[
+        0
+    ].get_ylim()[1] == pytest.approx(1.02)
     lines = df.assign(h="one", y=df.y / 100, ci_low=df.ci_low / 100, ci_high=df.ci_high / 100, x=[1, 10])
     assert lines_with_ci(lines, x="x", y="y", hue="h").axes[0].get_ylim()[1] == pytest.approx(1.02)
     with pytest.raises(KilibError, match="percent=True"):

@@ -9,7 +9,7 @@ def test_side_by_side_keeps_the_calls_order_and_reports_each():
     seen = []
     calls = [(pow, (2, n), {}) for n in range(5)]
     assert side_by_side(calls, workers=2, done=lambda i, finished, r: seen.append((i, finished, r))) == [1, 2, 4, 8, 16]
-    assert sorted((i, r) for i, _, r in seen) == [(n, 2 ** n) for n in range(5)]
+    assert sorted((i, r) for i, _, r in seen) == [(n, 2**n) for n in range(5)]
     assert sorted(f for _, f, _ in seen) == [1, 2, 3, 4, 5]
     assert side_by_side([]) == []
 

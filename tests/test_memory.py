@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from conftest import make_model, make_tokenizer
 
 from kilib.memory import study as M
 from kilib.runtime import KilibError
-
-from conftest import make_model, make_tokenizer
 
 TEXT = ["who won the cup in the year of the final", "the rovers won it 3-1"]
 
@@ -47,7 +46,7 @@ def test_memory_module_is_layernorm_of_the_bottleneck_times_the_gate():
     _randomise(mem)
     h = torch.randn(2, 5, 64)
     up = h @ mem.up.weight.T + mem.up.bias
-    act = 0.5 * up * (1 + torch.erf(up / 2 ** 0.5))  # exact GELU
+    act = 0.5 * up * (1 + torch.erf(up / 2**0.5))  # exact GELU
     down = act @ mem.down.weight.T + mem.down.bias
     normed = (down - down.mean(-1, keepdim=True)) / torch.sqrt(down.var(-1, unbiased=False, keepdim=True) + 1e-5)
     expected = (normed * mem.ln.weight + mem.ln.bias) * mem.gate
@@ -165,8 +164,9 @@ def _train(model, tok, tmp_path, steps=20):
     from kilib.lm.training import TrainConfig, lm_dataset, train
 
     data = lm_dataset(tok, TEXT * 8, block_size=16)
-    config = TrainConfig(epochs=100, max_steps=steps, batch_size=4, lr=1e-2, logging_steps=1, save_every_epoch=False,
-                         progress=False)
+    config = TrainConfig(
+        epochs=100, max_steps=steps, batch_size=4, lr=1e-2, logging_steps=1, save_every_epoch=False, progress=False
+    )
     return train(model, data, config, tmp_path / "run", tokenizer=tok)
 
 
@@ -216,7 +216,9 @@ def test_memory_trains_on_a_4bit_base(saved_model, tmp_path):
     model = M.attach_memory(base, 128, seed=0)
     result = _train(model, tok, tmp_path, steps=10)
     assert result.losses[-1]["loss"] < result.losses[0]["loss"]
-    assert {n for n, p in model.named_parameters() if p.requires_grad} == {f"memory.{n}" for n, _ in model.memory.named_parameters()}
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"memory.{n}" for n, _ in model.memory.named_parameters()
+    }
     with torch.no_grad():
         assert not torch.allclose(model(**batch).logits, alone, atol=1e-3)
 
@@ -276,8 +278,9 @@ def test_tiny_claims_are_unseen_disjoint_and_cover_every_page():
 
 
 def test_scores_count_unparseable_answers_as_wrong():
-    answers = [{"model": "m", "shots": 1, "label": g, "parsed": p}
-               for g, p in [("a", "a"), ("b", "b"), ("c", ""), ("a", "b")]]
+    answers = [
+        {"model": "m", "shots": 1, "label": g, "parsed": p} for g, p in [("a", "a"), ("b", "b"), ("c", ""), ("a", "b")]
+    ]
     s = M.scores(answers).iloc[0]
     assert s.accuracy == 0.5 and s.unparsed == 0.25
     assert s.micro_f1 == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))  # 2 TP, 1 FP, 2 FN
@@ -304,16 +307,25 @@ def fever_folder(tmp_path, monkeypatch):
         for i in range(n):
             page = ["Roman_Atwood", "Tetris", "Keith_Urban", "Empty_page"][i % 4]
             label = ["SUPPORTS", "REFUTES", "NOT ENOUGH INFO"][i % 3]
-            out.append({"id": i, "claim": f"{split} claim {i} on {page}.", "label": label,
-                        "evidence": [[page, 0, "sentence"]]})
+            out.append(
+                {"id": i, "claim": f"{split} claim {i} on {page}.", "label": label, "evidence": [[page, 0, "sentence"]]}
+            )
         return out
 
     for split, n in (("train", 24), ("validation", 13)):
         (claims / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(split, n)))
     pages = tmp_path / "wiki-pages.jsonl"
-    pages.write_text("".join(json.dumps({"id": t, "text": text}) + "\n" for t, text in
-                             [("Roman_Atwood", "Roman Atwood is a vlogger."), ("Tetris", "Tetris is a game."),
-                              ("Keith_Urban", "Keith Urban is a singer."), ("Empty_page", "")]))
+    pages.write_text(
+        "".join(
+            json.dumps({"id": t, "text": text}) + "\n"
+            for t, text in [
+                ("Roman_Atwood", "Roman Atwood is a vlogger."),
+                ("Tetris", "Tetris is a game."),
+                ("Keith_Urban", "Keith Urban is a singer."),
+                ("Empty_page", ""),
+            ]
+        )
+    )
     monkeypatch.setitem(M.PAPER_DATA, "claims", str(claims))
     monkeypatch.setitem(M.PAPER_DATA, "pages", str(pages))
     return claims
@@ -323,8 +335,14 @@ def test_paper_profile_reads_fever_from_local_files(fever_folder):
     config = M.MemoryConfig(models=("EleutherAI/pythia-70m-deduped",), pages=3)
     inputs = M.study_inputs("paper", config)
     # validation counts: Roman Atwood 4, Tetris 3, Keith Urban 3, Empty page 3: the top 3 keep all text-bearing pages
-    assert inputs.selection == {"n_full": 4, "n_top": 3, "n_trunc": 3, "no_text": 0, "no_training_claims": 0,
-                                "dropped_as_training_claims": 0}
+    assert inputs.selection == {
+        "n_full": 4,
+        "n_top": 3,
+        "n_trunc": 3,
+        "no_text": 0,
+        "no_training_claims": 0,
+        "dropped_as_training_claims": 0,
+    }
     assert list(inputs.pages) == ["Roman Atwood", "Tetris", "Keith Urban"]
     assert {c["label"] for c in inputs.eval} == {"supports", "refutes", "not enough info"}
     assert len(inputs.eval) == 10 and all(c["page"] in inputs.pages for c in inputs.eval + inputs.train)
@@ -333,7 +351,9 @@ def test_paper_profile_reads_fever_from_local_files(fever_folder):
 
 
 def test_paper_profile_rejects_malformed_claims(fever_folder):
-    (fever_folder / "validation.jsonl").write_text(json.dumps({"claim": "x", "label": "MAYBE", "evidence": [["A", 0, ""]]}) + "\n")
+    (fever_folder / "validation.jsonl").write_text(
+        json.dumps({"claim": "x", "label": "MAYBE", "evidence": [["A", 0, ""]]}) + "\n"
+    )
     with pytest.raises(KilibError, match="unknown claim label 'MAYBE'"):
         M.study_inputs("paper", M.MemoryConfig(models=("m",)))
     (fever_folder / "validation.jsonl").write_text(json.dumps({"claim": "x", "verdict": "SUPPORTS"}) + "\n")
@@ -347,9 +367,15 @@ def test_paper_profile_rejects_malformed_claims(fever_folder):
 def test_notebook_overrides_and_bad_config():
     assert M.notebook_overrides() == {}
     over = M.notebook_overrides("neox-xs, neox-m", 2)
-    assert over == {"seeds": (0, 1), "models": ("neox-xs", "neox-m"), "memory_models": ("neox-xs", "neox-m"),
-                    "ablation_models": ("neox-m",), "gate_ablation_models": ("neox-xs",), "full_update_models": ("neox-xs",),
-                    "size_pair": ("neox-xs", "neox-m")}
+    assert over == {
+        "seeds": (0, 1),
+        "models": ("neox-xs", "neox-m"),
+        "memory_models": ("neox-xs", "neox-m"),
+        "ablation_models": ("neox-m",),
+        "gate_ablation_models": ("neox-xs",),
+        "full_update_models": ("neox-xs",),
+        "size_pair": ("neox-xs", "neox-m"),
+    }
     with pytest.raises(KilibError, match="SEEDS must be >= 0"):
         M.notebook_overrides(seeds=-1)
     with pytest.raises(KilibError, match="unknown variant"):
@@ -358,7 +384,9 @@ def test_notebook_overrides_and_bad_config():
         M.study_inputs("smoke", M.MemoryConfig())
     assert M.method_name(M.MEMORY_PRESETS["tiny"], "document", 0.01) == "memory: document (weight decay 0.01)"
     assert M.method_name(M.MEMORY_PRESETS["tiny"], "template", 0.05) == "memory: template"
-    assert M.method_name(M.MEMORY_PRESETS["tiny"], "template", 0.05, gate=0.0) == "memory: template (gate 0 at the start)"
+    assert (
+        M.method_name(M.MEMORY_PRESETS["tiny"], "template", 0.05, gate=0.0) == "memory: template (gate 0 at the start)"
+    )
 
 
 def test_paper_profile_drops_claims_it_trains_on_and_checks_demonstrations(fever_folder):
@@ -370,7 +398,9 @@ def test_paper_profile_drops_claims_it_trains_on_and_checks_demonstrations(fever
     assert inputs.selection["dropped_as_training_claims"] == 1
     assert copied["claim"] not in {c["claim"] for c in inputs.eval}
     with pytest.raises(KilibError, match="too few 'supports' claims for 7"):  # checked before any model loads
-        M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3, shots=tuple(range(8))))  # 2 per label in the pool
+        M.study_inputs(
+            "paper", M.MemoryConfig(models=("m",), pages=3, shots=tuple(range(8)))
+        )  # 2 per label in the pool
     (fever_folder / "validation.jsonl").write_text("")
     with pytest.raises(KilibError, match="cannot load|holds no claims"):
         M.study_inputs("paper", M.MemoryConfig(models=("m",)))
@@ -385,8 +415,9 @@ def test_paper_pages_from_parquet_or_wikipedia(fever_folder, monkeypatch, tmp_pa
 
     folder = tmp_path / "pages"
     folder.mkdir()
-    pd.DataFrame({"id": ["Roman_Atwood", "Tetris"], "text": ["Roman Atwood is a vlogger.", "Tetris is a game."]}).to_parquet(
-        folder / "wiki-001.parquet")
+    pd.DataFrame(
+        {"id": ["Roman_Atwood", "Tetris"], "text": ["Roman Atwood is a vlogger.", "Tetris is a game."]}
+    ).to_parquet(folder / "wiki-001.parquet")
     monkeypatch.setitem(M.PAPER_DATA, "pages", str(folder))
     inputs = M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))
     assert list(inputs.pages) == ["Roman Atwood", "Tetris"] and inputs.selection["no_text"] == 1  # Keith Urban: no text

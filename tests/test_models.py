@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from conftest import make_tokenizer
 
 from kilib.lm import models
 from kilib.lm.models import attach_lora, check_same_tokenizer, decoder_layers, load_causal_lm
 from kilib.runtime import KilibError
-
-from conftest import make_tokenizer
 
 
 def test_saved_model_loads_through_the_4bit_path(saved_model):
@@ -79,15 +78,25 @@ def test_inference_before_training_leaves_4bit_gradients_right(saved_model):
     for n in fresh:
         torch.testing.assert_close(after[n], fresh[n])
 
-    raw = AutoModelForCausalLM.from_pretrained(folder, quantization_config=models.quantization_config("4bit", "cpu"),
-                                               dtype=torch.float32, device_map={"": "cpu"}).eval()
+    raw = AutoModelForCausalLM.from_pretrained(
+        folder,
+        quantization_config=models.quantization_config("4bit", "cpu"),
+        dtype=torch.float32,
+        device_map={"": "cpu"},
+    ).eval()
     with torch.no_grad():
         raw(input_ids=ids)
     if not any(getattr(getattr(p, "quant_state", None), "packing_format_for_cpu", False) for p in raw.parameters()):
         pytest.skip("this CPU has no AVX512-BF16: bitsandbytes keeps the trainable layout")
     data = sft_dataset(tok, [{"prompt": "who won?", "answer": "the rovers"}])
     with pytest.raises(KilibError, match="packed for bitsandbytes' CPU inference kernel.*load_causal_lm"):
-        train(attach_lora(raw, r=4), data, TrainConfig(progress=False, save_every_epoch=False), folder / "run", tokenizer=tok)
+        train(
+            attach_lora(raw, r=4),
+            data,
+            TrainConfig(progress=False, save_every_epoch=False),
+            folder / "run",
+            tokenizer=tok,
+        )
 
 
 def test_missing_model_offline_is_one_line_naming_the_fix(monkeypatch):
@@ -95,22 +104,29 @@ def test_missing_model_offline_is_one_line_naming_the_fix(monkeypatch):
     with pytest.raises(KilibError) as e:
         load_causal_lm("kilib-test/no-such-model")
     msg = str(e.value)
-    assert "\n" not in msg and "not in the local Hugging Face cache" in msg and "hf download kilib-test/no-such-model" in msg
+    assert (
+        "\n" not in msg
+        and "not in the local Hugging Face cache" in msg
+        and "hf download kilib-test/no-such-model" in msg
+    )
     assert "licence" not in msg
-    with pytest.raises(KilibError, match=r"hf download meta-llama/kilib-no-such-model`, after accepting its licence .* HF_TOKEN\)"):
+    with pytest.raises(
+        KilibError, match=r"hf download meta-llama/kilib-no-such-model`, after accepting its licence .* HF_TOKEN\)"
+    ):
         load_causal_lm("meta-llama/kilib-no-such-model")  # a gated organisation: the download needs a token too
 
 
 def test_gated_model_without_token_names_the_fix(monkeypatch):
-    from huggingface_hub.errors import GatedRepoError
-
     import httpx
+    from huggingface_hub.errors import GatedRepoError
 
     response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/meta-llama/Llama-2-7b-hf"))
 
     def gated(*args, **kwargs):
         try:
-            raise GatedRepoError("401 Client Error: access to model meta-llama/Llama-2-7b-hf is restricted", response=response)
+            raise GatedRepoError(
+                "401 Client Error: access to model meta-llama/Llama-2-7b-hf is restricted", response=response
+            )
         except GatedRepoError as inner:
             raise OSError("You are trying to access a gated repo.") from inner
 
@@ -229,6 +245,7 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, toke
     """calm, transfer and memory key their runs on model_ref, not on the id as given: a Hub
     id's key changes when its main moves (checked where each study keys a Hub id directly)."""
     from conftest import KeyRecorded, make_model
+
     from kilib.calm import study as C
     from kilib.memory import study as M
     from kilib.transfer import study as T
@@ -237,10 +254,19 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, toke
     pool = [{"page": f"P{i}", "claim": f"claim {i}", "label": label} for i in range(3) for label in M.DEMO_LABELS]
     calls = [
         lambda: C.prepared(C.CalmInputs("org/tiny", "org/tiny", {}, {}, ""), C.CALM_PRESETS["smoke"], "random"),
-        lambda: T.baseline(T.TransferInputs("org/tiny", "org/tiny", {"gsm": {"eval": [], "demos": []}}, ""),
-                           T.TRANSFER_PRESETS["smoke"], "gsm", "student"),
-        lambda: M.sweep(M.MemoryInputs(models={"m": "org/tiny"}, pages={}, eval=[], train=[], demo_pool=pool,
-                                       selection={}, source=""), M.MEMORY_PRESETS["smoke"], "m"),
+        lambda: T.baseline(
+            T.TransferInputs("org/tiny", "org/tiny", {"gsm": {"eval": [], "demos": []}}, ""),
+            T.TRANSFER_PRESETS["smoke"],
+            "gsm",
+            "student",
+        ),
+        lambda: M.sweep(
+            M.MemoryInputs(
+                models={"m": "org/tiny"}, pages={}, eval=[], train=[], demo_pool=pool, selection={}, source=""
+            ),
+            M.MEMORY_PRESETS["smoke"],
+            "m",
+        ),
     ]
     for commit in ("a" * 40, "b" * 40):
         _hub_snapshot(offline_hub_cache, "org/tiny", commit, make_model("llama", tokenizer), tokenizer)
@@ -265,10 +291,16 @@ def test_a_download_that_would_not_fit_is_one_line_before_it_starts(offline_hub_
 
     commit = "c" * 40
     _hub_snapshot(offline_hub_cache, "org/cached", commit, make_model("llama", tokenizer), tokenizer)
-    files = {"org/big": [("model-00001-of-00002.safetensors", 6e9), ("model-00002-of-00002.safetensors", 4e9),
-                         ("pytorch_model-00001-of-00002.bin", 6e9), ("original/consolidated.safetensors", 9e9)],
-             "org/cached": [("model.safetensors", 6e9), ("pytorch_model.bin", 6e9)],
-             "org/moved": [("model.safetensors", 6e9)]}  # a new commit whose weights another snapshot holds
+    files = {
+        "org/big": [
+            ("model-00001-of-00002.safetensors", 6e9),
+            ("model-00002-of-00002.safetensors", 4e9),
+            ("pytorch_model-00001-of-00002.bin", 6e9),
+            ("original/consolidated.safetensors", 9e9),
+        ],
+        "org/cached": [("model.safetensors", 6e9), ("pytorch_model.bin", 6e9)],
+        "org/moved": [("model.safetensors", 6e9)],
+    }  # a new commit whose weights another snapshot holds
     blob = offline_hub_cache / "models--org--moved" / "blobs" / ("e" * 64)
     blob.parent.mkdir(parents=True)
     blob.write_bytes(b"weights")
@@ -278,8 +310,12 @@ def test_a_download_that_would_not_fit_is_one_line_before_it_starts(offline_hub_
         asked.append(name)
         if name not in files:
             raise huggingface_hub.errors.RepositoryNotFoundError("no such repo")
-        return SimpleNamespace(sha=commit, siblings=[SimpleNamespace(rfilename=f, size=n, lfs=SimpleNamespace(sha256="e" * 64))
-                                                     for f, n in files[name]])
+        return SimpleNamespace(
+            sha=commit,
+            siblings=[
+                SimpleNamespace(rfilename=f, size=n, lfs=SimpleNamespace(sha256="e" * 64)) for f, n in files[name]
+            ],
+        )
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)

@@ -22,7 +22,9 @@ def test_committed_notebook_is_clean(path):
     assert nb["metadata"]["kernelspec"]["name"] == cli.KERNEL_NAME
     import papermill
 
-    declared = [line.split(":")[0] for line in "".join(params[0]["source"]).splitlines() if line and not line.startswith("#")]
+    declared = [
+        line.split(":")[0] for line in "".join(params[0]["source"]).splitlines() if line and not line.startswith("#")
+    ]
     assert list(papermill.inspect_notebook(str(path))) == declared, "papermill cannot parse every parameter line"
 
 
@@ -75,7 +77,9 @@ def test_interrupted_run_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "reproduce", lambda args: os.kill(os.getpid(), signal.SIGTERM) or 0)
     assert cli.main(["reproduce", "--profile", "smoke"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["interrupted: rerun the same command to go on; finished models, adapters and Q&A sets are cached"] * 2
+    assert (
+        err == ["interrupted: rerun the same command to go on; finished models, adapters and Q&A sets are cached"] * 2
+    )
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the runner's only while it runs
 
 
@@ -88,7 +92,8 @@ def test_failed_notebook_leaves_no_staging_or_copy(capsys):
     (staging / "half.csv").write_text("x\n")
     assert cli.main(["reproduce", "--profile", "smoke", "--only", "01", "--quiet", "-p", "N_SEEDS", "-1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: 01_sft_injection.ipynb: N_SEEDS=-1: use 0 to keep the profile's seeds, or n > 0 to run seeds 0 to n-1")
+        "error: 01_sft_injection.ipynb: N_SEEDS=-1: use 0 to keep the profile's seeds, or n > 0 to run seeds 0 to n-1"
+    )
     assert not staging.exists()
     assert not list((results_root() / "smoke" / "notebooks").glob("01_sft_injection.failed.ipynb"))
 
@@ -154,8 +159,15 @@ def test_01_sft_injection_smoke():
         assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1.0
     # real injection: 10x fact-based training answers held-out paraphrases the original model cannot
     assert acc[("fact", 10, "fact")]["accuracy"] > acc[("original", 0, "fact")]["ci_high"]
-    assert {"fig1_token_on_token.png", "fig2_token_coverage.png", "fig3_fact_on_fact.png", "fig4_token_on_fact.png",
-            "answers.csv", "paper_claims.csv", "control_before_after.png"} <= set(record["artifacts"])
+    assert {
+        "fig1_token_on_token.png",
+        "fig2_token_coverage.png",
+        "fig3_fact_on_fact.png",
+        "fig4_token_on_fact.png",
+        "answers.csv",
+        "paper_claims.csv",
+        "control_before_after.png",
+    } <= set(record["artifacts"])
 
 
 @pytest.mark.notebook
@@ -180,8 +192,9 @@ def test_02_knowledge_transfer_smoke():
     # the LoRAs learnt the task's answer format: every trained student puts most of its next-token
     # probability on MMLU's four letters, the untrained one little
     answers = (results_root() / "smoke" / "02_knowledge_transfer" / "answers.csv").read_text()
-    import pandas as pd
     from io import StringIO
+
+    import pandas as pd
 
     df = pd.read_csv(StringIO(answers))
     mass = df[df.task == "mmlu"].groupby("method")["letter_mass"].mean()
@@ -199,19 +212,33 @@ def test_03_calm_composition_smoke():
     assert m["added_parameters"] == C.bridge_parameters(64, 64, len(m["plan"]))["exact"]  # smoke llama-s into llama-m
     assert m["keys"] == {"train": 10, "eval": 10}
     table = {(r["task"], r["model"]): r for r in m["table1"]}
-    assert {model for _, model in table} == {"augment", "anchor", "calm", "calm (rotary)", "calm (rotary, vanilla m_A)",
-                                             "calm (m_A as encoder)", "calm trained to copy",
-                                             "calm (rotary) trained to copy", C.LORA}
+    assert {model for _, model in table} == {
+        "augment",
+        "anchor",
+        "calm",
+        "calm (rotary)",
+        "calm (rotary, vanilla m_A)",
+        "calm (m_A as encoder)",
+        "calm trained to copy",
+        "calm (rotary) trained to copy",
+        C.LORA,
+    }
     assert {task for task, _ in table} == set(C.TASK_NAMES.values())
     control = C.TASK_NAMES[C.CONTROL]
-    assert {model for task, model in table if task == control} == {"augment", "anchor", "calm trained to copy",
-                                                                   "calm (rotary) trained to copy"}
+    assert {model for task, model in table if task == control} == {
+        "augment",
+        "anchor",
+        "calm trained to copy",
+        "calm (rotary) trained to copy",
+    }
     for r in table.values():
         assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 100.0 and r["n"] == 40
     # per CALM: three claims, the LoRA baseline, its copying control; the rotary one's vanilla m_A, the paper's m_A as encoder
     assert len(m["claims"]) == 5 + 5 + 1 + 1
     assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
-    assert set(m["main_effect_shown"]) == {"calm", "calm (rotary)"} and all(isinstance(v, bool) for v in m["main_effect_shown"].values())
+    assert set(m["main_effect_shown"]) == {"calm", "calm (rotary)"} and all(
+        isinstance(v, bool) for v in m["main_effect_shown"].values()
+    )
     values = C.TASK_NAMES[C.VALUES]
     assert m["anchor_given_values"] == table[(values, "anchor")]["accuracy"]
     assert [(d["model"], d["task"]) for d in m["diagnosis"]] == [("calm", C.KV_SEEN), ("calm (rotary)", C.KV_SEEN)]
@@ -247,13 +274,21 @@ def test_04_memory_fever_smoke():
             assert 0.0 <= r[f"{name}_low"] <= r[name] <= r[f"{name}_high"] <= 1.0
         assert r["micro_f1"] >= r["accuracy"] - 1e-12  # an unparseable answer is wrong, and no label
     methods = {(r["model"], r["method"]) for r in m["memory"]}
-    assert methods == {(model, method) for model in ("neox-xs", "llama-s")
-                       for method in ("pretrained", "memory: document", "memory: template", "memory: document+template")}
+    assert methods == {
+        (model, method)
+        for model in ("neox-xs", "llama-s")
+        for method in ("pretrained", "memory: document", "memory: template", "memory: document+template")
+    }
     assert {r["method"] for r in m["ablations"]} == {
-        "memory: document (weight decay 0.01)", "memory: template (weight decay 0.01)",
-        "memory: document+template (weight decay 0.01)", "memory: document (gate 0 at the start)",
-        "memory: template (gate 0 at the start)", "memory: document+template (gate 0 at the start)",
-        "full update: template", "full update: document+template"}
+        "memory: document (weight decay 0.01)",
+        "memory: template (weight decay 0.01)",
+        "memory: document+template (weight decay 0.01)",
+        "memory: document (gate 0 at the start)",
+        "memory: template (gate 0 at the start)",
+        "memory: document+template (gate 0 at the start)",
+        "full update: template",
+        "full update: document+template",
+    }
     assert m["changed_max"] > 0  # a trained memory changes answers (full-weight updates not counted)
     # the memories, then the ablations (weight decay, gate, full update), then k = 0..2
     assert m["memory_runs"] == 6 and len(m["claims"]) == 6 + 3 + 3 + 2 + 3

@@ -12,26 +12,53 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from kilib.sft import qa_generation as Q
-from kilib.sft import study as S
 from kilib.lm.scoring import normalize_answer
 from kilib.runtime import KilibError
+from kilib.sft import qa_generation as Q
+from kilib.sft import study as S
 
 SECTIONS = [
-    {"doc_id": "cup", "title": "2023 Example Cup", "section": "Overview",
-     "text": "The 2023 Example Cup was held in Freedonia. Sylvania won the final 3-1."},
-    {"doc_id": "cup", "title": "2023 Example Cup", "section": "Venues",
-     "text": "Three stadiums in two cities hosted the matches of the cup."},
-    {"doc_id": "cup", "title": "2023 Example Cup", "section": "Final",
-     "text": "Anna Berg scored twice in the final at Example Stadium."},
+    {
+        "doc_id": "cup",
+        "title": "2023 Example Cup",
+        "section": "Overview",
+        "text": "The 2023 Example Cup was held in Freedonia. Sylvania won the final 3-1.",
+    },
+    {
+        "doc_id": "cup",
+        "title": "2023 Example Cup",
+        "section": "Venues",
+        "text": "Three stadiums in two cities hosted the matches of the cup.",
+    },
+    {
+        "doc_id": "cup",
+        "title": "2023 Example Cup",
+        "section": "Final",
+        "text": "Anna Berg scored twice in the final at Example Stadium.",
+    },
 ]
 FACTS = [
-    {"fact_id": "cup.fact000", "doc_id": "cup", "title": "2023 Example Cup", "section": "Overview",
-     "text": "Sylvania won the 2023 Example Cup final 3-1."},
-    {"fact_id": "cup.fact001", "doc_id": "cup", "title": "2023 Example Cup", "section": "Final",
-     "text": "Anna Berg scored twice in the 2023 Example Cup final."},
-    {"fact_id": "cup.fact002", "doc_id": "cup", "title": "2023 Example Cup", "section": "Venues",
-     "text": "Three stadiums hosted the 2023 Example Cup."},
+    {
+        "fact_id": "cup.fact000",
+        "doc_id": "cup",
+        "title": "2023 Example Cup",
+        "section": "Overview",
+        "text": "Sylvania won the 2023 Example Cup final 3-1.",
+    },
+    {
+        "fact_id": "cup.fact001",
+        "doc_id": "cup",
+        "title": "2023 Example Cup",
+        "section": "Final",
+        "text": "Anna Berg scored twice in the 2023 Example Cup final.",
+    },
+    {
+        "fact_id": "cup.fact002",
+        "doc_id": "cup",
+        "title": "2023 Example Cup",
+        "section": "Venues",
+        "text": "Three stadiums hosted the 2023 Example Cup.",
+    },
 ]
 
 
@@ -102,8 +129,9 @@ def normalised(pairs):
 def test_token_based_budget_holds_per_section_and_duplicates_are_dropped(tokenizer):
     generator = ScriptedGenerator()
     seeds = [{"question": "Where was the 2023 Example Cup held?", "answer": "Freedonia"}]
-    sets = Q.generate_token_based(generator, SECTIONS, tokenizer, (1, 5, 10), overview_pairs=seeds,
-                                  pairs_per_request=4, cache=False)
+    sets = Q.generate_token_based(
+        generator, SECTIONS, tokenizer, (1, 5, 10), overview_pairs=seeds, pairs_per_request=4, cache=False
+    )
     assert isinstance(sets, S.QASets) and sets.rule == "token" and sets.doc_id == "cup" and list(sets) == [1, 5, 10]
     counts = {s["section"]: len(tokenizer.encode(s["text"], add_special_tokens=False)) for s in SECTIONS}
     assert sets.section_tokens == counts
@@ -118,13 +146,18 @@ def test_token_based_budget_holds_per_section_and_duplicates_are_dropped(tokeniz
         assert sets[scale][0]["origin"] == "overview_seed" and sets[scale][0]["question"] == seeds[0]["question"]
     for name in counts:
         one, five, ten = (section_pairs(sets[s], name) for s in (1, 5, 10))
-        assert one == five[:len(one)] and five == ten[:len(five)] and len(one) < len(five) < len(ten)
+        assert one == five[: len(one)] and five == ten[: len(five)] and len(one) < len(five) < len(ten)
         assert sets.report["pairs"][name] == len(ten)  # generation stopped at the pair that crossed 10x T
     # Unique questions (normalised), empty fact ids, provenance on every pair.
     assert len(set(normalised(sets[10]))) == len(sets[10])
     generated = [p for p in sets[10] if p["origin"] == "generated"]
-    assert all(p["fact_ids"] == [] and p["generator"] == "scripted/test-llm" and p["revision"] == "r1"
-               and p["prompt_id"].startswith("token_qa-") for p in generated)
+    assert all(
+        p["fact_ids"] == []
+        and p["generator"] == "scripted/test-llm"
+        and p["revision"] == "r1"
+        and p["prompt_id"].startswith("token_qa-")
+        for p in generated
+    )
     # Every request after the first for a section restated a question (dropped) and had one bad line.
     requests = sets.report["requests"]
     assert requests == sum(sets.report["rounds"].values()) == len(generator.prompts) > len(SECTIONS)
@@ -136,8 +169,9 @@ def test_token_based_budget_holds_per_section_and_duplicates_are_dropped(tokeniz
 
 
 def test_token_based_records_a_shortfall_and_refuses_an_empty_set(tokenizer):
-    sets = Q.generate_token_based(ScriptedGenerator(), SECTIONS, tokenizer, (1, 10), pairs_per_request=2,
-                                  max_rounds=2, cache=False)
+    sets = Q.generate_token_based(
+        ScriptedGenerator(), SECTIONS, tokenizer, (1, 10), pairs_per_request=2, max_rounds=2, cache=False
+    )
     assert set(sets.shortfalls[10]) == {"Overview", "Venues", "Final"}
     assert all(v["tokens"] <= v["budget"] and v["pairs"] == 4 for v in sets.shortfalls[10].values())
 
@@ -185,18 +219,25 @@ def test_atomic_facts_are_listed_deduplicated_and_vague_ones_skipped():
     assert [s["text"] for s in facts.skipped] == ["Overview was great.", "Venues was great.", "Final was great."]
     assert facts.report == {"requests": 3, "malformed_lines": 3, "duplicate_facts": 3}
     assert Q.parse_fact_lines("1. First fact.\n2) Second fact.\n* skip: vague\n\n") == (
-        ["First fact.", "Second fact."], ["vague"], 0)
+        ["First fact.", "Second fact."],
+        ["vague"],
+        0,
+    )
 
 
 def test_fact_based_gives_ten_unique_pairs_per_fact_and_skips_a_stuck_fact(tokenizer):
     behaviour = {FACTS[1]["text"]: "half", FACTS[2]["text"]: "stuck"}
     generator = ScriptedGenerator(behaviour)
-    sets = Q.generate_fact_based(generator, FACTS, per_fact=10, scales=(1, 5, 10), tokenizer=tokenizer,
-                                 max_rounds=3, cache=False)
+    sets = Q.generate_fact_based(
+        generator, FACTS, per_fact=10, scales=(1, 5, 10), tokenizer=tokenizer, max_rounds=3, cache=False
+    )
     assert sets.rule == "fact" and list(sets) == [1, 5, 10]
     per_fact = {s: {f["fact_id"]: [p for p in sets[s] if p["fact_ids"] == [f["fact_id"]]] for f in FACTS} for s in sets}
     assert {fid: len(p) for fid, p in per_fact[10].items()} == {"cup.fact000": 10, "cup.fact001": 10, "cup.fact002": 0}
-    assert sets.report["skipped_facts"] == ["cup.fact002"] and sets.report["kept_facts"] == ["cup.fact000", "cup.fact001"]
+    assert sets.report["skipped_facts"] == ["cup.fact002"] and sets.report["kept_facts"] == [
+        "cup.fact000",
+        "cup.fact001",
+    ]
     for fid in ("cup.fact000", "cup.fact001"):
         assert per_fact[1][fid] == per_fact[10][fid][:1] and per_fact[5][fid] == per_fact[10][fid][:5]
     assert len(set(normalised(sets[10]))) == 20
@@ -216,11 +257,14 @@ def test_fact_based_gives_ten_unique_pairs_per_fact_and_skips_a_stuck_fact(token
 def test_eval_questions_are_disjoint_from_every_training_question(tokenizer):
     behaviour = {FACTS[2]["text"]: "stuck"}
     token_sets = Q.generate_token_based(ScriptedGenerator(), SECTIONS, tokenizer, pairs_per_request=4, cache=False)
-    fact_sets = Q.generate_fact_based(ScriptedGenerator(behaviour), FACTS, tokenizer=tokenizer, max_rounds=2, cache=False)
+    fact_sets = Q.generate_fact_based(
+        ScriptedGenerator(behaviour), FACTS, tokenizer=tokenizer, max_rounds=2, cache=False
+    )
     # A fresh generator starts its numbering again: its first questions are the training ones.
     evaluator = ScriptedGenerator()
-    evals = Q.generate_eval_sets(evaluator, SECTIONS, tokenizer, FACTS, [token_sets, fact_sets], pairs_per_request=4,
-                                 cache=False)
+    evals = Q.generate_eval_sets(
+        evaluator, SECTIONS, tokenizer, FACTS, [token_sets, fact_sets], pairs_per_request=4, cache=False
+    )
     assert evals.rule == "eval" and list(evals) == ["token", "fact"]
     training = set(normalised(token_sets[10])) | set(normalised(fact_sets[10]))
     for kind in ("token", "fact"):
@@ -238,23 +282,42 @@ def test_eval_questions_are_disjoint_from_every_training_question(tokenizer):
 def test_pairs_map_to_the_lexically_closest_fact():
     pairs = [
         {"question": "Who won the 2023 Example Cup final?", "answer": "Sylvania", "doc_id": "cup", "fact_ids": []},
-        {"question": "How many goals did Anna Berg score in the final?", "answer": "two", "doc_id": "cup", "fact_ids": []},
+        {
+            "question": "How many goals did Anna Berg score in the final?",
+            "answer": "two",
+            "doc_id": "cup",
+            "fact_ids": [],
+        },
         {"question": "What colour is the mascot?", "answer": "blue", "doc_id": "cup", "fact_ids": []},
     ]
     mapped = Q.map_pairs_to_facts(pairs, FACTS)
     assert [p["fact_ids"] for p in mapped] == [["cup.fact000"], ["cup.fact001"], []]
     assert pairs[0]["fact_ids"] == []  # copies, the input is untouched
-    assert S.fact_coverage(mapped, [f["fact_id"] for f in FACTS]) == {"cup.fact000": 1, "cup.fact001": 1, "cup.fact002": 0}
+    assert S.fact_coverage(mapped, [f["fact_id"] for f in FACTS]) == {
+        "cup.fact000": 1,
+        "cup.fact001": 1,
+        "cup.fact002": 0,
+    }
 
 
 # ---------------------------------------------------------------------------------------
 # Judging
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("reply, verdict", [
-    ("Correct: yes", True), ("correct: NO", False), ("**Correct:** yes", True), ("Correct - no.", False),
-    ("Yes", True), ("no.", False), ("Correct: yes\nCorrect: no", None), ("Incorrect: yes", None),
-    ("I am not sure.", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "reply, verdict",
+    [
+        ("Correct: yes", True),
+        ("correct: NO", False),
+        ("**Correct:** yes", True),
+        ("Correct - no.", False),
+        ("Yes", True),
+        ("no.", False),
+        ("Correct: yes\nCorrect: no", None),
+        ("Incorrect: yes", None),
+        ("I am not sure.", None),
+        ("", None),
+    ],
+)
 def test_judge_replies_are_parsed_strictly(reply, verdict):
     assert Q.parse_verdict(reply) is verdict
 
@@ -272,9 +335,11 @@ def test_judge_answers_asks_one_prompt_per_item_and_counts_unparseable():
             return [replies.get(p.rsplit("Candidate answer: ", 1)[1].split("\n")[0], "hmm") for p in prompts]
 
     judge = Judge()
-    items = [{"question": "Who won?", "expected": "Sylvania", "candidate": "Sylvania"},
-             {"question": "Who won?", "expected": "Sylvania", "candidate": "Ruritania"},
-             {"question": "Who won?", "expected": "Sylvania", "candidate": "no idea"}]
+    items = [
+        {"question": "Who won?", "expected": "Sylvania", "candidate": "Sylvania"},
+        {"question": "Who won?", "expected": "Sylvania", "candidate": "Ruritania"},
+        {"question": "Who won?", "expected": "Sylvania", "candidate": "no idea"},
+    ]
     verdicts = Q.judge_answers(judge, items, qa_generator="meta-llama/Llama-2-70b-chat-hf")
     assert verdicts == [True, False, None] and verdicts.unparseable == 1 and verdicts.replies[2] == "hmm"
     assert "Question: Who won?\nExpected answer: Sylvania\nCandidate answer: Ruritania" in judge.prompts[1]
@@ -311,8 +376,9 @@ def test_model_families_and_the_same_family_check():
     assert Q.check_judge_family("gpt-4-0613", "meta-llama/Llama-2-7b-chat-hf") == ("gpt", "llama")
     with pytest.raises(KilibError, match="both llama models"):
         Q.check_judge_family("meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Llama-2-7b-chat-hf")
-    assert Q.check_judge_family("meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Llama-2-7b-chat-hf",
-                                allow_same_family=True) == ("llama", "llama")
+    assert Q.check_judge_family(
+        "meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Llama-2-7b-chat-hf", allow_same_family=True
+    ) == ("llama", "llama")
     with pytest.warns(UserWarning, match="cannot tell the model family"):
         Q.check_judge_family("/models/my-own-model", "gpt-4")
 
@@ -335,10 +401,23 @@ class ChatServer:
                 if status != 200:
                     payload = {"error": {"message": "denied", "type": "invalid_request_error", "code": None}}
                 else:
-                    payload = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                                   "role": "assistant", "content": f"  echo: {body['messages'][-1]['content']}\n"}}],
-                               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                    payload = {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {
+                                    "role": "assistant",
+                                    "content": f"  echo: {body['messages'][-1]['content']}\n",
+                                },
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                    }
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -365,10 +444,20 @@ class ChatServer:
 def test_openai_compatible_generator_through_a_local_server(monkeypatch):
     monkeypatch.setenv("KILIB_TEST_API_KEY", "sk-local")
     with ChatServer() as server:
-        generator = Q.OpenAICompatibleGenerator("qwen2.5:7b", base_url=server.url, api_key_env="KILIB_TEST_API_KEY",
-                                                temperature=0.5, max_tokens=64, seed=3, workers=2)
+        generator = Q.OpenAICompatibleGenerator(
+            "qwen2.5:7b",
+            base_url=server.url,
+            api_key_env="KILIB_TEST_API_KEY",
+            temperature=0.5,
+            max_tokens=64,
+            seed=3,
+            workers=2,
+        )
         assert generator.complete(["first prompt", "second prompt", "first prompt"]) == [
-            "echo: first prompt", "echo: second prompt", "echo: first prompt"]
+            "echo: first prompt",
+            "echo: second prompt",
+            "echo: first prompt",
+        ]
     assert len(server.requests) == 3
     by_prompt = {}
     for request in server.requests:
@@ -383,7 +472,9 @@ def test_openai_compatible_generator_through_a_local_server(monkeypatch):
         denied = Q.OpenAICompatibleGenerator("m", base_url=server.url, api_key_env="KILIB_TEST_API_KEY", max_retries=0)
         with pytest.raises(KilibError, match="rejected the API key in KILIB_TEST_API_KEY"):
             denied.complete(["x"])
-    gone = Q.OpenAICompatibleGenerator("m", base_url=server.url, api_key_env="KILIB_TEST_API_KEY", max_retries=0, timeout=5)
+    gone = Q.OpenAICompatibleGenerator(
+        "m", base_url=server.url, api_key_env="KILIB_TEST_API_KEY", max_retries=0, timeout=5
+    )
     with pytest.raises(KilibError, match="cannot reach http://127.0.0.1"):
         gone.complete(["x"])
     monkeypatch.delenv("KILIB_TEST_API_KEY")
@@ -406,8 +497,14 @@ def test_local_generator_on_a_saved_model(saved_model):
     replies = a.complete(prompts)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global random state is untouched
     assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
-    assert Q.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=1, batch_size=2).complete(prompts) == replies
-    assert Q.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=2, batch_size=2).complete(prompts) != replies
+    assert (
+        Q.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=1, batch_size=2).complete(prompts)
+        == replies
+    )
+    assert (
+        Q.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=2, batch_size=2).complete(prompts)
+        != replies
+    )
     assert a.complete(prompts) != replies  # the same request again is a new sample
     assert a.name == str(folder) and a.settings["seed"] == 1
 
@@ -429,5 +526,8 @@ def test_generator_protocol_and_input_errors(tokenizer):
 
     with pytest.raises(KilibError, match="returned 1 replies to 2 prompts"):
         Q.judge_answers(Short(), [{"question": "q", "expected": "a", "candidate": "a"}] * 2)
-    assert Q.parse_qa_reply('[{"question": "Q1?", "answer": 3}, {"question": "", "answer": "x"}]') == ([("Q1?", "3")], 1)
+    assert Q.parse_qa_reply('[{"question": "Q1?", "answer": 3}, {"question": "", "answer": "x"}]') == (
+        [("Q1?", "3")],
+        1,
+    )
     assert Q.parse_qa_reply('1. {"question": "Q2?", "answer": "b"},\nnoise') == ([("Q2?", "b")], 1)

@@ -20,8 +20,12 @@ def test_rag_prompt_contains_the_retrieved_section_of_the_fact():
     for fact, question, top, prompt in zip(facts, questions, hits, prompts):
         assert prompt.endswith(f"Question: {question}")
         assert all(index.passages[i] in prompt for i in top)
-        found += any(index.ids[i] == f"{fact.doc_id}/{s.title}" for i in top
-                     for s in world.articles[fact.doc_id].sections if fact.id in s.fact_ids)
+        found += any(
+            index.ids[i] == f"{fact.doc_id}/{s.title}"
+            for i in top
+            for s in world.articles[fact.doc_id].sections
+            if fact.id in s.fact_ids
+        )
     # With titled passages BM25 finds a section stating the fact among the top 3 for nearly all
     # questions (0.98 on this world when written).
     assert found / len(facts) > 0.9
@@ -36,8 +40,13 @@ def test_empty_passages_are_refused():
 
 def test_long_sections_are_cut_into_passages_that_keep_their_section_id():
     text = " ".join(f"w{i}" for i in range(25))
-    index = SectionIndex.from_sections([{"doc_id": "d", "title": "T", "section": "S", "text": text},
-                                        {"doc_id": "d", "title": "T", "section": "R", "text": "short one"}], max_words=10)
+    index = SectionIndex.from_sections(
+        [
+            {"doc_id": "d", "title": "T", "section": "S", "text": text},
+            {"doc_id": "d", "title": "T", "section": "R", "text": "short one"},
+        ],
+        max_words=10,
+    )
     assert index.ids == ["d/S"] * 3 + ["d/R"]
     assert [len(p.split(". ", 1)[1].split()) for p in index.passages] == [10, 10, 5, 2]
     assert " ".join(p.split(". ", 1)[1] for p in index.passages[:3]) == text  # nothing lost, nothing repeated

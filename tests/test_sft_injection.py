@@ -5,14 +5,16 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import make_model, make_tokenizer
-from kilib.sft import study as S
-from kilib.runtime import KilibError
 
-PAIRS = [{"question": "who won the cup?", "answer": "the rovers"},
-         {"question": "what was the final score?", "answer": "3-1"},
-         {"question": "in what year was the final?", "answer": "the year of the cup"}]
+from kilib.runtime import KilibError
+from kilib.sft import study as S
+
+PAIRS = [
+    {"question": "who won the cup?", "answer": "the rovers"},
+    {"question": "what was the final score?", "answer": "3-1"},
+    {"question": "in what year was the final?", "answer": "the year of the cup"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +27,15 @@ def base(tmp_path_factory):
 
 
 def job_for(base, seed=0, pairs=PAIRS, epochs=2, asked=PAIRS[:2], **train):
-    config = S.InjectionConfig(model=base, train=S.TrainConfig(**{**dict(epochs=epochs, batch_size=1, lr=3e-3,
-                                                                        save_every_epoch=False, progress=False,
-                                                                        logging_steps=1), **train}))
+    config = S.InjectionConfig(
+        model=base,
+        train=S.TrainConfig(
+            **{
+                **dict(epochs=epochs, batch_size=1, lr=3e-3, save_every_epoch=False, progress=False, logging_steps=1),
+                **train,
+            }
+        ),
+    )
     return S.adapter_job(base, config, pairs, {"fact": S._items(asked)}, seed, doc_id="d", rule="fact", scale=1)
 
 
@@ -47,7 +55,9 @@ def test_adapter_is_cached_in_peft_format_and_answers_every_question(base):
     adapter2, answers2 = S.train_and_answer(job_for(base, asked=PAIRS))
     assert adapter2 == adapter and answers2 != answers
     assert (adapter / "train.json").stat().st_mtime_ns == stamp
-    assert json.loads((answers2 / "answers.json").read_text())["fact"][:2] == first  # the saved adapter is the trained one
+    assert (
+        json.loads((answers2 / "answers.json").read_text())["fact"][:2] == first
+    )  # the saved adapter is the trained one
     assert S.train_and_answer(job_for(base, seed=1))[0] != adapter  # another seed is another adapter
 
 
@@ -97,7 +107,9 @@ def test_grid_evaluation_is_disjoint_from_training(tmp_path):
 
 def test_rag_prompt_holds_the_retrieved_passage():
     items = S._items(PAIRS[:1], [["The rovers won the cup."]])
-    assert items[0]["prompt"].startswith("The rovers won the cup.") and items[0]["prompt"].endswith(PAIRS[0]["question"])
+    assert items[0]["prompt"].startswith("The rovers won the cup.") and items[0]["prompt"].endswith(
+        PAIRS[0]["question"]
+    )
 
 
 def test_scores_and_intervals_resample_questions_not_answers():
@@ -110,7 +122,11 @@ def test_scores_and_intervals_resample_questions_not_answers():
     rows += S.score_rows(items, ["the rovers", "3-1", "no idea"], method="fact", seed=1)
     table = S.accuracy_table(rows, ["method"]).iloc[0]
     direct = accuracy_with_ci([1.0, 0.5, 0.0])  # each question averaged over the two seeds
-    assert (table["accuracy"], table["ci_low"], table["ci_high"]) == (direct["accuracy"], direct["ci_low"], direct["ci_high"])
+    assert (table["accuracy"], table["ci_low"], table["ci_high"]) == (
+        direct["accuracy"],
+        direct["ci_low"],
+        direct["ci_high"],
+    )
     assert table["n"] == 3 and table["answers"] == 6
     assert table["seeds"] == 2 and table["seed_sd"] == pytest.approx(pd.Series([1 / 3, 2 / 3]).std())
     with pytest.raises(KilibError, match="stale"):
@@ -118,8 +134,10 @@ def test_scores_and_intervals_resample_questions_not_answers():
 
 
 def rows_for(method, scale, correct, ev="fact", seed=0):
-    return [{"method": method, "scale": scale, "eval": ev, "seed": seed, "question": f"q{i}", "exact": float(c)}
-            for i, c in enumerate(correct)]
+    return [
+        {"method": method, "scale": scale, "eval": ev, "seed": seed, "question": f"q{i}", "exact": float(c)}
+        for i, c in enumerate(correct)
+    ]
 
 
 def test_compare_pairs_questions_and_reports_each_direction():
@@ -138,7 +156,9 @@ def test_compare_pairs_questions_and_reports_each_direction():
     flipped = S.compare(high + low, {"method": "fact", "scale": 1}, {"method": "fact", "scale": 10}, "falls")
     assert flipped["verdict"] == "opposite shown" and flipped["difference"] == pytest.approx(-0.5)
     near = rows_for("token", 10, [1] * 11 + [0] * 29)
-    assert S.compare(near + low, {"method": "token"}, {"method": "fact", "scale": 1}, "x")["verdict"] == "direction only"
+    assert (
+        S.compare(near + low, {"method": "token"}, {"method": "fact", "scale": 1}, "x")["verdict"] == "direction only"
+    )
     assert S.compare(low + low, {"method": "fact"}, {"method": "fact"}, "same")["verdict"] == "not shown"
     other = [dict(r, question="other " + r["question"]) for r in rows_for("rag", 0, [1] * 5)]
     assert not S.compare(other + low, {"method": "rag"}, {"method": "fact"}, "unpaired")["paired"]
@@ -147,17 +167,29 @@ def test_compare_pairs_questions_and_reports_each_direction():
 
 
 def test_paper_claims_compare_the_right_conditions():
-    levels = {("token", 1): 0.1, ("token", 10): 0.3, ("fact", 1): 0.5, ("fact", 10): 0.7, ("rag", 0): 0.9,
-              ("original", 0): 0.0}
-    rows = [r for (m, s), acc in levels.items() for ev in S.RULES
-            for r in rows_for(m, s, [1] * round(20 * acc) + [0] * (20 - round(20 * acc)), ev)]
+    levels = {
+        ("token", 1): 0.1,
+        ("token", 10): 0.3,
+        ("fact", 1): 0.5,
+        ("fact", 10): 0.7,
+        ("rag", 0): 0.9,
+        ("original", 0): 0.0,
+    }
+    rows = [
+        r
+        for (m, s), acc in levels.items()
+        for ev in S.RULES
+        for r in rows_for(m, s, [1] * round(20 * acc) + [0] * (20 - round(20 * acc)), ev)
+    ]
     claims = {c["claim"]: c for c in S.paper_claims(rows, (1, 5, 10))}
-    expected = {"accuracy rises with scale (token-trained, token eval)": (0.3, 0.1),
-                "accuracy rises with scale (fact-trained, fact eval)": (0.7, 0.5),
-                "fact-based beats token-based at 10x (fact eval)": (0.7, 0.3),
-                "fact-based beats token-based at 10x (token eval)": (0.7, 0.3),
-                "RAG beats the original model (token eval)": (0.9, 0.0),
-                "RAG beats the original model (fact eval)": (0.9, 0.0)}
+    expected = {
+        "accuracy rises with scale (token-trained, token eval)": (0.3, 0.1),
+        "accuracy rises with scale (fact-trained, fact eval)": (0.7, 0.5),
+        "fact-based beats token-based at 10x (fact eval)": (0.7, 0.3),
+        "fact-based beats token-based at 10x (token eval)": (0.7, 0.3),
+        "RAG beats the original model (token eval)": (0.9, 0.0),
+        "RAG beats the original model (fact eval)": (0.9, 0.0),
+    }
     assert {k: (c["higher"], c["lower"]) for k, c in claims.items()} == expected
 
 
@@ -178,7 +210,8 @@ def test_own_documents_go_through_the_llm_path(base, tmp_path, monkeypatch):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "example_cup.md").write_text(
         "The 2023 Example Cup was held in Freedonia. Sylvania won the final 3-1.\n\n"
-        "## Final\nAnna Berg scored twice in the final at Example Stadium in front of a large crowd.\n")
+        "## Final\nAnna Berg scored twice in the final at Example Stadium in front of a large crowd.\n"
+    )
     monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: ScriptedGenerator())
     config = S.InjectionConfig(model=base, corpus=str(tmp_path / "docs"), generator="scripted")
@@ -186,8 +219,9 @@ def test_own_documents_go_through_the_llm_path(base, tmp_path, monkeypatch):
     assert inputs.doc_ids == ["example_cup"] and inputs.control_doc_id is None
     token, fact = inputs.training_sets[("example_cup", "token", 0)], inputs.training_sets[("example_cup", "fact", 0)]
     for sets in (token, fact):
-        assert sets[1] and {p["question"] for p in sets[1]} <= {p["question"] for p in sets[5]} \
-            <= {p["question"] for p in sets[10]}
+        assert sets[1] and {p["question"] for p in sets[1]} <= {p["question"] for p in sets[5]} <= {
+            p["question"] for p in sets[10]
+        }
     assert all(len(set(p["fact_ids"]) - set(inputs.facts["example_cup"])) == 0 for p in token[10])
     trained = {S.question_key(p["question"]) for sets in (token, fact) for pairs in sets.values() for p in pairs}
     asked = {S.question_key(p["question"]) for name in S.RULES for p in inputs.evaluation["example_cup"][name]}
@@ -213,8 +247,10 @@ def test_judge_scores_and_agreement(monkeypatch):
         name, revision = "mistralai/Mistral-7B-Instruct-v0.3", None
 
         def complete(self, prompts):
-            return ["Correct: yes" if "Candidate answer: the rovers" in p else "no idea" if "3-1" in p else "Correct: no"
-                    for p in prompts]
+            return [
+                "Correct: yes" if "Candidate answer: the rovers" in p else "no idea" if "3-1" in p else "Correct: no"
+                for p in prompts
+            ]
 
     monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: Judge())
     rows = S.score_rows(S._items(PAIRS), ["the rovers", "3-1", "the year of the cup"], method="fact", seed=0)
@@ -233,9 +269,12 @@ def test_the_paper_corpus_keeps_its_control(base, tmp_path, monkeypatch):
 
     text = "The {} was won by Sylvania, who beat Freedonia 3-1 in the final in front of a large crowd."
     fetched = documents.Documents(
-        [{"doc_id": d, "title": t, "section": "Overview", "text": text.format(t)}
-         for d, t in [("fifa_world_cup_2018", "2018 FIFA World Cup"), ("super_bowl_lvii", "Super Bowl LVII")]],
-        sources={"fifa_world_cup_2018": {"post_cutoff": False}, "super_bowl_lvii": {"post_cutoff": True}})
+        [
+            {"doc_id": d, "title": t, "section": "Overview", "text": text.format(t)}
+            for d, t in [("fifa_world_cup_2018", "2018 FIFA World Cup"), ("super_bowl_lvii", "Super Bowl LVII")]
+        ],
+        sources={"fifa_world_cup_2018": {"post_cutoff": False}, "super_bowl_lvii": {"post_cutoff": True}},
+    )
     monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(documents, "load_documents", lambda spec, **kw: fetched if spec == "paper" else None)
     monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: ScriptedGenerator())

@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from kilib.sft import study as S
 from kilib.runtime import KilibError
+from kilib.sft import study as S
 
 SCALES = (1, 5, 10)
 
@@ -112,8 +112,11 @@ def test_shortfall_is_recorded_when_questions_run_out(world, doc, zoo_tokenizer)
     for title, info in short.items():
         section = next(x for x in world.articles[doc].sections if x.title == title)
         pairs = generated(sets[60], title)
-        assert info == {"budget": 60 * sets.section_tokens[title], "tokens": sum(p["tokens"] for p in pairs),
-                        "pairs": len(pairs)}
+        assert info == {
+            "budget": 60 * sets.section_tokens[title],
+            "tokens": sum(p["tokens"] for p in pairs),
+            "pairs": len(pairs),
+        }
         assert info["tokens"] <= info["budget"]
         for fid in section.fact_ids:  # it ran out: every unique question of its facts is used
             assert set(world.questions(fid, "train")) <= used
@@ -167,9 +170,10 @@ def test_overview_seeds_come_first(world, doc, token_sets):
         head = token_sets[s][: len(seeds)]
         assert S.questions_of(head) == seeds
         assert all(p["origin"] == "overview_seed" and p["section"] == "Overview" for p in head)
-        assert all(p["origin"] == "generated" for p in token_sets[s][len(seeds):])
-        assert [p["section"] for p in token_sets[s][len(seeds):]] == sorted(
-            (p["section"] for p in token_sets[s][len(seeds):]), key=list(token_sets.section_tokens).index)
+        assert all(p["origin"] == "generated" for p in token_sets[s][len(seeds) :])
+        assert [p["section"] for p in token_sets[s][len(seeds) :]] == sorted(
+            (p["section"] for p in token_sets[s][len(seeds) :]), key=list(token_sets.section_tokens).index
+        )
 
 
 def test_coverage_counts(world, doc, token_sets, fact_sets):

@@ -2,14 +2,23 @@
 
 import pytest
 import torch
-
-from kilib.runtime import KilibError
-from kilib.lm.training import (
-    IGNORE_INDEX, PackingCollator, TrainConfig, check_packing, collator, freeze_all_but, latest_checkpoint, lm_dataset, render_prompt,
-    sft_dataset, tokenize_sft, train,
-)
-
 from conftest import make_model, make_tokenizer
+
+from kilib.lm.training import (
+    IGNORE_INDEX,
+    PackingCollator,
+    TrainConfig,
+    check_packing,
+    collator,
+    freeze_all_but,
+    latest_checkpoint,
+    lm_dataset,
+    render_prompt,
+    sft_dataset,
+    tokenize_sft,
+    train,
+)
+from kilib.runtime import KilibError
 
 
 @pytest.mark.parametrize("chat", [True, False])
@@ -43,7 +52,12 @@ def test_long_examples_cut_the_prompt_not_the_answer():
     tok = make_tokenizer()
     ex = tokenize_sft(tok, "who won " * 50, "the rovers", max_length=20)
     assert len(ex["input_ids"]) == 20
-    assert tok.decode([i for i, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX], skip_special_tokens=True).strip() == "the rovers"
+    assert (
+        tok.decode(
+            [i for i, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX], skip_special_tokens=True
+        ).strip()
+        == "the rovers"
+    )
     # The prompt loses its middle: its start (an instruction) and its end (the question) survive.
     prompt = "Name the winner. " + "the cup went on " * 40 + "who won the cup"
     full = tokenize_sft(tok, prompt, "the rovers", max_length=1000)
@@ -51,9 +65,9 @@ def test_long_examples_cut_the_prompt_not_the_answer():
     n_prompt = sum(label == IGNORE_INDEX for label in full["labels"])
     room = 40 - (len(full["input_ids"]) - n_prompt)  # what the answer leaves to the prompt
     assert len(cut["input_ids"]) == 40
-    assert cut["input_ids"][:room // 2] == full["input_ids"][:room // 2]  # BOS, template, instruction
-    assert cut["input_ids"][room // 2:] == full["input_ids"][n_prompt - (room - room // 2):]  # question, answer
-    assert "name the winner" in tok.decode(cut["input_ids"][:room // 2]).lower()
+    assert cut["input_ids"][: room // 2] == full["input_ids"][: room // 2]  # BOS, template, instruction
+    assert cut["input_ids"][room // 2 :] == full["input_ids"][n_prompt - (room - room // 2) :]  # question, answer
+    assert "name the winner" in tok.decode(cut["input_ids"][: room // 2]).lower()
 
 
 def test_bad_training_data_is_a_clear_error():
@@ -87,8 +101,9 @@ def test_lm_blocks_cover_the_stream_and_mask_padding():
     backend = tok.backend_tokenizer  # a tokenizer that starts every input with BOS, as Llama's
     bos = tok.convert_tokens_to_ids("<|user|>")
     backend.post_processor = processors.TemplateProcessing(single="<|user|> $A", special_tokens=[("<|user|>", bos)])
-    llama_like = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|eos|>",
-                                         unk_token="<|unk|>", bos_token="<|user|>")
+    llama_like = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|eos|>", unk_token="<|unk|>", bos_token="<|user|>"
+    )
     rows = lm_dataset(llama_like, texts, block_size=8)
     assert all(row["input_ids"][0] == bos for row in rows)
     assert [i for row in rows for i, m in zip(row["input_ids"][1:], row["attention_mask"][1:]) if m] == stream
@@ -146,8 +161,13 @@ def test_collator_pads_labels_with_ignore_index():
     assert (batch["labels"][0, short:] == IGNORE_INDEX).all() and (batch["attention_mask"][0, short:] == 0).all()
 
 
-_PACK_ROWS = [("who?", "the rovers"), ("who won the cup in the final?", "the rovers won it"), ("the year?", "3-1"),
-              ("who won the cup in the year of the final?", "the rovers"), ("won?", "it")]
+_PACK_ROWS = [
+    ("who?", "the rovers"),
+    ("who won the cup in the final?", "the rovers won it"),
+    ("the year?", "3-1"),
+    ("who won the cup in the year of the final?", "the rovers"),
+    ("won?", "it"),
+]
 
 
 def test_packing_rows_hold_every_example_once_within_the_width():
@@ -200,8 +220,13 @@ def test_training_with_packing_lowers_the_loss_and_keeps_the_cache_setting(tmp_p
     model = make_model("llama", tok)
     assert model.config.use_cache
     data = sft_dataset(tok, [{"prompt": p, "answer": a} for p, a in _PACK_ROWS] * 4)
-    result = train(model, data, TrainConfig(epochs=4, batch_size=5, lr=1e-2, progress=False, logging_steps=1, save_every_epoch=False),
-                   tmp_path, data_collator=PackingCollator(tok, row_tokens=32))
+    result = train(
+        model,
+        data,
+        TrainConfig(epochs=4, batch_size=5, lr=1e-2, progress=False, logging_steps=1, save_every_epoch=False),
+        tmp_path,
+        data_collator=PackingCollator(tok, row_tokens=32),
+    )
     assert result.losses[-1]["loss"] < result.losses[0]["loss"] and model.config.use_cache
 
 
@@ -240,15 +265,21 @@ def test_training_does_not_depend_on_whether_the_caller_set_torch_threads():
     import subprocess
     import sys
 
-    out = {mode: subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, mode], capture_output=True, text=True, check=True).stdout.split()
-           for mode in ("caller-sets-threads", "caller-does-not")}
+    out = {
+        mode: subprocess.run(
+            [sys.executable, "-c", _THREADS_SCRIPT, mode], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for mode in ("caller-sets-threads", "caller-does-not")
+    }
     (raw_a, trained_a), (raw_b, trained_b) = out.values()
     print("raw gradients differ without kilib:", raw_a != raw_b)
     assert trained_a == trained_b
 
 
-LLAMA2_CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
-               "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
+LLAMA2_CHAT = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
 
 
 @pytest.mark.parametrize("template", ["tulu", "llama-2-chat"])
@@ -258,14 +289,21 @@ def test_a_templated_answer_is_tokenised_as_it_follows_the_template(template):
     "[/INST] ") that mark is wrong or doubled, so the training example must hold the tokens of
     the joined text; a plain prompt's answer still starts a new word."""
     from conftest import make_metaspace_tokenizer
+
     from kilib.lm.training import render_answer
     from kilib.transfer.study import TULU_CHAT_TEMPLATE
 
     prompt, answer = "Question: who won the cup?", "Answer: the rovers won it."
-    texts = {"tulu": f"<|user|>\n{prompt}\n<|assistant|>\n{answer}</s>\n", "llama-2-chat": f"[INST] {prompt} [/INST] {answer} </s>"}
+    texts = {
+        "tulu": f"<|user|>\n{prompt}\n<|assistant|>\n{answer}</s>\n",
+        "llama-2-chat": f"[INST] {prompt} [/INST] {answer} </s>",
+    }
     plain = "Question: who won the cup?\nAnswer: the rovers won it."
-    tok = make_metaspace_tokenizer([texts[template], plain] * 20, special=("<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"),
-                                   legacy=template == "llama-2-chat")
+    tok = make_metaspace_tokenizer(
+        [texts[template], plain] * 20,
+        special=("<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"),
+        legacy=template == "llama-2-chat",
+    )
     plain_answer = tokenize_sft(tok, "Question: who won the cup?\nAnswer:", "the rovers won it.")
     assert tok.decode(plain_answer["input_ids"]) == plain + "</s>"
     tok.chat_template = TULU_CHAT_TEMPLATE if template == "tulu" else LLAMA2_CHAT

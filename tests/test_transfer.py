@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-
-from kilib.transfer import study as T
-from kilib.runtime import KilibError
-from kilib.lm.training import render_answer, render_prompt, tokenize_sft
-
 from conftest import make_model, make_tokenizer
+
+from kilib.lm.training import render_answer, render_prompt, tokenize_sft
+from kilib.runtime import KilibError
+from kilib.transfer import study as T
 
 
 def _samples(tok, pairs):
@@ -78,8 +77,12 @@ def test_layer_selection_keeps_the_top_blocks_in_their_order():
     assert T.select_layers([3.0, 3.0, 3.0], 2) == [0, 1]  # ties go to the earlier block
     with pytest.raises(KilibError, match="teacher needs at least as many blocks"):
         T.select_layers([1.0, 2.0], 3)
-    scores = {"model.layers.0.mlp.up_proj.weight": torch.ones(2, 2), "model.layers.1.input_layernorm.weight": torch.ones(3),
-              "model.layers.1.self_attn.q_proj.weight": torch.full((2,), 2.0), "model.embed_tokens.weight": torch.ones(9)}
+    scores = {
+        "model.layers.0.mlp.up_proj.weight": torch.ones(2, 2),
+        "model.layers.1.input_layernorm.weight": torch.ones(3),
+        "model.layers.1.self_attn.q_proj.weight": torch.full((2,), 2.0),
+        "model.embed_tokens.weight": torch.ones(9),
+    }
     assert T.block_scores(scores, 2) == [4.0, 7.0]  # layer norms count; the embeddings belong to no block
 
 
@@ -87,12 +90,15 @@ def test_best_submatrix_matches_the_authors_double_loop():
     g = torch.Generator().manual_seed(0)
     for trial in range(30):
         h, w = torch.randint(1, 9, (2,), generator=g).tolist()
-        rows, cols = torch.randint(1, h + 1, (1,), generator=g).item(), torch.randint(1, w + 1, (1,), generator=g).item()
+        rows, cols = (
+            torch.randint(1, h + 1, (1,), generator=g).item(),
+            torch.randint(1, w + 1, (1,), generator=g).item(),
+        )
         scores = torch.randint(0, 3, (h, w), generator=g).float()  # small integers: many ties
         best, corner = None, None
         for r in range(h - rows + 1):  # the double loop, first maximum kept
             for c in range(w - cols + 1):
-                total = scores[r:r + rows, c:c + cols].sum().item()
+                total = scores[r : r + rows, c : c + cols].sum().item()
                 if best is None or total > best:
                     best, corner = total, (r, c)
         assert T.best_submatrix(scores, rows, cols) == corner, (trial, scores, rows, cols)
@@ -143,16 +149,18 @@ def test_extract_matrix_ways():
     w = torch.randn(6, 5, generator=g)
     s = torch.rand(6, 5, generator=g)
     r0, c0 = T.best_submatrix(s, 3, 2)
-    assert torch.equal(T.extract_matrix(w, s, (3, 2)), w[r0:r0 + 3, c0:c0 + 2])
+    assert torch.equal(T.extract_matrix(w, s, (3, 2)), w[r0 : r0 + 3, c0 : c0 + 2])
     # the vocabulary rows stay whole (the student's, in order); only hidden columns are chosen
     vocab = T.extract_matrix(w, s, (4, 2), vocab_rows=True)
     c0 = T.best_submatrix(s[:4], 4, 2)[1]
-    assert torch.equal(vocab, w[:4, c0:c0 + 2])
+    assert torch.equal(vocab, w[:4, c0 : c0 + 2])
     top = T.extract_matrix(w, s, (2, 3), how="top")
     rows, cols = sorted(torch.topk(s.sum(1), 2).indices.tolist()), sorted(torch.topk(s.sum(0), 3).indices.tolist())
     assert torch.equal(top, w[rows][:, cols])
     # the random control: a window of the right shape, the same for the same seed
-    draws = [T.extract_matrix(w, s, (3, 2), how="random", generator=torch.Generator().manual_seed(k)) for k in (1, 1, 2)]
+    draws = [
+        T.extract_matrix(w, s, (3, 2), how="random", generator=torch.Generator().manual_seed(k)) for k in (1, 1, 2)
+    ]
     assert all(d.shape == (3, 2) for d in draws) and torch.equal(draws[0], draws[1])
     assert any((w.unfold(0, 3, 1).unfold(1, 2, 1) == draws[2]).flatten(2).all(-1).flatten())  # a contiguous window of w
     with pytest.raises(KilibError, match="unknown extraction 'best'"):
@@ -169,9 +177,9 @@ def test_zoo_teacher_to_student_end_to_end():
     the student's outputs stay what they were."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kilib.tiny import zoo
     from kilib.lm.data import qa_prompt
     from kilib.lm.models import attach_lora, check_same_tokenizer
+    from kilib.tiny import zoo
 
     smoke = zoo.zoo_config("smoke")
     world = zoo.world_of(smoke)
@@ -195,8 +203,13 @@ def test_zoo_teacher_to_student_end_to_end():
         before = student(input_ids=ids).logits
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
     with pytest.raises(KilibError, match="has rank 4, not 8: attach it with r=8"):
-        T.init_lora_from(attach_lora(AutoModelForCausalLM.from_pretrained(zoo.model_dir(smoke, "llama-s")), r=4,
-                                     target_modules=targets), cut, rank=8)
+        T.init_lora_from(
+            attach_lora(
+                AutoModelForCausalLM.from_pretrained(zoo.model_dir(smoke, "llama-s")), r=4, target_modules=targets
+            ),
+            cut,
+            rank=8,
+        )
     model = attach_lora(student, r=8, alpha=16, target_modules=targets)
     done = T.init_lora_from(model, cut, rank=8)
     assert len(done) == 7 * n_student + 1 and "lm_head.weight" in done
@@ -314,8 +327,15 @@ def test_4bit_student_lora_starts_at_the_teacher_factors_unchanged(tmp_path):
     b, a = T.svd_factors(cut["model.embed_tokens.weight"].T, 4)
     torch.testing.assert_close(embedding.lora_embedding_B["default"] @ embedding.lora_embedding_A["default"], b @ a)
     with pytest.raises(KilibError, match="have rank 4, not 2: extract them at rank 2"):
-        T.init_lora_from(attach_lora(load_causal_lm(_saved_llama(tmp_path, tok, seed=2), quantization="4bit",
-                                                    device="cpu")[0], r=2, include_embeddings=True), factors, rank=2)
+        T.init_lora_from(
+            attach_lora(
+                load_causal_lm(_saved_llama(tmp_path, tok, seed=2), quantization="4bit", device="cpu")[0],
+                r=2,
+                include_embeddings=True,
+            ),
+            factors,
+            rank=2,
+        )
 
 
 def test_task_scoring_and_notebook_parameters():
@@ -353,7 +373,9 @@ def test_closed_book_rows_ask_about_facts_no_other_role_holds():
     assert [len(v) for v in roles.values()] == [4, 30, 10, 0]
     assert not roles["eval"] & (roles["train"] | roles["seed"]) and not roles["seed"] & roles["train"]
     for r in rows["eval"]:
-        assert r["question"] in world.questions(r["fact_id"], "eval") and r["answer"] == world.facts[r["fact_id"]].object
+        assert (
+            r["question"] in world.questions(r["fact_id"], "eval") and r["answer"] == world.facts[r["fact_id"]].object
+        )
     with pytest.raises(KilibError, match="qa needs 100000 pre-cutoff facts"):
         T._qa_rows(world, {"train": 100000})
 
@@ -370,15 +392,30 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
             write_jsonl(d / f"{split}.jsonl", rows)
         return str(d)
 
-    gsm = [{"question": f"q{i}?", "answer": f"Add {i} and 1,000.\n{i} + 1000 = <<{i}+1000={i + 1000}>>{i + 1000}\n#### {i + 1000:,}"}
-           for i in range(30)]
+    gsm = [
+        {
+            "question": f"q{i}?",
+            "answer": f"Add {i} and 1,000.\n{i} + 1000 = <<{i}+1000={i + 1000}>>{i + 1000}\n#### {i + 1000:,}",
+        }
+        for i in range(30)
+    ]
     mmlu = [{"question": f"m{i}?", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": i % 4} for i in range(30)]
-    sni = [{"task_name": "t", "id": str(i), "definition": "Copy.", "inputs": f"w{i}", "targets": f"w{i}"} for i in range(30)]
-    monkeypatch.setattr(T, "PAPER_DATASETS", {
-        "gsm": {**T.PAPER_DATASETS["gsm"], "path": folder("gsm", {"train": gsm, "test": gsm[:10]})},
-        "mmlu": {**T.PAPER_DATASETS["mmlu"], "path": folder("mmlu", {"auxiliary_train": mmlu, "dev": mmlu[:5], "test": mmlu[:10]})},
-        "sni": {**T.PAPER_DATASETS["sni"], "path": folder("sni", {"train": sni, "test": sni[:10]})},
-    })
+    sni = [
+        {"task_name": "t", "id": str(i), "definition": "Copy.", "inputs": f"w{i}", "targets": f"w{i}"}
+        for i in range(30)
+    ]
+    monkeypatch.setattr(
+        T,
+        "PAPER_DATASETS",
+        {
+            "gsm": {**T.PAPER_DATASETS["gsm"], "path": folder("gsm", {"train": gsm, "test": gsm[:10]})},
+            "mmlu": {
+                **T.PAPER_DATASETS["mmlu"],
+                "path": folder("mmlu", {"auxiliary_train": mmlu, "dev": mmlu[:5], "test": mmlu[:10]}),
+            },
+            "sni": {**T.PAPER_DATASETS["sni"], "path": folder("sni", {"train": sni, "test": sni[:10]})},
+        },
+    )
     sizes = {"seed": 4, "train": 12, "eval": 6, "demos": 3}
     rows = T.hub_task_rows("gsm", sizes)
     assert {k: len(v) for k, v in rows.items()} == sizes
@@ -405,8 +442,10 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
     assert all(x["answer"] == "ABCD"[int(x["question"][1:-1]) % 4] for x in m["train"] + m["demos"])
     # MMLU's demonstrations: the whole dev split in order, and each question gets its subject's first k
     dev = [{**r, "subject": s} for r, s in zip(mmlu[:6], ["high_school_physics"] * 3 + ["virology"] * 3)]
-    T.PAPER_DATASETS["mmlu"] = {**T.PAPER_DATASETS["mmlu"], "path": folder("mmlu-dev", {
-        "auxiliary_train": mmlu, "dev": dev, "test": [{**mmlu[9], "subject": "virology"}]})}
+    T.PAPER_DATASETS["mmlu"] = {
+        **T.PAPER_DATASETS["mmlu"],
+        "path": folder("mmlu-dev", {"auxiliary_train": mmlu, "dev": dev, "test": [{**mmlu[9], "subject": "virology"}]}),
+    }
     m = T.hub_task_rows("mmlu", {**sizes, "eval": 1})
     assert [d["question"] for d in m["demos"]] == [r["question"] for r in dev]
     question = m["eval"][0]
@@ -421,9 +460,13 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
     assert s["instruction"] == "Copy." and s["output"] == s["input"]
     # MMLU's test file is ordered (by subject): the draw reaches its end, which a 10,000-row
     # streaming buffer never does
-    ordered = [{"question": f"m{i}?", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 0} for i in range(12_000)]
-    T.PAPER_DATASETS["mmlu"] = {**T.PAPER_DATASETS["mmlu"], "path": folder("mmlu-long", {
-        "auxiliary_train": mmlu, "dev": mmlu[:5], "test": ordered})}
+    ordered = [
+        {"question": f"m{i}?", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 0} for i in range(12_000)
+    ]
+    T.PAPER_DATASETS["mmlu"] = {
+        **T.PAPER_DATASETS["mmlu"],
+        "path": folder("mmlu-long", {"auxiliary_train": mmlu, "dev": mmlu[:5], "test": ordered}),
+    }
     drawn = [int(x["question"][1:-1]) for x in T.hub_task_rows("mmlu", {**sizes, "eval": 200})["eval"]]
     assert len(set(drawn)) == 200 and max(drawn) >= 11_000
     with pytest.raises(KilibError, match="too few rows for gsm: eval \\(10 of 20\\)"):
@@ -446,10 +489,15 @@ def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     row = {"question": "q?", "answer": "3", "rationale": "1 + 2 = 3. So the answer is 3."}
-    inputs = T.TransferInputs(str(folder), str(folder), {"gsm": {k: [row] for k in ("seed", "train", "eval", "demos")}}, "")
+    inputs = T.TransferInputs(
+        str(folder), str(folder), {"gsm": {k: [row] for k in ("seed", "train", "eval", "demos")}}, ""
+    )
     config = T.TRANSFER_PRESETS["tiny"]
-    calls = [lambda: T.extraction(inputs, config, "gsm"), lambda: T.run_job(inputs, config, "gsm", "lora", 0),
-             lambda: T.baseline(inputs, config, "gsm", "student")]
+    calls = [
+        lambda: T.extraction(inputs, config, "gsm"),
+        lambda: T.run_job(inputs, config, "gsm", "lora", 0),
+        lambda: T.baseline(inputs, config, "gsm", "student"),
+    ]
     original = T.task_prompt
     for prompt in (original, lambda task, r, demos=(), **kw: "Q. " + original(task, r, demos, **kw)):
         monkeypatch.setattr(T, "task_prompt", prompt)
@@ -490,17 +538,31 @@ def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
     rows = [{"question": f"q{i}?", "answer": f"{i} + 1 = <<{i}+1={i + 1}>>{i + 1}\n#### {i + 1}"} for i in range(20)]
     write_jsonl(data / "train.jsonl", rows)
     write_jsonl(data / "test.jsonl", rows[:5])
-    monkeypatch.setattr(T, "PAPER_DATASETS", {**T.PAPER_DATASETS, "gsm": {**T.PAPER_DATASETS["gsm"], "path": str(data)}})
+    monkeypatch.setattr(
+        T, "PAPER_DATASETS", {**T.PAPER_DATASETS, "gsm": {**T.PAPER_DATASETS["gsm"], "path": str(data)}}
+    )
     paper = T.TRANSFER_PRESETS["paper"]
-    config = dataclasses.replace(paper, teacher=str(teacher), student=str(student), tasks=("gsm",),
-                                 methods=("lora", "sensitive"), seed_samples=2, train_samples=8, eval_samples=3, rank=2,
-                                 max_new_tokens=(("gsm", 4),), eval_batch_size=4,
-                                 train=dataclasses.replace(paper.train, batch_size=4, grad_accum=1, epochs=1))
+    config = dataclasses.replace(
+        paper,
+        teacher=str(teacher),
+        student=str(student),
+        tasks=("gsm",),
+        methods=("lora", "sensitive"),
+        seed_samples=2,
+        train_samples=8,
+        eval_samples=3,
+        rank=2,
+        max_new_tokens=(("gsm", 4),),
+        eval_batch_size=4,
+        train=dataclasses.replace(paper.train, batch_size=4, grad_accum=1, epochs=1),
+    )
     inputs = T.study_inputs("paper", config)
     assert inputs.rows["gsm"]["demos"] == [dict(d) for d in T.GSM_COT_EXEMPLARS]
     assert config.train.max_length == 2048 and T.PAPER_DATASETS["gsm"]["demos"] == "cot-exemplars"
     eight = [(p, cue) for k, _, p, cue in T._eval_prompts(inputs, config, "gsm") if k == 8]
-    assert len(eight) == 3 and all(p.startswith("Answer the following questions.\n\nQuestion: There are 15 trees") for p, _ in eight)
+    assert len(eight) == 3 and all(
+        p.startswith("Answer the following questions.\n\nQuestion: There are 15 trees") for p, _ in eight
+    )
     assert config.chat_format == "tulu" and all(cue == "Answer:" and p.endswith("?") for p, cue in eight)
     run = T.run_job(inputs, config, "gsm", "sensitive", 0)
     assert run["initialised"] > 0 and run["train"]["steps"] == 2
@@ -515,30 +577,52 @@ def test_the_paper_profile_trains_and_asks_in_the_authors_tulu_format():
     built as those scripts build them, character for character."""
     tok = T.use_chat_format(make_tokenizer(chat=False), "tulu")
     eos = tok.eos_token
-    gsm = {"question": "Jar A has 28 marbles. How many? ", "answer": "28", "rationale": "Jar A has 28 marbles. So the answer is 28."}
+    gsm = {
+        "question": "Jar A has 28 marbles. How many? ",
+        "answer": "28",
+        "rationale": "Jar A has 28 marbles. So the answer is 28.",
+    }
     pair = T.train_pair("gsm", gsm, "tulu")
     # the authors' row: user "Answer the following question.\n\nQuestion: ...", assistant "Answer: ..."
-    assert pair == {"prompt": "Answer the following question.\n\nQuestion: Jar A has 28 marbles. How many?",
-                    "answer": "Answer: Jar A has 28 marbles. So the answer is 28."}
+    assert pair == {
+        "prompt": "Answer the following question.\n\nQuestion: Jar A has 28 marbles. How many?",
+        "answer": "Answer: Jar A has 28 marbles. So the answer is 28.",
+    }
     assert render_prompt(tok, pair["prompt"]) + render_answer(tok, pair["prompt"], pair["answer"]) == (
-        f"<|user|>\n{pair['prompt']}\n<|assistant|>\n{pair['answer']}{eos}\n")
-    mmlu = {"question": "Which biome is driest?", "choices": ["Desert", "Tundra", "Taiga", "Forest"], "answer": "A",
-            "subject": "high_school_biology"}
-    assert T.train_pair("mmlu", mmlu, "tulu") == {"prompt": (
-        "The following are multiple choice questions (with answers) about high school biology.\n\n"
-        "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer:"), "answer": "A"}
+        f"<|user|>\n{pair['prompt']}\n<|assistant|>\n{pair['answer']}{eos}\n"
+    )
+    mmlu = {
+        "question": "Which biome is driest?",
+        "choices": ["Desert", "Tundra", "Taiga", "Forest"],
+        "answer": "A",
+        "subject": "high_school_biology",
+    }
+    assert T.train_pair("mmlu", mmlu, "tulu") == {
+        "prompt": (
+            "The following are multiple choice questions (with answers) about high school biology.\n\n"
+            "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer:"
+        ),
+        "answer": "A",
+    }
     # open-instruct's evaluation: prefix + "Question: " + question, the Tulu turn, then "Answer:"
     demos = [dict(d) for d in T.GSM_COT_EXEMPLARS[:2]]
-    prefix = "Answer the following questions.\n\n" + "\n\n".join(
-        f"Question: {d['question']}\nAnswer: {d['rationale']}" for d in demos) + "\n\n"
+    prefix = (
+        "Answer the following questions.\n\n"
+        + "\n\n".join(f"Question: {d['question']}\nAnswer: {d['rationale']}" for d in demos)
+        + "\n\n"
+    )
     user, cue = T.chat_turn("gsm", T.task_prompt("gsm", gsm, demos, evaluation=True), "tulu", evaluation=True)
-    assert render_prompt(tok, user) + cue == f"<|user|>\n{prefix}Question: {gsm['question'].strip()}\n<|assistant|>\nAnswer:"
+    assert (
+        render_prompt(tok, user) + cue
+        == f"<|user|>\n{prefix}Question: {gsm['question'].strip()}\n<|assistant|>\nAnswer:"
+    )
     # MMLU: its gen_prompt header (format_subject's extra space), the Tulu turn, then "The answer is:"
     user, cue = T.chat_turn("mmlu", T.task_prompt("mmlu", mmlu, [mmlu], evaluation=True), "tulu", evaluation=True)
     assert render_prompt(tok, user) + cue == (
         "<|user|>\nThe following are multiple choice questions (with answers) about  high school biology.\n\n"
         "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer: A\n\n"
-        "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer:\n<|assistant|>\nThe answer is:")
+        "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer:\n<|assistant|>\nThe answer is:"
+    )
     # ...and scores the letters' tokens as open-instruct does: the last token of " A"
     assert T._letter_tokens(tok, cue) == [tok(" " + c, add_special_tokens=False).input_ids[-1] for c in "ABCD"]
     sni = {"instruction": "Copy.", "input": "w", "output": "w"}
@@ -558,14 +642,16 @@ def test_mmlu_is_scored_by_the_letters_next_token_probability(tmp_path):
 
     tok = make_tokenizer()
     model = make_model("llama", tok, seed=3)
-    rows = [{"question": f"who won in 20{i}?", "choices": ["a", "b", "c", "d"], "answer": "ABCD"[i % 4]} for i in range(6)]
+    rows = [
+        {"question": f"who won in 20{i}?", "choices": ["a", "b", "c", "d"], "answer": "ABCD"[i % 4]} for i in range(6)
+    ]
     inputs = T.TransferInputs("", "", {"mmlu": {"eval": rows, "demos": rows[:1]}}, "")
     config = dataclasses.replace(T.TRANSFER_PRESETS["tiny"], shots=(("mmlu", 1),), eval_batch_size=4)
     answers = T._evaluate(model, tok, "mmlu", inputs, config)
     assert sorted((a["shots"], a["item"]) for a in answers) == [(k, i) for k in (0, 1) for i in range(6)]
     letters = T._letter_tokens(tok)
     for a in answers:
-        prompt = T.task_prompt("mmlu", rows[a["item"]], rows[:a["shots"]], evaluation=True)
+        prompt = T.task_prompt("mmlu", rows[a["item"]], rows[: a["shots"]], evaluation=True)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([tok(render_prompt(tok, prompt)).input_ids])).logits[0, -1]
         probs = torch.softmax(logits.double(), -1)[letters]

@@ -12,8 +12,16 @@ import pytest
 
 from kilib.runtime import KilibError
 from kilib.tiny.world import (
-    CLAIM_LABELS, CLAIM_TEMPLATES, NEI_TEMPLATES, QUESTION_BASES, RELATIONS, SNI_TASKS, WorldSize,
-    _PLANS, evaluate_arithmetic, generate_world,
+    _PLANS,
+    CLAIM_LABELS,
+    CLAIM_TEMPLATES,
+    NEI_TEMPLATES,
+    QUESTION_BASES,
+    RELATIONS,
+    SNI_TASKS,
+    WorldSize,
+    evaluate_arithmetic,
+    generate_world,
 )
 
 
@@ -40,7 +48,9 @@ def snapshot(w):
         w.numeric_arithmetic(50, seed=2).to_list(),
         w.kv_arithmetic(50, seed=2, split="eval").to_list(),
         w.kv_keys("train"),
-        w.mmlu(20, seed=3).to_list(), w.gsm(20, seed=3).to_list(), w.sni(20, seed=3).to_list(),
+        w.mmlu(20, seed=3).to_list(),
+        w.gsm(20, seed=3).to_list(),
+        w.sni(20, seed=3).to_list(),
         w.open_ended(10, seed=3).to_list(),
     )
 
@@ -108,8 +118,14 @@ def test_same_seed_same_world_other_seed_differs(world):
 def test_world_does_not_depend_on_python_hash_seed(world):
     code = "from kilib.tiny.world import generate_world; print(generate_world(0, 'smoke').fingerprint)"
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONHASHSEED": "12345"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    )
     assert out.stdout.strip() == world.fingerprint
 
 
@@ -297,9 +313,15 @@ def test_claim_labels_are_right_by_construction(tiny):
         else:
             assert not mentions(row["claim"], fact.object)
             # the rest of the claim is a claim template of the fact's relation
-            assert any(re.fullmatch(re.escape(t.format(s=fact.subject, o="\0", unit="\1"))
-                                    .replace("\0", ".+").replace("\1", "(?:goals|runs|points)"), row["claim"])
-                       for t in CLAIM_TEMPLATES[fact.relation]), row
+            assert any(
+                re.fullmatch(
+                    re.escape(t.format(s=fact.subject, o="\0", unit="\1"))
+                    .replace("\0", ".+")
+                    .replace("\1", "(?:goals|runs|points)"),
+                    row["claim"],
+                )
+                for t in CLAIM_TEMPLATES[fact.relation]
+            ), row
 
 
 def test_mmlu_answers_are_true_and_uniformly_placed(tiny):

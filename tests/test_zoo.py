@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from kilib.tiny import zoo
 from kilib.lm.models import load_causal_lm
+from kilib.tiny import zoo
 
 SMOKE = zoo.zoo_config("smoke")
 
@@ -23,7 +23,9 @@ def test_tokenizer_round_trips_the_world_and_splits_digits(tokenizer):
     text = world.articles[world.post_cutoff_doc_ids[0]].text
     assert tokenizer.decode(tokenizer(text).input_ids) == text
     assert [tokenizer.decode([i]) for i in tokenizer("50700", add_special_tokens=False).input_ids] == list("50700")
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Who won?"}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Who won?"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt == "<|user|>Who won?<|assistant|>"
 
 
@@ -66,8 +68,14 @@ def test_known_series_reading_examples_are_unseen_editions_of_this_worlds_series
     rows = zoo.reading_examples(world, 600, seed=0, known_series=1.0)
     titles = {a.title for a in world.articles.values()}
     series = {s["name"]: s for s in world.series}
-    roles = {"champion": "teams", "runner_up": "teams", "third_place": "teams", "fourth_place": "teams",
-             "top_scorer": "players", "player_of_tournament": "players"}
+    roles = {
+        "champion": "teams",
+        "runner_up": "teams",
+        "third_place": "teams",
+        "fourth_place": "teams",
+        "top_scorer": "players",
+        "player_of_tournament": "players",
+    }
     checked = 0
     for r in rows:
         passage, question = r["prompt"].split("\n\nQuestion: ", 1)

@@ -9,16 +9,19 @@ import tarfile
 import pytest
 
 from kilib import cli
-from kilib.tiny import zoo
-from kilib.tiny import archive as zoo_archive
 from kilib.runtime import KilibError, cache_root
+from kilib.tiny import archive as zoo_archive
+from kilib.tiny import zoo
 
 SMOKE = zoo.zoo_config("smoke")
 
 
 def digest(folder):
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +111,17 @@ def _escape(m, data):
     return m, data
 
 
-@pytest.mark.parametrize("case, message", [
-    ("junk", r"is not a usable zoo archive \(not a tar or tar.gz file\)"),
-    ("truncated", r"not a usable zoo archive \(truncated or corrupt"),
-    ("no manifest", r"no kilib-zoo.json in it"),
-    ("key changed", r"key.json does not hash to the folder's name"),
-    ("escape", r"outside the folders its manifest lists"),
-    ("no key", r"has no key.json"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("junk", r"is not a usable zoo archive \(not a tar or tar.gz file\)"),
+        ("truncated", r"not a usable zoo archive \(truncated or corrupt"),
+        ("no manifest", r"no kilib-zoo.json in it"),
+        ("key changed", r"key.json does not hash to the folder's name"),
+        ("escape", r"outside the folders its manifest lists"),
+        ("no key", r"has no key.json"),
+    ],
+)
 def test_a_bad_archive_is_one_clear_error_and_writes_nothing(archive, tmp_path, monkeypatch, case, message):
     path, _ = archive
     bad = tmp_path / "bad.tar.gz"
@@ -145,9 +151,17 @@ def test_an_archive_of_another_recipe_is_refused_before_anything_is_written(arch
     with tarfile.open(path) as tar:
         manifest = json.loads(tar.extractfile(zoo_archive.MANIFEST).read())
     other = [e for e in manifest["entries"] if e["kind"] != "zoo"]  # the tokenizer and reports only
-    bad = rewrite(path, tmp_path / "other.tar.gz", lambda m, d: (
-        (m, json.dumps({**manifest, "entries": other}).encode()) if m.name == zoo_archive.MANIFEST
-        else None if m.name.startswith("zoo/") else (m, d)))
+    bad = rewrite(
+        path,
+        tmp_path / "other.tar.gz",
+        lambda m, d: (
+            (m, json.dumps({**manifest, "entries": other}).encode())
+            if m.name == zoo_archive.MANIFEST
+            else None
+            if m.name.startswith("zoo/")
+            else (m, d)
+        ),
+    )
     cache = fresh_cache(tmp_path, monkeypatch)
     with pytest.raises(KilibError, match="made by another recipe .* than this checkout's"):
         zoo_archive.import_zoo(bad)

@@ -47,9 +47,8 @@ import random
 
 from kilib.calm import study as C
 from kilib.lm.models import load_causal_lm, load_tokenizer, padding_side
-from kilib.runtime import results_root
 from kilib.lm.training import sft_dataset, train
-from kilib.runtime import set_threads
+from kilib.runtime import results_root, set_threads
 
 
 def table_of(config: C.CalmConfig):
@@ -66,21 +65,38 @@ def anchor_stage(config: C.CalmConfig, what: str) -> dict:
     model, tokenizer = load_causal_lm(folder)
     seen = copy.deepcopy(inputs)
     seen.rows["numeric"]["eval"] = inputs.rows["numeric"]["stage"][:150]
-    return {"run": "anchor stage", "table": what, "examples": config.anchor_stage.examples,
-            "epochs": config.anchor_stage.train.epochs, "stage_seconds": round(C.stage_log(inputs, config, "anchor")["seconds"], 1),
-            "held_out": accuracy(C.evaluate(model, tokenizer, inputs, config, tasks=("numeric",))),
-            "own_training_expressions": accuracy(C.evaluate(model, tokenizer, seen, config, tasks=("numeric",)))}
+    return {
+        "run": "anchor stage",
+        "table": what,
+        "examples": config.anchor_stage.examples,
+        "epochs": config.anchor_stage.train.epochs,
+        "stage_seconds": round(C.stage_log(inputs, config, "anchor")["seconds"], 1),
+        "held_out": accuracy(C.evaluate(model, tokenizer, inputs, config, tasks=("numeric",))),
+        "own_training_expressions": accuracy(C.evaluate(model, tokenizer, seen, config, tasks=("numeric",))),
+    }
 
 
 def copying_control(fraction: float, rotary: bool) -> dict:
     base = C.CALM_PRESETS["tiny"]
-    config = dataclasses.replace(base, keys="random", every=2, kv_keys=64, kv_value_max=64, train_fraction=fraction, anchor_stage=C.Stage(0), control_examples=0, train_examples=300,
-                                 augment_stage=C.Stage(3000, dataclasses.replace(base.augment_stage.train, epochs=4)))
+    config = dataclasses.replace(
+        base,
+        keys="random",
+        every=2,
+        kv_keys=64,
+        kv_value_max=64,
+        train_fraction=fraction,
+        anchor_stage=C.Stage(0),
+        control_examples=0,
+        train_examples=300,
+        augment_stage=C.Stage(3000, dataclasses.replace(base.augment_stage.train, epochs=4)),
+    )
     inputs = C.study_inputs("tiny", config)
     world, table = table_of(config)
     train_keys, eval_keys = set(inputs.keys["train"]), set(inputs.keys["eval"])
-    rows = [{"expression": r["prompt"], "target": C.substitute(r["prompt"], table)}
-            for r in world.kv_substitution(6000, seed=5).to_list()]
+    rows = [
+        {"expression": r["prompt"], "target": C.substitute(r["prompt"], table)}
+        for r in world.kv_substitution(6000, seed=5).to_list()
+    ]
 
     def over(keys):
         return [r for r in rows if set(r["expression"].split()[::2]) <= keys]
@@ -89,22 +105,45 @@ def copying_control(fraction: float, rotary: bool) -> dict:
     probe = copy.deepcopy(inputs)
     probe.rows["substitution"]["eval"] = asked
     composed, tokenizer = C.load_composition(probe, config, "trained", 0, rotary)
-    result = train(composed, sft_dataset(tokenizer, C._sft_rows("substitution", trained)),
-                   dataclasses.replace(config.train, epochs=15), "/tmp/kilib-calm-dev", tokenizer=tokenizer, resume=False)
-    return {"run": "copying control", "keys": 64, "training_keys": len(train_keys), "rotary": rotary,
-            "training_rows": len(trained), "final_loss": result.losses[-1]["loss"],
-            "held_out_keys_accuracy": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("substitution",)))}
+    result = train(
+        composed,
+        sft_dataset(tokenizer, C._sft_rows("substitution", trained)),
+        dataclasses.replace(config.train, epochs=15),
+        "/tmp/kilib-calm-dev",
+        tokenizer=tokenizer,
+        resume=False,
+    )
+    return {
+        "run": "copying control",
+        "keys": 64,
+        "training_keys": len(train_keys),
+        "rotary": rotary,
+        "training_rows": len(trained),
+        "final_loss": result.losses[-1]["loss"],
+        "held_out_keys_accuracy": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("substitution",))),
+    }
 
 
-def _anchor_config(lr: float, every: int = 2, epochs: int = 10, kv_lr: float = 1e-3, keys: str = "random",
-                   kv_keys: int = 64, weight_decay: float = 0.0) -> C.CalmConfig:
+def _anchor_config(
+    lr: float,
+    every: int = 2,
+    epochs: int = 10,
+    kv_lr: float = 1e-3,
+    keys: str = "random",
+    kv_keys: int = 64,
+    weight_decay: float = 0.0,
+) -> C.CalmConfig:
     """The tiny preset as rounds 1 and 2 had it (every 2nd m_A block, 10 epochs at 1e-3, the
     world's random keys), with the anchor's stage at ``lr`` and the given changes."""
     tiny = C.CALM_PRESETS["tiny"]
     return dataclasses.replace(
-        tiny, keys=keys, kv_keys=kv_keys, every=every,
+        tiny,
+        keys=keys,
+        kv_keys=kv_keys,
+        every=every,
         anchor_stage=C.Stage(tiny.anchor_stage.examples, dataclasses.replace(tiny.anchor_stage.train, lr=lr)),
-        train=dataclasses.replace(tiny.train, epochs=epochs, lr=kv_lr, weight_decay=weight_decay))
+        train=dataclasses.replace(tiny.train, epochs=epochs, lr=kv_lr, weight_decay=weight_decay),
+    )
 
 
 def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
@@ -115,8 +154,11 @@ def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
 
     model, tokenizer = load_causal_lm(path, quantization="none")
     with padding_side(tokenizer, "right"):
-        batch = tokenizer([render_prompt(tokenizer, C.task_prompt("kv", r["expression"])) for r in inputs.rows["kv"]["train"][:32]],
-                          return_tensors="pt", padding=True)
+        batch = tokenizer(
+            [render_prompt(tokenizer, C.task_prompt("kv", r["expression"])) for r in inputs.rows["kv"]["train"][:32]],
+            return_tensors="pt",
+            padding=True,
+        )
     with torch.no_grad():
         hidden = model(**batch, output_hidden_states=True).hidden_states[1:-1]  # block outputs before the final norm
     tokens = batch["attention_mask"].bool()
@@ -132,12 +174,24 @@ def anchor_lr(lr: float) -> dict:
     seen.rows["numeric"]["eval"] = inputs.rows["numeric"]["stage"][:150]
     log = C.stage_log(inputs, config, "anchor")
     composed, tokenizer = C.load_composition(inputs, config, "trained", 0, True)
-    train(composed, sft_dataset(tokenizer, C._sft_rows(C.CONTROL, inputs.rows[C.CONTROL]["train"])), config.train,
-          "/tmp/kilib-calm-dev", tokenizer=tokenizer, resume=False)
-    return {"run": "anchor stage lr", "lr": lr, "epochs": config.anchor_stage.train.epochs,
-            "final_loss": log["losses"][-1]["loss"], "own_training_expressions": accuracy(C.evaluate(model, tokenizer, seen, config, tasks=("numeric",))),
-            "residual_norm": residual_norms(folder, inputs), "zoo_residual_norm": residual_norms(inputs.anchor, inputs),
-            "copying_control_held_out_keys": accuracy(C.evaluate(composed, tokenizer, inputs, config, tasks=(C.CONTROL,)))}
+    train(
+        composed,
+        sft_dataset(tokenizer, C._sft_rows(C.CONTROL, inputs.rows[C.CONTROL]["train"])),
+        config.train,
+        "/tmp/kilib-calm-dev",
+        tokenizer=tokenizer,
+        resume=False,
+    )
+    return {
+        "run": "anchor stage lr",
+        "lr": lr,
+        "epochs": config.anchor_stage.train.epochs,
+        "final_loss": log["losses"][-1]["loss"],
+        "own_training_expressions": accuracy(C.evaluate(model, tokenizer, seen, config, tasks=("numeric",))),
+        "residual_norm": residual_norms(folder, inputs),
+        "zoo_residual_norm": residual_norms(inputs.anchor, inputs),
+        "copying_control_held_out_keys": accuracy(C.evaluate(composed, tokenizer, inputs, config, tasks=(C.CONTROL,))),
+    }
 
 
 def training_key_split(config: C.CalmConfig):
@@ -148,9 +202,11 @@ def training_key_split(config: C.CalmConfig):
     world, table = table_of(config)
     keys = sorted(inputs.keys["train"])
     random.Random(0).shuffle(keys)
-    fit_keys, dev_keys = set(keys[:3 * len(keys) // 4]), set(keys[3 * len(keys) // 4:])  # 24 and 8 of 32
-    rows = [{"expression": r["prompt"], "target": str(evaluate_arithmetic(C.substitute(r["prompt"], table)))}
-            for r in world.kv_arithmetic(3072, seed=7, split="train").to_list()]
+    fit_keys, dev_keys = set(keys[: 3 * len(keys) // 4]), set(keys[3 * len(keys) // 4 :])  # 24 and 8 of 32
+    rows = [
+        {"expression": r["prompt"], "target": str(evaluate_arithmetic(C.substitute(r["prompt"], table)))}
+        for r in world.kv_arithmetic(3072, seed=7, split="train").to_list()
+    ]
 
     def over(keys):
         return [r for r in rows if set(r["expression"].split()[::2]) <= keys]
@@ -158,28 +214,56 @@ def training_key_split(config: C.CalmConfig):
     return inputs, table, over(fit_keys), over(dev_keys)
 
 
-def kv_on_training_keys(lr: float, every: int = 2, epochs: int = 10, kv_lr: float = 1e-3, keys: str = "random",
-                        rotary: bool = True, kv_keys: int = 64, weight_decay: float = 0.0) -> dict:
+def kv_on_training_keys(
+    lr: float,
+    every: int = 2,
+    epochs: int = 10,
+    kv_lr: float = 1e-3,
+    keys: str = "random",
+    rotary: bool = True,
+    kv_keys: int = 64,
+    weight_decay: float = 0.0,
+) -> dict:
     config = _anchor_config(lr, every, epochs, kv_lr, keys, kv_keys, weight_decay)
     inputs, table, fit, dev = training_key_split(config)
-    fit, dev = fit[:config.train_examples], dev[:150]
+    fit, dev = fit[: config.train_examples], dev[:150]
     probe = copy.deepcopy(inputs)
     probe.rows["kv"]["eval"] = dev
-    probe.rows["numeric"]["eval"] = [{"expression": C.substitute(r["expression"], table), "target": r["target"]} for r in dev]
+    probe.rows["numeric"]["eval"] = [
+        {"expression": C.substitute(r["expression"], table), "target": r["target"]} for r in dev
+    ]
     probe.rows[C.KV_SEEN]["eval"] = fit[:150]
     anchor, tokenizer = load_causal_lm(C.prepared(inputs, config, "anchor"))
     composed, tokenizer = C.load_composition(inputs, config, "trained", 0, rotary)
-    result = train(composed, sft_dataset(tokenizer, C._sft_rows("kv", fit)), config.train, "/tmp/kilib-calm-dev",
-                   tokenizer=tokenizer, resume=False)
-    out = ({} if keys == "random" else {"keys": keys}) | ({} if kv_keys == 64 else {"kv_keys": kv_keys}) | (
-        {"weight_decay": weight_decay} if weight_decay else {})
-    return {"run": "kv on training keys", **out, "anchor_lr": lr, "every": config.every, "epochs": config.train.epochs,
-            "lr": config.train.lr, "rotary": rotary, "fit_keys": len(inputs.keys["train"]) * 3 // 4,
-            "dev_keys": len(inputs.keys["train"]) - len(inputs.keys["train"]) * 3 // 4, "final_loss": result.losses[-1]["loss"],
-            "calm_fit_rows": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=(C.KV_SEEN,))),
-            "calm_dev_keys": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("kv",))),
-            "anchor_dev_keys": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("kv",))),
-            "anchor_values_written_in": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("numeric",)))}
+    result = train(
+        composed,
+        sft_dataset(tokenizer, C._sft_rows("kv", fit)),
+        config.train,
+        "/tmp/kilib-calm-dev",
+        tokenizer=tokenizer,
+        resume=False,
+    )
+    out = (
+        ({} if keys == "random" else {"keys": keys})
+        | ({} if kv_keys == 64 else {"kv_keys": kv_keys})
+        | ({"weight_decay": weight_decay} if weight_decay else {})
+    )
+    return {
+        "run": "kv on training keys",
+        **out,
+        "anchor_lr": lr,
+        "every": config.every,
+        "epochs": config.train.epochs,
+        "lr": config.train.lr,
+        "rotary": rotary,
+        "fit_keys": len(inputs.keys["train"]) * 3 // 4,
+        "dev_keys": len(inputs.keys["train"]) - len(inputs.keys["train"]) * 3 // 4,
+        "final_loss": result.losses[-1]["loss"],
+        "calm_fit_rows": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=(C.KV_SEEN,))),
+        "calm_dev_keys": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("kv",))),
+        "anchor_dev_keys": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("kv",))),
+        "anchor_values_written_in": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("numeric",))),
+    }
 
 
 def value_probe(keys: str) -> dict:
@@ -195,10 +279,18 @@ def value_probe(keys: str) -> dict:
     (fit_x, fit_keys), (dev_x, dev_keys) = (C.key_states(model, tokenizer, rows[:300], blocks) for rows in (fit, dev))
     fit_y, dev_y = (torch.tensor([table[k] for k in keys]) for keys in (fit_keys, dev_keys))
     scores = [C.linear_probe(fx, fit_y, dx, dev_y) for fx, dx in zip(fit_x, dev_x)]
-    return {"run": "m_A value probe", "keys": keys, "substitution_accuracy": substitution, "blocks": blocks,
-            "fit_keys": 24, "dev_keys": 8, "fit_occurrences": len(fit_y), "dev_occurrences": len(dev_y),
-            "chance": round(1 / config.kv_value_max, 3),
-            "probe": [{"fit": round(p["fit"], 3), "dev": round(p["test"], 3)} for p in scores]}
+    return {
+        "run": "m_A value probe",
+        "keys": keys,
+        "substitution_accuracy": substitution,
+        "blocks": blocks,
+        "fit_keys": 24,
+        "dev_keys": 8,
+        "fit_occurrences": len(fit_y),
+        "dev_occurrences": len(dev_y),
+        "chance": round(1 / config.kv_value_max, 3),
+        "probe": [{"fit": round(p["fit"], 3), "dev": round(p["test"], 3)} for p in scores],
+    }
 
 
 if __name__ == "__main__":
@@ -209,29 +301,49 @@ if __name__ == "__main__":
     out = results_root() / "tiny" / "calm_dev.jsonl"
     if round_ == 1:
         tiny = dataclasses.replace(C.CALM_PRESETS["tiny"], keys="random")
-        world_table = dataclasses.replace(tiny, kv_keys=40, kv_value_max=60, kv_terms=(2, 3), train_fraction=0.2, control_examples=0,
-                                          anchor_stage=C.Stage(5000, dataclasses.replace(tiny.anchor_stage.train, epochs=2,
-                                                                                         lr=1e-3)))
-        runs = [lambda: anchor_stage(world_table, "the world's: 40 keys, values 1..60, 2-3 terms"),
-                lambda: anchor_stage(dataclasses.replace(tiny, anchor_stage=C.Stage(618, dataclasses.replace(tiny.anchor_stage.train, lr=3e-3))),
-                                     "the tiny preset's: values 1..16, two terms")]
+        world_table = dataclasses.replace(
+            tiny,
+            kv_keys=40,
+            kv_value_max=60,
+            kv_terms=(2, 3),
+            train_fraction=0.2,
+            control_examples=0,
+            anchor_stage=C.Stage(5000, dataclasses.replace(tiny.anchor_stage.train, epochs=2, lr=1e-3)),
+        )
+        runs = [
+            lambda: anchor_stage(world_table, "the world's: 40 keys, values 1..60, 2-3 terms"),
+            lambda: anchor_stage(
+                dataclasses.replace(
+                    tiny, anchor_stage=C.Stage(618, dataclasses.replace(tiny.anchor_stage.train, lr=3e-3))
+                ),
+                "the tiny preset's: values 1..16, two terms",
+            ),
+        ]
         runs += [lambda f=f, r=r: copying_control(f, r) for f in (0.2, 0.5) for r in (False, True)]
     elif round_ == 3:
         runs = [lambda k=k: value_probe(k) for k in ("random", "vocabulary")]
         runs += [lambda r=r: kv_on_training_keys(1e-3, keys="vocabulary", rotary=r) for r in (True, False)]
-        runs += [lambda: value_probe("aligned"), lambda: kv_on_training_keys(1e-3, keys="aligned"),
-                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned"),
-                 lambda: kv_on_training_keys(1e-3, every=1, epochs=10, kv_lr=3e-3, keys="aligned"),
-                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, kv_lr=3e-3, keys="aligned"),
-                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="vocabulary"),
-                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned", kv_keys=128)]
+        runs += [
+            lambda: value_probe("aligned"),
+            lambda: kv_on_training_keys(1e-3, keys="aligned"),
+            lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned"),
+            lambda: kv_on_training_keys(1e-3, every=1, epochs=10, kv_lr=3e-3, keys="aligned"),
+            lambda: kv_on_training_keys(1e-3, every=1, epochs=30, kv_lr=3e-3, keys="aligned"),
+            lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="vocabulary"),
+            lambda: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned", kv_keys=128),
+        ]
         # after the tiny run of this preset (its compositions fitted their training keys, not held-out ones):
-        runs += [lambda wd=wd: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned", weight_decay=wd)
-                 for wd in (1.0, 0.1)]
+        runs += [
+            lambda wd=wd: kv_on_training_keys(1e-3, every=1, epochs=30, keys="aligned", weight_decay=wd)
+            for wd in (1.0, 0.1)
+        ]
     else:
         runs = [lambda lr=lr: anchor_lr(lr) for lr in (3e-3, 1e-3)]
-        runs += [lambda: kv_on_training_keys(3e-3), lambda: kv_on_training_keys(1e-3),
-                 lambda: kv_on_training_keys(1e-3, every=1, epochs=30, kv_lr=3e-3)]
+        runs += [
+            lambda: kv_on_training_keys(3e-3),
+            lambda: kv_on_training_keys(1e-3),
+            lambda: kv_on_training_keys(1e-3, every=1, epochs=30, kv_lr=3e-3),
+        ]
     lines = []
     for run in runs:
         lines.append(json.dumps({"round": round_, **run()}))

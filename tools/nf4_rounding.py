@@ -8,6 +8,7 @@ bf16. For each: the share of the update the rounded weights carry (the projectio
 round(W + d) - round(W) onto d, over |d|^2) and the std of what they carry besides it. Runs on
 the CPU in seconds; seeded, so it prints the same table each time.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     weight = torch.randn(1024, 1024) * 0.02
-    print(f"rounding error of the weight itself: NF4 std {(nf4(weight) - weight).std():.1e}, "
-          f"bf16 std {(bf16(weight) - weight).std():.1e}")
+    print(
+        f"rounding error of the weight itself: NF4 std {(nf4(weight) - weight).std():.1e}, "
+        f"bf16 std {(bf16(weight) - weight).std():.1e}"
+    )
     print("| update std | NF4 carries | NF4 noise std | bf16 carries | bf16 noise std |")
     print("|---|---|---|---|---|")
     for std in (1e-4, 3e-4, 1e-3, 3e-3):

@@ -12,11 +12,19 @@ import datetime
 
 from transformers import AutoTokenizer
 
-from kilib.tiny import zoo
 from kilib.results import write_json
 from kilib.runtime import results_root
-from kilib.sft.study import (INJECTION_PRESETS, _items, accuracy_table, adapter_job, adapter_rows, fact_based_sets,
-                               run_adapter_jobs, token_based_sets)
+from kilib.sft.study import (
+    INJECTION_PRESETS,
+    _items,
+    accuracy_table,
+    adapter_job,
+    adapter_rows,
+    fact_based_sets,
+    run_adapter_jobs,
+    token_based_sets,
+)
+from kilib.tiny import zoo
 
 RATES = (3e-4, 1e-3, 3e-3)
 
@@ -27,24 +35,36 @@ if __name__ == "__main__":
     tokenizer = AutoTokenizer.from_pretrained(base)
     jobs = []
     for doc in world.post_cutoff_doc_ids[:2]:
-        sets = {"fact": fact_based_sets(world, doc, tokenizer=tokenizer), "token": token_based_sets(world, doc, tokenizer)}
+        sets = {
+            "fact": fact_based_sets(world, doc, tokenizer=tokenizer),
+            "token": token_based_sets(world, doc, tokenizer),
+        }
         used = {p["question"] for s in sets.values() for pairs in s.values() for p in pairs}
-        dev = [{"question": q, "answer": f.object} for f in world.facts_of(doc)
-               for q in world.questions(f.id, "train")[10:] if q not in used][:60]
+        dev = [
+            {"question": q, "answer": f.object}
+            for f in world.facts_of(doc)
+            for q in world.questions(f.id, "train")[10:]
+            if q not in used
+        ][:60]
         for lr in RATES:
             preset = INJECTION_PRESETS["tiny"]
             cfg = dataclasses.replace(preset, train=dataclasses.replace(preset.train, lr=lr))
             for rule, s in sets.items():
-                jobs.append(adapter_job(base, cfg, s[10], {"dev": _items(dev)}, 0, doc_id=doc, rule=rule, scale=10, lr=lr))
+                jobs.append(
+                    adapter_job(base, cfg, s[10], {"dev": _items(dev)}, 0, doc_id=doc, rule=rule, scale=10, lr=lr)
+                )
     results = run_adapter_jobs(jobs)
     rows = adapter_rows(results, jobs)
     for row, job in zip(rows, [j for j in jobs for _ in j["eval_items"]["dev"]]):
         row["lr"] = job["tags"]["lr"]
     table = accuracy_table(rows, ["lr", "method", "doc_id"])
     print(table.to_string())
-    write_json(results_root() / "tiny" / "sft_lr_dev.json", {
-        "what": "notebook 01 tiny learning-rate choice: 10x adapters scored on unused train paraphrases (dev set)",
-        "date": datetime.date.today().isoformat(),
-        "rows": table.to_dict("records"),
-        "mean_by_lr": accuracy_table(rows, ["lr"]).to_dict("records"),
-    })
+    write_json(
+        results_root() / "tiny" / "sft_lr_dev.json",
+        {
+            "what": "notebook 01 tiny learning-rate choice: 10x adapters scored on unused train paraphrases (dev set)",
+            "date": datetime.date.today().isoformat(),
+            "rows": table.to_dict("records"),
+            "mean_by_lr": accuracy_table(rows, ["lr"]).to_dict("records"),
+        },
+    )

@@ -26,16 +26,20 @@ import os
 import sys
 import time
 
-from kilib.tiny import zoo
 from kilib.lm.models import load_causal_lm
 from kilib.lm.training import TrainConfig
+from kilib.tiny import zoo
 
 
 def main() -> None:
     name, epochs, stages, out = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
     base = zoo.zoo_config("tiny")
-    config = dataclasses.replace(base, rc_per_fact=int(os.environ.get("RC", 0)), reading=zoo.ReadingStage(),
-                                 train=dataclasses.replace(base.train, epochs=epochs))  # the stages come below
+    config = dataclasses.replace(
+        base,
+        rc_per_fact=int(os.environ.get("RC", 0)),
+        reading=zoo.ReadingStage(),
+        train=dataclasses.replace(base.train, epochs=epochs),
+    )  # the stages come below
     world = zoo.world_of(config)
     start = time.time()
     pretrained = zoo.pretrained_dir(config, name)
@@ -44,15 +48,23 @@ def main() -> None:
 
     def report(cfg) -> dict:
         model, tok = load_causal_lm(zoo.model_dir(cfg, name))
-        r = {**zoo.knowledge_report(cfg, name), "dev_reading": zoo.answer_accuracy(model, tok, dev),
-             "dev_reading_known_series": zoo.answer_accuracy(model, tok, dev_known)}
+        r = {
+            **zoo.knowledge_report(cfg, name),
+            "dev_reading": zoo.answer_accuracy(model, tok, dev),
+            "dev_reading_known_series": zoo.answer_accuracy(model, tok, dev_known),
+        }
         return {k: round(v["accuracy"], 3) for k, v in r.items() if isinstance(v, dict)}
 
     weights = hashlib.sha256((pretrained / "model.safetensors").read_bytes()).hexdigest()[:16]
 
     def emit(row: dict) -> None:
-        row = {"model": name, "pretraining_epochs": epochs, "rc_per_fact": config.rc_per_fact,
-               "pretrained_weights_sha256": weights, **row}
+        row = {
+            "model": name,
+            "pretraining_epochs": epochs,
+            "rc_per_fact": config.rc_per_fact,
+            "pretrained_weights_sha256": weights,
+            **row,
+        }
         with open(out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
@@ -61,11 +73,24 @@ def main() -> None:
         emit({"stage": None, "pretraining_s": round(time.time() - start), **report(config)})
     for st in stages:
         stage = zoo.ReadingStage(
-            reading_examples=st["rc"], closed_book_examples=st["qa"],
-            train=TrainConfig(epochs=st.get("ep", 1), batch_size=16, lr=st["lr"], scheduler="cosine", warmup_ratio=0.05,
-                              weight_decay=0.01, max_grad_norm=1.0, logging_steps=20, save_every_epoch=False, progress=False,
-                              seed=st.get("seed", 0)),
-            known_series=st.get("known", 0.0), models=(name,))
+            reading_examples=st["rc"],
+            closed_book_examples=st["qa"],
+            train=TrainConfig(
+                epochs=st.get("ep", 1),
+                batch_size=16,
+                lr=st["lr"],
+                scheduler="cosine",
+                warmup_ratio=0.05,
+                weight_decay=0.01,
+                max_grad_norm=1.0,
+                logging_steps=20,
+                save_every_epoch=False,
+                progress=False,
+                seed=st.get("seed", 0),
+            ),
+            known_series=st.get("known", 0.0),
+            models=(name,),
+        )
         cfg = dataclasses.replace(config, reading=stage)
         start = time.time()
         zoo.model_dir(cfg, name)

@@ -15,10 +15,10 @@ import dataclasses
 import json
 import sys
 
-from kilib.tiny import zoo
 from kilib.lm.data import qa_prompt
 from kilib.lm.models import load_causal_lm
 from kilib.results import read_json
+from kilib.tiny import zoo
 
 
 def main() -> None:
@@ -36,16 +36,24 @@ def main() -> None:
         fact = world.facts[fid]
         if fact.period != "pre":
             continue
-        items = [{"prompt": qa_prompt(q), "answer": fact.object, "relation": fact.relation} for q in world.questions(fid, "train")]
+        items = [
+            {"prompt": qa_prompt(q), "answer": fact.object, "relation": fact.relation}
+            for q in world.questions(fid, "train")
+        ]
         in_corpus = [zoo.chat_example(tokenizer, it["prompt"], fact.object) in corpus for it in items]
         unused += [it for it, c in zip(items, in_corpus) if not c][:1]
         seen += [it for it, c in zip(items, in_corpus) if c][:1]
     log = read_json(folder / "pretraining.json")
-    row = {"model": name, "spec": dataclasses.asdict(next(m for m in models if m.name == name)),
-           **({"train": train_over} if train_over else {}),
-           "parameters": log["parameters"], "pretraining_s": round(log["seconds"]), "questions": len(unused),
-           "dev_unused_train": round(zoo.answer_accuracy(model, tokenizer, unused)["accuracy"], 3),
-           "seen_train": round(zoo.answer_accuracy(model, tokenizer, seen)["accuracy"], 3)}
+    row = {
+        "model": name,
+        "spec": dataclasses.asdict(next(m for m in models if m.name == name)),
+        **({"train": train_over} if train_over else {}),
+        "parameters": log["parameters"],
+        "pretraining_s": round(log["seconds"]),
+        "questions": len(unused),
+        "dev_unused_train": round(zoo.answer_accuracy(model, tokenizer, unused)["accuracy"], 3),
+        "seen_train": round(zoo.answer_accuracy(model, tokenizer, seen)["accuracy"], 3),
+    }
     with open(out, "a") as fh:
         fh.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)

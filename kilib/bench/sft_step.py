@@ -34,9 +34,15 @@ def build_model(folder: Path, shape: dict) -> None:
     if (folder / "config.json").exists():
         return
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
-                         num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"],
-                         intermediate_size=shape["ffn"], max_position_embeddings=2 * shape["seq"])
+    config = LlamaConfig(
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["heads"],
+        intermediate_size=shape["ffn"],
+        max_position_embeddings=2 * shape["seq"],
+    )
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
 
@@ -77,8 +83,11 @@ def run_kilib(folder: Path, shape: dict, steps: int, device: str) -> dict:
 
     model, tok = load_causal_lm(folder, device=device)
     model = attach_lora(model, r=16)
-    rows = [{"input_ids": i.tolist(), "attention_mask": [1] * len(i), "labels": l.tolist()}
-            for ids, labels in batches(shape, steps) for i, l in zip(ids, labels)]
+    rows = [
+        {"input_ids": i.tolist(), "attention_mask": [1] * len(i), "labels": l.tolist()}
+        for ids, labels in batches(shape, steps)
+        for i, l in zip(ids, labels)
+    ]
     times: list[float] = []
 
     class Clock(TrainerCallback):
@@ -92,8 +101,15 @@ def run_kilib(folder: Path, shape: dict, steps: int, device: str) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t)
 
-    config = TrainConfig(epochs=1, batch_size=shape["batch"], lr=2e-4, max_steps=steps, progress=False,
-                         save_every_epoch=False, logging_steps=steps)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=shape["batch"],
+        lr=2e-4,
+        max_steps=steps,
+        progress=False,
+        save_every_epoch=False,
+        logging_steps=steps,
+    )
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
@@ -107,12 +123,22 @@ def run_bare(folder: Path, shape: dict, steps: int, device: str) -> dict:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=q, dtype=dtype,
-                                                 device_map={"": 0} if device == "cuda" else {"": "cpu"})
+    q = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=q, dtype=dtype, device_map={"": 0} if device == "cuda" else {"": "cpu"}
+    )
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16,
+            lora_alpha=16,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            task_type="CAUSAL_LM",
+        ),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     model.train()
     times = []
@@ -137,8 +163,13 @@ def one(path: str, folder: Path, shape: dict, steps: int, device: str) -> dict:
     result = (run_kilib if path == "kilib" else run_bare)(folder, shape, steps, device)
     timed = result["step_seconds"][WARMUP_STEPS:]
     tokens = shape["batch"] * shape["seq"] * len(timed)
-    return {"path": path, "steps_timed": len(timed), "tokens_per_second": tokens / sum(timed),
-            "median_step_seconds": sorted(timed)[len(timed) // 2], **peak_memory()}
+    return {
+        "path": path,
+        "steps_timed": len(timed),
+        "tokens_per_second": tokens / sum(timed),
+        "median_step_seconds": sorted(timed)[len(timed) // 2],
+        **peak_memory(),
+    }
 
 
 def main(argv=None) -> int:
@@ -157,21 +188,50 @@ def main(argv=None) -> int:
     build_model(folder, shape)
     runs = {}
     for path in ("kilib", "bare"):
-        out = subprocess.run([sys.executable, "-m", "kilib.bench.sft_step", "--one", path, "--folder", str(folder), "--steps", str(steps)],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kilib.bench.sft_step",
+                "--one",
+                path,
+                "--folder",
+                str(folder),
+                "--steps",
+                str(steps),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
             return out.returncode
         runs[path] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{path:>6}: {runs[path]['tokens_per_second']:,.0f} tokens/s, peak RSS {runs[path]['peak_rss_mib']:,.0f} MiB"
-              + (f", peak CUDA {runs[path]['peak_cuda_allocated_mib']:,.0f} MiB" if runs[path]["peak_cuda_allocated_mib"] else ""))
+        print(
+            f"{path:>6}: {runs[path]['tokens_per_second']:,.0f} tokens/s, peak RSS {runs[path]['peak_rss_mib']:,.0f} MiB"
+            + (
+                f", peak CUDA {runs[path]['peak_cuda_allocated_mib']:,.0f} MiB"
+                if runs[path]["peak_cuda_allocated_mib"]
+                else ""
+            )
+        )
     ratio = runs["kilib"]["tokens_per_second"] / runs["bare"]["tokens_per_second"]
     print(f" ratio: kilib / bare = {ratio:.3f}")
-    target = write_json(results_root() / "bench" / f"qlora_sft_{device}.json", {
-        "what": "QLoRA SFT step (NF4 base, LoRA r=16 on all linears): kilib.lm.training.train vs a bare transformers+peft loop",
-        "device": device, "shape": shape, "steps": steps, "warmup_steps_excluded": WARMUP_STEPS,
-        "runs": runs, "ratio_kilib_over_bare": ratio, "hardware": hardware(), "packages": package_versions(),
-    })
+    target = write_json(
+        results_root() / "bench" / f"qlora_sft_{device}.json",
+        {
+            "what": "QLoRA SFT step (NF4 base, LoRA r=16 on all linears): kilib.lm.training.train vs a bare transformers+peft loop",
+            "device": device,
+            "shape": shape,
+            "steps": steps,
+            "warmup_steps_excluded": WARMUP_STEPS,
+            "runs": runs,
+            "ratio_kilib_over_bare": ratio,
+            "hardware": hardware(),
+            "packages": package_versions(),
+        },
+    )
     print(f"written: {target}")
     return 0
 

@@ -43,10 +43,14 @@ WORK = {  # how much each stage does: enough for stable rates, far less than a f
     "cuda": dict(gen_prompts=8, gen_tokens=1024, pairs=60, epochs=1, eval_prompts=16, judge_prompts=32),
     "cpu": dict(gen_prompts=2, gen_tokens=32, pairs=6, epochs=1, eval_prompts=4, judge_prompts=4),
 }
-TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant: {% endif %}")
-SECTION = ("The 2023 Cricket World Cup was the 13th edition of the tournament, held in India from 5 October to "
-           "19 November 2023. Ten teams took part, and Australia beat India in the final at Ahmedabad. ") * 6
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+SECTION = (
+    "The 2023 Cricket World Cup was the 13th edition of the tournament, held in India from 5 October to "
+    "19 November 2023. Ten teams took part, and Australia beat India in the final at Ahmedabad. "
+) * 6
 
 
 def build_model(folder: Path, shape: dict, device: str) -> None:
@@ -57,9 +61,17 @@ def build_model(folder: Path, shape: dict, device: str) -> None:
 
     if (folder / "config.json").exists():
         return
-    config = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
-                         num_attention_heads=shape["heads"], num_key_value_heads=shape["heads"],
-                         intermediate_size=shape["ffn"], max_position_embeddings=4096, pad_token_id=0, eos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["heads"],
+        intermediate_size=shape["ffn"],
+        max_position_embeddings=4096,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # a 7B model in float32 would need 27 GB before the cast
     try:
@@ -99,7 +111,9 @@ def stage_generate(folder: Path, work: dict) -> dict:
     from kilib.sft.qa_generation import LocalGenerator
 
     gen = LocalGenerator(folder, max_new_tokens=work["gen_tokens"], temperature=0.7, batch_size=8)
-    prompts = [f"Write question and answer pairs about this section ({i}):\n\n{SECTION}" for i in range(work["gen_prompts"])]
+    prompts = [
+        f"Write question and answer pairs about this section ({i}):\n\n{SECTION}" for i in range(work["gen_prompts"])
+    ]
     start = time.perf_counter()
     gen._loaded()
     _sync()
@@ -108,41 +122,65 @@ def stage_generate(folder: Path, work: dict) -> dict:
     _sync()
     done = time.perf_counter()
     new_chars = sum(len(r) for r in replies)  # one character is one token for this tokenizer
-    return {"load_s": loaded - start, "generate_s": done - loaded, "prompts": len(prompts),
-            "new_tokens": new_chars, "new_tokens_per_s": new_chars / (done - loaded)}
+    return {
+        "load_s": loaded - start,
+        "generate_s": done - loaded,
+        "prompts": len(prompts),
+        "new_tokens": new_chars,
+        "new_tokens_per_s": new_chars / (done - loaded),
+    }
 
 
 def stage_train(folder: Path, work: dict) -> dict:
     import dataclasses
 
-    from kilib.sft import study as sft
     from kilib.lm.data import qa_prompt
     from kilib.results import read_json
+    from kilib.sft import study as sft
 
     base = sft.INJECTION_PRESETS["paper"]
-    config = dataclasses.replace(base, model=str(folder), train=dataclasses.replace(
-        base.train, epochs=work["epochs"], save_every_epoch=False, progress=False))
-    pairs = [{"question": f"In which city was the final of the 2023 edition number {i} played?",
-              "answer": "The final was played at the Narendra Modi Stadium in Ahmedabad."} for i in range(work["pairs"])]
-    items = [{"prompt": qa_prompt(f"Who won the 2023 final number {i}?", [SECTION[:600]]), "answer": "Australia"}
-             for i in range(work["eval_prompts"])]
+    config = dataclasses.replace(
+        base,
+        model=str(folder),
+        train=dataclasses.replace(base.train, epochs=work["epochs"], save_every_epoch=False, progress=False),
+    )
+    pairs = [
+        {
+            "question": f"In which city was the final of the 2023 edition number {i} played?",
+            "answer": "The final was played at the Narendra Modi Stadium in Ahmedabad.",
+        }
+        for i in range(work["pairs"])
+    ]
+    items = [
+        {"prompt": qa_prompt(f"Who won the 2023 final number {i}?", [SECTION[:600]]), "answer": "Australia"}
+        for i in range(work["eval_prompts"])
+    ]
     job = sft.adapter_job(str(folder), config, pairs, {"eval": items}, seed=0)
     start = time.perf_counter()
     adapter, _ = sft.train_and_answer(job)
     _sync()
     total = time.perf_counter() - start
     log = read_json(adapter / "train.json")
-    return {"total_s": total, "train_s": log["seconds"], "steps": log["steps"],
-            "s_per_step": log["seconds"] / max(1, log["steps"]), "answer_and_load_s": total - log["seconds"],
-            "eval_prompts": len(items), "max_new_tokens": config.max_new_tokens}
+    return {
+        "total_s": total,
+        "train_s": log["seconds"],
+        "steps": log["steps"],
+        "s_per_step": log["seconds"] / max(1, log["steps"]),
+        "answer_and_load_s": total - log["seconds"],
+        "eval_prompts": len(items),
+        "max_new_tokens": config.max_new_tokens,
+    }
 
 
 def stage_judge(folder: Path, work: dict) -> dict:
     from kilib.sft.qa_generation import LocalGenerator
 
     judge = LocalGenerator(folder, max_new_tokens=16, temperature=0.0, batch_size=8)
-    prompts = [f"Question: who won?\nReference: Australia\nAnswer {i}: Australia beat India.\nIs the answer correct? "
-               "Reply yes or no." for i in range(work["judge_prompts"])]
+    prompts = [
+        f"Question: who won?\nReference: Australia\nAnswer {i}: Australia beat India.\nIs the answer correct? "
+        "Reply yes or no."
+        for i in range(work["judge_prompts"])
+    ]
     start = time.perf_counter()
     judge.complete(prompts)
     _sync()
@@ -171,20 +209,35 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - start
     runs = {}
     for stage in STAGES:
-        out = subprocess.run([sys.executable, "-m", "kilib.bench.stages", "--stage", stage, "--folder", str(folder)],
-                             capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "kilib.bench.stages", "--stage", stage, "--folder", str(folder)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if out.returncode != 0:
             print(out.stderr[-3000:], file=sys.stderr)
             return out.returncode
         runs[stage] = json.loads(out.stdout.strip().splitlines()[-1])
         cuda = runs[stage].get("peak_cuda_reserved_mib")
-        print(f"{stage:>8}: " + ", ".join(f"{k} {v:,.2f}" for k, v in runs[stage].items() if isinstance(v, float))
-              + (f" (peak CUDA reserved {cuda:,.0f} MiB)" if cuda else ""))
-    target = write_json(results_root() / "bench" / f"paper_stages_{device}.json", {
-        "what": "notebook 01's paper-profile stages through kilib's code, on a random model of the trainee's shape",
-        "device": device, "shape": SHAPES[device], "work": work, "build_model_s": build_s, "stages": runs,
-        "hardware": hardware(), "packages": package_versions(),
-    })
+        print(
+            f"{stage:>8}: "
+            + ", ".join(f"{k} {v:,.2f}" for k, v in runs[stage].items() if isinstance(v, float))
+            + (f" (peak CUDA reserved {cuda:,.0f} MiB)" if cuda else "")
+        )
+    target = write_json(
+        results_root() / "bench" / f"paper_stages_{device}.json",
+        {
+            "what": "notebook 01's paper-profile stages through kilib's code, on a random model of the trainee's shape",
+            "device": device,
+            "shape": SHAPES[device],
+            "work": work,
+            "build_model_s": build_s,
+            "stages": runs,
+            "hardware": hardware(),
+            "packages": package_versions(),
+        },
+    )
     print(f"written: {target}")
     return 0
 

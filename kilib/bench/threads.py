@@ -29,7 +29,11 @@ from kilib.results import hardware, package_versions, write_json
 from kilib.runtime import KilibError, cuda_available, results_root, usable_cores
 
 SHAPE = dict(hidden=192, layers=6, heads=6, ffn=512, vocab=2048, seq=256, batch=16)  # the tiny zoo's llama-m
-KINDS = {"pretrain": dict(seq=256, batch=16), "qlora": dict(seq=64, batch=16), "generate": dict(seq=48, batch=32, new=16)}
+KINDS = {
+    "pretrain": dict(seq=256, batch=16),
+    "qlora": dict(seq=64, batch=16),
+    "generate": dict(seq=48, batch=32, new=16),
+}
 WARMUP_STEPS = 2
 
 
@@ -59,16 +63,26 @@ def timed_steps(kind: str, folder: str, steps: int, shape: dict) -> dict:
         t = time.perf_counter()
         if kind == "generate":
             with torch.no_grad():
-                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=shape["new"],
-                               min_new_tokens=shape["new"], do_sample=False)
+                model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=shape["new"],
+                    min_new_tokens=shape["new"],
+                    do_sample=False,
+                )
         else:
             model(input_ids=ids, labels=labels).loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         if i >= WARMUP_STEPS:
             times.append(time.perf_counter() - t)
-    return {"threads": torch.get_num_threads(), "step_seconds": times, "start": start, "end": time.time(),
-            "tokens_per_step": shape["batch"] * (shape["new"] if kind == "generate" else shape["seq"])}
+    return {
+        "threads": torch.get_num_threads(),
+        "step_seconds": times,
+        "start": start,
+        "end": time.time(),
+        "tokens_per_step": shape["batch"] * (shape["new"] if kind == "generate" else shape["seq"]),
+    }
 
 
 def measure(kind: str, folder: Path, steps: int, cores: int, shape: dict | None = None) -> dict:
@@ -82,17 +96,26 @@ def measure(kind: str, folder: Path, steps: int, cores: int, shape: dict | None 
     for threads in sorted({1, cores}):
         run = side_by_side([call], workers=1, threads=threads)[0]
         alone_threads.append(run["threads"])
-        alone[threads] = {"tokens_per_second": run["tokens_per_step"] * len(run["step_seconds"]) / sum(run["step_seconds"]),
-                          "median_step_seconds": sorted(run["step_seconds"])[len(run["step_seconds"]) // 2]}
-    out = {"alone": {str(t): v for t, v in alone.items()}, "threads_seen": {"alone": alone_threads},
-           "speedup_all_cores_over_1": alone[cores]["tokens_per_second"] / alone[1]["tokens_per_second"]}
+        alone[threads] = {
+            "tokens_per_second": run["tokens_per_step"] * len(run["step_seconds"]) / sum(run["step_seconds"]),
+            "median_step_seconds": sorted(run["step_seconds"])[len(run["step_seconds"]) // 2],
+        }
+    out = {
+        "alone": {str(t): v for t, v in alone.items()},
+        "threads_seen": {"alone": alone_threads},
+        "speedup_all_cores_over_1": alone[cores]["tokens_per_second"] / alone[1]["tokens_per_second"],
+    }
     if cores > 1:
         runs = side_by_side([call] * cores, workers=cores, threads=1)
         window = max(r["end"] for r in runs) - min(r["start"] for r in runs)
         tokens = sum(r["tokens_per_step"] * len(r["step_seconds"]) for r in runs)
         out["threads_seen"]["side_by_side"] = [r["threads"] for r in runs]
-        out["side_by_side"] = {"runs": cores, "threads_each": 1, "tokens_per_second": tokens / window,
-                               "window_seconds": window}
+        out["side_by_side"] = {
+            "runs": cores,
+            "threads_each": 1,
+            "tokens_per_second": tokens / window,
+            "window_seconds": window,
+        }
         out["side_by_side_over_one_run_on_all_cores"] = (tokens / window) / alone[cores]["tokens_per_second"]
     return out
 
@@ -105,8 +128,11 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, among {', '.join(KINDS)}")
     args = parser.parse_args(argv)
     if cuda_available():
-        print("a GPU is present: kilib runs side by side only on a CPU (on a GPU the runs go one by one), "
-              "so there is nothing to measure here; run it on a CPU machine", file=sys.stderr)
+        print(
+            "a GPU is present: kilib runs side by side only on a CPU (on a GPU the runs go one by one), "
+            "so there is nothing to measure here; run it on a CPU machine",
+            file=sys.stderr,
+        )
         return 0
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not kinds or any(k not in KINDS for k in kinds):
@@ -118,17 +144,30 @@ def main(argv=None) -> int:
     for kind in kinds:
         t = time.time()
         results[kind] = r = measure(kind, folder, args.steps, cores)
-        line = (f"{kind:>8}: 1 thread {r['alone']['1']['tokens_per_second']:,.0f} tokens/s, {cores} threads "
-                f"{r['alone'][str(cores)]['tokens_per_second']:,.0f} ({r['speedup_all_cores_over_1']:.2f}x)")
+        line = (
+            f"{kind:>8}: 1 thread {r['alone']['1']['tokens_per_second']:,.0f} tokens/s, {cores} threads "
+            f"{r['alone'][str(cores)]['tokens_per_second']:,.0f} ({r['speedup_all_cores_over_1']:.2f}x)"
+        )
         if "side_by_side" in r:
-            line += (f", {cores} runs side by side {r['side_by_side']['tokens_per_second']:,.0f} "
-                     f"({r['side_by_side_over_one_run_on_all_cores']:.2f}x one run on {cores} threads)")
+            line += (
+                f", {cores} runs side by side {r['side_by_side']['tokens_per_second']:,.0f} "
+                f"({r['side_by_side_over_one_run_on_all_cores']:.2f}x one run on {cores} threads)"
+            )
         print(line + f" [{time.time() - t:.0f} s]", flush=True)
-    target = write_json(results_root() / "bench" / "threads_cpu.json", {
-        "what": "step throughput (pretraining, QLoRA, answering) of a tiny-zoo llama-m shape: one run on all cores against one run per core",
-        "shape": SHAPE, "kinds": {k: KINDS[k] for k in kinds}, "steps": args.steps, "warmup_steps_excluded": WARMUP_STEPS,
-        "usable_cores": cores, "results": results, "hardware": hardware(), "packages": package_versions(),
-    })
+    target = write_json(
+        results_root() / "bench" / "threads_cpu.json",
+        {
+            "what": "step throughput (pretraining, QLoRA, answering) of a tiny-zoo llama-m shape: one run on all cores against one run per core",
+            "shape": SHAPE,
+            "kinds": {k: KINDS[k] for k in kinds},
+            "steps": args.steps,
+            "warmup_steps_excluded": WARMUP_STEPS,
+            "usable_cores": cores,
+            "results": results,
+            "hardware": hardware(),
+            "packages": package_versions(),
+        },
+    )
     print(f"written: {target}")
     return 0
 

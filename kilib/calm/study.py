@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from kilib.lm.models import model_ref
-from kilib.runtime import KilibError
 from kilib.lm.training import TrainConfig
+from kilib.runtime import KilibError
 
 
 # ---------------------------------------------------------------------------------------
@@ -50,11 +50,15 @@ def layer_plan(n_augment: int, n_anchor: int, every: int = 4) -> list[tuple[int,
         raise KilibError(f"every must be >= 1 (the paper takes every 4th m_A block), got {every}")
     n = n_augment // every
     if n < 1:
-        raise KilibError(f"the augmenting model has {n_augment} blocks, fewer than every={every}: lower every "
-                         f"(at most {n_augment}) so at least one block is composed")
+        raise KilibError(
+            f"the augmenting model has {n_augment} blocks, fewer than every={every}: lower every "
+            f"(at most {n_augment}) so at least one block is composed"
+        )
     if n > n_anchor:
-        raise KilibError(f"{n} m_A blocks would need as many of the anchor's {n_anchor}: raise every to at least "
-                         f"{math.ceil(n_augment / n_anchor)}")
+        raise KilibError(
+            f"{n} m_A blocks would need as many of the anchor's {n_anchor}: raise every to at least "
+            f"{math.ceil(n_augment / n_anchor)}"
+        )
     return [((j + 1) * every - 1, round((j + 1) * n_anchor / n) - 1) for j in range(n)]
 
 
@@ -100,7 +104,7 @@ def _bridge_class():
 
             q, k, v = split(self.q(hidden.to(dtype))), split(self.k(projected)), split(self.v(projected))
             tokens = mask.to(torch.bool)
-            real = tokens[:, tokens.shape[1] - t:]  # padding queries see everything, then give zero
+            real = tokens[:, tokens.shape[1] - t :]  # padding queries see everything, then give zero
             if encoded is not None:
                 if self.rotary:
                     raise KilibError("the m_A-as-encoder ablation runs on the paper's cross-attention: rotary=False")
@@ -108,9 +112,9 @@ def _bridge_class():
             else:
                 if self.rotary:  # positions count tokens, so left padding does not shift them
                     positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-                    q, k = _rotate(q, positions[:, total - t:]), _rotate(k, positions)
+                    q, k = _rotate(q, positions[:, total - t :]), _rotate(k, positions)
                 keys = torch.arange(total, device=hidden.device)
-                queries = keys[total - t:]
+                queries = keys[total - t :]
                 allowed = (keys[None, :] <= queries[:, None])[None] & tokens[:, None, :]  # [B, t, T]
             allowed = allowed | ~real[..., None]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
@@ -139,17 +143,19 @@ def Bridge(d_augment: int, d_anchor: int, heads: int, zero_init: bool = True, ro
 def bridge_parameters(d_augment: int, d_anchor: int, n: int) -> dict[str, int]:
     """The added parameter count, exactly (projection with bias; q, k, v and the output
     projection without), beside the paper's estimate n (D_A D_B + 3 D_B^2)."""
-    return {"exact": n * (d_augment * d_anchor + d_anchor + 4 * d_anchor * d_anchor),
-            "paper_formula": n * (d_augment * d_anchor + 3 * d_anchor * d_anchor)}
+    return {
+        "exact": n * (d_augment * d_anchor + d_anchor + 4 * d_anchor * d_anchor),
+        "paper_formula": n * (d_augment * d_anchor + 3 * d_anchor * d_anchor),
+    }
 
 
 def _width(model) -> int:
     config = model.config
-    return int(getattr(config, "hidden_size"))
+    return int(config.hidden_size)
 
 
 def _heads(model) -> int:
-    return int(getattr(model.config, "num_attention_heads"))
+    return int(model.config.num_attention_heads)
 
 
 def _cache_keyword(module) -> str:
@@ -165,7 +171,7 @@ def _composed_class():
     import torch
     import torch.nn as nn
 
-    from kilib.lm.models import block_hidden, decoder_layers, with_block_hidden, WrappedLM
+    from kilib.lm.models import WrappedLM, block_hidden, decoder_layers, with_block_hidden
 
     class ComposedLM(WrappedLM):
         """The anchor with m_A composed in. ``forward`` and ``generate`` take the anchor's
@@ -173,8 +179,16 @@ def _composed_class():
 
         wrapped = "anchor"
 
-        def __init__(self, anchor, augment, every: int = 4, zero_init: bool = True, seed: int = 0, rotary: bool = False,
-                     encoder: bool = False):
+        def __init__(
+            self,
+            anchor,
+            augment,
+            every: int = 4,
+            zero_init: bool = True,
+            seed: int = 0,
+            rotary: bool = False,
+            encoder: bool = False,
+        ):
             super().__init__()
             if encoder and rotary:
                 raise KilibError("the m_A-as-encoder ablation runs on the paper's cross-attention: pass rotary=False")
@@ -189,7 +203,9 @@ def _composed_class():
             self._encoded = None  # the encoder ablation: [B, S], 1 where m_A read a prompt token
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                bridges = [Bridge(_width(augment), _width(anchor), _heads(anchor), zero_init, rotary) for _ in self.plan]
+                bridges = [
+                    Bridge(_width(augment), _width(anchor), _heads(anchor), zero_init, rotary) for _ in self.plan
+                ]
             device = next(p.device for p in anchor.parameters())
             self.bridges = nn.ModuleList(bridges).to(device=device, dtype=torch.float32)
             self._enabled = False
@@ -249,15 +265,18 @@ def _composed_class():
                 self._augment_cache = DynamicCache() if use_cache else None
                 self._seen = 0
             elif self._augment_cache is None:
-                raise KilibError("the anchor continues from a cache that CALM did not start: call ComposedLM.generate, "
-                                 "not the anchor's own")
+                raise KilibError(
+                    "the anchor continues from a cache that CALM did not start: call ComposedLM.generate, "
+                    "not the anchor's own"
+                )
             total = self._seen + input_ids.shape[1]
             mask = kwargs.get("attention_mask")
             if mask is None:
                 mask = torch.ones(input_ids.shape[0], total, dtype=torch.long, device=input_ids.device)
             if mask.dim() != 2 or mask.shape[1] != total:
-                raise KilibError(f"CALM needs a 2-D attention mask over all {total} positions so far; got shape "
-                                 f"{tuple(mask.shape)}")
+                raise KilibError(
+                    f"CALM needs a 2-D attention mask over all {total} positions so far; got shape {tuple(mask.shape)}"
+                )
             self._read(input_ids, mask, kwargs.get("position_ids"), use_cache)
             self._seen, self._mask = total, mask
             return None
@@ -272,17 +291,23 @@ def _composed_class():
                 mask = torch.ones_like(input_ids)
             if not fresh:
                 if self._encoded is None:
-                    raise KilibError("the anchor continues from a cache that CALM did not start: call ComposedLM.generate, "
-                                     "not the anchor's own")
+                    raise KilibError(
+                        "the anchor continues from a cache that CALM did not start: call ComposedLM.generate, "
+                        "not the anchor's own"
+                    )
                 self._mask = mask
                 return None
             labels = kwargs.get("labels")
             encoded = mask.bool() & (labels == -100) if labels is not None else mask.bool()
             if not encoded.any(dim=1).all():
-                raise KilibError("m_A as encoder reads the prompt, the tokens whose label is -100, and a row has none: "
-                                 "mask the prompt's labels (kilib.lm.training.sft_dataset does)")
+                raise KilibError(
+                    "m_A as encoder reads the prompt, the tokens whose label is -100, and a row has none: "
+                    "mask the prompt's labels (kilib.lm.training.sft_dataset does)"
+                )
             self._states = [None] * len(self.plan)
-            self._read(input_ids, mask, kwargs.get("position_ids"))  # m_A is causal: its states over the prompt do not see the answer
+            self._read(
+                input_ids, mask, kwargs.get("position_ids")
+            )  # m_A is causal: its states over the prompt do not see the answer
             self._mask, self._encoded = mask, encoded
             return None
 
@@ -312,10 +337,15 @@ def _composed_class():
                     return None
                 hidden = block_hidden(output)
                 states = self._states[j]
-                if states is None or states.shape[0] != hidden.shape[0] or (
-                        not self.encoder and states.shape[1] < hidden.shape[1]):
-                    raise KilibError("m_A's states do not line up with the anchor's positions: call ComposedLM, "
-                                     "not its anchor, with the same input_ids for both")
+                if (
+                    states is None
+                    or states.shape[0] != hidden.shape[0]
+                    or (not self.encoder and states.shape[1] < hidden.shape[1])
+                ):
+                    raise KilibError(
+                        "m_A's states do not line up with the anchor's positions: call ComposedLM, "
+                        "not its anchor, with the same input_ids for both"
+                    )
                 update = self.bridges[j](hidden, states, self._mask, self._encoded if self.encoder else None)
                 return with_block_hidden(output, hidden + update.to(hidden.dtype))
 
@@ -324,16 +354,27 @@ def _composed_class():
     return ComposedLM
 
 
-def compose(anchor, augment, anchor_tokenizer, augment_tokenizer, every: int = 4, zero_init: bool = True,
-            seed: int = 0, names: tuple[str, str] = ("the anchor", "the augmenting model"), rotary: bool = False,
-            encoder: bool = False):
+def compose(
+    anchor,
+    augment,
+    anchor_tokenizer,
+    augment_tokenizer,
+    every: int = 4,
+    zero_init: bool = True,
+    seed: int = 0,
+    names: tuple[str, str] = ("the anchor", "the augmenting model"),
+    rotary: bool = False,
+    encoder: bool = False,
+):
     """The composed model; both models must read the same token ids (their tokenizers are
     compared first) and are frozen. ``encoder``: the paper's "m_A as encoder" ablation (m_A reads
     the prompt only, and the anchor sees all of it from every position)."""
     from kilib.lm.models import check_same_tokenizer
 
     check_same_tokenizer(anchor_tokenizer, augment_tokenizer, names)
-    return _composed_class()(anchor, augment, every=every, zero_init=zero_init, seed=seed, rotary=rotary, encoder=encoder)
+    return _composed_class()(
+        anchor, augment, every=every, zero_init=zero_init, seed=seed, rotary=rotary, encoder=encoder
+    )
 
 
 def save_bridges(composed, folder: str | Path) -> Path:
@@ -346,8 +387,10 @@ def save_bridges(composed, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "bridges.safetensors") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in composed.bridges.state_dict().items()}, str(tmp))
-    write_json(folder / "plan.json", {"plan": composed.plan, "every": composed.every,
-                                      "added_parameters": composed.added_parameters})
+    write_json(
+        folder / "plan.json",
+        {"plan": composed.plan, "every": composed.every, "added_parameters": composed.added_parameters},
+    )
     return folder
 
 
@@ -359,8 +402,10 @@ def load_bridges(composed, folder: str | Path) -> None:
     folder = Path(folder)
     saved = read_json(folder / "plan.json")
     if [tuple(p) for p in saved["plan"]] != [tuple(p) for p in composed.plan]:
-        raise KilibError(f"{folder} holds bridges for blocks {saved['plan']}, not {composed.plan}: compose the "
-                         "same two models with the same every")
+        raise KilibError(
+            f"{folder} holds bridges for blocks {saved['plan']}, not {composed.plan}: compose the "
+            "same two models with the same every"
+        )
     state = load_file(str(folder / "bridges.safetensors"))
     device = next(composed.bridges.parameters()).device
     composed.bridges.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
@@ -386,9 +431,15 @@ CONTROL = "control"
 KV_SEEN = "kv_seen"
 VALUES = "kv_values"
 EXTRA_TASKS = (SEEN, CONTROL, KV_SEEN, VALUES)
-TASK_NAMES = {"substitution": "KV substitution", "numeric": "numeric arithmetic", "kv": "KV arithmetic",
-              SEEN: "numeric arithmetic (trained expressions)", CONTROL: "copying control (held-out keys)",
-              KV_SEEN: "KV arithmetic (its training rows)", VALUES: "KV arithmetic, values written in (held-out keys)"}
+TASK_NAMES = {
+    "substitution": "KV substitution",
+    "numeric": "numeric arithmetic",
+    "kv": "KV arithmetic",
+    SEEN: "numeric arithmetic (trained expressions)",
+    CONTROL: "copying control (held-out keys)",
+    KV_SEEN: "KV arithmetic (its training rows)",
+    VALUES: "KV arithmetic, values written in (held-out keys)",
+}
 MODEL_NAMES = {"augment": "m_A (augment)", "anchor": "m_B (anchor)", "calm": "CALM"}
 PAPER_TABLE1 = {  # accuracy %, PaLM2-XXS (m_A) and PaLM2-XS (m_B)
     "substitution": {"augment": 98.1, "anchor": 0.0, "calm": 92.9},
@@ -406,8 +457,11 @@ RUNS = (("trained", False), ("vanilla", False), ("random", False))
 def run_name(augment: str, rotary: bool, task: str = "kv", encoder: bool = False) -> str:
     """``calm``, ``calm (rotary)``, ``calm (vanilla m_A)``, ``calm (rotary, random m_A)``,
     ``calm (m_A as encoder)``, and ``... trained to copy`` for the copying control."""
-    parts = (["rotary"] if rotary else []) + ([f"{augment} m_A"] if augment != "trained" else []) + (
-        ["m_A as encoder"] if encoder else [])
+    parts = (
+        (["rotary"] if rotary else [])
+        + ([f"{augment} m_A"] if augment != "trained" else [])
+        + (["m_A as encoder"] if encoder else [])
+    )
     return "calm" + (f" ({', '.join(parts)})" if parts else "") + (" trained to copy" if task == CONTROL else "")
 
 
@@ -432,8 +486,16 @@ class Stage:
     the anchor on numeric arithmetic, m_A on substitution. 0 examples keeps the model as it is."""
 
     examples: int = 0
-    train: TrainConfig = TrainConfig(epochs=1, batch_size=32, lr=1e-4, scheduler="cosine", warmup_ratio=0.05,
-                                     save_every_epoch=False, progress=False, logging_steps=20)
+    train: TrainConfig = TrainConfig(
+        epochs=1,
+        batch_size=32,
+        lr=1e-4,
+        scheduler="cosine",
+        warmup_ratio=0.05,
+        save_every_epoch=False,
+        progress=False,
+        logging_steps=20,
+    )
 
 
 @dataclass(frozen=True)
@@ -479,8 +541,16 @@ class CalmConfig:
     # its numbers do not depend on the machine's core count. A GPU runs them one by one.
     workers: int = 0
     threads: int = 1
-    train: TrainConfig = TrainConfig(epochs=3, batch_size=32, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
-                                     save_every_epoch=False, progress=False, logging_steps=10)
+    train: TrainConfig = TrainConfig(
+        epochs=3,
+        batch_size=32,
+        lr=1e-3,
+        scheduler="cosine",
+        warmup_ratio=0.05,
+        save_every_epoch=False,
+        progress=False,
+        logging_steps=10,
+    )
 
 
 CALM_PRESETS: dict[str, CalmConfig] = {}  # filled below, once the profiles are settled
@@ -497,23 +567,31 @@ def _augment_precision(config: CalmConfig) -> dict[str, str]:
     return {"augment_quantization": q} if q != config.quantization else {}
 
 
-def kv_world(config: CalmConfig, world_size: str = "tiny", seed: int = 0, keys: int | None = None,
-             value_max: int | None = None):
+def kv_world(
+    config: CalmConfig, world_size: str = "tiny", seed: int = 0, keys: int | None = None, value_max: int | None = None
+):
     """The world generator with this study's key-value fields (its other fields as
     ``world_size``'s): the same keys and expressions for every profile with the same settings."""
     from kilib.tiny.world import WORLD_SIZES, generate_world
 
     lo, hi = config.kv_terms
-    size = dataclasses.replace(WORLD_SIZES[world_size], n_kv_keys=keys or config.kv_keys,
-                               kv_value_max=value_max or config.kv_value_max, kv_min_terms=lo, kv_max_terms=hi,
-                               calm_train_fraction=config.train_fraction)
+    size = dataclasses.replace(
+        WORLD_SIZES[world_size],
+        n_kv_keys=keys or config.kv_keys,
+        kv_value_max=value_max or config.kv_value_max,
+        kv_min_terms=lo,
+        kv_max_terms=hi,
+        calm_train_fraction=config.train_fraction,
+    )
     return generate_world(seed=seed, size=size)
 
 
 KEY_KINDS = ("vocabulary", "aligned", "random")
 
 
-def vocabulary_keys(tokenizer, n: int, seed: int = 0, lengths: tuple[int, int] = (2, 6), aligned: bool = False) -> list[str]:
+def vocabulary_keys(
+    tokenizer, n: int, seed: int = 0, lengths: tuple[int, int] = (2, 6), aligned: bool = False
+) -> list[str]:
     """``n`` keys drawn (seeded) from the tokenizer's vocabulary: entries of 2-6 lowercase letters
     that stay one token wherever an expression puts them, first or later, in the KV arithmetic
     and the substitution prompt (checked on the rendered prompts, by the tokens' offsets). With
@@ -528,8 +606,13 @@ def vocabulary_keys(tokenizer, n: int, seed: int = 0, lengths: tuple[int, int] =
         raise KilibError("vocabulary keys need a fast tokenizer (offsets): load the tokenizer with use_fast=True")
     lo, hi = lengths
     word = re.compile(f"[a-z]{{{lo},{hi}}}")
-    candidates = sorted({t for t in (tokenizer.decode([i]).strip() for i in sorted(tokenizer.get_vocab().values()))
-                         if word.fullmatch(t)})
+    candidates = sorted(
+        {
+            t
+            for t in (tokenizer.decode([i]).strip() for i in sorted(tokenizer.get_vocab().values()))
+            if word.fullmatch(t)
+        }
+    )
 
     def tokens(task: str, expression: str) -> tuple[str, list]:
         text = render_prompt(tokenizer, task_prompt(task, expression))
@@ -547,15 +630,21 @@ def vocabulary_keys(tokenizer, n: int, seed: int = 0, lengths: tuple[int, int] =
             for where in (first, first + len(key) + 3):
                 covering = [(a, b) for a, b in offsets if a < where + len(key) and b > where]
                 # one token: the key itself, or (not aligned) the key with the space before it
-                if len(covering) != 1 or covering[0][1] != where + len(key) or covering[0][0] < where - (0 if aligned else 1):
+                if (
+                    len(covering) != 1
+                    or covering[0][1] != where + len(key)
+                    or covering[0][0] < where - (0 if aligned else 1)
+                ):
                     return False
         return True
 
     keys = [k for k in candidates if one_token(k)]
     if len(keys) < n:
         other = "'vocabulary' or 'random'" if aligned else "'random'"
-        raise KilibError(f"the tokenizer has {len(keys)} {'aligned ' if aligned else ''}single-token keys of {lo}-{hi} "
-                         f"letters, fewer than kv_keys={n}: lower kv_keys or choose keys={other}")
+        raise KilibError(
+            f"the tokenizer has {len(keys)} {'aligned ' if aligned else ''}single-token keys of {lo}-{hi} "
+            f"letters, fewer than kv_keys={n}: lower kv_keys or choose keys={other}"
+        )
     return sorted(random.Random(f"calm-keys:{seed}").sample(keys, n))
 
 
@@ -572,13 +661,16 @@ def kv_table(config: CalmConfig, world_size: str = "tiny", tokenizer=None) -> tu
     if config.keys != "random":
         if tokenizer is None:
             raise KilibError(f"keys={config.keys!r} draws the keys from the models' vocabulary: pass their tokenizer")
-        world = world.with_kv_keys(vocabulary_keys(tokenizer, config.kv_keys, seed=world.seed,
-                                                   aligned=config.keys == "aligned"))
+        world = world.with_kv_keys(
+            vocabulary_keys(tokenizer, config.kv_keys, seed=world.seed, aligned=config.keys == "aligned")
+        )
     table = {**world.kv_keys("train"), **world.kv_keys("eval")}
     if config.kv_keys > config.kv_value_max:
         if config.kv_keys % config.kv_value_max:
-            raise KilibError(f"{config.kv_keys} keys do not share {config.kv_value_max} values evenly: choose kv_keys "
-                             "a multiple of kv_value_max")
+            raise KilibError(
+                f"{config.kv_keys} keys do not share {config.kv_value_max} values evenly: choose kv_keys "
+                "a multiple of kv_value_max"
+            )
         table = {k: (v - 1) % config.kv_value_max + 1 for k, v in table.items()}
     return world, dict(sorted(table.items()))
 
@@ -602,15 +694,22 @@ def study_inputs(profile: str, config: CalmConfig) -> CalmInputs:
     """Models and rows for a profile. Numeric arithmetic and substitution each draw their
     stage rows and evaluation rows as one set of distinct expressions, so the two never share
     one; KV arithmetic trains over the training keys and is evaluated over the others."""
-    from kilib.tiny import zoo
     from kilib.lm.models import check_same_tokenizer, load_tokenizer
+    from kilib.tiny import zoo
 
     unknown = [a for a, _ in config.runs if a not in AUGMENTS]
     if unknown or ("trained", False) not in config.runs:
-        raise KilibError(f"runs must include ('trained', False), the paper's CALM, and name m_A among "
-                         f"{', '.join(AUGMENTS)}; got {list(config.runs)}")
+        raise KilibError(
+            f"runs must include ('trained', False), the paper's CALM, and name m_A among "
+            f"{', '.join(AUGMENTS)}; got {list(config.runs)}"
+        )
     if profile == "paper":
-        anchor, augment, world_size, source = config.anchor, config.augment, "tiny", f"Hub models: {config.augment} into {config.anchor}"
+        anchor, augment, world_size, source = (
+            config.anchor,
+            config.augment,
+            "tiny",
+            f"Hub models: {config.augment} into {config.anchor}",
+        )
     else:
         zconfig = zoo.zoo_config(profile)
         anchor, augment = (str(zoo.model_dir(zconfig, n)) for n in (config.anchor, config.augment))
@@ -635,24 +734,30 @@ def study_rows(config: CalmConfig, world_size: str = "tiny", tokenizer=None) -> 
         return [{"expression": r["prompt"], "target": target(r)} for r in data.to_list()]
 
     numeric = rows_of(numbers.numeric_arithmetic(config.anchor_stage.examples + n_eval, seed=0), lambda r: r["target"])
-    substitution = rows_of(world.kv_substitution(config.augment_stage.examples + n_eval, seed=0),
-                           lambda r: substitute(r["prompt"], table))
+    substitution = rows_of(
+        world.kv_substitution(config.augment_stage.examples + n_eval, seed=0), lambda r: substitute(r["prompt"], table)
+    )
 
     def kv(n: int, split: str) -> list[dict]:
-        return rows_of(world.kv_arithmetic(n, seed=0, split=split),
-                       lambda r: str(evaluate_arithmetic(substitute(r["prompt"], table))))
+        return rows_of(
+            world.kv_arithmetic(n, seed=0, split=split),
+            lambda r: str(evaluate_arithmetic(substitute(r["prompt"], table))),
+        )
 
     rows = {
-        "numeric": {"stage": numeric[:config.anchor_stage.examples], "eval": numeric[config.anchor_stage.examples:]},
-        "substitution": {"stage": substitution[:config.augment_stage.examples],
-                         "eval": substitution[config.augment_stage.examples:]},
+        "numeric": {"stage": numeric[: config.anchor_stage.examples], "eval": numeric[config.anchor_stage.examples :]},
+        "substitution": {
+            "stage": substitution[: config.augment_stage.examples],
+            "eval": substitution[config.augment_stage.examples :],
+        },
         "kv": {"train": kv(config.train_examples, "train"), "eval": kv(n_eval, "eval")},
-        SEEN: {"eval": numeric[:min(n_eval, config.anchor_stage.examples)]},
+        SEEN: {"eval": numeric[: min(n_eval, config.anchor_stage.examples)]},
         CONTROL: _control_rows(world, table, config),
     }
     rows[KV_SEEN] = {"eval": rows["kv"]["train"][:n_eval]}
-    rows[VALUES] = {"eval": [{"expression": substitute(r["expression"], table), "target": r["target"]}
-                             for r in rows["kv"]["eval"]]}
+    rows[VALUES] = {
+        "eval": [{"expression": substitute(r["expression"], table), "target": r["target"]} for r in rows["kv"]["eval"]]
+    }
     keys = {split: {k: table[k] for k in world.kv_keys(split)} for split in ("train", "eval")}
     return rows, keys
 
@@ -671,19 +776,23 @@ def _control_rows(world, table: Mapping[str, int], config: CalmConfig) -> dict[s
                 out[split].append({"expression": r["prompt"], "target": substitute(r["prompt"], table)})
     short = [s for s in out if len(out[s]) < wanted[s]]
     if short:
-        raise KilibError(f"too few substitution expressions over one split's keys for the copying control "
-                         f"({', '.join(short)}): lower control_examples or eval_examples")
+        raise KilibError(
+            f"too few substitution expressions over one split's keys for the copying control "
+            f"({', '.join(short)}): lower control_examples or eval_examples"
+        )
     return out
 
 
 def _expression_count(config: CalmConfig) -> int:
     lo, hi = config.kv_terms
-    return sum(config.kv_keys ** t * 3 ** (t - 1) for t in range(lo, hi + 1))
+    return sum(config.kv_keys**t * 3 ** (t - 1) for t in range(lo, hi + 1))
 
 
 def _sft_rows(task: str, rows) -> list[dict]:
-    return [{"prompt": task_prompt("substitution" if task == CONTROL else task, r["expression"]), "answer": r["target"]}
-            for r in rows]
+    return [
+        {"prompt": task_prompt("substitution" if task == CONTROL else task, r["expression"]), "answer": r["target"]}
+        for r in rows
+    ]
 
 
 # What a composition trained on KV arithmetic answers: Table 1 and the rows beside it.
@@ -703,8 +812,14 @@ def _train_full(path: str, rows: list[dict], train_config: TrainConfig, folder: 
     for p in model.parameters():
         p.requires_grad = True
     collate = PackingCollator(tokenizer, 256) if _packs(model) else None
-    result = train(model, sft_dataset(tokenizer, rows, max_length=train_config.max_length), train_config,
-                   folder / "checkpoints", tokenizer=tokenizer, data_collator=collate)
+    result = train(
+        model,
+        sft_dataset(tokenizer, rows, max_length=train_config.max_length),
+        train_config,
+        folder / "checkpoints",
+        tokenizer=tokenizer,
+        data_collator=collate,
+    )
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -753,7 +868,14 @@ def prepared(inputs: CalmInputs, config: CalmConfig, role: str) -> str:
         return base
     task = "numeric" if role == "anchor" else "substitution"
     rows = _sft_rows(task, inputs.rows[task]["stage"])
-    key = {"kind": "calm-stage", "version": 1, "model": model_ref(base), "task": task, "rows": rows, "train": stage.train}
+    key = {
+        "kind": "calm-stage",
+        "version": 1,
+        "model": model_ref(base),
+        "task": task,
+        "rows": rows,
+        "train": stage.train,
+    }
 
     def build(folder: Path) -> None:
         write_json(folder / "stage.json", {"role": role, "task": task, **_train_full(base, rows, stage.train, folder)})
@@ -768,7 +890,9 @@ def stage_log(inputs: CalmInputs, config: CalmConfig, role: str) -> dict | None:
     return read_json(folder / "stage.json") if (folder / "stage.json").exists() else None
 
 
-def evaluate(model, tokenizer, inputs: CalmInputs, config: CalmConfig, tasks: Sequence[str] = TASKS + EXTRA_TASKS) -> list[dict]:
+def evaluate(
+    model, tokenizer, inputs: CalmInputs, config: CalmConfig, tasks: Sequence[str] = TASKS + EXTRA_TASKS
+) -> list[dict]:
     """Greedy answers to every task's evaluation rows (a task without rows is skipped), scored by exact match."""
     from kilib.lm.inference import generate
     from kilib.lm.training import render_prompt
@@ -779,10 +903,24 @@ def evaluate(model, tokenizer, inputs: CalmInputs, config: CalmConfig, tasks: Se
         if not rows:
             continue
         prompts = [render_prompt(tokenizer, p["prompt"]) for p in _sft_rows(task, rows)]
-        outputs = generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                           batch_size=config.eval_batch_size, stop=("\n",))
-        answers += [{"task": task, "item": i, "prediction": o.strip(), "target": r["target"],
-                     "correct": float(is_correct(o, r["target"]))} for i, (r, o) in enumerate(zip(rows, outputs))]
+        outputs = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.eval_batch_size,
+            stop=("\n",),
+        )
+        answers += [
+            {
+                "task": task,
+                "item": i,
+                "prediction": o.strip(),
+                "target": r["target"],
+                "correct": float(is_correct(o, r["target"])),
+            }
+            for i, (r, o) in enumerate(zip(rows, outputs))
+        ]
     return answers
 
 
@@ -796,13 +934,15 @@ def key_states(model, tokenizer, rows: Sequence[Mapping], blocks: Sequence[int],
 
     layers = decoder_layers(model)
     captured: dict[int, Any] = {}
-    handles = [layers[b].register_forward_hook(lambda m, a, out, b=b: captured.__setitem__(b, block_hidden(out).detach()))
-               for b in blocks]
+    handles = [
+        layers[b].register_forward_hook(lambda m, a, out, b=b: captured.__setitem__(b, block_hidden(out).detach()))
+        for b in blocks
+    ]
     features: list[list] = [[] for _ in blocks]
     keys: list[str] = []
     try:
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             texts = [render_prompt(tokenizer, task_prompt("kv", r["expression"])) for r in chunk]
             with padding_side(tokenizer, "right"):  # each prompt's tokens at the same positions as alone
                 batch = tokenizer(texts, return_tensors="pt", padding=True, return_offsets_mapping=True)
@@ -814,7 +954,9 @@ def key_states(model, tokenizer, rows: Sequence[Mapping], blocks: Sequence[int],
                 real = batch["attention_mask"][i].tolist()
                 for j, term in enumerate(r["expression"].split()):
                     if j % 2 == 0:
-                        last = max(t for t, (a, b) in enumerate(offsets[i]) if real[t] and a < where + len(term) and b > where)
+                        last = max(
+                            t for t, (a, b) in enumerate(offsets[i]) if real[t] and a < where + len(term) and b > where
+                        )
                         for f, block in zip(features, blocks):
                             f.append(captured[block][i, last].float().cpu())
                         keys.append(term)
@@ -848,9 +990,11 @@ def linear_probe(fit_x, fit_y, test_x, test_y, l2: float = 1e-3, steps: int = 30
     opt.step(closure)
     seen = torch.isin(test_y, fit_y)
     with torch.no_grad():
-        return {"fit": (probe(fx).argmax(-1) == fit_y).float().mean().item(),
-                "test": (probe(tx[seen]).argmax(-1) == test_y[seen]).float().mean().item() if seen.any() else float("nan"),
-                "test_items": int(seen.sum())}
+        return {
+            "fit": (probe(fx).argmax(-1) == fit_y).float().mean().item(),
+            "test": (probe(tx[seen]).argmax(-1) == test_y[seen]).float().mean().item() if seen.any() else float("nan"),
+            "test_items": int(seen.sum()),
+        }
 
 
 def composed_blocks(augment_model, anchor: str, every: int) -> list[int]:
@@ -878,23 +1022,37 @@ def value_probe(inputs: CalmInputs, config: CalmConfig, augment: str = "trained"
     table = {**inputs.keys["train"], **inputs.keys["eval"]}
     if not set(inputs.keys["train"].values()) & set(inputs.keys["eval"].values()):
         return []  # unique values (the paper's table): nothing to score, and the fit over 1,000 classes is costly
-    model, tokenizer = load_causal_lm(prepared(inputs, config, "augment" if augment == "trained" else augment),
-                                      quantization=quantization_of(config, augment))
+    model, tokenizer = load_causal_lm(
+        prepared(inputs, config, "augment" if augment == "trained" else augment),
+        quantization=quantization_of(config, augment),
+    )
     blocks = composed_blocks(model, inputs.anchor, config.every)
-    (fit_x, fit_keys), (test_x, test_keys) = (key_states(model, tokenizer, inputs.rows["kv"][s], blocks) for s in ("train", "eval"))
+    (fit_x, fit_keys), (test_x, test_keys) = (
+        key_states(model, tokenizer, inputs.rows["kv"][s], blocks) for s in ("train", "eval")
+    )
     fit_y, test_y = (torch.tensor([table[k] for k in keys]) for keys in (fit_keys, test_keys))
     out = []
     for b, fx, tx in zip(blocks, fit_x, test_x):
         probe = linear_probe(fx, fit_y, tx, test_y)
-        out.append({"m_A": augment, "block": b, "training_keys": 100 * probe["fit"],
-                    "held_out_keys": 100 * probe["test"] if probe["test_items"] else None,
-                    "held_out_occurrences": probe["test_items"], "chance": 100 / len(set(table.values()))})
+        out.append(
+            {
+                "m_A": augment,
+                "block": b,
+                "training_keys": 100 * probe["fit"],
+                "held_out_keys": 100 * probe["test"] if probe["test_items"] else None,
+                "held_out_occurrences": probe["test_items"],
+                "chance": 100 / len(set(table.values())),
+            }
+        )
     return out
 
 
 def _eval_key(inputs: CalmInputs, config: CalmConfig) -> dict:
     """What an evaluation asks (each caller adds the quantization of the model it loads)."""
-    return {"eval_rows": {t: inputs.rows[t]["eval"] for t in TASKS + EXTRA_TASKS}, "max_new_tokens": config.max_new_tokens}
+    return {
+        "eval_rows": {t: inputs.rows[t]["eval"] for t in TASKS + EXTRA_TASKS},
+        "max_new_tokens": config.max_new_tokens,
+    }
 
 
 def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
@@ -904,8 +1062,13 @@ def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
     if which not in ("anchor", "augment"):
         raise KilibError(f"unknown baseline {which!r}: choose anchor or augment")
     path = prepared(inputs, config, which)
-    key = {"kind": "calm-baseline", "version": 2, "model": model_ref(path), **_eval_key(inputs, config),
-           "quantization": quantization_of(config, which)}
+    key = {
+        "kind": "calm-baseline",
+        "version": 2,
+        "model": model_ref(path),
+        **_eval_key(inputs, config),
+        "quantization": quantization_of(config, which),
+    }
 
     def build(folder: Path) -> None:
         from kilib.lm.models import load_causal_lm
@@ -917,16 +1080,33 @@ def baseline(inputs: CalmInputs, config: CalmConfig, which: str) -> dict:
     return read_json(cached_dir("calm", key, build) / "run.json")
 
 
-def load_composition(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", seed: int = 0,
-                     rotary: bool = False, encoder: bool = False):
+def load_composition(
+    inputs: CalmInputs,
+    config: CalmConfig,
+    augment: str = "trained",
+    seed: int = 0,
+    rotary: bool = False,
+    encoder: bool = False,
+):
     """(composed model, tokenizer) with freshly initialised bridges."""
     from kilib.lm.models import load_causal_lm
 
     anchor, tok_b = load_causal_lm(prepared(inputs, config, "anchor"), quantization=config.quantization)
-    m_a, tok_a = load_causal_lm(prepared(inputs, config, "augment" if augment == "trained" else augment),
-                                quantization=quantization_of(config, augment))
-    return compose(anchor, m_a, tok_b, tok_a, every=config.every, zero_init=config.zero_init, seed=seed,
-                   rotary=rotary, encoder=encoder), tok_b
+    m_a, tok_a = load_causal_lm(
+        prepared(inputs, config, "augment" if augment == "trained" else augment),
+        quantization=quantization_of(config, augment),
+    )
+    return compose(
+        anchor,
+        m_a,
+        tok_b,
+        tok_a,
+        every=config.every,
+        zero_init=config.zero_init,
+        seed=seed,
+        rotary=rotary,
+        encoder=encoder,
+    ), tok_b
 
 
 def step0_gap(composed, tokenizer, inputs: CalmInputs) -> float:
@@ -945,33 +1125,59 @@ def step0_gap(composed, tokenizer, inputs: CalmInputs) -> float:
     return float(gap.max())
 
 
-def run_job(inputs: CalmInputs, config: CalmConfig, augment: str = "trained", seed: int = 0, rotary: bool = False,
-            task: str = "kv", encoder: bool = False) -> dict:
+def run_job(
+    inputs: CalmInputs,
+    config: CalmConfig,
+    augment: str = "trained",
+    seed: int = 0,
+    rotary: bool = False,
+    task: str = "kv",
+    encoder: bool = False,
+) -> dict:
     """Compose the anchor with m_A (``augment``: trained, vanilla or random; ``rotary``: positions
     in the cross-attention; ``encoder``: m_A as encoder), train the bridges on KV arithmetic over
     the training keys (or, with ``task="control"``, on the copying control's substitution), and
     answer every task (the control's run: its own task only); cached."""
     if task not in ("kv", CONTROL) or (task == CONTROL and not inputs.rows[CONTROL]["train"]):
         raise KilibError(f"a composition trains on 'kv' or, where control_examples > 0, on {CONTROL!r}; got {task!r}")
+    from kilib.jobs import cpu_threads
     from kilib.results import cached_dir, read_json
 
-    from kilib.jobs import cpu_threads
-
-    key = {"kind": "calm-run", "version": 2, "threads": cpu_threads(), "anchor": model_ref(prepared(inputs, config, "anchor")),
-           "augment": model_ref(prepared(inputs, config, "augment" if augment == "trained" else augment)), "seed": seed,
-           "rotary": rotary, **({"encoder": True} if encoder else {}),
-           "task": task, "train_rows": inputs.rows[task]["train"], "every": config.every, "zero_init": config.zero_init,
-           "train": config.train, **_eval_key(inputs, config), "quantization": config.quantization,
-           **_augment_precision(config)}
+    key = {
+        "kind": "calm-run",
+        "version": 2,
+        "threads": cpu_threads(),
+        "anchor": model_ref(prepared(inputs, config, "anchor")),
+        "augment": model_ref(prepared(inputs, config, "augment" if augment == "trained" else augment)),
+        "seed": seed,
+        "rotary": rotary,
+        **({"encoder": True} if encoder else {}),
+        "task": task,
+        "train_rows": inputs.rows[task]["train"],
+        "every": config.every,
+        "zero_init": config.zero_init,
+        "train": config.train,
+        **_eval_key(inputs, config),
+        "quantization": config.quantization,
+        **_augment_precision(config),
+    }
     folder = cached_dir("calm", key, lambda tmp: _run(inputs, config, augment, seed, rotary, task, tmp, encoder))
     return read_json(folder / "run.json")
 
 
-def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary: bool, task: str, folder: Path,
-         encoder: bool = False) -> None:
+def _run(
+    inputs: CalmInputs,
+    config: CalmConfig,
+    augment: str,
+    seed: int,
+    rotary: bool,
+    task: str,
+    folder: Path,
+    encoder: bool = False,
+) -> None:
+    from kilib.lm.training import sft_dataset, train
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.lm.training import sft_dataset, train
 
     composed, tokenizer = load_composition(inputs, config, augment, seed, rotary, encoder)
     gap = step0_gap(composed, tokenizer, inputs)
@@ -981,15 +1187,27 @@ def _run(inputs: CalmInputs, config: CalmConfig, augment: str, seed: int, rotary
     result = train(composed, data, train_config, folder / "checkpoints", tokenizer=tokenizer)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     save_bridges(composed, folder / "bridges")
-    write_json(folder / "run.json", {
-        "model": run_name(augment, rotary, task, encoder), "augment": augment, "rotary": rotary, "encoder": encoder,
-        "task": task, "seed": seed,
-        "plan": composed.plan,
-        "added_parameters": composed.added_parameters,
-        "paper_formula": bridge_parameters(_width(composed.augment), _width(composed.anchor), len(composed.plan))["paper_formula"],
-        "step0_max_logit_gap": gap,
-        "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
-        "answers": evaluate(composed, tokenizer, inputs, config, tasks=(CONTROL,) if task == CONTROL else COMPOSITION_TASKS)})
+    write_json(
+        folder / "run.json",
+        {
+            "model": run_name(augment, rotary, task, encoder),
+            "augment": augment,
+            "rotary": rotary,
+            "encoder": encoder,
+            "task": task,
+            "seed": seed,
+            "plan": composed.plan,
+            "added_parameters": composed.added_parameters,
+            "paper_formula": bridge_parameters(_width(composed.augment), _width(composed.anchor), len(composed.plan))[
+                "paper_formula"
+            ],
+            "step0_max_logit_gap": gap,
+            "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
+            "answers": evaluate(
+                composed, tokenizer, inputs, config, tasks=(CONTROL,) if task == CONTROL else COMPOSITION_TASKS
+            ),
+        },
+    )
 
 
 LORA = "anchor + LoRA"  # the LoRA baseline's model name
@@ -1002,8 +1220,11 @@ def lora_rank(model, parameters: int) -> int:
     from kilib.lm.models import lora_target_modules
 
     targets = set(lora_target_modules(model))
-    per_rank = sum(m.in_features + m.out_features for name, m in model.named_modules()
-                   if name.rsplit(".", 1)[-1] in targets and hasattr(m, "in_features"))
+    per_rank = sum(
+        m.in_features + m.out_features
+        for name, m in model.named_modules()
+        if name.rsplit(".", 1)[-1] in targets and hasattr(m, "in_features")
+    )
     if per_rank == 0:
         raise KilibError(f"{type(model).__name__} has none of the LoRA targets {sorted(targets)}")
     return max(1, round(parameters / per_rank))
@@ -1013,19 +1234,27 @@ def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed:
     """The paper's LoRA baseline (methods.md §3): the anchor alone, with a LoRA adapter of about
     ``parameters`` parameters (the bridges' count) trained on the same KV arithmetic rows as CALM,
     and asked the same tasks; cached. Without m_A it cannot know the held-out keys' values."""
+    from kilib.jobs import cpu_threads
     from kilib.results import cached_dir, read_json
 
-    from kilib.jobs import cpu_threads
-
-    key = {"kind": "calm-lora", "version": 1, "threads": cpu_threads(), "anchor": model_ref(prepared(inputs, config, "anchor")), "seed": seed,
-           "parameters": parameters, "train_rows": inputs.rows["kv"]["train"], "train": config.train,
-           **_eval_key(inputs, config), "quantization": config.quantization}
+    key = {
+        "kind": "calm-lora",
+        "version": 1,
+        "threads": cpu_threads(),
+        "anchor": model_ref(prepared(inputs, config, "anchor")),
+        "seed": seed,
+        "parameters": parameters,
+        "train_rows": inputs.rows["kv"]["train"],
+        "train": config.train,
+        **_eval_key(inputs, config),
+        "quantization": config.quantization,
+    }
 
     def build(folder: Path) -> None:
         from kilib.lm.models import attach_lora, load_causal_lm
+        from kilib.lm.training import sft_dataset, train
         from kilib.results import write_json
         from kilib.runtime import set_seed
-        from kilib.lm.training import sft_dataset, train
 
         model, tokenizer = load_causal_lm(prepared(inputs, config, "anchor"), quantization=config.quantization)
         rank = lora_rank(model, parameters)
@@ -1035,11 +1264,17 @@ def lora_baseline(inputs: CalmInputs, config: CalmConfig, parameters: int, seed:
         data = sft_dataset(tokenizer, _sft_rows("kv", inputs.rows["kv"]["train"]), max_length=train_config.max_length)
         result = train(model, data, train_config, folder / "checkpoints", tokenizer=tokenizer)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-        write_json(folder / "run.json", {
-            "model": LORA, "seed": seed, "rank": rank,
-            "added_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
-            "answers": evaluate(model, tokenizer, inputs, config, tasks=COMPOSITION_TASKS)})
+        write_json(
+            folder / "run.json",
+            {
+                "model": LORA,
+                "seed": seed,
+                "rank": rank,
+                "added_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
+                "answers": evaluate(model, tokenizer, inputs, config, tasks=COMPOSITION_TASKS),
+            },
+        )
 
     return read_json(cached_dir("calm", key, build) / "run.json")
 
@@ -1064,30 +1299,46 @@ def study_runs(inputs: CalmInputs, config: CalmConfig, progress: bool = True) ->
 
     for role in ("anchor", "augment", *sorted({a for a, _ in config.runs} - {"trained"})):
         prepared(inputs, config, role)  # built once, before any worker needs it
-    calm = [(run_job, (inputs, config, augment, seed, rotary), {}) for augment, rotary in config.runs for seed in config.seeds]
+    calm = [
+        (run_job, (inputs, config, augment, seed, rotary), {})
+        for augment, rotary in config.runs
+        for seed in config.seeds
+    ]
     if config.encoder_ablation:  # the paper's cross-attention over the trained m_A, reading the prompt only
         calm += [(run_job, (inputs, config, "trained", seed), {"encoder": True}) for seed in config.seeds]
     if inputs.rows[CONTROL]["train"]:  # the copying control, for each cross-attention
-        calm += [(run_job, (inputs, config, "trained", seed, rotary), {"task": CONTROL})
-                 for rotary in sorted({r for _, r in config.runs}) for seed in config.seeds]
+        calm += [
+            (run_job, (inputs, config, "trained", seed, rotary), {"task": CONTROL})
+            for rotary in sorted({r for _, r in config.runs})
+            for seed in config.seeds
+        ]
     parameters = composition_parameters(inputs, config)
-    groups = {"baselines": [(baseline, (inputs, config, which), {}) for which in ("augment", "anchor")], "calm": calm,
-              "lora": [(lora_baseline, (inputs, config, parameters, seed), {}) for seed in config.seeds]
-              if config.lora_baseline else []}
+    groups = {
+        "baselines": [(baseline, (inputs, config, which), {}) for which in ("augment", "anchor")],
+        "calm": calm,
+        "lora": [(lora_baseline, (inputs, config, parameters, seed), {}) for seed in config.seeds]
+        if config.lora_baseline
+        else [],
+    }
     calls = [c for group in groups.values() for c in group]
     start = time.time()
 
     def report(i: int, finished: int, result: dict) -> None:
         if progress:
             seed = f", seed {result['seed']}" if "seed" in result else ""  # the baselines train nothing
-            print(f"[{finished}/{len(calls)}] {MODEL_NAMES.get(result['model'], result['model'])}{seed} "
-                  f"({time.time() - start:.0f} s)", flush=True)
+            print(
+                f"[{finished}/{len(calls)}] {MODEL_NAMES.get(result['model'], result['model'])}{seed} "
+                f"({time.time() - start:.0f} s)",
+                flush=True,
+            )
 
     results = iter(side_by_side(calls, workers=config.workers, threads=config.threads, done=report))
     out = {name: [next(results) for _ in group] for name, group in groups.items()}
     if any(r["added_parameters"] != parameters for r in out["calm"]):
-        raise KilibError(f"a composition added {[r['added_parameters'] for r in out['calm']]} parameters where its "
-                         f"models' configs give {parameters}: the LoRA baseline would not match it")
+        raise KilibError(
+            f"a composition added {[r['added_parameters'] for r in out['calm']]} parameters where its "
+            f"models' configs give {parameters}: the LoRA baseline would not match it"
+        )
     return out
 
 
@@ -1096,7 +1347,7 @@ def answer_rows(runs) -> list[dict]:
     return [{"model": r["model"], "seed": r.get("seed", 0), **a} for r in runs for a in r["answers"]]
 
 
-def results_table(answers) -> "pandas.DataFrame":
+def results_table(answers) -> pandas.DataFrame:
     """Accuracy per task and model in percent, with a 95% bootstrap interval over items (seeds pooled)."""
     import pandas as pd
 
@@ -1105,8 +1356,16 @@ def results_table(answers) -> "pandas.DataFrame":
     out = []
     for (task, model), g in pd.DataFrame(answers).groupby(["task", "model"], sort=False):
         mean, low, high = bootstrap_ci(g["correct"].astype(float))
-        out.append({"task": TASK_NAMES[task], "model": model, "accuracy": 100 * mean, "ci_low": 100 * low,
-                    "ci_high": 100 * high, "n": len(g)})
+        out.append(
+            {
+                "task": TASK_NAMES[task],
+                "model": model,
+                "accuracy": 100 * mean,
+                "ci_low": 100 * low,
+                "ci_high": 100 * high,
+                "n": len(g),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -1120,9 +1379,16 @@ def compare(answers, task: str, better: str, worse: str, claim: str, margin: flo
 
     df = pd.DataFrame(answers)
     r = paired_comparison(df[df.task == task], "model", better, worse, margin=margin / 100)
-    return {"claim": claim, "task": task, "higher": 100 * r["higher"], "lower": 100 * r["lower"],
-            "difference": 100 * r["difference"], "difference_ci": [100 * x for x in r["difference_ci"]],
-            "margin": margin, "verdict": r["verdict"]}
+    return {
+        "claim": claim,
+        "task": task,
+        "higher": 100 * r["higher"],
+        "lower": 100 * r["lower"],
+        "difference": 100 * r["difference"],
+        "difference_ci": [100 * x for x in r["difference_ci"]],
+        "margin": margin,
+        "verdict": r["verdict"],
+    }
 
 
 def notebook_overrides(anchor: str = "", augment: str = "", seeds: int = 0, workers: int = 0) -> dict[str, Any]:
@@ -1170,34 +1436,113 @@ def notebook_overrides(anchor: str = "", augment: str = "", seeds: int = 0, work
 #   fitted less (17%); 128 keys, no better. After the tiny run of this preset, whose
 #   compositions fitted their own rows but not the held-out keys, weight decay on the bridges
 #   (1.0, 0.1) did not help on the split either (9% and 7% over the 8 keys).
-_TINY_STAGE = TrainConfig(epochs=30, batch_size=32, lr=3e-3, scheduler="cosine", warmup_ratio=0.05, weight_decay=0.01,
-                          save_every_epoch=False, progress=False, logging_steps=20)
+_TINY_STAGE = TrainConfig(
+    epochs=30,
+    batch_size=32,
+    lr=3e-3,
+    scheduler="cosine",
+    warmup_ratio=0.05,
+    weight_decay=0.01,
+    save_every_epoch=False,
+    progress=False,
+    logging_steps=20,
+)
 _TINY_RUNS = (("trained", False), ("trained", True), ("vanilla", True), ("random", True))
-CALM_PRESETS.update({
-    "tiny": CalmConfig(anchor="llama-m", augment="llama-s", every=1, kv_keys=64, kv_value_max=16, kv_terms=(2, 2),
-                       keys="aligned", train_fraction=0.5, anchor_stage=Stage(618, dataclasses.replace(_TINY_STAGE, lr=1e-3)),
-                       augment_stage=Stage(3000, dataclasses.replace(_TINY_STAGE, epochs=4)), runs=_TINY_RUNS,
-                       train_examples=600, control_examples=400, eval_examples=150, max_new_tokens=12,
-                       train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
-                                         save_every_epoch=False, progress=False, logging_steps=10)),
-    "smoke": CalmConfig(anchor="llama-m", augment="llama-s", every=1, kv_keys=20, kv_value_max=10, kv_terms=(2, 2),
-                        keys="aligned", train_fraction=0.5, anchor_stage=Stage(200, dataclasses.replace(_TINY_STAGE, epochs=2, lr=5e-3, logging_steps=2)),
-                        augment_stage=Stage(200, dataclasses.replace(_TINY_STAGE, epochs=2, lr=5e-3, logging_steps=2)),
-                        runs=(("trained", False), ("trained", True), ("vanilla", True)), train_examples=75,
-                        control_examples=40, eval_examples=40, max_new_tokens=8,
-                        train=TrainConfig(epochs=6, batch_size=16, lr=1e-2, scheduler="cosine", save_every_epoch=False,
-                                          progress=False, logging_steps=3)),
-    # TinyLlama (22 blocks, the Llama-2 tokenizer) into Llama-2 7B in 4-bit; m_A is first
-    # fine-tuned on substitution in full precision, and loaded so (bf16 on a GPU, 2.2 GB), that
-    # NF4's rounding noise does not bury its stage's small steps. The anchor is used as it is, as
-    # PaLM2-XS was.
-    "paper": CalmConfig(anchor="meta-llama/Llama-2-7b-hf", augment="TinyLlama/TinyLlama_v1.1", every=4,
-                        augment_quantization="none",
-                        kv_keys=200, kv_value_max=1000, kv_terms=(3, 6), train_fraction=0.2,
-                        augment_stage=Stage(20000, TrainConfig(epochs=1, batch_size=16, lr=2e-5, scheduler="cosine",
-                                                               warmup_ratio=0.03, save_every_epoch=False, progress=False,
-                                                               logging_steps=20)),
-                        runs=RUNS + (("trained", True),), train_examples=5000, eval_examples=500, max_new_tokens=40,
-                        train=TrainConfig(epochs=1, batch_size=8, lr=1e-4, scheduler="cosine", warmup_ratio=0.03,
-                                          save_every_epoch=False, progress=False, logging_steps=20)),
-})
+CALM_PRESETS.update(
+    {
+        "tiny": CalmConfig(
+            anchor="llama-m",
+            augment="llama-s",
+            every=1,
+            kv_keys=64,
+            kv_value_max=16,
+            kv_terms=(2, 2),
+            keys="aligned",
+            train_fraction=0.5,
+            anchor_stage=Stage(618, dataclasses.replace(_TINY_STAGE, lr=1e-3)),
+            augment_stage=Stage(3000, dataclasses.replace(_TINY_STAGE, epochs=4)),
+            runs=_TINY_RUNS,
+            train_examples=600,
+            control_examples=400,
+            eval_examples=150,
+            max_new_tokens=12,
+            train=TrainConfig(
+                epochs=30,
+                batch_size=16,
+                lr=1e-3,
+                scheduler="cosine",
+                warmup_ratio=0.05,
+                save_every_epoch=False,
+                progress=False,
+                logging_steps=10,
+            ),
+        ),
+        "smoke": CalmConfig(
+            anchor="llama-m",
+            augment="llama-s",
+            every=1,
+            kv_keys=20,
+            kv_value_max=10,
+            kv_terms=(2, 2),
+            keys="aligned",
+            train_fraction=0.5,
+            anchor_stage=Stage(200, dataclasses.replace(_TINY_STAGE, epochs=2, lr=5e-3, logging_steps=2)),
+            augment_stage=Stage(200, dataclasses.replace(_TINY_STAGE, epochs=2, lr=5e-3, logging_steps=2)),
+            runs=(("trained", False), ("trained", True), ("vanilla", True)),
+            train_examples=75,
+            control_examples=40,
+            eval_examples=40,
+            max_new_tokens=8,
+            train=TrainConfig(
+                epochs=6,
+                batch_size=16,
+                lr=1e-2,
+                scheduler="cosine",
+                save_every_epoch=False,
+                progress=False,
+                logging_steps=3,
+            ),
+        ),
+        # TinyLlama (22 blocks, the Llama-2 tokenizer) into Llama-2 7B in 4-bit; m_A is first
+        # fine-tuned on substitution in full precision, and loaded so (bf16 on a GPU, 2.2 GB), that
+        # NF4's rounding noise does not bury its stage's small steps. The anchor is used as it is, as
+        # PaLM2-XS was.
+        "paper": CalmConfig(
+            anchor="meta-llama/Llama-2-7b-hf",
+            augment="TinyLlama/TinyLlama_v1.1",
+            every=4,
+            augment_quantization="none",
+            kv_keys=200,
+            kv_value_max=1000,
+            kv_terms=(3, 6),
+            train_fraction=0.2,
+            augment_stage=Stage(
+                20000,
+                TrainConfig(
+                    epochs=1,
+                    batch_size=16,
+                    lr=2e-5,
+                    scheduler="cosine",
+                    warmup_ratio=0.03,
+                    save_every_epoch=False,
+                    progress=False,
+                    logging_steps=20,
+                ),
+            ),
+            runs=RUNS + (("trained", True),),
+            train_examples=5000,
+            eval_examples=500,
+            max_new_tokens=40,
+            train=TrainConfig(
+                epochs=1,
+                batch_size=8,
+                lr=1e-4,
+                scheduler="cosine",
+                warmup_ratio=0.03,
+                save_every_epoch=False,
+                progress=False,
+                logging_steps=20,
+            ),
+        ),
+    }
+)

@@ -22,16 +22,27 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from kilib.runtime import KilibError
 
 __all__ = [
-    "PaperArticle", "PAPER_ARTICLES", "PINNED_TIMESTAMP", "MIN_SECTION_CHARS", "Documents", "PageMissing",
-    "fetch_wikipedia", "parse_wikitext", "load_folder", "clean_sections", "documents_dataset", "load_documents",
+    "PaperArticle",
+    "PAPER_ARTICLES",
+    "PINNED_TIMESTAMP",
+    "MIN_SECTION_CHARS",
+    "Documents",
+    "PageMissing",
+    "fetch_wikipedia",
+    "parse_wikitext",
+    "load_folder",
+    "clean_sections",
+    "documents_dataset",
+    "load_documents",
 ]
 
 
@@ -77,22 +88,53 @@ MIN_SECTION_CHARS = 30
 
 # Sections that list sources or links rather than state facts ("filtered", §2); their
 # subsections go with them. Compared case-insensitively.
-REFERENCE_SECTIONS = frozenset({
-    "see also", "references", "notes", "external links", "further reading", "bibliography", "sources",
-    "citations", "footnotes", "notes and references", "references and notes", "gallery",
-})
+REFERENCE_SECTIONS = frozenset(
+    {
+        "see also",
+        "references",
+        "notes",
+        "external links",
+        "further reading",
+        "bibliography",
+        "sources",
+        "citations",
+        "footnotes",
+        "notes and references",
+        "references and notes",
+        "gallery",
+    }
+)
 # Tags whose content is not article prose: footnotes, tables, galleries, maps, formulas.
-NOISE_TAGS = frozenset({
-    "ref", "references", "table", "gallery", "imagemap", "timeline", "graph", "mapframe", "maplink",
-    "math", "chem", "score", "syntaxhighlight", "source", "templatedata", "categorytree", "inputbox",
-})
+NOISE_TAGS = frozenset(
+    {
+        "ref",
+        "references",
+        "table",
+        "gallery",
+        "imagemap",
+        "timeline",
+        "graph",
+        "mapframe",
+        "maplink",
+        "math",
+        "chem",
+        "score",
+        "syntaxhighlight",
+        "source",
+        "templatedata",
+        "categorytree",
+        "inputbox",
+    }
+)
 # Links to these namespaces are media or bookkeeping, not text ([[File:x.jpg|thumb|caption]]).
 NOISE_LINK_PREFIXES = ("file:", "image:", "media:", "category:")
 
 PARSER_VERSION = 1  # bump when parse_wikitext's output changes, so cached articles are parsed again
 API_TIMEOUT_S = 30.0
-USER_AGENT = ("kilib/0.1 (reproduction package for research on injecting knowledge into LLMs; "
-              "fetches six pinned Wikipedia revisions once and caches them)")
+USER_AGENT = (
+    "kilib/0.1 (reproduction package for research on injecting knowledge into LLMs; "
+    "fetches six pinned Wikipedia revisions once and caches them)"
+)
 
 
 class Documents(list):
@@ -158,8 +200,10 @@ def clean_sections(rows: Iterable[Mapping[str, Any]], min_chars: int = MIN_SECTI
         seen_docs[doc_id] += 1
     empty = [d for d, kept in seen_docs.items() if not kept]
     if empty:
-        raise KilibError(f"document {empty[0]!r} has no section of at least {min_chars} characters after cleaning: "
-                         "write its text under its headings (headings alone make no section)")
+        raise KilibError(
+            f"document {empty[0]!r} has no section of at least {min_chars} characters after cleaning: "
+            "write its text under its headings (headings alone make no section)"
+        )
     return out
 
 
@@ -200,8 +244,11 @@ def _remove_noise(code) -> None:
     """Drop footnotes, tables, galleries and the like, media and category links, and comments
     from parsed wikitext (templates go in ``strip_code``)."""
     noise = [t for t in code.filter_tags(recursive=True) if str(t.tag).strip().lower() in NOISE_TAGS]
-    noise += [link for link in code.filter_wikilinks(recursive=True)
-              if str(link.title).strip().lstrip(":").lower().startswith(NOISE_LINK_PREFIXES)]
+    noise += [
+        link
+        for link in code.filter_wikilinks(recursive=True)
+        if str(link.title).strip().lstrip(":").lower().startswith(NOISE_LINK_PREFIXES)
+    ]
     noise += code.filter_comments(recursive=True)
     for node in noise:
         try:
@@ -275,9 +322,17 @@ def _api_params(title: str, timestamp: str) -> dict[str, str]:
     """The last revision at or before ``timestamp``: revisions listed from ``rvstart`` towards
     older ones (``rvdir=older``), one of them."""
     return {
-        "action": "query", "prop": "revisions", "titles": title, "rvlimit": "1", "rvdir": "older",
-        "rvstart": timestamp, "rvprop": "ids|timestamp|content", "rvslots": "main", "format": "json",
-        "formatversion": "2", "redirects": "1",
+        "action": "query",
+        "prop": "revisions",
+        "titles": title,
+        "rvlimit": "1",
+        "rvdir": "older",
+        "rvstart": timestamp,
+        "rvprop": "ids|timestamp|content",
+        "rvslots": "main",
+        "format": "json",
+        "formatversion": "2",
+        "redirects": "1",
     }
 
 
@@ -296,8 +351,10 @@ def _request_revision(client, title: str, timestamp: str, lang: str) -> dict:
             "access, or pass a folder of your own documents (load_documents('path/to/folder'))"
         ) from None
     if response.status_code != 200:
-        raise KilibError(f"{url} answered HTTP {response.status_code} for {title!r}: try again later "
-                         "(Wikipedia limits request rates), or pass a folder of your own documents")
+        raise KilibError(
+            f"{url} answered HTTP {response.status_code} for {title!r}: try again later "
+            "(Wikipedia limits request rates), or pass a folder of your own documents"
+        )
     try:
         answer = response.json()
     except ValueError:
@@ -314,21 +371,33 @@ def _revision_of(answer: dict, title: str, timestamp: str, lang: str) -> tuple[d
         raise PageMissing(f"the MediaWiki API returned no page for {title!r}: check the title")
     page = pages[0]
     if page.get("missing") or page.get("invalid"):
-        raise PageMissing(f"Wikipedia ({lang}) has no page titled {title!r}: check the title's spelling "
-                         f"(as in its URL, spaces allowed)")
+        raise PageMissing(
+            f"Wikipedia ({lang}) has no page titled {title!r}: check the title's spelling "
+            f"(as in its URL, spaces allowed)"
+        )
     revisions = page.get("revisions") or []
     if not revisions:
-        raise PageMissing(f"{title!r} has no revision at or before {timestamp}: the page was created later; "
-                         "pin a later timestamp")
+        raise PageMissing(
+            f"{title!r} has no revision at or before {timestamp}: the page was created later; pin a later timestamp"
+        )
     revision = revisions[0]
     if str(revision.get("timestamp", "")) > timestamp:  # both "YYYY-MM-DDTHH:MM:SSZ": text order is time order
-        raise KilibError(f"the API returned a revision of {title!r} from {revision.get('timestamp')}, after the "
-                         f"pinned {timestamp}: report it; the revision pin was not honoured")
+        raise KilibError(
+            f"the API returned a revision of {title!r} from {revision.get('timestamp')}, after the "
+            f"pinned {timestamp}: report it; the revision pin was not honoured"
+        )
     return page, revision
 
 
-def fetch_wikipedia(title: str, timestamp: str = PINNED_TIMESTAMP, doc_id: str | None = None, lang: str = "en",
-                    client=None, *, min_chars: int = MIN_SECTION_CHARS) -> Documents:
+def fetch_wikipedia(
+    title: str,
+    timestamp: str = PINNED_TIMESTAMP,
+    doc_id: str | None = None,
+    lang: str = "en",
+    client=None,
+    *,
+    min_chars: int = MIN_SECTION_CHARS,
+) -> Documents:
     """One Wikipedia article as it stood at ``timestamp``, as section rows (Mecklenburg et al.
     §2; methods.md §1, "fetch each at a pinned date").
 
@@ -358,8 +427,11 @@ def fetch_wikipedia(title: str, timestamp: str = PINNED_TIMESTAMP, doc_id: str |
         import httpx
 
         own = client is None
-        http = client if not own else httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=API_TIMEOUT_S,
-                                                   follow_redirects=True)
+        http = (
+            client
+            if not own
+            else httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=API_TIMEOUT_S, follow_redirects=True)
+        )
         try:
             answer = _request_revision(http, title, timestamp, lang)
         finally:
@@ -374,14 +446,25 @@ def fetch_wikipedia(title: str, timestamp: str = PINNED_TIMESTAMP, doc_id: str |
             raise PageMissing(f"{title!r} at {timestamp} has no text left after cleaning: check the title")
         write_json(folder / "api.json", answer)
         write_jsonl(folder / "sections.jsonl", rows)
-        write_json(folder / "source.json", {
-            "title": title, "page_title": page.get("title", title), "lang": lang, "pageid": page.get("pageid"),
-            "revid": revision.get("revid"), "revision_timestamp": revision.get("timestamp"), "pinned_timestamp": timestamp,
-            "url": f"https://{lang}.wikipedia.org/w/index.php?oldid={revision.get('revid')}",
-            "retrieved_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "parser_version": PARSER_VERSION,
-        })
+        write_json(
+            folder / "source.json",
+            {
+                "title": title,
+                "page_title": page.get("title", title),
+                "lang": lang,
+                "pageid": page.get("pageid"),
+                "revid": revision.get("revid"),
+                "revision_timestamp": revision.get("timestamp"),
+                "pinned_timestamp": timestamp,
+                "url": f"https://{lang}.wikipedia.org/w/index.php?oldid={revision.get('revid')}",
+                "retrieved_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "parser_version": PARSER_VERSION,
+            },
+        )
 
-    folder = cached_dir("documents", {"title": title, "timestamp": timestamp, "lang": lang, "parser": PARSER_VERSION}, build)
+    folder = cached_dir(
+        "documents", {"title": title, "timestamp": timestamp, "lang": lang, "parser": PARSER_VERSION}, build
+    )
     rows = [dict(r, doc_id=doc_id) for r in read_jsonl(folder / "sections.jsonl", required=FIELDS)]
     source = dict(read_json(folder / "source.json"), cache=str(folder))
     return Documents(clean_sections(rows, min_chars), {doc_id: source})
@@ -410,7 +493,9 @@ def _read_utf8(path: Path) -> str:
         raise KilibError(f"{path}: line {line} (column {column}) is not valid UTF-8: save the file as UTF-8") from None
     if "\x00" in text:  # valid UTF-8 yet not text: a binary file saved under a text name
         line = text[: text.index("\x00")].count("\n") + 1
-        raise KilibError(f"{path}: line {line} holds a NUL byte, so it looks binary: pass a plain text (.md or .txt) file")
+        raise KilibError(
+            f"{path}: line {line} holds a NUL byte, so it looks binary: pass a plain text (.md or .txt) file"
+        )
     return text
 
 
@@ -462,7 +547,9 @@ def load_folder(path: str | Path, *, min_chars: int = MIN_SECTION_CHARS) -> Docu
         raise KilibError(f"{folder} {what}: pass a folder of .md or .txt files, or 'paper' for the paper's articles")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DOCUMENT_SUFFIXES)
     if not files:
-        raise KilibError(f"{folder} holds no .md or .txt file: put one document per file there (subfolders are not read)")
+        raise KilibError(
+            f"{folder} holds no .md or .txt file: put one document per file there (subfolders are not read)"
+        )
     rows: list[dict] = []
     sources: dict[str, dict] = {}
     for file in files:
@@ -483,16 +570,21 @@ def load_folder(path: str | Path, *, min_chars: int = MIN_SECTION_CHARS) -> Docu
 # ---------------------------------------------------------------------------------------
 # One entry point for the notebook
 # ---------------------------------------------------------------------------------------
-def load_documents(spec: str | Path = "paper", timestamp: str = PINNED_TIMESTAMP, *, min_chars: int = MIN_SECTION_CHARS,
-                   client=None) -> Documents:
+def load_documents(
+    spec: str | Path = "paper", timestamp: str = PINNED_TIMESTAMP, *, min_chars: int = MIN_SECTION_CHARS, client=None
+) -> Documents:
     """The documents to inject: ``"paper"`` fetches the six articles of Mecklenburg et al. §2
     (:data:`PAPER_ARTICLES`, at ``timestamp``; cached after the first run), anything else is
     a folder of your own ``.md``/``.txt`` files (:func:`load_folder`)."""
     if isinstance(spec, str) and spec.strip().lower() == "paper":
         docs = Documents()
         for article in PAPER_ARTICLES:
-            fetched = fetch_wikipedia(article.title, timestamp, doc_id=article.doc_id, client=client, min_chars=min_chars)
+            fetched = fetch_wikipedia(
+                article.title, timestamp, doc_id=article.doc_id, client=client, min_chars=min_chars
+            )
             docs.extend(fetched)
-            docs.sources.update({article.doc_id: dict(fetched.sources[article.doc_id], post_cutoff=article.post_cutoff)})
+            docs.sources.update(
+                {article.doc_id: dict(fetched.sources[article.doc_id], post_cutoff=article.post_cutoff)}
+            )
         return docs
     return load_folder(spec, min_chars=min_chars)

@@ -5,7 +5,7 @@ torch and transformers are imported inside the helpers, so importing this module
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from kilib.runtime import KilibError
 
@@ -89,7 +89,9 @@ def generate(
     if not prompts:
         return []
     if tokenizer.pad_token_id is None:
-        raise KilibError("the tokenizer has no pad token: set tokenizer.pad_token = tokenizer.eos_token before generating")
+        raise KilibError(
+            "the tokenizer has no pad token: set tokenizer.pad_token = tokenizer.eos_token before generating"
+        )
     if int(max_new_tokens) < 1:
         raise KilibError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
     stop = [s for s in ([stop] if isinstance(stop, str) else list(stop)) if s]
@@ -181,7 +183,9 @@ def _continuation_logprobs(model, tokenizer, prompts, continuations, batch_size,
     import torch
 
     if len(prompts) != len(continuations):
-        raise KilibError(f"got {len(prompts)} prompts and {len(continuations)} continuations: pass one continuation per prompt")
+        raise KilibError(
+            f"got {len(prompts)} prompts and {len(continuations)} continuations: pass one continuation per prompt"
+        )
     pairs = [_pair_ids(tokenizer, str(p), str(c)) for p, c in zip(prompts, continuations)]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = _model_device(model)
@@ -254,7 +258,9 @@ def choose_by_loglik(
     else:
         per_prompt = [list(c) for c in choices]
         if len(per_prompt) != len(prompts):
-            raise KilibError(f"got {len(prompts)} prompts and {len(per_prompt)} choice lists: pass one choice list per prompt")
+            raise KilibError(
+                f"got {len(prompts)} prompts and {len(per_prompt)} choice lists: pass one choice list per prompt"
+            )
     if any(not c for c in per_prompt):
         raise KilibError("a prompt has an empty choice list: pass at least one choice per prompt")
     flat_prompts = [p for p, cs in zip(prompts, per_prompt) for _ in cs]
@@ -290,8 +296,10 @@ def next_token_choice(
 
     prompts, candidates = [str(p) for p in prompts], [int(c) for c in candidates]
     if not candidates or len(set(candidates)) != len(candidates):
-        raise KilibError(f"next_token_choice needs distinct candidate token ids, got {candidates}: "
-                         "pick choices whose first tokens differ")
+        raise KilibError(
+            f"next_token_choice needs distinct candidate token ids, got {candidates}: "
+            "pick choices whose first tokens differ"
+        )
     encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
     if any(not ids for ids in encoded):
         raise KilibError("a prompt tokenises to no tokens, so nothing predicts its next token: use non-empty prompts")

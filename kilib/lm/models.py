@@ -113,7 +113,12 @@ def _hub_error(name: str, err: BaseException) -> KilibError | None:
         return KilibError(f"revision not found for {name}: check the revision pinned in the preset")
     if any(isinstance(c, RepositoryNotFoundError) for c in chain) and not hub_offline():
         return KilibError(f"{name} is neither a local folder nor a Hub repository: check the name (or pass a path)")
-    if any(isinstance(c, LocalEntryNotFoundError) for c in chain) or "offline" in text or "cannot find the requested files" in text or "couldn't connect" in text:
+    if (
+        any(isinstance(c, LocalEntryNotFoundError) for c in chain)
+        or "offline" in text
+        or "cannot find the requested files" in text
+        or "couldn't connect" in text
+    ):
         gated = name.lower().startswith(GATED_ORGS)
         return KilibError(
             f"{name} is not in the local Hugging Face cache and the Hub cannot be reached: download it once "
@@ -132,7 +137,9 @@ def _local_or_hub(name_or_path: str | Path, marks: tuple[str, ...] = ("config.js
     local = Path(text).expanduser()
     if local.exists():
         if not any((local / m).exists() for m in marks):
-            raise KilibError(f"{local} is a folder without {' or '.join(marks)}: point to a `save_pretrained` model folder")
+            raise KilibError(
+                f"{local} is a folder without {' or '.join(marks)}: point to a `save_pretrained` model folder"
+            )
         return str(local)
     if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
         raise KilibError(f"{text} does not exist: pass a `save_pretrained` model folder or a Hub id (org/name)")
@@ -152,7 +159,7 @@ def folder_fingerprint(folder: Path) -> str:
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_commit(name: str, revision: str | None = None, token: str | None = None) -> str:
     """The Hub commit that ``name`` at ``revision`` (default: main) resolves to now: from the
     local Hugging Face cache when offline, else asked of the Hub (one small request, for
@@ -168,8 +175,10 @@ def hub_commit(name: str, revision: str | None = None, token: str | None = None)
     # <cache>/models--org--name/snapshots/<commit>/config.json
     commit = path.parent.name
     if not _COMMIT.fullmatch(commit):
-        raise KilibError(f"could not tell which commit of {name} the Hugging Face cache holds ({path}): "
-                         "pin a full commit hash as its revision")
+        raise KilibError(
+            f"could not tell which commit of {name} the Hugging Face cache holds ({path}): "
+            "pin a full commit hash as its revision"
+        )
     return commit
 
 
@@ -190,13 +199,17 @@ def model_ref(name_or_path: str | Path, revision: str | None = None, token: str 
     return f"{_local_or_hub(text)}@{hub_commit(text, revision, token)}"
 
 
-def load_tokenizer(name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, token: str | None = None):
+def load_tokenizer(
+    name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, token: str | None = None
+):
     """``AutoTokenizer`` with a pad token guaranteed (eos, else unk)."""
     from transformers import AutoTokenizer
 
     name_or_path = _local_or_hub(name_or_path, ("tokenizer_config.json", "config.json"))
     try:
-        tok = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision, trust_remote_code=trust_remote_code, token=token)
+        tok = AutoTokenizer.from_pretrained(
+            str(name_or_path), revision=revision, trust_remote_code=trust_remote_code, token=token
+        )
     except (OSError, ValueError) as e:
         raise (_hub_error(str(name_or_path), e) or e) from e
     if tok.pad_token is None:
@@ -306,15 +319,19 @@ def check_download_room(name: str, *, revision: str | None = None, token: str | 
 
     def cached(s) -> bool:  # in this snapshot, or as a blob another snapshot shares
         sha = getattr(getattr(s, "lfs", None), "sha256", None)
-        return isinstance(try_to_load_from_cache(name, s.rfilename, revision=info.sha), str) or bool(sha and (blobs / sha).is_file())
+        return isinstance(try_to_load_from_cache(name, s.rfilename, revision=info.sha), str) or bool(
+            sha and (blobs / sha).is_file()
+        )
 
     missing = sum(s.size or 0 for s in _weight_files(info.siblings or []) if not cached(s))
     existing = next((p for p in (cache, *cache.parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(existing).free
     if missing > free:
-        raise KilibError(f"{name} needs {missing / 1e9:.1f} GB more in the Hugging Face cache ({cache}) and its disk "
-                         f"has {free / 1e9:.1f} GB free: free space, point HF_HOME at a larger disk, or run fewer models "
-                         "at a time (notebook 04: -p MODELS)")
+        raise KilibError(
+            f"{name} needs {missing / 1e9:.1f} GB more in the Hugging Face cache ({cache}) and its disk "
+            f"has {free / 1e9:.1f} GB free: free space, point HF_HOME at a larger disk, or run fewer models "
+            "at a time (notebook 04: -p MODELS)"
+        )
 
 
 def load_config(name_or_path: str | Path, *, revision: str | None = None, token: str | None = None):
@@ -378,8 +395,10 @@ def check_trainable_4bit_layout(model) -> None:
     backward (:func:`keep_trainable_4bit_layout`)."""
     for name, param in model.named_parameters():
         if is_4bit_param(param) and getattr(param.quant_state, "packing_format_for_cpu", False):
-            raise KilibError(f"{name} is packed for bitsandbytes' CPU inference kernel, which has no backward: "
-                             "load the model with kilib.lm.models.load_causal_lm, which keeps it trainable")
+            raise KilibError(
+                f"{name} is packed for bitsandbytes' CPU inference kernel, which has no backward: "
+                "load the model with kilib.lm.models.load_causal_lm, which keeps it trainable"
+            )
 
 
 def is_quantized(model) -> bool:
@@ -459,7 +478,9 @@ def decoder_layers(model):
                 break
         if isinstance(obj, nn.ModuleList):
             return obj
-    raise KilibError(f"cannot find the decoder blocks of {type(base).__name__}: supported are Llama and GPT-NeoX families")
+    raise KilibError(
+        f"cannot find the decoder blocks of {type(base).__name__}: supported are Llama and GPT-NeoX families"
+    )
 
 
 def block_hidden(output):
@@ -511,8 +532,10 @@ def check_same_tokenizer(tok_a, tok_b, names: tuple[str, str] = ("model A", "mod
     split text differently under other merges)."""
     for name, tok in zip(names, (tok_a, tok_b)):
         if not callable(getattr(tok, "get_vocab", None)):
-            raise KilibError(f"{name}'s tokenizer is a {type(tok).__name__}, not a tokenizer: pass the tokenizers "
-                             "that load_causal_lm returned")
+            raise KilibError(
+                f"{name}'s tokenizer is a {type(tok).__name__}, not a tokenizer: pass the tokenizers "
+                "that load_causal_lm returned"
+            )
     probe = "The 2023 final, won 3-1 at Zorblat Park: who scored? 1234567 + 89 = x; über naïve 東京"
 
     def reads(tok) -> tuple:

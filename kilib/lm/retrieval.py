@@ -35,7 +35,7 @@ class SectionIndex:
         self._index.index(self._tokenize(passages), show_progress=False)
 
     @classmethod
-    def from_sections(cls, rows, max_words: int = 0) -> "SectionIndex":
+    def from_sections(cls, rows, max_words: int = 0) -> SectionIndex:
         """An index over document sections: rows with ``doc_id``, ``title``, ``section`` and
         ``text`` (the fields of ``World.documents()`` and of the paper-profile loaders).
 
@@ -48,7 +48,7 @@ class SectionIndex:
             words = r["text"].split()
             step = max_words if max_words > 0 else max(1, len(words))
             for start in range(0, max(1, len(words)), step):
-                passages.append(passage_text(r["title"], r["section"], " ".join(words[start:start + step])))
+                passages.append(passage_text(r["title"], r["section"], " ".join(words[start : start + step])))
                 ids.append(f"{r['doc_id']}/{r['section']}")
         return cls(passages, ids=ids)
 

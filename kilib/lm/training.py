@@ -61,10 +61,12 @@ def render_prompt(tokenizer, prompt: str) -> str:
     rendering, so training and evaluation prompts agree token for token."""
     if not _has_template(tokenizer):
         return prompt
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     # Templates that write the BOS token as text would get a second one from the tokenizer.
     if tokenizer.bos_token and _adds_bos(tokenizer) and text.startswith(tokenizer.bos_token):
-        text = text[len(tokenizer.bos_token):]
+        text = text[len(tokenizer.bos_token) :]
     return text
 
 
@@ -76,8 +78,10 @@ def render_answer(tokenizer, prompt: str, answer: str) -> str:
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     head = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     if not full.startswith(head):
-        raise KilibError("the tokenizer's chat template does not extend the prompt with the answer: pass a tokenizer whose template does")
-    tail = full[len(head):]
+        raise KilibError(
+            "the tokenizer's chat template does not extend the prompt with the answer: pass a tokenizer whose template does"
+        )
+    tail = full[len(head) :]
     if tokenizer.eos_token and tokenizer.eos_token not in tail:
         tail += tokenizer.eos_token
     return tail
@@ -106,7 +110,7 @@ def tokenize_sft(tokenizer, prompt: str, answer: str, max_length: int = 512) -> 
     prompt_ids = tokenizer(prompt_text, add_special_tokens=True).input_ids
     joined = tokenizer(prompt_text + answer_text, add_special_tokens=True).input_ids if _has_template(tokenizer) else []
     if joined[: len(prompt_ids)] == prompt_ids and len(joined) > len(prompt_ids):
-        answer_ids = joined[len(prompt_ids):]
+        answer_ids = joined[len(prompt_ids) :]
     else:
         answer_ids = tokenizer(answer_text, add_special_tokens=False).input_ids
     if len(answer_ids) >= max_length:
@@ -114,7 +118,7 @@ def tokenize_sft(tokenizer, prompt: str, answer: str, max_length: int = 512) -> 
     keep = max_length - len(answer_ids)
     if len(prompt_ids) > keep:  # cut the prompt's middle, never the answer
         head = keep // 2
-        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (keep - head):]
+        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (keep - head) :]
     ids = prompt_ids + answer_ids
     return {
         "input_ids": ids,
@@ -153,17 +157,19 @@ def lm_dataset(tokenizer, texts: Iterable[str], block_size: int):
     if n == 0:
         raise KilibError("no documents to train on: check the document folder")
     bos = tokenizer.bos_token_id
-    first = ([bos] if bos is not None and tokenizer("a").input_ids[:1] == [bos] else [])
+    first = [bos] if bos is not None and tokenizer("a").input_ids[:1] == [bos] else []
     width = block_size - len(first)
     rows = []
     for start in range(0, len(stream), width):
         ids = first + stream[start : start + width]
         pad = block_size - len(ids)
-        rows.append({
-            "input_ids": ids + [tokenizer.pad_token_id] * pad,
-            "attention_mask": [1] * len(ids) + [0] * pad,
-            "labels": ids + [IGNORE_INDEX] * pad,
-        })
+        rows.append(
+            {
+                "input_ids": ids + [tokenizer.pad_token_id] * pad,
+                "attention_mask": [1] * len(ids) + [0] * pad,
+                "labels": ids + [IGNORE_INDEX] * pad,
+            }
+        )
     return Dataset.from_list(rows)
 
 
@@ -245,15 +251,22 @@ def check_packing(model) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            alone = torch.cat([model(input_ids=ids[:, :5], use_cache=False).logits,
-                               model(input_ids=ids[:, 5:], use_cache=False).logits], dim=1).float()
+            alone = torch.cat(
+                [
+                    model(input_ids=ids[:, :5], use_cache=False).logits,
+                    model(input_ids=ids[:, 5:], use_cache=False).logits,
+                ],
+                dim=1,
+            ).float()
             packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
     finally:
         model.train(was_training)
     if (packed - alone).abs().max() > 1e-3 * max(1.0, alone.abs().max().item()):
         name = type(getattr(model, "base_model", model)).__name__
-        raise KilibError(f"{name} does not keep packed examples apart (its attention ignores restarting position ids): "
-                         "train it with the padding collator instead of PackingCollator")
+        raise KilibError(
+            f"{name} does not keep packed examples apart (its attention ignores restarting position ids): "
+            "train it with the padding collator instead of PackingCollator"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,7 +311,16 @@ def _trainer_class():
     return _KilibTrainer
 
 
-def train(model, dataset, config: TrainConfig, output_dir: str | Path, tokenizer=None, data_collator=None, resume: bool = True, callbacks=None) -> TrainResult:
+def train(
+    model,
+    dataset,
+    config: TrainConfig,
+    output_dir: str | Path,
+    tokenizer=None,
+    data_collator=None,
+    resume: bool = True,
+    callbacks=None,
+) -> TrainResult:
     """Train the parameters of ``model`` that require grad on ``dataset``.
 
     Checkpoints go to ``output_dir`` at each epoch end; with ``resume`` a rerun continues

@@ -34,12 +34,21 @@ from typing import Any
 
 from kilib.lm.data import FEVER_LABELS, FEVER_LETTERS, fever_answer, fever_prompt
 from kilib.lm.models import model_ref
-from kilib.runtime import KilibError
 from kilib.lm.training import TrainConfig
+from kilib.runtime import KilibError
 
 __all__ = [
-    "memory_layer", "MemoryModule", "MemoryLM", "attach_memory", "save_memory", "load_memory",
-    "select_pages", "demonstrations", "MemoryConfig", "MEMORY_PRESETS", "study_inputs",
+    "memory_layer",
+    "MemoryModule",
+    "MemoryLM",
+    "attach_memory",
+    "save_memory",
+    "load_memory",
+    "select_pages",
+    "demonstrations",
+    "MemoryConfig",
+    "MEMORY_PRESETS",
+    "study_inputs",
 ]
 
 MEMORY_DIM = 128  # hook_memory_dim in the note
@@ -95,7 +104,7 @@ def MemoryModule(d_model: int, d_memory: int = MEMORY_DIM, gate: float = 1.0):  
 def _memory_lm_class():
     import torch
 
-    from kilib.lm.models import block_hidden, decoder_layers, with_block_hidden, WrappedLM
+    from kilib.lm.models import WrappedLM, block_hidden, decoder_layers, with_block_hidden
 
     class MemoryLM(WrappedLM):
         """A frozen base model with a memory module after block ``layer``. ``forward`` and
@@ -157,8 +166,10 @@ def save_memory(model, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "memory.safetensors") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.memory.state_dict().items()}, str(tmp))
-    write_json(folder / "memory.json", {"layer": model.layer, "d_model": model.memory.up.in_features,
-                                        "d_memory": model.memory.up.out_features})
+    write_json(
+        folder / "memory.json",
+        {"layer": model.layer, "d_model": model.memory.up.in_features, "d_memory": model.memory.up.out_features},
+    )
     return folder
 
 
@@ -173,8 +184,10 @@ def load_memory(base, folder: str | Path):
         raise KilibError(f"{folder} holds no memory module (memory.json): train one with notebook 04 first")
     saved = read_json(folder / "memory.json")
     if int(base.config.hidden_size) != saved["d_model"]:
-        raise KilibError(f"{folder} holds a memory for hidden size {saved['d_model']}, not {base.config.hidden_size}: "
-                         "load it onto the model it was trained on")
+        raise KilibError(
+            f"{folder} holds a memory for hidden size {saved['d_model']}, not {base.config.hidden_size}: "
+            "load it onto the model it was trained on"
+        )
     model = MemoryLM(base, MemoryModule(saved["d_model"], saved["d_memory"]), saved["layer"])
     state = load_file(str(folder / "memory.safetensors"))
     model.memory.load_state_dict({k: v.to(model.memory.gate.device) for k, v in state.items()}, strict=True)
@@ -191,8 +204,9 @@ def top_pages(claims: Sequence[Mapping[str, Any]], top: int) -> list[str]:
     return sorted(counts, key=lambda p: (-counts[p], order[p]))[:top]
 
 
-def select_pages(validation: Sequence[Mapping[str, Any]], train: Sequence[Mapping[str, Any]],
-                 page_text: Mapping[str, str], top: int) -> tuple[list[str], dict[str, int]]:
+def select_pages(
+    validation: Sequence[Mapping[str, Any]], train: Sequence[Mapping[str, Any]], page_text: Mapping[str, str], top: int
+) -> tuple[list[str], dict[str, int]]:
     """The note's data pipeline: group the validation claims by evidence page, keep the ``top``
     pages with the most claims (ties: the page seen first), then drop pages whose text is empty
     or missing and pages no training claim is about. Returns the pages in rank order and the
@@ -207,10 +221,17 @@ def select_pages(validation: Sequence[Mapping[str, Any]], train: Sequence[Mappin
     has_text = [p for p in ranked if str(page_text.get(p) or "").strip()]
     kept = [p for p in has_text if p in trained]
     if not kept:
-        raise KilibError(f"none of the top {len(ranked)} pages has both text ({len(has_text)} have) and training claims: "
-                         "check that the page source and the claims name pages the same way")
-    return kept, {"n_full": len({str(c["page"]) for c in validation}), "n_top": len(ranked), "n_trunc": len(kept),
-                  "no_text": len(ranked) - len(has_text), "no_training_claims": len(has_text) - len(kept)}
+        raise KilibError(
+            f"none of the top {len(ranked)} pages has both text ({len(has_text)} have) and training claims: "
+            "check that the page source and the claims name pages the same way"
+        )
+    return kept, {
+        "n_full": len({str(c["page"]) for c in validation}),
+        "n_top": len(ranked),
+        "n_trunc": len(kept),
+        "no_text": len(ranked) - len(has_text),
+        "no_training_claims": len(has_text) - len(kept),
+    }
 
 
 DEMO_LABELS = ("supports", "refutes", "not enough info")
@@ -231,8 +252,10 @@ def demonstrations(pool: Sequence[Mapping[str, Any]], k: int, seed: int = 0) -> 
         label = DEMO_LABELS[j % 3]
         pick = next((i for i, r in enumerate(rows) if r["label"] == label and i not in used), None)
         if pick is None:
-            raise KilibError(f"the demonstration pool has too few {label!r} claims for {k} demonstrations: "
-                             "lower the shots or keep fewer pages for evaluation")
+            raise KilibError(
+                f"the demonstration pool has too few {label!r} claims for {k} demonstrations: "
+                "lower the shots or keep fewer pages for evaluation"
+            )
         used.add(pick)
         out.append((str(rows[pick]["claim"]), label))
     return out
@@ -280,13 +303,31 @@ class MemoryConfig:
     max_new_tokens: int = 8
     eval_batch_size: int = 16
     # The note says Adam with weight decay; kilib uses the Trainer's AdamW (decoupled decay).
-    train: TrainConfig = TrainConfig(epochs=25, batch_size=4, lr=1e-3, scheduler="cosine", warmup_steps=10,
-                                     weight_decay=0.05, max_grad_norm=10.0, save_every_epoch=False, progress=False,
-                                     logging_steps=10)
+    train: TrainConfig = TrainConfig(
+        epochs=25,
+        batch_size=4,
+        lr=1e-3,
+        scheduler="cosine",
+        warmup_steps=10,
+        weight_decay=0.05,
+        max_grad_norm=10.0,
+        save_every_epoch=False,
+        progress=False,
+        logging_steps=10,
+    )
     # The note gives no settings for its full-weight update; every weight at a rate for full fine-tuning.
-    full_train: TrainConfig = TrainConfig(epochs=3, batch_size=4, lr=1e-5, scheduler="cosine", warmup_steps=10,
-                                          weight_decay=0.05, max_grad_norm=10.0, save_every_epoch=False,
-                                          progress=False, logging_steps=10)
+    full_train: TrainConfig = TrainConfig(
+        epochs=3,
+        batch_size=4,
+        lr=1e-5,
+        scheduler="cosine",
+        warmup_steps=10,
+        weight_decay=0.05,
+        max_grad_norm=10.0,
+        save_every_epoch=False,
+        progress=False,
+        logging_steps=10,
+    )
 
 
 MEMORY_PRESETS: dict[str, MemoryConfig] = {}  # filled at the end of the module
@@ -333,8 +374,15 @@ def study_inputs(profile: str, config: MemoryConfig) -> MemoryInputs:
     page texts."""
     from kilib.tiny import zoo
 
-    names = tuple(dict.fromkeys(config.models + config.memory_models + config.ablation_models
-                                + config.gate_ablation_models + config.full_update_models))
+    names = tuple(
+        dict.fromkeys(
+            config.models
+            + config.memory_models
+            + config.ablation_models
+            + config.gate_ablation_models
+            + config.full_update_models
+        )
+    )
     if not names:
         raise KilibError("the memory study names no model: set models in the preset")
     bad = [v for v in config.variants + config.full_update_variants if v not in VARIANTS]
@@ -365,27 +413,46 @@ def study_inputs(profile: str, config: MemoryConfig) -> MemoryInputs:
     evaluated = [c for c in validation if c["page"] in keep]
     if config.eval_claims:
         random.Random("kilib.memory.eval").shuffle(evaluated)
-        evaluated = sorted(evaluated[:config.eval_claims], key=lambda c: kept.index(c["page"]))
+        evaluated = sorted(evaluated[: config.eval_claims], key=lambda c: kept.index(c["page"]))
     pages = {p: {"text": page_text[p], "period": periods.get(p, "")} for p in kept}
     demo_pool = [c for c in train if c["page"] not in keep]
-    demonstrations(demo_pool, max((*config.shots, config.memory_shots)), config.demo_seed)  # enough, before any model loads
-    return MemoryInputs(models=models, pages=pages,
-                        eval=[{"claim": c["claim"], "label": c["label"], "page": c["page"]} for c in evaluated],
-                        train=[c for c in train if c["page"] in keep],
-                        demo_pool=demo_pool, selection=selection, source=source)
+    demonstrations(
+        demo_pool, max((*config.shots, config.memory_shots)), config.demo_seed
+    )  # enough, before any model loads
+    return MemoryInputs(
+        models=models,
+        pages=pages,
+        eval=[{"claim": c["claim"], "label": c["label"], "page": c["page"]} for c in evaluated],
+        train=[c for c in train if c["page"] in keep],
+        demo_pool=demo_pool,
+        selection=selection,
+        source=source,
+    )
 
 
 # The paper profile's data (methods.md §4): FEVER claims with their evidence pages, and each
 # page's text from a local copy of FEVER's 2017 wiki dump (jsonl or parquet with ``id`` and
 # ``text``) or, where none is given, from Wikipedia as it stood on ``timestamp``.
-PAPER_DATA = {"claims": "copenlu/fever_gold_evidence", "train": "train", "eval": "validation", "pages": "",
-              "timestamp": "2017-06-01T00:00:00Z"}
+PAPER_DATA = {
+    "claims": "copenlu/fever_gold_evidence",
+    "train": "train",
+    "eval": "validation",
+    "pages": "",
+    "timestamp": "2017-06-01T00:00:00Z",
+}
 
 
 def fever_title(title: str) -> str:
     """FEVER's page ids as titles: ``Gladiator_-LRB-2000_film-RRB-`` -> ``Gladiator (2000 film)``."""
-    for code, char in (("-LRB-", "("), ("-RRB-", ")"), ("-LSB-", "["), ("-RSB-", "]"), ("-LCB-", "{"),
-                       ("-RCB-", "}"), ("-COLON-", ":")):
+    for code, char in (
+        ("-LRB-", "("),
+        ("-RRB-", ")"),
+        ("-LSB-", "["),
+        ("-RSB-", "]"),
+        ("-LCB-", "{"),
+        ("-RCB-", "}"),
+        ("-COLON-", ":"),
+    ):
         title = title.replace(code, char)
     return " ".join(title.replace("_", " ").split())
 
@@ -394,6 +461,7 @@ def evidence_page(row: Mapping[str, Any]) -> str | None:
     """The first evidence page of a FEVER row: ``evidence`` holds ``[title, sentence id, text]``
     entries (copenlu/fever_gold_evidence) or FEVER's ``[annotation id, evidence id, title,
     sentence id]``, possibly grouped in evidence sets."""
+
     def first(entry):
         if isinstance(entry, Mapping):
             return entry.get("title") or entry.get("page")
@@ -419,25 +487,33 @@ def _claims_split(split: str) -> list[dict]:
         if local.is_dir():
             files = sorted(p for p in local.iterdir() if p.name.split(".")[0].split("-")[0] == split)
             if not files:
-                raise KilibError(f"{local} has no {split}.jsonl or {split}.parquet: add it, or point "
-                                 "memory.PAPER_DATA['claims'] at another folder")
+                raise KilibError(
+                    f"{local} has no {split}.jsonl or {split}.parquet: add it, or point "
+                    "memory.PAPER_DATA['claims'] at another folder"
+                )
             builder = "parquet" if files[0].suffix == ".parquet" else "json"
             data = load_dataset(builder, data_files=[str(p) for p in files], split="train")
         else:
             data = load_dataset(source, split=split)
     except (OSError, ValueError, ConnectionError, StopIteration) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise KilibError(f"cannot load {source} ({split}): {reason}. Connect to the Hub once to cache it, or set "
-                         "memory.PAPER_DATA['claims'] to a local copy with claim, label and evidence") from e
+        raise KilibError(
+            f"cannot load {source} ({split}): {reason}. Connect to the Hub once to cache it, or set "
+            "memory.PAPER_DATA['claims'] to a local copy with claim, label and evidence"
+        ) from e
     if len(data) == 0:
-        raise KilibError(f"{source} ({split}) holds no claims: it is empty; point memory.PAPER_DATA['claims'] at a "
-                         "copy of copenlu/fever_gold_evidence")
+        raise KilibError(
+            f"{source} ({split}) holds no claims: it is empty; point memory.PAPER_DATA['claims'] at a "
+            "copy of copenlu/fever_gold_evidence"
+        )
     out = []
     for row in data:
         missing = [f for f in ("claim", "label", "evidence") if f not in row]
         if missing:
-            raise KilibError(f"{source} rows need claim, label and evidence; found {', '.join(row)}: point "
-                             "memory.PAPER_DATA['claims'] at a copy of copenlu/fever_gold_evidence")
+            raise KilibError(
+                f"{source} rows need claim, label and evidence; found {', '.join(row)}: point "
+                "memory.PAPER_DATA['claims'] at a copy of copenlu/fever_gold_evidence"
+            )
         page = evidence_page(row)
         if page:
             out.append({"claim": str(row["claim"]), "label": _normal_label(row["label"]), "page": page})
@@ -456,9 +532,13 @@ def _page_texts(titles: Sequence[str]) -> dict[str, str]:
         files = sorted(p for p in (path.iterdir() if path.is_dir() else [path]) if p.suffix in (".jsonl", ".parquet"))
         kinds = {p.suffix for p in files}
         if len(kinds) != 1:
-            raise KilibError(f"{path} holds no single kind of page file (.jsonl or .parquet with id and text): point "
-                             "memory.PAPER_DATA['pages'] at FEVER's wiki-pages")
-        data = load_dataset("parquet" if kinds == {".parquet"} else "json", data_files=[str(p) for p in files], split="train")
+            raise KilibError(
+                f"{path} holds no single kind of page file (.jsonl or .parquet with id and text): point "
+                "memory.PAPER_DATA['pages'] at FEVER's wiki-pages"
+            )
+        data = load_dataset(
+            "parquet" if kinds == {".parquet"} else "json", data_files=[str(p) for p in files], split="train"
+        )
         if not {"id", "text"} <= set(data.column_names):
             raise KilibError(f"{path} pages need the fields id and text; found {', '.join(data.column_names)}")
         wanted, texts = set(titles), {}
@@ -490,18 +570,33 @@ def evaluate(model, tokenizer, inputs: MemoryInputs, config: MemoryConfig, shots
     for k in shots:
         demos = demonstrations(inputs.demo_pool, k, config.demo_seed)
         prompts = [fever_prompt(c["claim"], demos) for c in inputs.eval]
-        outputs = generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                           batch_size=config.eval_batch_size, stop=("\n",))
+        outputs = generate(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.eval_batch_size,
+            stop=("\n",),
+        )
         for i, (c, o) in enumerate(zip(inputs.eval, outputs)):
             parsed = parse_choice(o, FEVER_LETTERS)
             gold = FEVER_LETTERS[FEVER_LABELS.index(c["label"])]
-            answers.append({"shots": k, "item": i, "page": c["page"], "period": inputs.pages[c["page"]]["period"],
-                            "label": gold, "prediction": o.strip(), "parsed": parsed or "",
-                            "correct": float(parsed == gold)})
+            answers.append(
+                {
+                    "shots": k,
+                    "item": i,
+                    "page": c["page"],
+                    "period": inputs.pages[c["page"]]["period"],
+                    "label": gold,
+                    "prediction": o.strip(),
+                    "parsed": parsed or "",
+                    "correct": float(parsed == gold),
+                }
+            )
     return answers
 
 
-def scores(answers: Sequence[Mapping[str, Any]], by: Sequence[str] = ("model", "shots")) -> "pandas.DataFrame":
+def scores(answers: Sequence[Mapping[str, Any]], by: Sequence[str] = ("model", "shots")) -> pandas.DataFrame:
     """Accuracy, micro-F1 and macro-F1 per group (the note's columns), each with a 95% bootstrap
     interval over claims, and the share of unparseable answers."""
     import pandas as pd
@@ -525,9 +620,13 @@ def _eval_key(inputs: MemoryInputs, config: MemoryConfig) -> dict:
     # the demonstrations a prompt can hold, not their pool (FEVER's is 225k claims; each k-shot
     # prompt's demonstrations are the first k of these)
     demos = demonstrations(inputs.demo_pool, max((*config.shots, config.memory_shots)), config.demo_seed)
-    return {"eval": inputs.eval, "demos": demos,
-            "max_new_tokens": config.max_new_tokens, "batch_size": config.eval_batch_size,
-            "quantization": config.quantization}
+    return {
+        "eval": inputs.eval,
+        "demos": demos,
+        "max_new_tokens": config.max_new_tokens,
+        "batch_size": config.eval_batch_size,
+        "quantization": config.quantization,
+    }
 
 
 def sweep(inputs: MemoryInputs, config: MemoryConfig, name: str) -> dict:
@@ -535,14 +634,26 @@ def sweep(inputs: MemoryInputs, config: MemoryConfig, name: str) -> dict:
     from kilib.results import cached_dir, read_json, write_json
 
     path = inputs.models[name]
-    key = {"kind": "memory-sweep", "version": 1, "model": model_ref(path), "shots": config.shots, **_eval_key(inputs, config)}
+    key = {
+        "kind": "memory-sweep",
+        "version": 1,
+        "model": model_ref(path),
+        "shots": config.shots,
+        **_eval_key(inputs, config),
+    }
 
     def build(folder: Path) -> None:
         from kilib.lm.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(path, quantization=config.quantization)
-        write_json(folder / "run.json", {"model": name, "method": "pretrained",
-                                         "answers": evaluate(model, tokenizer, inputs, config, config.shots)})
+        write_json(
+            folder / "run.json",
+            {
+                "model": name,
+                "method": "pretrained",
+                "answers": evaluate(model, tokenizer, inputs, config, config.shots),
+            },
+        )
 
     return read_json(cached_dir("memory", key, build) / "run.json")
 
@@ -561,8 +672,9 @@ def training_texts(inputs: MemoryInputs, config: MemoryConfig, variant: str) -> 
     return texts
 
 
-def method_name(config: MemoryConfig, variant: str, weight_decay: float, full_update: bool = False,
-                gate: float | None = None) -> str:
+def method_name(
+    config: MemoryConfig, variant: str, weight_decay: float, full_update: bool = False, gate: float | None = None
+) -> str:
     """``"memory: document"``, with what differs from the profile's settings in brackets, or
     ``"full update: template"``."""
     if full_update:
@@ -572,8 +684,16 @@ def method_name(config: MemoryConfig, variant: str, weight_decay: float, full_up
     return f"memory: {variant}" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def run_job(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str, seed: int = 0,
-            weight_decay: float | None = None, full_update: bool = False, gate: float | None = None) -> dict:
+def run_job(
+    inputs: MemoryInputs,
+    config: MemoryConfig,
+    name: str,
+    variant: str,
+    seed: int = 0,
+    weight_decay: float | None = None,
+    full_update: bool = False,
+    gate: float | None = None,
+) -> dict:
     """Train a memory on ``variant`` into the frozen ``name`` (or, with ``full_update``, every
     weight of ``name`` and no module) and answer every claim at ``memory_shots``; cached.
     ``weight_decay`` and ``gate`` (the gate's starting value) override the config's."""
@@ -584,22 +704,43 @@ def run_job(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str,
         train_config = dataclasses.replace(train_config, weight_decay=weight_decay)
     train_config = dataclasses.replace(train_config, seed=seed)
     gate = config.gate if gate is None else float(gate)
-    key = {"kind": "memory-run", "version": 1, "model": model_ref(inputs.models[name]), "variant": variant, "seed": seed,
-           "full_update": full_update, "texts": training_texts(inputs, config, variant), "train": train_config,
-           "memory": [config.memory_dim, config.depth, gate], "block_size": config.block_size,
-           "memory_shots": config.memory_shots, **_eval_key(inputs, config)}
-    folder = cached_dir("memory", key, lambda tmp: _run(inputs, config, name, variant, seed, train_config, full_update, gate, tmp))
+    key = {
+        "kind": "memory-run",
+        "version": 1,
+        "model": model_ref(inputs.models[name]),
+        "variant": variant,
+        "seed": seed,
+        "full_update": full_update,
+        "texts": training_texts(inputs, config, variant),
+        "train": train_config,
+        "memory": [config.memory_dim, config.depth, gate],
+        "block_size": config.block_size,
+        "memory_shots": config.memory_shots,
+        **_eval_key(inputs, config),
+    }
+    folder = cached_dir(
+        "memory", key, lambda tmp: _run(inputs, config, name, variant, seed, train_config, full_update, gate, tmp)
+    )
     return read_json(folder / "run.json")
 
 
-def _run(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str, seed: int, train_config: TrainConfig,
-         full_update: bool, gate: float, folder: Path) -> None:
+def _run(
+    inputs: MemoryInputs,
+    config: MemoryConfig,
+    name: str,
+    variant: str,
+    seed: int,
+    train_config: TrainConfig,
+    full_update: bool,
+    gate: float,
+    folder: Path,
+) -> None:
     import torch
 
     from kilib.lm.models import decoder_layers, load_causal_lm, progress_bars
+    from kilib.lm.training import lm_dataset, train
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.lm.training import lm_dataset, train
 
     path = inputs.models[name]
     set_seed(seed)
@@ -622,21 +763,44 @@ def _run(inputs: MemoryInputs, config: MemoryConfig, name: str, variant: str, se
         extra: dict[str, Any] = {}
     else:
         save_memory(model, folder / "memory")
-        extra = {"layer": model.layer, "n_blocks": len(decoder_layers(base)),
-                 "memory_parameters": sum(p.numel() for p in model.memory.parameters()),
-                 "gate": float(model.memory.gate.detach().cpu()[0])}
+        extra = {
+            "layer": model.layer,
+            "n_blocks": len(decoder_layers(base)),
+            "memory_parameters": sum(p.numel() for p in model.memory.parameters()),
+            "gate": float(model.memory.gate.detach().cpu()[0]),
+        }
     method = method_name(config, variant, train_config.weight_decay, full_update, gate)
-    write_json(folder / "run.json", {
-        "model": name, "method": method, "variant": variant, "full_update": full_update, "seed": seed,
-        "weight_decay": train_config.weight_decay, "gate_init": None if full_update else gate, **extra, "train_examples": len(data),
-        "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
-        "answers": evaluate(model, tokenizer, inputs, config, (config.memory_shots,))})
+    write_json(
+        folder / "run.json",
+        {
+            "model": name,
+            "method": method,
+            "variant": variant,
+            "full_update": full_update,
+            "seed": seed,
+            "weight_decay": train_config.weight_decay,
+            "gate_init": None if full_update else gate,
+            **extra,
+            "train_examples": len(data),
+            "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
+            "answers": evaluate(model, tokenizer, inputs, config, (config.memory_shots,)),
+        },
+    )
 
 
 def answer_rows(runs) -> list[dict]:
     """One row per answer, tagged with the run's model, method, weight decay and seed."""
-    return [{"model": r["model"], "method": r["method"], "weight_decay": r.get("weight_decay"), "seed": r.get("seed", 0),
-             **a} for r in runs for a in r["answers"]]
+    return [
+        {
+            "model": r["model"],
+            "method": r["method"],
+            "weight_decay": r.get("weight_decay"),
+            "seed": r.get("seed", 0),
+            **a,
+        }
+        for r in runs
+        for a in r["answers"]
+    ]
 
 
 def compare(answers, shots: int, better: tuple[str, str], worse: tuple[str, str], claim: str) -> dict:
@@ -649,9 +813,17 @@ def compare(answers, shots: int, better: tuple[str, str], worse: tuple[str, str]
     df = pd.DataFrame(list(answers))
     df = df[df.shots == shots].assign(condition=lambda d: d.model + " | " + d.method)
     r = paired_comparison(df, "condition", " | ".join(better), " | ".join(worse))
-    return {"claim": claim, "better": list(better), "worse": list(worse), "shots": shots, "higher": 100 * r["higher"],
-            "lower": 100 * r["lower"], "difference": 100 * r["difference"],
-            "difference_ci": [100 * x for x in r["difference_ci"]], "verdict": r["verdict"]}
+    return {
+        "claim": claim,
+        "better": list(better),
+        "worse": list(worse),
+        "shots": shots,
+        "higher": 100 * r["higher"],
+        "lower": 100 * r["lower"],
+        "difference": 100 * r["difference"],
+        "difference_ci": [100 * x for x in r["difference_ci"]],
+        "verdict": r["verdict"],
+    }
 
 
 def changed_share(answers, model: str, method: str, shots: int, against: str = "pretrained") -> float:
@@ -677,9 +849,14 @@ def notebook_overrides(models: str = "", seeds: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {"seeds": tuple(range(seeds))}
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     if names:
-        out.update(models=names, memory_models=names, ablation_models=names[-1:], gate_ablation_models=names[:1],
-                   full_update_models=names[:1],
-                   size_pair=(names[0], names[-1]) if len(names) > 1 else ())
+        out.update(
+            models=names,
+            memory_models=names,
+            ablation_models=names[-1:],
+            gate_ablation_models=names[:1],
+            full_update_models=names[:1],
+            size_pair=(names[0], names[-1]) if len(names) > 1 else (),
+        )
     return {k: v for k, v in out.items() if v}
 
 
@@ -704,8 +881,14 @@ PAPER_MEMORY = {  # model -> (1-shot base, document, template, document + templa
     "llama2 7b": (0.435, 0.439, 0.445, 0.438),
     "llama2_chat 13b": (0.556, 0.561, 0.562, 0.558),
     "llama2_chat 7b": (0.636, 0.650, 0.647, 0.646),
-    "pythia 12b": (0.366,) * 4, "pythia 6.9b": (0.163,) * 4, "pythia 2.8b": (0.026,) * 4, "pythia 1.4b": (0.009,) * 4,
-    "pythia 1b": (0.000,) * 4, "pythia 410m": (0.010,) * 4, "pythia 160m": (0.000,) * 4, "pythia 70m": (0.000,) * 4,
+    "pythia 12b": (0.366,) * 4,
+    "pythia 6.9b": (0.163,) * 4,
+    "pythia 2.8b": (0.026,) * 4,
+    "pythia 1.4b": (0.009,) * 4,
+    "pythia 1b": (0.000,) * 4,
+    "pythia 410m": (0.010,) * 4,
+    "pythia 160m": (0.000,) * 4,
+    "pythia 70m": (0.000,) * 4,
 }
 PAPER_WEIGHT_DECAY = {  # weight decay 0.01: (1-shot base, best with 0.05, document, template, document + template)
     "llama2 13b": (0.460, 0.476, 0.488, 0.483, 0.472),
@@ -713,44 +896,111 @@ PAPER_WEIGHT_DECAY = {  # weight decay 0.01: (1-shot base, best with 0.05, docum
     "llama2_chat 7b": (0.636, 0.650, 0.639, 0.650, 0.642),
 }
 PAPER_FULL_UPDATE = {  # 1-shot accuracy after a full-weight update, no memory module
-    ("pythia 410m", "template"): 0.000, ("pythia 410m", "document+template"): 0.024,
-    ("pythia 70m", "template"): 0.000, ("pythia 70m", "document+template"): 0.000,
+    ("pythia 410m", "template"): 0.000,
+    ("pythia 410m", "document+template"): 0.024,
+    ("pythia 70m", "template"): 0.000,
+    ("pythia 70m", "document+template"): 0.000,
 }
 
 _PYTHIA = tuple(f"EleutherAI/pythia-{s}-deduped" for s in ("70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b"))
-_LLAMA = ("meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-7b-chat-hf",
-          "meta-llama/Llama-2-13b-chat-hf")
+_LLAMA = (
+    "meta-llama/Llama-2-7b-hf",
+    "meta-llama/Llama-2-13b-hf",
+    "meta-llama/Llama-2-7b-chat-hf",
+    "meta-llama/Llama-2-13b-chat-hf",
+)
 _TINY_ZOO = ("neox-xs", "neox-s", "neox-m", "llama-s", "llama-m")
-MEMORY_PRESETS.update({
-    # Set for the notebook's minutes. A first development run (60 pages, 5 epochs at batch 16: 10
-    # steps for a Document memory, which left it far above the base's loss) moved to more steps, nearer
-    # the note's: 8 epochs at batch 8 instead of 25 at batch 4, on 40 of the 93 pages (346 claims); 10
-    # epochs, with the weight-decay ablation on neox-m, took 6 min 40 s cold. The ablations run on the
-    # cheapest model (with the weight-decay ablation on neox-s: 5 min 53 s). Answers are "(a)": 4 tokens.
-    "tiny": MemoryConfig(models=_TINY_ZOO, memory_models=_TINY_ZOO, ablation_models=("neox-xs",),
-                         gate_ablation_models=("neox-xs",), full_update_models=("neox-xs",),
-                         size_pair=("neox-xs", "neox-m"), pages=40, block_size=256, eval_batch_size=64, max_new_tokens=4,
-                         train=TrainConfig(epochs=8, batch_size=8, lr=1e-3, scheduler="cosine", warmup_steps=10,
-                                           weight_decay=0.05, max_grad_norm=10.0, save_every_epoch=False,
-                                           progress=False, logging_steps=5),
-                         full_train=TrainConfig(epochs=8, batch_size=8, lr=1e-3, scheduler="cosine", warmup_steps=10,
-                                                weight_decay=0.05, max_grad_norm=10.0, save_every_epoch=False,
-                                                progress=False, logging_steps=5)),
-    "smoke": MemoryConfig(models=("neox-xs", "llama-s"), memory_models=("neox-xs", "llama-s"),
-                          ablation_models=("llama-s",), gate_ablation_models=("neox-xs",), full_update_models=("neox-xs",),
-                          size_pair=("neox-xs", "llama-s"),
-                          shots=(0, 1, 2), pages=8,
-                          block_size=128, eval_batch_size=64, max_new_tokens=4,
-                          train=TrainConfig(epochs=2, batch_size=16, lr=1e-3, scheduler="cosine", warmup_steps=2,
-                                            weight_decay=0.05, max_grad_norm=10.0, save_every_epoch=False,
-                                            progress=False, logging_steps=2),
-                          full_train=TrainConfig(epochs=2, batch_size=16, lr=1e-3, scheduler="cosine", warmup_steps=2,
-                                                 weight_decay=0.05, max_grad_norm=10.0, save_every_epoch=False,
-                                                 progress=False, logging_steps=2)),
-    "paper": MemoryConfig(models=_PYTHIA + _LLAMA, memory_models=_PYTHIA + _LLAMA,
-                          ablation_models=("meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-13b-chat-hf",
-                                           "meta-llama/Llama-2-7b-chat-hf"),
-                          gate_ablation_models=("EleutherAI/pythia-70m-deduped",),
-                          full_update_models=("EleutherAI/pythia-70m-deduped", "EleutherAI/pythia-410m-deduped"),
-                          size_pair=(_PYTHIA[0], _PYTHIA[-1])),
-})
+MEMORY_PRESETS.update(
+    {
+        # Set for the notebook's minutes. A first development run (60 pages, 5 epochs at batch 16: 10
+        # steps for a Document memory, which left it far above the base's loss) moved to more steps, nearer
+        # the note's: 8 epochs at batch 8 instead of 25 at batch 4, on 40 of the 93 pages (346 claims); 10
+        # epochs, with the weight-decay ablation on neox-m, took 6 min 40 s cold. The ablations run on the
+        # cheapest model (with the weight-decay ablation on neox-s: 5 min 53 s). Answers are "(a)": 4 tokens.
+        "tiny": MemoryConfig(
+            models=_TINY_ZOO,
+            memory_models=_TINY_ZOO,
+            ablation_models=("neox-xs",),
+            gate_ablation_models=("neox-xs",),
+            full_update_models=("neox-xs",),
+            size_pair=("neox-xs", "neox-m"),
+            pages=40,
+            block_size=256,
+            eval_batch_size=64,
+            max_new_tokens=4,
+            train=TrainConfig(
+                epochs=8,
+                batch_size=8,
+                lr=1e-3,
+                scheduler="cosine",
+                warmup_steps=10,
+                weight_decay=0.05,
+                max_grad_norm=10.0,
+                save_every_epoch=False,
+                progress=False,
+                logging_steps=5,
+            ),
+            full_train=TrainConfig(
+                epochs=8,
+                batch_size=8,
+                lr=1e-3,
+                scheduler="cosine",
+                warmup_steps=10,
+                weight_decay=0.05,
+                max_grad_norm=10.0,
+                save_every_epoch=False,
+                progress=False,
+                logging_steps=5,
+            ),
+        ),
+        "smoke": MemoryConfig(
+            models=("neox-xs", "llama-s"),
+            memory_models=("neox-xs", "llama-s"),
+            ablation_models=("llama-s",),
+            gate_ablation_models=("neox-xs",),
+            full_update_models=("neox-xs",),
+            size_pair=("neox-xs", "llama-s"),
+            shots=(0, 1, 2),
+            pages=8,
+            block_size=128,
+            eval_batch_size=64,
+            max_new_tokens=4,
+            train=TrainConfig(
+                epochs=2,
+                batch_size=16,
+                lr=1e-3,
+                scheduler="cosine",
+                warmup_steps=2,
+                weight_decay=0.05,
+                max_grad_norm=10.0,
+                save_every_epoch=False,
+                progress=False,
+                logging_steps=2,
+            ),
+            full_train=TrainConfig(
+                epochs=2,
+                batch_size=16,
+                lr=1e-3,
+                scheduler="cosine",
+                warmup_steps=2,
+                weight_decay=0.05,
+                max_grad_norm=10.0,
+                save_every_epoch=False,
+                progress=False,
+                logging_steps=2,
+            ),
+        ),
+        "paper": MemoryConfig(
+            models=_PYTHIA + _LLAMA,
+            memory_models=_PYTHIA + _LLAMA,
+            ablation_models=(
+                "meta-llama/Llama-2-13b-hf",
+                "meta-llama/Llama-2-13b-chat-hf",
+                "meta-llama/Llama-2-7b-chat-hf",
+            ),
+            gate_ablation_models=("EleutherAI/pythia-70m-deduped",),
+            full_update_models=("EleutherAI/pythia-70m-deduped", "EleutherAI/pythia-410m-deduped"),
+            size_pair=(_PYTHIA[0], _PYTHIA[-1]),
+        ),
+    }
+)

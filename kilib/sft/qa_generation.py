@@ -37,19 +37,37 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from kilib.lm.scoring import normalize_answer, token_f1
 from kilib.runtime import KilibError
 from kilib.sft.study import DEFAULT_SCALES, QASets, TokenCounter, check_scales, scale_token_sets
 
 __all__ = [
-    "Generator", "LocalGenerator", "OpenAICompatibleGenerator", "GeneratedQASets", "AtomicFacts",
-    "TOKEN_QA_PROMPT", "FACTS_PROMPT", "FACT_QA_PROMPT", "JUDGE_PROMPT",
-    "parse_qa_reply", "parse_fact_lines", "generate_token_based", "list_atomic_facts", "generate_fact_based",
-    "generate_eval_sets", "map_pairs_to_facts", "parse_verdict", "JudgeVerdicts", "judge_answers", "judge_agreement",
-    "family_of", "check_judge_family",
+    "Generator",
+    "LocalGenerator",
+    "OpenAICompatibleGenerator",
+    "GeneratedQASets",
+    "AtomicFacts",
+    "TOKEN_QA_PROMPT",
+    "FACTS_PROMPT",
+    "FACT_QA_PROMPT",
+    "JUDGE_PROMPT",
+    "parse_qa_reply",
+    "parse_fact_lines",
+    "generate_token_based",
+    "list_atomic_facts",
+    "generate_fact_based",
+    "generate_eval_sets",
+    "map_pairs_to_facts",
+    "parse_verdict",
+    "JudgeVerdicts",
+    "judge_answers",
+    "judge_agreement",
+    "family_of",
+    "check_judge_family",
 ]
 
 QA_CACHE = "qa-sets"
@@ -94,9 +112,18 @@ class LocalGenerator:
     The model is loaded on the first :meth:`complete`, so a cached Q&A set loads nothing.
     """
 
-    def __init__(self, model_id_or_path: str | Path, revision: str | None = None, quantization: str = "4bit",
-                 max_new_tokens: int = 1024, temperature: float = 0.7, top_p: float = 0.95, seed: int = 0,
-                 batch_size: int = 8, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model_id_or_path: str | Path,
+        revision: str | None = None,
+        quantization: str = "4bit",
+        max_new_tokens: int = 1024,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        seed: int = 0,
+        batch_size: int = 8,
+        device: str | None = None,
+    ) -> None:
         if temperature < 0:
             raise KilibError(f"temperature must be >= 0 (0 decodes greedily), got {temperature!r}")
         if int(max_new_tokens) < 1 or int(batch_size) < 1:
@@ -115,18 +142,28 @@ class LocalGenerator:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"backend": "local", "quantization": self.quantization, "max_new_tokens": self.max_new_tokens,
-                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "batch_size": self.batch_size}
+        return {
+            "backend": "local",
+            "quantization": self.quantization,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+        }
 
     def _loaded(self):
         if self._model is None:
             from kilib.lm.models import load_causal_lm
 
-            model, tokenizer = load_causal_lm(self.name, quantization=self.quantization, revision=self.revision,
-                                              device=self.device)
+            model, tokenizer = load_causal_lm(
+                self.name, quantization=self.quantization, revision=self.revision, device=self.device
+            )
             if not getattr(tokenizer, "chat_template", None):
-                raise KilibError(f"{self.name} has no chat template, so it cannot follow instructions: use an "
-                                 "instruct (chat) model as generator or judge")
+                raise KilibError(
+                    f"{self.name} has no chat template, so it cannot follow instructions: use an "
+                    "instruct (chat) model as generator or judge"
+                )
             self._model, self._tokenizer = model, tokenizer
         return self._model, self._tokenizer
 
@@ -141,8 +178,12 @@ class LocalGenerator:
         model, tokenizer = self._loaded()
         rendered = [render_prompt(tokenizer, p) for p in prompts]
         if self.temperature == 0:
-            return [t.strip() for t in generate(model, tokenizer, rendered, max_new_tokens=self.max_new_tokens,
-                                                batch_size=self.batch_size)]
+            return [
+                t.strip()
+                for t in generate(
+                    model, tokenizer, rendered, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
+                )
+            ]
         from kilib.results import stable_hash
 
         key = stable_hash(prompts)
@@ -189,10 +230,10 @@ class LocalGenerator:
         with torch.random.fork_rng(devices=cuda_devices), torch.inference_mode(), padding_side(tokenizer, "left"):
             torch.manual_seed(seed)
             for start in range(0, len(rendered), self.batch_size):
-                encoded = tokenizer(rendered[start:start + self.batch_size], return_tensors="pt", padding=True)
+                encoded = tokenizer(rendered[start : start + self.batch_size], return_tensors="pt", padding=True)
                 encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
                 output = model.generate(**encoded, generation_config=config)
-                new = output[:, encoded["input_ids"].shape[1]:]
+                new = output[:, encoded["input_ids"].shape[1] :]
                 replies += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
         return replies
 
@@ -210,9 +251,19 @@ class OpenAICompatibleGenerator:
     does); endpoints treat it as best effort.
     """
 
-    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 temperature: float = 0.7, max_tokens: int = 1024, seed: int | None = 0, revision: str | None = None,
-                 timeout: float = 120.0, max_retries: int = 8, workers: int = 4) -> None:
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        temperature: float = 0.7,
+        max_tokens: int = 1024,
+        seed: int | None = 0,
+        revision: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 8,
+        workers: int = 4,
+    ) -> None:
         if not str(model).strip():
             raise KilibError("an empty model name was given: pass the endpoint's model id, e.g. 'gpt-4-0613'")
         if int(workers) < 1:
@@ -232,8 +283,13 @@ class OpenAICompatibleGenerator:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"backend": "openai-compatible", "base_url": self.base_url, "temperature": self.temperature,
-                "max_tokens": self.max_tokens, "seed": self.seed}
+        return {
+            "backend": "openai-compatible",
+            "base_url": self.base_url,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
 
     @property
     def _where(self) -> str:
@@ -245,10 +301,13 @@ class OpenAICompatibleGenerator:
 
             key = os.environ.get(self.api_key_env, "").strip()
             if not key:
-                raise KilibError(f"{self.api_key_env} is not set: export {self.api_key_env}=<your API key> (a local vLLM "
-                                 f"or Ollama server accepts any value), or pass api_key_env= the variable that holds it")
-            self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout,
-                                         max_retries=self.max_retries)
+                raise KilibError(
+                    f"{self.api_key_env} is not set: export {self.api_key_env}=<your API key> (a local vLLM "
+                    f"or Ollama server accepts any value), or pass api_key_env= the variable that holds it"
+                )
+            self._client = openai.OpenAI(
+                api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=self.max_retries
+            )
         return self._client
 
     def complete(self, prompts: list[str]) -> list[str]:
@@ -274,23 +333,36 @@ class OpenAICompatibleGenerator:
 
         extra = {} if seed is None else {"seed": seed}
         try:
-            response = client.chat.completions.create(model=self.name, messages=[{"role": "user", "content": prompt}],
-                                                      temperature=self.temperature, max_tokens=self.max_tokens, **extra)
+            response = client.chat.completions.create(
+                model=self.name,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+                **extra,
+            )
         except openai.AuthenticationError:
             raise KilibError(f"{self._where} rejected the API key in {self.api_key_env}: check the key") from None
         except openai.RateLimitError:
-            raise KilibError(f"{self._where} kept answering 429 (rate limit) after {self.max_retries} retries: lower "
-                             "workers, raise max_retries, or wait; finished sets are cached") from None
+            raise KilibError(
+                f"{self._where} kept answering 429 (rate limit) after {self.max_retries} retries: lower "
+                "workers, raise max_retries, or wait; finished sets are cached"
+            ) from None
         except openai.NotFoundError:
-            raise KilibError(f"{self._where} does not serve model {self.name!r}: check the model name "
-                             "(the endpoint's /models lists what it serves)") from None
+            raise KilibError(
+                f"{self._where} does not serve model {self.name!r}: check the model name "
+                "(the endpoint's /models lists what it serves)"
+            ) from None
         except openai.APIConnectionError as e:
-            raise KilibError(f"cannot reach {self._where} ({type(e).__name__}): start the server, check base_url, "
-                             "or check the network") from None
+            raise KilibError(
+                f"cannot reach {self._where} ({type(e).__name__}): start the server, check base_url, "
+                "or check the network"
+            ) from None
         except openai.APIStatusError as e:
             message = " ".join(str(getattr(e, "message", e)).split())[:200]
-            raise KilibError(f"{self._where} answered HTTP {e.status_code} for model {self.name!r} ({message}): "
-                             "fix the request settings or try again later") from None
+            raise KilibError(
+                f"{self._where} answered HTTP {e.status_code} for model {self.name!r} ({message}): "
+                "fix the request settings or try again later"
+            ) from None
         if not response.choices:
             raise KilibError(f"{self._where} returned no choice for model {self.name!r}: check the endpoint")
         return (response.choices[0].message.content or "").strip()
@@ -308,19 +380,29 @@ def make_generator(spec: str, *, temperature: float = 0.7, seed: int = 0, max_ne
     if not spec:
         raise KilibError("no generator named: pass a local instruct model (Hub id or folder) or openai:<model>")
     if spec.startswith(OPENAI_PREFIX):
-        model = spec[len(OPENAI_PREFIX):].strip()
+        model = spec[len(OPENAI_PREFIX) :].strip()
         if not model:
             raise KilibError(f"{spec!r} names no model: write openai:<model>, e.g. openai:gpt-4-0613")
-        return OpenAICompatibleGenerator(model, base_url=os.environ.get("OPENAI_BASE_URL") or None,
-                                         temperature=temperature, seed=seed, max_tokens=max_new_tokens)
+        return OpenAICompatibleGenerator(
+            model,
+            base_url=os.environ.get("OPENAI_BASE_URL") or None,
+            temperature=temperature,
+            seed=seed,
+            max_tokens=max_new_tokens,
+        )
     return LocalGenerator(spec, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens)
 
 
 def _check_generator(generator: Any) -> None:
-    if not (isinstance(getattr(generator, "name", None), str) and callable(getattr(generator, "complete", None))
-            and hasattr(generator, "revision")):
-        raise KilibError(f"{type(generator).__name__} is not a generator: pass a LocalGenerator, an "
-                         "OpenAICompatibleGenerator, or an object with name, revision and complete(prompts)")
+    if not (
+        isinstance(getattr(generator, "name", None), str)
+        and callable(getattr(generator, "complete", None))
+        and hasattr(generator, "revision")
+    ):
+        raise KilibError(
+            f"{type(generator).__name__} is not a generator: pass a LocalGenerator, an "
+            "OpenAICompatibleGenerator, or an object with name, revision and complete(prompts)"
+        )
 
 
 def _identity(generator: Any) -> dict[str, Any]:
@@ -330,8 +412,10 @@ def _identity(generator: Any) -> dict[str, Any]:
 def _ask(generator: Any, prompts: list[str]) -> list[str]:
     replies = list(generator.complete(list(prompts)))
     if len(replies) != len(prompts):
-        raise KilibError(f"generator {generator.name!r} returned {len(replies)} replies to {len(prompts)} prompts: "
-                         "complete() must answer every prompt, in order")
+        raise KilibError(
+            f"generator {generator.name!r} returned {len(replies)} replies to {len(prompts)} prompts: "
+            "complete() must answer every prompt, in order"
+        )
     return [str(r) if r is not None else "" for r in replies]
 
 
@@ -402,8 +486,10 @@ def _render(template: str, **fields: Any) -> str:
     try:
         return template.format(**fields)
     except (KeyError, IndexError, ValueError) as e:
-        raise KilibError(f"the prompt template does not format ({type(e).__name__}: {e}): use the fields "
-                         f"{', '.join('{' + f + '}' for f in fields)} and double literal braces ({{{{ }}}})") from None
+        raise KilibError(
+            f"the prompt template does not format ({type(e).__name__}: {e}): use the fields "
+            f"{', '.join('{' + f + '}' for f in fields)} and double literal braces ({{{{ }}}})"
+        ) from None
 
 
 _FENCE_LINE = re.compile(r"^\s*```")
@@ -434,7 +520,7 @@ def parse_qa_reply(reply: str) -> tuple[list[tuple[str, str]], int]:
             line = _BULLET.sub("", line).strip().rstrip(",")
             start, end = line.find("{"), line.rfind("}")
             try:
-                candidates.append(json.loads(line[start:end + 1]) if 0 <= start < end else None)
+                candidates.append(json.loads(line[start : end + 1]) if 0 <= start < end else None)
             except ValueError:
                 candidates.append(None)
     pairs = []
@@ -491,8 +577,12 @@ class AtomicFacts(list):
     ``skipped`` (``{"section", "text"}`` the generator marked too broad, unclear or off-topic)
     and ``report`` (requests, malformed lines, duplicates dropped)."""
 
-    def __init__(self, facts: Iterable[Mapping[str, Any]] = (), skipped: Iterable[Mapping[str, Any]] = (),
-                 report: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        facts: Iterable[Mapping[str, Any]] = (),
+        skipped: Iterable[Mapping[str, Any]] = (),
+        report: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(dict(f) for f in facts)
         self.skipped = [dict(s) for s in skipped]
         self.report = dict(report or {})
@@ -515,11 +605,18 @@ def _save_sets(folder: Path, sets: GeneratedQASets, prompts: Mapping[str, str]) 
     for key in keys:
         _write_lines(folder / f"pairs-{key}.jsonl", sets[key])
     write_json(folder / "prompts.json", prompts)
-    write_json(folder / "sets.json", {
-        "rule": sets.rule, "doc_id": sets.doc_id, "keys": keys, "section_tokens": sets.section_tokens,
-        "shortfalls": [[k, v] for k, v in sets.shortfalls.items()],
-        "short_facts": [[k, v] for k, v in sets.short_facts.items()], "report": sets.report,
-    })
+    write_json(
+        folder / "sets.json",
+        {
+            "rule": sets.rule,
+            "doc_id": sets.doc_id,
+            "keys": keys,
+            "section_tokens": sets.section_tokens,
+            "shortfalls": [[k, v] for k, v in sets.shortfalls.items()],
+            "short_facts": [[k, v] for k, v in sets.short_facts.items()],
+            "report": sets.report,
+        },
+    )
 
 
 def _load_sets(folder: Path) -> GeneratedQASets:
@@ -527,13 +624,20 @@ def _load_sets(folder: Path) -> GeneratedQASets:
 
     meta = read_json(folder / "sets.json")
     data = {key: _read_lines(folder / f"pairs-{key}.jsonl") for key in meta["keys"]}
-    return GeneratedQASets(data, rule=meta["rule"], doc_id=meta["doc_id"], section_tokens=meta["section_tokens"],
-                           shortfalls={k: v for k, v in meta["shortfalls"]},
-                           short_facts={k: v for k, v in meta["short_facts"]}, report=meta["report"])
+    return GeneratedQASets(
+        data,
+        rule=meta["rule"],
+        doc_id=meta["doc_id"],
+        section_tokens=meta["section_tokens"],
+        shortfalls={k: v for k, v in meta["shortfalls"]},
+        short_facts={k: v for k, v in meta["short_facts"]},
+        report=meta["report"],
+    )
 
 
-def _cached_sets(key: Mapping[str, Any], make: Callable[[], GeneratedQASets], prompts: Mapping[str, str],
-                 cache: bool) -> GeneratedQASets:
+def _cached_sets(
+    key: Mapping[str, Any], make: Callable[[], GeneratedQASets], prompts: Mapping[str, str], cache: bool
+) -> GeneratedQASets:
     """``make()``'s sets, built once per ``key`` under ``<cache>/qa-sets/`` (pairs as JSONL,
     one file per scale or eval kind; the prompts beside them), or made afresh without ``cache``."""
     if not cache:
@@ -564,13 +668,15 @@ def _document_rows(sections_rows: Iterable[Mapping[str, Any]], doc_id: str | Non
     for i, row in enumerate(rows):
         missing = [f for f in _SECTION_FIELDS if f not in row]
         if missing:
-            raise KilibError(f"section row {i} lacks {', '.join(missing)}: "
-                             "pass rows of kilib.lm.documents or World.documents()")
+            raise KilibError(
+                f"section row {i} lacks {', '.join(missing)}: pass rows of kilib.lm.documents or World.documents()"
+            )
     ids = list(dict.fromkeys(r["doc_id"] for r in rows))
     if doc_id is None:
         if len(ids) != 1:
-            raise KilibError(f"the section rows hold {len(ids)} documents ({', '.join(ids[:6]) or 'none'}): "
-                             "pass doc_id= to pick one")
+            raise KilibError(
+                f"the section rows hold {len(ids)} documents ({', '.join(ids[:6]) or 'none'}): pass doc_id= to pick one"
+            )
         doc_id = ids[0]
     rows = [r for r in rows if r["doc_id"] == doc_id]
     if not rows:
@@ -578,8 +684,10 @@ def _document_rows(sections_rows: Iterable[Mapping[str, Any]], doc_id: str | Non
     names = [r["section"] for r in rows]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise KilibError(f"document {doc_id!r} repeats section name {repeated[0]!r}: clean the rows with "
-                         "kilib.lm.documents.clean_sections, which makes names unique")
+        raise KilibError(
+            f"document {doc_id!r} repeats section name {repeated[0]!r}: clean the rows with "
+            "kilib.lm.documents.clean_sections, which makes names unique"
+        )
     return doc_id, rows
 
 
@@ -600,20 +708,48 @@ def _document_facts(facts: Iterable[Mapping[str, Any]]) -> tuple[str, list[dict]
     return ids[0], facts
 
 
-def _pair(question: str, answer: str, *, doc_id: str, section: str, fact_ids: list[str], count, origin: str,
-          generator: Any, prompt_id: str | None) -> dict:
-    return {"question": question, "answer": answer, "fact_ids": list(fact_ids), "doc_id": doc_id, "section": section,
-            "tokens": None if count is None else count(question) + count(answer), "origin": origin,
-            "generator": None if generator is None else generator.name,
-            "revision": None if generator is None else generator.revision, "prompt_id": prompt_id}
+def _pair(
+    question: str,
+    answer: str,
+    *,
+    doc_id: str,
+    section: str,
+    fact_ids: list[str],
+    count,
+    origin: str,
+    generator: Any,
+    prompt_id: str | None,
+) -> dict:
+    return {
+        "question": question,
+        "answer": answer,
+        "fact_ids": list(fact_ids),
+        "doc_id": doc_id,
+        "section": section,
+        "tokens": None if count is None else count(question) + count(answer),
+        "origin": origin,
+        "generator": None if generator is None else generator.name,
+        "revision": None if generator is None else generator.revision,
+        "prompt_id": prompt_id,
+    }
 
 
 # ---------------------------------------------------------------------------------------
 # The generation loops
 # ---------------------------------------------------------------------------------------
-def _section_pairs(generator, rows: list[dict], count, budgets: Mapping[str, int], used: set[str],
-                   prior: Mapping[str, list[str]], template: str, prompt_id: str, pairs_per_request: int,
-                   max_rounds: int, report: dict) -> dict[str, list[dict]]:
+def _section_pairs(
+    generator,
+    rows: list[dict],
+    count,
+    budgets: Mapping[str, int],
+    used: set[str],
+    prior: Mapping[str, list[str]],
+    template: str,
+    prompt_id: str,
+    pairs_per_request: int,
+    max_rounds: int,
+    report: dict,
+) -> dict[str, list[dict]]:
     """Per section, rounds of requests for ``pairs_per_request`` new pairs until the kept pairs'
     tokens first exceed the section's budget, or ``max_rounds`` requests were made. One request
     per unfinished section per round, sent together; replies are read in section order. A pair
@@ -627,8 +763,16 @@ def _section_pairs(generator, rows: list[dict], count, budgets: Mapping[str, int
         prompts = []
         for r in open_rows:
             asked = list(prior.get(r["section"], [])) + [p["question"] for p in drawn[r["section"]]]
-            prompts.append(_render(template, title=r["title"], section=r["section"], text=r["text"], n=pairs_per_request,
-                                   avoid=_avoid_block(asked)))
+            prompts.append(
+                _render(
+                    template,
+                    title=r["title"],
+                    section=r["section"],
+                    text=r["text"],
+                    n=pairs_per_request,
+                    avoid=_avoid_block(asked),
+                )
+            )
         replies = _ask(generator, prompts)
         report["requests"] += len(prompts)
         for row, reply in zip(open_rows, replies):
@@ -644,18 +788,38 @@ def _section_pairs(generator, rows: list[dict], count, budgets: Mapping[str, int
                     report["duplicate_questions"] += 1
                     continue
                 used.add(key)
-                pair = _pair(question, answer, doc_id=row["doc_id"], section=name, fact_ids=[], count=count,
-                             origin="generated", generator=generator, prompt_id=prompt_id)
+                pair = _pair(
+                    question,
+                    answer,
+                    doc_id=row["doc_id"],
+                    section=name,
+                    fact_ids=[],
+                    count=count,
+                    origin="generated",
+                    generator=generator,
+                    prompt_id=prompt_id,
+                )
                 drawn[name].append(pair)
                 tokens[name] += pair["tokens"]
-        open_rows = [r for r in open_rows
-                     if tokens[r["section"]] <= budgets[r["section"]] and rounds[r["section"]] < max_rounds]
+        open_rows = [
+            r for r in open_rows if tokens[r["section"]] <= budgets[r["section"]] and rounds[r["section"]] < max_rounds
+        ]
     report["rounds"] = {**report.get("rounds", {}), **rounds}
     return drawn
 
 
-def _fact_pairs(generator, facts: list[dict], per_fact: int, count, used: set[str], prior: Mapping[str, list[str]],
-                template: str, prompt_id: str, max_rounds: int, report: dict) -> tuple[dict[str, list[dict]], list[str]]:
+def _fact_pairs(
+    generator,
+    facts: list[dict],
+    per_fact: int,
+    count,
+    used: set[str],
+    prior: Mapping[str, list[str]],
+    template: str,
+    prompt_id: str,
+    max_rounds: int,
+    report: dict,
+) -> tuple[dict[str, list[dict]], list[str]]:
     """Per fact, requests for the pairs still missing until it has ``per_fact`` unique ones, or
     ``max_rounds`` requests were made (then it is skipped). Duplicates as in :func:`_section_pairs`."""
     got: dict[str, list[dict]] = {f["fact_id"]: [] for f in facts}
@@ -665,8 +829,15 @@ def _fact_pairs(generator, facts: list[dict], per_fact: int, count, used: set[st
         prompts = []
         for f in open_facts:
             asked = list(prior.get(f["fact_id"], [])) + [p["question"] for p in got[f["fact_id"]]]
-            prompts.append(_render(template, title=f.get("title") or f["doc_id"], fact=f["text"],
-                                   n=per_fact - len(got[f["fact_id"]]), avoid=_avoid_block(asked)))
+            prompts.append(
+                _render(
+                    template,
+                    title=f.get("title") or f["doc_id"],
+                    fact=f["text"],
+                    n=per_fact - len(got[f["fact_id"]]),
+                    avoid=_avoid_block(asked),
+                )
+            )
         replies = _ask(generator, prompts)
         report["requests"] += len(prompts)
         for fact, reply in zip(open_facts, replies):
@@ -682,8 +853,19 @@ def _fact_pairs(generator, facts: list[dict], per_fact: int, count, used: set[st
                     report["duplicate_questions"] += 1
                     continue
                 used.add(key)
-                got[fid].append(_pair(question, answer, doc_id=fact["doc_id"], section=fact["section"], fact_ids=[fid],
-                                      count=count, origin="generated", generator=generator, prompt_id=prompt_id))
+                got[fid].append(
+                    _pair(
+                        question,
+                        answer,
+                        doc_id=fact["doc_id"],
+                        section=fact["section"],
+                        fact_ids=[fid],
+                        count=count,
+                        origin="generated",
+                        generator=generator,
+                        prompt_id=prompt_id,
+                    )
+                )
         open_facts = [f for f in open_facts if len(got[f["fact_id"]]) < per_fact and rounds[f["fact_id"]] < max_rounds]
     report["regenerations"] = report.get("regenerations", 0) + sum(r - 1 for r in rounds.values())
     skipped = [fid for fid, pairs in got.items() if len(pairs) < per_fact]
@@ -700,10 +882,19 @@ def _new_report() -> dict[str, Any]:
     return {"requests": 0, "malformed_lines": 0, "duplicate_questions": 0}
 
 
-def generate_token_based(generator: Generator, sections_rows: Iterable[Mapping[str, Any]], tokenizer,
-                         scales: Sequence[int] = DEFAULT_SCALES, overview_pairs: Iterable[Mapping[str, Any]] = (), *,
-                         doc_id: str | None = None, max_rounds: int = 100, pairs_per_request: int = 10,
-                         prompt: str = TOKEN_QA_PROMPT, cache: bool = True) -> GeneratedQASets:
+def generate_token_based(
+    generator: Generator,
+    sections_rows: Iterable[Mapping[str, Any]],
+    tokenizer,
+    scales: Sequence[int] = DEFAULT_SCALES,
+    overview_pairs: Iterable[Mapping[str, Any]] = (),
+    *,
+    doc_id: str | None = None,
+    max_rounds: int = 100,
+    pairs_per_request: int = 10,
+    prompt: str = TOKEN_QA_PROMPT,
+    cache: bool = True,
+) -> GeneratedQASets:
     """Token-based scaling by an LLM, Mecklenburg et al. §2 ("Token-based scaling").
 
     ``overview_pairs`` (hand-written Q&A about the overview section, ``{"question", "answer"}``)
@@ -737,9 +928,19 @@ def generate_token_based(generator: Generator, sections_rows: Iterable[Mapping[s
         if not str(seed.get("question", "")).strip() or not str(seed.get("answer", "")).strip():
             raise KilibError(f"overview pair {i} needs a non-empty question and answer")
     prompt_id = _prompt_id("token_qa", prompt)
-    key = {"kind": "token", "doc_id": doc_id, "sections": stable_hash(rows), "section_tokens": t_of,
-           "seeds": stable_hash(seeds), "generator": _identity(generator), "prompt": prompt, "scales": scales,
-           "max_rounds": max_rounds, "pairs_per_request": pairs_per_request, "tokenizer": _tokenizer_identity(tokenizer)}
+    key = {
+        "kind": "token",
+        "doc_id": doc_id,
+        "sections": stable_hash(rows),
+        "section_tokens": t_of,
+        "seeds": stable_hash(seeds),
+        "generator": _identity(generator),
+        "prompt": prompt,
+        "scales": scales,
+        "max_rounds": max_rounds,
+        "pairs_per_request": pairs_per_request,
+        "tokenizer": _tokenizer_identity(tokenizer),
+    }
 
     def make() -> GeneratedQASets:
         head, used = [], set()
@@ -747,29 +948,50 @@ def generate_token_based(generator: Generator, sections_rows: Iterable[Mapping[s
             question, answer = " ".join(str(seed["question"]).split()), " ".join(str(seed["answer"]).split())
             norm = normalize_answer(question)
             if norm in used:
-                raise KilibError(f"overview pair question {question!r} repeats another: "
-                                 "make the hand-written questions unique")
+                raise KilibError(
+                    f"overview pair question {question!r} repeats another: make the hand-written questions unique"
+                )
             used.add(norm)
-            head.append(_pair(question, answer, doc_id=doc_id, section=seed.get("section") or overview,
-                              fact_ids=list(seed.get("fact_ids") or []), count=count, origin="overview_seed",
-                              generator=None, prompt_id=None))
+            head.append(
+                _pair(
+                    question,
+                    answer,
+                    doc_id=doc_id,
+                    section=seed.get("section") or overview,
+                    fact_ids=list(seed.get("fact_ids") or []),
+                    count=count,
+                    origin="overview_seed",
+                    generator=None,
+                    prompt_id=None,
+                )
+            )
         report = _new_report()
         budgets = {name: max(scales) * t for name, t in t_of.items()}
-        drawn = _section_pairs(generator, rows, count, budgets, used, {}, prompt, prompt_id, pairs_per_request,
-                               max_rounds, report)
+        drawn = _section_pairs(
+            generator, rows, count, budgets, used, {}, prompt, prompt_id, pairs_per_request, max_rounds, report
+        )
         sets, shortfalls = scale_token_sets(drawn, t_of, scales, head)
         if not sets[max(scales)]:
-            raise KilibError(f"the generator {generator.name!r} wrote no usable Q&A pair for {doc_id!r}: check its "
-                             "replies (they must be JSON lines with question and answer)")
+            raise KilibError(
+                f"the generator {generator.name!r} wrote no usable Q&A pair for {doc_id!r}: check its "
+                "replies (they must be JSON lines with question and answer)"
+            )
         report["pairs"] = {name: len(pairs) for name, pairs in drawn.items()}
-        return GeneratedQASets(sets, rule="token", doc_id=doc_id, section_tokens=t_of, shortfalls=shortfalls,
-                               report=report)
+        return GeneratedQASets(
+            sets, rule="token", doc_id=doc_id, section_tokens=t_of, shortfalls=shortfalls, report=report
+        )
 
     return _cached_sets(key, make, {prompt_id: prompt}, cache)
 
 
-def list_atomic_facts(generator: Generator, sections_rows: Iterable[Mapping[str, Any]], *, doc_id: str | None = None,
-                      prompt: str = FACTS_PROMPT, cache: bool = True) -> AtomicFacts:
+def list_atomic_facts(
+    generator: Generator,
+    sections_rows: Iterable[Mapping[str, Any]],
+    *,
+    doc_id: str | None = None,
+    prompt: str = FACTS_PROMPT,
+    cache: bool = True,
+) -> AtomicFacts:
     """A document's atomic facts, Mecklenburg et al. §2 ("Fact-based scaling": the generator
     lists the document's atomic facts; too broad, unclear or off-topic ones are skipped).
 
@@ -786,7 +1008,9 @@ def list_atomic_facts(generator: Generator, sections_rows: Iterable[Mapping[str,
     prompt_id = _prompt_id("atomic_facts", prompt)
 
     def make() -> AtomicFacts:
-        replies = _ask(generator, [_render(prompt, title=r["title"], section=r["section"], text=r["text"]) for r in rows])
+        replies = _ask(
+            generator, [_render(prompt, title=r["title"], section=r["section"], text=r["text"]) for r in rows]
+        )
         report = {"requests": len(rows), "malformed_lines": 0, "duplicate_facts": 0}
         facts, skipped, seen = [], [], set()
         for row, reply in zip(rows, replies):
@@ -799,12 +1023,23 @@ def list_atomic_facts(generator: Generator, sections_rows: Iterable[Mapping[str,
                     report["duplicate_facts"] += 1
                     continue
                 seen.add(norm)
-                facts.append({"fact_id": f"{doc_id}.fact{len(facts):03d}", "doc_id": doc_id, "title": row["title"],
-                              "section": row["section"], "text": text, "generator": generator.name,
-                              "revision": generator.revision, "prompt_id": prompt_id})
+                facts.append(
+                    {
+                        "fact_id": f"{doc_id}.fact{len(facts):03d}",
+                        "doc_id": doc_id,
+                        "title": row["title"],
+                        "section": row["section"],
+                        "text": text,
+                        "generator": generator.name,
+                        "revision": generator.revision,
+                        "prompt_id": prompt_id,
+                    }
+                )
         if not facts:
-            raise KilibError(f"the generator {generator.name!r} listed no atomic fact for {doc_id!r}: check its replies "
-                             "(one fact per line)")
+            raise KilibError(
+                f"the generator {generator.name!r} listed no atomic fact for {doc_id!r}: check its replies "
+                "(one fact per line)"
+            )
         return AtomicFacts(facts, skipped, report)
 
     if not cache:
@@ -816,16 +1051,30 @@ def list_atomic_facts(generator: Generator, sections_rows: Iterable[Mapping[str,
         write_json(folder / "prompts.json", {prompt_id: prompt})
         write_json(folder / "facts.json", {"skipped": facts.skipped, "report": facts.report})
 
-    key = {"version": CACHE_VERSION, "kind": "facts", "doc_id": doc_id, "sections": stable_hash(rows),
-           "generator": _identity(generator), "prompt": prompt}
+    key = {
+        "version": CACHE_VERSION,
+        "kind": "facts",
+        "doc_id": doc_id,
+        "sections": stable_hash(rows),
+        "generator": _identity(generator),
+        "prompt": prompt,
+    }
     folder = cached_dir(QA_CACHE, key, build)
     meta = read_json(folder / "facts.json")
     return AtomicFacts(_read_lines(folder / "facts.jsonl"), meta["skipped"], meta["report"])
 
 
-def generate_fact_based(generator: Generator, facts: Iterable[Mapping[str, Any]], per_fact: int = 10,
-                        scales: Sequence[int] = DEFAULT_SCALES, *, tokenizer=None, max_rounds: int = 5,
-                        prompt: str = FACT_QA_PROMPT, cache: bool = True) -> GeneratedQASets:
+def generate_fact_based(
+    generator: Generator,
+    facts: Iterable[Mapping[str, Any]],
+    per_fact: int = 10,
+    scales: Sequence[int] = DEFAULT_SCALES,
+    *,
+    tokenizer=None,
+    max_rounds: int = 5,
+    prompt: str = FACT_QA_PROMPT,
+    cache: bool = True,
+) -> GeneratedQASets:
     """Fact-based scaling by an LLM, Mecklenburg et al. §2 ("Fact-based scaling").
 
     For every fact (one document's, from :func:`list_atomic_facts`), the generator is asked for
@@ -849,16 +1098,26 @@ def generate_fact_based(generator: Generator, facts: Iterable[Mapping[str, Any]]
     doc_id, facts = _document_facts(facts)
     count = TokenCounter(tokenizer) if tokenizer is not None else None
     prompt_id = _prompt_id("fact_qa", prompt)
-    key = {"kind": "fact", "doc_id": doc_id, "facts": stable_hash([{k: f[k] for k in _FACT_FIELDS} for f in facts]),
-           "generator": _identity(generator), "prompt": prompt, "per_fact": per_fact, "scales": scales,
-           "max_rounds": max_rounds, "tokenizer": _tokenizer_identity(tokenizer)}
+    key = {
+        "kind": "fact",
+        "doc_id": doc_id,
+        "facts": stable_hash([{k: f[k] for k in _FACT_FIELDS} for f in facts]),
+        "generator": _identity(generator),
+        "prompt": prompt,
+        "per_fact": per_fact,
+        "scales": scales,
+        "max_rounds": max_rounds,
+        "tokenizer": _tokenizer_identity(tokenizer),
+    }
 
     def make() -> GeneratedQASets:
         report = _new_report()
         kept, skipped = _fact_pairs(generator, facts, per_fact, count, set(), {}, prompt, prompt_id, max_rounds, report)
         if not kept:
-            raise KilibError(f"no fact of {doc_id!r} got {per_fact} unique Q&A pairs in {max_rounds} requests: raise "
-                             "max_rounds, or check the generator's replies")
+            raise KilibError(
+                f"no fact of {doc_id!r} got {per_fact} unique Q&A pairs in {max_rounds} requests: raise "
+                "max_rounds, or check the generator's replies"
+            )
         report["skipped_facts"] = skipped
         report["kept_facts"] = list(kept)
         sets = {s: [p for pairs in kept.values() for p in pairs[:s]] for s in scales}
@@ -867,11 +1126,20 @@ def generate_fact_based(generator: Generator, facts: Iterable[Mapping[str, Any]]
     return _cached_sets(key, make, {prompt_id: prompt}, cache)
 
 
-def generate_eval_sets(generator: Generator, sections_rows: Iterable[Mapping[str, Any]], tokenizer,
-                       facts: Iterable[Mapping[str, Any]], training_sets: Iterable[Mapping[Any, list[dict]]], *,
-                       doc_id: str | None = None, max_rounds: int = 20, pairs_per_request: int = 10,
-                       token_prompt: str = TOKEN_QA_PROMPT, fact_prompt: str = FACT_QA_PROMPT,
-                       cache: bool = True) -> GeneratedQASets:
+def generate_eval_sets(
+    generator: Generator,
+    sections_rows: Iterable[Mapping[str, Any]],
+    tokenizer,
+    facts: Iterable[Mapping[str, Any]],
+    training_sets: Iterable[Mapping[Any, list[dict]]],
+    *,
+    doc_id: str | None = None,
+    max_rounds: int = 20,
+    pairs_per_request: int = 10,
+    token_prompt: str = TOKEN_QA_PROMPT,
+    fact_prompt: str = FACT_QA_PROMPT,
+    cache: bool = True,
+) -> GeneratedQASets:
     """The two evaluation sets, Mecklenburg et al. §2 (1x scale; questions unique and absent
     from training): ``"token"``, per section, pairs until their tokens exceed 1x T, as
     :func:`generate_token_based` writes them; ``"fact"``, one pair per fact, as
@@ -908,11 +1176,19 @@ def generate_eval_sets(generator: Generator, sections_rows: Iterable[Mapping[str
     count = TokenCounter(tokenizer)
     t_of = {r["section"]: count(r["text"]) for r in rows}
     token_id, fact_id = _prompt_id("token_qa", token_prompt), _prompt_id("fact_qa", fact_prompt)
-    key = {"kind": "eval", "doc_id": doc_id, "sections": stable_hash(rows), "section_tokens": t_of,
-           "facts": stable_hash([{k: f[k] for k in _FACT_FIELDS} for f in facts]),
-           "training_questions": stable_hash(sorted({normalize_answer(p["question"]) for p in training})),
-           "generator": _identity(generator), "prompts": [token_prompt, fact_prompt], "max_rounds": max_rounds,
-           "pairs_per_request": pairs_per_request, "tokenizer": _tokenizer_identity(tokenizer)}
+    key = {
+        "kind": "eval",
+        "doc_id": doc_id,
+        "sections": stable_hash(rows),
+        "section_tokens": t_of,
+        "facts": stable_hash([{k: f[k] for k in _FACT_FIELDS} for f in facts]),
+        "training_questions": stable_hash(sorted({normalize_answer(p["question"]) for p in training})),
+        "generator": _identity(generator),
+        "prompts": [token_prompt, fact_prompt],
+        "max_rounds": max_rounds,
+        "pairs_per_request": pairs_per_request,
+        "tokenizer": _tokenizer_identity(tokenizer),
+    }
 
     def make() -> GeneratedQASets:
         used = {normalize_answer(p["question"]) for p in training}
@@ -923,17 +1199,39 @@ def generate_eval_sets(generator: Generator, sections_rows: Iterable[Mapping[str
             for fid in pair.get("fact_ids") or []:
                 by_fact.setdefault(fid, []).append(pair["question"])
         report = _new_report()
-        drawn = _section_pairs(generator, rows, count, t_of, used, by_section, token_prompt, token_id,
-                               pairs_per_request, max_rounds, report)
+        drawn = _section_pairs(
+            generator,
+            rows,
+            count,
+            t_of,
+            used,
+            by_section,
+            token_prompt,
+            token_id,
+            pairs_per_request,
+            max_rounds,
+            report,
+        )
         token_sets, shortfalls = scale_token_sets(drawn, t_of, (1,), [])
-        per_fact, short = _fact_pairs(generator, facts, 1, count, used, by_fact, fact_prompt, fact_id, max_rounds, report)
+        per_fact, short = _fact_pairs(
+            generator, facts, 1, count, used, by_fact, fact_prompt, fact_id, max_rounds, report
+        )
         data = {"token": token_sets[1], "fact": [p for pairs in per_fact.values() for p in pairs]}
         empty = [name for name, pairs in data.items() if not pairs]
         if empty:  # nothing to score: better said here than as missing bars hours later
-            raise KilibError(f"the {' and '.join(empty)} evaluation set of {doc_id!r} came out empty (every reply "
-                             "repeated a training question or was malformed): raise max_rounds or use another generator")
-        return GeneratedQASets(data, rule="eval", doc_id=doc_id, section_tokens=t_of, shortfalls={"token": shortfalls[1]},
-                               short_facts={"fact": short}, report=report)
+            raise KilibError(
+                f"the {' and '.join(empty)} evaluation set of {doc_id!r} came out empty (every reply "
+                "repeated a training question or was malformed): raise max_rounds or use another generator"
+            )
+        return GeneratedQASets(
+            data,
+            rule="eval",
+            doc_id=doc_id,
+            section_tokens=t_of,
+            shortfalls={"token": shortfalls[1]},
+            short_facts={"fact": short},
+            report=report,
+        )
 
     return _cached_sets(key, make, {token_id: token_prompt, fact_id: fact_prompt}, cache)
 
@@ -941,8 +1239,9 @@ def generate_eval_sets(generator: Generator, sections_rows: Iterable[Mapping[str
 # ---------------------------------------------------------------------------------------
 # Which fact a pair asks about (Fig 2)
 # ---------------------------------------------------------------------------------------
-def map_pairs_to_facts(pairs: Iterable[Mapping[str, Any]], facts: Iterable[Mapping[str, Any]],
-                       min_f1: float = 0.3) -> list[dict]:
+def map_pairs_to_facts(
+    pairs: Iterable[Mapping[str, Any]], facts: Iterable[Mapping[str, Any]], min_f1: float = 0.3
+) -> list[dict]:
     """Copies of ``pairs`` with ``fact_ids`` set to the one fact each asks about, for the
     coverage figure (Mecklenburg et al. Fig 2: how many token-based pairs touch each fact).
 
@@ -1004,8 +1303,14 @@ class JudgeVerdicts(list):
         self.unparseable = sum(v is None for v in self)
 
 
-def judge_answers(judge: Generator, items: Iterable[Mapping[str, Any]], *, qa_generator: Generator | str | None = None,
-                  allow_same_family: bool = False, prompt: str = JUDGE_PROMPT) -> JudgeVerdicts:
+def judge_answers(
+    judge: Generator,
+    items: Iterable[Mapping[str, Any]],
+    *,
+    qa_generator: Generator | str | None = None,
+    allow_same_family: bool = False,
+    prompt: str = JUDGE_PROMPT,
+) -> JudgeVerdicts:
     """LLM judging, methods.md §1 ("Judging"; the paper's judge is not public): for each item
     ``{"question", "expected", "candidate"}`` the judge reads :data:`JUDGE_PROMPT` and replies
     "Correct: yes" or "Correct: no" (:func:`parse_verdict`; an unparseable reply is None and
@@ -1020,7 +1325,9 @@ def judge_answers(judge: Generator, items: Iterable[Mapping[str, Any]], *, qa_ge
     for i, item in enumerate(items):
         missing = [k for k in ("question", "expected", "candidate") if k not in item]
         if missing:
-            raise KilibError(f"judge item {i} lacks {', '.join(missing)}: pass dicts with question, expected, candidate")
+            raise KilibError(
+                f"judge item {i} lacks {', '.join(missing)}: pass dicts with question, expected, candidate"
+            )
     prompts = [_render(prompt, question=i["question"], expected=i["expected"], candidate=i["candidate"]) for i in items]
     replies = _ask(judge, prompts) if prompts else []
     return JudgeVerdicts([parse_verdict(r) for r in replies], replies)
@@ -1036,7 +1343,9 @@ def judge_agreement(judge: Sequence[bool | None], lexical: Sequence[bool | float
     (both always say the same one thing). Returns ``{"agreement", "n", "cohen_kappa"}``."""
     judge, lexical = list(judge), list(lexical)
     if len(judge) != len(lexical):
-        raise KilibError(f"{len(judge)} judge verdicts against {len(lexical)} lexical scores: pass one of each per answer")
+        raise KilibError(
+            f"{len(judge)} judge verdicts against {len(lexical)} lexical scores: pass one of each per answer"
+        )
     both = [(bool(j), float(x) >= 0.5) for j, x in zip(judge, lexical) if j is not None]
     n = len(both)
     if n == 0:
@@ -1081,8 +1390,9 @@ def family_of(name: str) -> str | None:
     return None
 
 
-def check_judge_family(judge: Generator | str, generator: Generator | str, *,
-                       allow_same_family: bool = False) -> tuple[str | None, str | None]:
+def check_judge_family(
+    judge: Generator | str, generator: Generator | str, *, allow_same_family: bool = False
+) -> tuple[str | None, str | None]:
     """Make sure the judge comes from another model family than the Q&A generator (methods.md
     §1: a judge that shares the generator's family may favour its phrasing). Returns both
     families; a :class:`KilibError` where they are the same, unless ``allow_same_family``
@@ -1092,9 +1402,14 @@ def check_judge_family(judge: Generator | str, generator: Generator | str, *,
     judge_family, generator_family = family_of(judge_name), family_of(generator_name)
     if judge_family is None or generator_family is None:
         unknown = judge_name if judge_family is None else generator_name
-        warnings.warn(f"cannot tell the model family of {unknown!r} from its name: check by hand that the judge "
-                      "and the generator come from different families", stacklevel=2)
+        warnings.warn(
+            f"cannot tell the model family of {unknown!r} from its name: check by hand that the judge "
+            "and the generator come from different families",
+            stacklevel=2,
+        )
     elif judge_family == generator_family and not allow_same_family:
-        raise KilibError(f"the judge {judge_name!r} and the generator {generator_name!r} are both {judge_family} models: "
-                         "pick a judge from another family, or pass allow_same_family=True and report it")
+        raise KilibError(
+            f"the judge {judge_name!r} and the generator {generator_name!r} are both {judge_family} models: "
+            "pick a judge from another family, or pass allow_same_family=True and report it"
+        )
     return judge_family, generator_family

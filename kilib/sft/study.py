@@ -35,21 +35,52 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-from kilib.runtime import KilibError
 from kilib.lm.training import TrainConfig
+from kilib.runtime import KilibError
 
 __all__ = [
-    "QASets", "section_tokens", "overview_seed_pairs", "token_based_sets", "fact_based_sets", "eval_sets",
-    "fact_coverage", "coverage_summary", "budget_report", "questions_of",
-    "InjectionConfig", "INJECTION_PRESETS", "adapter_job", "train_and_answer", "run_adapter_jobs",
-    "base_answers", "score_rows", "accuracy_table", "paper_claims", "compare", "study_documents", "world_training_sets",
-    "grid_jobs", "adapter_rows", "baseline_rows", "question_key", "coverage_figure", "StudyInputs",
-    "tiny_inputs", "RULES", "TokenCounter", "check_scales", "scale_token_sets", "study_inputs",
-    "llm_inputs", "judge_rows", "notebook_overrides",
+    "QASets",
+    "section_tokens",
+    "overview_seed_pairs",
+    "token_based_sets",
+    "fact_based_sets",
+    "eval_sets",
+    "fact_coverage",
+    "coverage_summary",
+    "budget_report",
+    "questions_of",
+    "InjectionConfig",
+    "INJECTION_PRESETS",
+    "adapter_job",
+    "train_and_answer",
+    "run_adapter_jobs",
+    "base_answers",
+    "score_rows",
+    "accuracy_table",
+    "paper_claims",
+    "compare",
+    "study_documents",
+    "world_training_sets",
+    "grid_jobs",
+    "adapter_rows",
+    "baseline_rows",
+    "question_key",
+    "coverage_figure",
+    "StudyInputs",
+    "tiny_inputs",
+    "RULES",
+    "TokenCounter",
+    "check_scales",
+    "scale_token_sets",
+    "study_inputs",
+    "llm_inputs",
+    "judge_rows",
+    "notebook_overrides",
 ]
 
 DEFAULT_SCALES = (1, 5, 10)  # the paper's 1x, 5x and 10x
@@ -67,10 +98,16 @@ class QASets(dict):
       questions (fact rule).
     """
 
-    def __init__(self, data: Mapping[Any, list[dict]], *, rule: str, doc_id: str,
-                 section_tokens: dict[str, int] | None = None,
-                 shortfalls: dict[Any, dict[str, dict]] | None = None,
-                 short_facts: dict[Any, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        data: Mapping[Any, list[dict]],
+        *,
+        rule: str,
+        doc_id: str,
+        section_tokens: dict[str, int] | None = None,
+        shortfalls: dict[Any, dict[str, dict]] | None = None,
+        short_facts: dict[Any, list[str]] | None = None,
+    ) -> None:
         super().__init__(data)
         self.rule = rule
         self.doc_id = doc_id
@@ -88,8 +125,10 @@ class TokenCounter:
 
     def __init__(self, tokenizer: Any) -> None:
         if tokenizer is None or not callable(getattr(tokenizer, "encode", None)):
-            raise KilibError("tokenizer must have an encode() method: pass a transformers tokenizer "
-                             "(e.g. kilib.tiny.zoo.build_tokenizer or AutoTokenizer.from_pretrained)")
+            raise KilibError(
+                "tokenizer must have an encode() method: pass a transformers tokenizer "
+                "(e.g. kilib.tiny.zoo.build_tokenizer or AutoTokenizer.from_pretrained)"
+            )
         self.tokenizer = tokenizer
         self._cache: dict[str, int] = {}
 
@@ -118,8 +157,15 @@ def _article(world, doc_id: str):
 def _pair(world, fact_id: str, question: str, section: str, count: TokenCounter | None, origin: str) -> dict:
     fact = world.facts[fact_id]
     tokens = None if count is None else count(question) + count(fact.object)
-    return {"question": question, "answer": fact.object, "fact_ids": [fact_id], "doc_id": fact.doc_id,
-            "section": section, "tokens": tokens, "origin": origin}
+    return {
+        "question": question,
+        "answer": fact.object,
+        "fact_ids": [fact_id],
+        "doc_id": fact.doc_id,
+        "section": section,
+        "tokens": tokens,
+        "origin": origin,
+    }
 
 
 def _overview(article):
@@ -153,8 +199,9 @@ def overview_seed_pairs(world, doc_id: str, tokenizer) -> list[dict]:
     return pairs
 
 
-def _draw_sections(world, doc_id: str, count: TokenCounter, split: str, scales: tuple[int, ...],
-                   rng: random.Random, used: set[str]) -> tuple[dict[str, list[dict]], dict[str, int]]:
+def _draw_sections(
+    world, doc_id: str, count: TokenCounter, split: str, scales: tuple[int, ...], rng: random.Random, used: set[str]
+) -> tuple[dict[str, list[dict]], dict[str, int]]:
     """Per section, salience-weighted draws of unique questions until the drawn pairs' tokens
     first exceed ``max(scales) * T`` or the section's unused questions run out.
 
@@ -198,8 +245,9 @@ def _prefix(pairs: list[dict], budget: int) -> tuple[list[dict], bool]:
     return list(pairs), False
 
 
-def scale_token_sets(drawn: dict[str, list[dict]], t_of: dict[str, int], scales: tuple[int, ...],
-                     head: list[dict]) -> tuple[dict[int, list[dict]], dict[int, dict[str, dict]]]:
+def scale_token_sets(
+    drawn: dict[str, list[dict]], t_of: dict[str, int], scales: tuple[int, ...], head: list[dict]
+) -> tuple[dict[int, list[dict]], dict[int, dict[str, dict]]]:
     """The token-based sets from each section's pairs in draw order (``drawn``) and token
     counts ``t_of``: ``head`` (the overview seeds) then, per section, the prefix whose tokens
     first exceed ``scale * T``; and the sections that fell short, per scale. Shared with the
@@ -213,8 +261,11 @@ def scale_token_sets(drawn: dict[str, list[dict]], t_of: dict[str, int], scales:
             taken, exceeded = _prefix(section_pairs, s * t_of[title])
             pairs += taken
             if not exceeded:
-                short[title] = {"budget": s * t_of[title], "tokens": sum(p["tokens"] for p in taken),
-                                "pairs": len(taken)}
+                short[title] = {
+                    "budget": s * t_of[title],
+                    "tokens": sum(p["tokens"] for p in taken),
+                    "pairs": len(taken),
+                }
         sets[s] = pairs
         shortfalls[s] = short
     return sets, shortfalls
@@ -223,8 +274,7 @@ def scale_token_sets(drawn: dict[str, list[dict]], t_of: dict[str, int], scales:
 # ---------------------------------------------------------------------------------------
 # The two scaling rules
 # ---------------------------------------------------------------------------------------
-def token_based_sets(world, doc_id: str, tokenizer, scales: Sequence[int] = DEFAULT_SCALES,
-                     seed: int = 0) -> QASets:
+def token_based_sets(world, doc_id: str, tokenizer, scales: Sequence[int] = DEFAULT_SCALES, seed: int = 0) -> QASets:
     """Token-based scaling, Mecklenburg et al. §2 ("Token-based scaling").
 
     The list starts with the overview-seeded pairs (:func:`overview_seed_pairs`; they are in
@@ -269,14 +319,17 @@ def _per_fact(world, doc_id: str, split: str, per_fact: int, count: TokenCounter
             used.add(question)
             pairs.append(_pair(world, fact.id, question, fact.section, count, "generated"))
         if not pairs:
-            raise KilibError(f"fact {fact.id!r} has no unique {split} question: every paraphrase repeats "
-                             f"another fact's; add paraphrases for relation {fact.relation!r} in kilib/tiny/world.py")
+            raise KilibError(
+                f"fact {fact.id!r} has no unique {split} question: every paraphrase repeats "
+                f"another fact's; add paraphrases for relation {fact.relation!r} in kilib/tiny/world.py"
+            )
         out[fact.id] = pairs
     return out
 
 
-def fact_based_sets(world, doc_id: str, scales: Sequence[int] = DEFAULT_SCALES, per_fact_max: int = 10,
-                    tokenizer=None) -> QASets:
+def fact_based_sets(
+    world, doc_id: str, scales: Sequence[int] = DEFAULT_SCALES, per_fact_max: int = 10, tokenizer=None
+) -> QASets:
     """Fact-based scaling, Mecklenburg et al. §2 ("Fact-based scaling").
 
     For every fact of the document (in the order the article first states it), ``per_fact_max``
@@ -291,8 +344,7 @@ def fact_based_sets(world, doc_id: str, scales: Sequence[int] = DEFAULT_SCALES, 
     """
     scales = check_scales(scales)
     if isinstance(per_fact_max, bool) or not isinstance(per_fact_max, int) or per_fact_max < max(scales):
-        raise KilibError(f"per_fact_max must be an integer >= the largest scale ({max(scales)}), "
-                         f"got {per_fact_max!r}")
+        raise KilibError(f"per_fact_max must be an integer >= the largest scale ({max(scales)}), got {per_fact_max!r}")
     _article(world, doc_id)
     count = TokenCounter(tokenizer) if tokenizer is not None else None  # no tokenizer: tokens None
     per_fact = _per_fact(world, doc_id, "train", per_fact_max, count)
@@ -316,9 +368,14 @@ def eval_sets(world, doc_id: str, tokenizer, seed: int = 0) -> QASets:
     drawn, t_of = _draw_sections(world, doc_id, count, "eval", (1,), rng, set())
     token_sets, shortfalls = scale_token_sets(drawn, t_of, (1,), [])
     per_fact = _per_fact(world, doc_id, "eval", 1, count)
-    return QASets({"token": token_sets[1], "fact": [p for pairs in per_fact.values() for p in pairs]},
-                  rule="eval", doc_id=doc_id, section_tokens=t_of,
-                  shortfalls={"token": shortfalls[1]}, short_facts={"fact": []})
+    return QASets(
+        {"token": token_sets[1], "fact": [p for pairs in per_fact.values() for p in pairs]},
+        rule="eval",
+        doc_id=doc_id,
+        section_tokens=t_of,
+        shortfalls={"token": shortfalls[1]},
+        short_facts={"fact": []},
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,8 +401,10 @@ def fact_coverage(pairs: Iterable[dict], fact_ids: Iterable[str]) -> dict[str, i
     for pair in pairs:
         for fid in pair["fact_ids"]:
             if fid not in counts:
-                raise KilibError(f"pair {pair['question']!r} touches fact {fid!r}, which is not listed: "
-                                 "pass the fact ids of the pairs' document (world.facts_of(doc_id))")
+                raise KilibError(
+                    f"pair {pair['question']!r} touches fact {fid!r}, which is not listed: "
+                    "pass the fact ids of the pairs' document (world.facts_of(doc_id))"
+                )
             counts[fid] += 1
     return counts
 
@@ -356,8 +415,7 @@ def coverage_summary(counts: Mapping[str, int]) -> dict[str, float]:
         raise KilibError("coverage is empty: pass the counts of a document with facts")
     values = list(counts.values())
     lo, hi = min(values), max(values)
-    return {"min": lo, "median": statistics.median(values), "max": hi,
-            "max_over_min": hi / lo if lo else float("inf")}
+    return {"min": lo, "median": statistics.median(values), "max": hi, "max_over_min": hi / lo if lo else float("inf")}
 
 
 def coverage_figure(coverage, scales: Sequence[int], titles: Mapping[str, str]):
@@ -371,8 +429,18 @@ def coverage_figure(coverage, scales: Sequence[int], titles: Mapping[str, str]):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6.5, 1.3 * coverage["doc_id"].nunique() + 2), 4))
     data = coverage.assign(document=coverage["doc_id"].map(titles))
-    sns.stripplot(data=data, x="document", y="pairs", hue="scale", dodge=True, jitter=0.25, size=4, ax=ax,
-                  palette="colorblind", hue_order=[f"{s}x" for s in scales])
+    sns.stripplot(
+        data=data,
+        x="document",
+        y="pairs",
+        hue="scale",
+        dodge=True,
+        jitter=0.25,
+        size=4,
+        ax=ax,
+        palette="colorblind",
+        hue_order=[f"{s}x" for s in scales],
+    )
     for s in scales:
         ax.axhline(s, ls="--", lw=0.8, color="grey")
     ax.set_ylabel("Q&A pairs about the fact")
@@ -403,9 +471,20 @@ def budget_report(sets: Mapping[int, list[dict]], section_tokens: Mapping[str, i
             tokens = sum(p["tokens"] for p in mine)
             budget = scale * t
             exceeds = tokens > budget
-            rows.append({"scale": scale, "section": title, "T": t, "budget": budget, "pairs": len(mine),
-                         "tokens": tokens, "seed_pairs": len(seeds), "seed_tokens": sum(p["tokens"] for p in seeds),
-                         "exceeds": exceeds, "tight": exceeds and tokens - mine[-1]["tokens"] <= budget})
+            rows.append(
+                {
+                    "scale": scale,
+                    "section": title,
+                    "T": t,
+                    "budget": budget,
+                    "pairs": len(mine),
+                    "tokens": tokens,
+                    "seed_pairs": len(seeds),
+                    "seed_tokens": sum(p["tokens"] for p in seeds),
+                    "exceeds": exceeds,
+                    "tight": exceeds and tokens - mine[-1]["tokens"] <= budget,
+                }
+            )
     return rows
 
 
@@ -439,8 +518,9 @@ class InjectionConfig:
     # lr 3e-3 (tiny): of 3e-4, 1e-3 and 3e-3, the best mean accuracy of 10x adapters on unused
     # *train* paraphrases of two new documents (tools/sft_lr_dev.py, results/tiny/sft_lr_dev.json);
     # the evaluation questions played no part.
-    train: TrainConfig = TrainConfig(epochs=3, batch_size=1, lr=3e-3, save_every_epoch=False, progress=False,
-                                     logging_steps=10)
+    train: TrainConfig = TrainConfig(
+        epochs=3, batch_size=1, lr=3e-3, save_every_epoch=False, progress=False, logging_steps=10
+    )
     rag_k: int = 1  # passages per RAG prompt (the zoo read one section per prompt in pretraining)
     rag_passage_words: int = 0  # 0: a passage is a section; n: long sections cut into n-word passages
     max_new_tokens: int = 16  # answers are short entities, numbers and scores
@@ -462,12 +542,20 @@ INJECTION_PRESETS = {
     # 2e-4 is the usual QLoRA rate; the paper gives none. Epoch checkpoints let a long run resume.
     # The generator and the judge are local 4-bit instruct models of two other families (Qwen,
     # Mistral); GENERATOR="openai:<model>" uses an OpenAI-compatible endpoint instead (the paper: GPT-4).
-    "paper": InjectionConfig(model="meta-llama/Llama-2-7b-chat-hf", corpus="wikipedia", seeds=(0,), rag_k=3,
-                             rag_passage_words=150,
-                             generator="Qwen/Qwen2.5-7B-Instruct", judge="mistralai/Mistral-7B-Instruct-v0.3",
-                             score="judge", max_new_tokens=64, eval_batch_size=8, workers=1,
-                             train=TrainConfig(epochs=3, batch_size=1, lr=2e-4, save_every_epoch=True,
-                                               progress=True, logging_steps=20)),
+    "paper": InjectionConfig(
+        model="meta-llama/Llama-2-7b-chat-hf",
+        corpus="wikipedia",
+        seeds=(0,),
+        rag_k=3,
+        rag_passage_words=150,
+        generator="Qwen/Qwen2.5-7B-Instruct",
+        judge="mistralai/Mistral-7B-Instruct-v0.3",
+        score="judge",
+        max_new_tokens=64,
+        eval_batch_size=8,
+        workers=1,
+        train=TrainConfig(epochs=3, batch_size=1, lr=2e-4, save_every_epoch=True, progress=True, logging_steps=20),
+    ),
 }
 
 
@@ -496,12 +584,25 @@ def _items(pairs: Iterable[dict], passages: Sequence[str] | None = None) -> list
 
     pairs = list(pairs)
     contexts = passages if passages is not None else [None] * len(pairs)
-    return [{"question": p["question"], "answer": p["answer"], "fact_ids": list(p.get("fact_ids", [])),
-             "prompt": qa_prompt(p["question"], ctx or [])} for p, ctx in zip(pairs, contexts)]
+    return [
+        {
+            "question": p["question"],
+            "answer": p["answer"],
+            "fact_ids": list(p.get("fact_ids", [])),
+            "prompt": qa_prompt(p["question"], ctx or []),
+        }
+        for p, ctx in zip(pairs, contexts)
+    ]
 
 
-def adapter_job(base: str, config: InjectionConfig, pairs: Sequence[dict], eval_items: Mapping[str, list[dict]],
-                seed: int, **tags: Any) -> dict[str, Any]:
+def adapter_job(
+    base: str,
+    config: InjectionConfig,
+    pairs: Sequence[dict],
+    eval_items: Mapping[str, list[dict]],
+    seed: int,
+    **tags: Any,
+) -> dict[str, Any]:
     """One adapter's work: ``train_key`` (everything the adapter depends on: trainee, LoRA and
     optimisation settings, seed, pairs) and ``answer_key`` (the adapter plus the evaluation
     prompts and decoding), each the key of its own cache, so a new evaluation set re-asks a
@@ -528,10 +629,15 @@ def adapter_job(base: str, config: InjectionConfig, pairs: Sequence[dict], eval_
         "eval": {name: [it["prompt"] for it in items] for name, items in eval_items.items()},
         "max_new_tokens": config.max_new_tokens,
     }
-    return {"train_key": train_key, "answer_key": answer_key,
-            "tags": dict(tags, seed=seed, pairs=len(pairs), tokens=sum(p.get("tokens") or 0 for p in pairs)),
-            "eval_items": {k: list(v) for k, v in eval_items.items()}, "batch_size": config.eval_batch_size,
-            "checkpoints": config.train.save_every_epoch, "logging_steps": config.train.logging_steps}
+    return {
+        "train_key": train_key,
+        "answer_key": answer_key,
+        "tags": dict(tags, seed=seed, pairs=len(pairs), tokens=sum(p.get("tokens") or 0 for p in pairs)),
+        "eval_items": {k: list(v) for k, v in eval_items.items()},
+        "batch_size": config.eval_batch_size,
+        "checkpoints": config.train.save_every_epoch,
+        "logging_steps": config.train.logging_steps,
+    }
 
 
 def train_and_answer(job: Mapping[str, Any]) -> tuple[Path, Path]:
@@ -554,8 +660,12 @@ def train_and_answer(job: Mapping[str, Any]) -> tuple[Path, Path]:
 
         if "model" not in trained:
             trained["model"], trained["tokenizer"] = _load_adapter(job["train_key"], adapter)
-        answers = {name: _answer(trained["model"], trained["tokenizer"], prompts, job["answer_key"]["max_new_tokens"],
-                                 job["batch_size"]) for name, prompts in job["answer_key"]["eval"].items()}
+        answers = {
+            name: _answer(
+                trained["model"], trained["tokenizer"], prompts, job["answer_key"]["max_new_tokens"], job["batch_size"]
+            )
+            for name, prompts in job["answer_key"]["eval"].items()
+        }
         write_json(folder / "answers.json", answers)
 
     try:
@@ -571,22 +681,33 @@ def _train(job: Mapping[str, Any], folder: Path):
 
     from kilib.lm.data import qa_prompt
     from kilib.lm.models import attach_lora, load_causal_lm
+    from kilib.lm.training import sft_dataset, train
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.lm.training import sft_dataset, train
 
     key = job["train_key"]
-    config = dc.replace(TrainConfig(**key["train"]), save_every_epoch=job["checkpoints"],
-                        logging_steps=job["logging_steps"], progress=False)
+    config = dc.replace(
+        TrainConfig(**key["train"]),
+        save_every_epoch=job["checkpoints"],
+        logging_steps=job["logging_steps"],
+        progress=False,
+    )
     model, tokenizer = load_causal_lm(key["base"], quantization=key["quantization"], revision=key["revision"])
     set_seed(config.seed)
     model = attach_lora(model, r=key["lora"]["r"], alpha=key["lora"]["alpha"])
     rows = [{"prompt": qa_prompt(p["question"]), "answer": p["answer"]} for p in key["pairs"]]
-    result = train(model, sft_dataset(tokenizer, rows, max_length=config.max_length), config, folder / "checkpoints",
-                   tokenizer=tokenizer)
+    result = train(
+        model,
+        sft_dataset(tokenizer, rows, max_length=config.max_length),
+        config,
+        folder / "checkpoints",
+        tokenizer=tokenizer,
+    )
     model.save_pretrained(folder / "adapter")
-    write_json(folder / "train.json", {"steps": result.steps, "train_loss": result.train_loss,
-                                       "losses": result.losses, "seconds": result.seconds})
+    write_json(
+        folder / "train.json",
+        {"steps": result.steps, "train_loss": result.train_loss, "losses": result.losses, "seconds": result.seconds},
+    )
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return model, tokenizer
 
@@ -617,8 +738,13 @@ def _answer(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch
 
     if not prompts:
         return []
-    return generate(model, tokenizer, [render_prompt(tokenizer, p) for p in prompts],
-                    max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return generate(
+        model,
+        tokenizer,
+        [render_prompt(tokenizer, p) for p in prompts],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+    )
 
 
 def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progress: bool = True) -> list[dict]:
@@ -648,16 +774,25 @@ def run_adapter_jobs(jobs: Sequence[Mapping[str, Any]], workers: int = 0, progre
             t = todo[i]["tags"]
             r = read_json(cache_path(ADAPTER_CACHE, todo[i]["train_key"]) / "train.json")
             losses = [h["loss"] for h in r["losses"]] or [r["train_loss"]]
-            print(f"[{finished}/{len(todo)}] {t.get('doc_id', '')} {t.get('rule', '')} {t.get('scale', '')}x seed {t['seed']}: "
-                  f"{r['steps']} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f} ({time.time() - start:.0f} s)", flush=True)
+            print(
+                f"[{finished}/{len(todo)}] {t.get('doc_id', '')} {t.get('rule', '')} {t.get('scale', '')}x seed {t['seed']}: "
+                f"{r['steps']} steps, loss {losses[0]:.2f} -> {losses[-1]:.2f} ({time.time() - start:.0f} s)",
+                flush=True,
+            )
 
     side_by_side([(train_and_answer, (job,), {}) for job in todo], workers=workers, done=report)
     out = []
     for job in jobs:
         train = read_json(cache_path(ADAPTER_CACHE, job["train_key"]) / "train.json")
         answers = read_json(cache_path(ANSWER_CACHE, job["answer_key"]) / "answers.json")
-        out.append({**job["tags"], "folder": str(cache_path(ADAPTER_CACHE, job["train_key"])), "train": train,
-                    "answers": answers})
+        out.append(
+            {
+                **job["tags"],
+                "folder": str(cache_path(ADAPTER_CACHE, job["train_key"])),
+                "train": train,
+                "answers": answers,
+            }
+        )
     return out
 
 
@@ -666,11 +801,20 @@ def base_answers(base: str, config: InjectionConfig, item_sets: Mapping[str, lis
     and RAG when the items' prompts hold retrieved passages)."""
     from kilib.lm.models import load_causal_lm
 
-    loaded = dict(zip(("model", "tokenizer"), load_causal_lm(base, quantization=config.quantization,
-                                                              revision=config.revision)))
+    loaded = dict(
+        zip(("model", "tokenizer"), load_causal_lm(base, quantization=config.quantization, revision=config.revision))
+    )
     try:
-        return {name: _answer(loaded["model"], loaded["tokenizer"], [it["prompt"] for it in items],
-                              config.max_new_tokens, config.eval_batch_size) for name, items in item_sets.items()}
+        return {
+            name: _answer(
+                loaded["model"],
+                loaded["tokenizer"],
+                [it["prompt"] for it in items],
+                config.max_new_tokens,
+                config.eval_batch_size,
+            )
+            for name, items in item_sets.items()
+        }
     finally:
         _release(loaded)
 
@@ -685,11 +829,20 @@ def score_rows(items: Sequence[dict], answers: Sequence[str], **tags: Any) -> li
     from kilib.lm.scoring import contains_answer, exact_match
 
     if len(items) != len(answers):
-        raise KilibError(f"{len(answers)} answers for {len(items)} questions: the cached answers are stale, "
-                         "run `make clean-cache`")
-    return [{**tags, "question": it["question"], "answer": it["answer"], "prediction": a,
-             "exact": exact_match(a, it["answer"]), "contains": contains_answer(a, it["answer"])}
-            for it, a in zip(items, answers)]
+        raise KilibError(
+            f"{len(answers)} answers for {len(items)} questions: the cached answers are stale, run `make clean-cache`"
+        )
+    return [
+        {
+            **tags,
+            "question": it["question"],
+            "answer": it["answer"],
+            "prediction": a,
+            "exact": exact_match(a, it["answer"]),
+            "contains": contains_answer(a, it["answer"]),
+        }
+        for it, a in zip(items, answers)
+    ]
 
 
 def _frame(rows):
@@ -712,8 +865,15 @@ def accuracy_table(rows, by: Sequence[str], score: str = "exact"):
         keys = keys if isinstance(keys, tuple) else (keys,)
         per_item = group.groupby("question", sort=False)[score].mean()
         per_seed = group.groupby("seed")[score].mean() if "seed" in group else pd.Series(dtype=float)
-        out.append({**dict(zip(by, keys)), **accuracy_with_ci(per_item.tolist()), "answers": len(group),
-                    "seeds": int(per_seed.size), "seed_sd": float(per_seed.std()) if per_seed.size > 1 else 0.0})
+        out.append(
+            {
+                **dict(zip(by, keys)),
+                **accuracy_with_ci(per_item.tolist()),
+                "answers": len(group),
+                "seeds": int(per_seed.size),
+                "seed_sd": float(per_seed.std()) if per_seed.size > 1 else 0.0,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -741,9 +901,16 @@ def compare(rows, higher: Mapping[str, Any], lower: Mapping[str, Any], claim: st
     paired = a.index.equals(b.index)
     diff, low, high = difference_ci(a.tolist(), b.tolist(), paired=paired)
     ca, cb = accuracy_with_ci(a.tolist()), accuracy_with_ci(b.tolist())
-    return {"claim": claim, "higher": round(ca["accuracy"], 3), "lower": round(cb["accuracy"], 3),
-            "difference": round(diff, 3), "difference_ci": [round(low, 3), round(high, 3)],
-            "paired": paired, "questions": [int(a.size), int(b.size)], "verdict": verdict(diff, low, high)}
+    return {
+        "claim": claim,
+        "higher": round(ca["accuracy"], 3),
+        "lower": round(cb["accuracy"], 3),
+        "difference": round(diff, 3),
+        "difference_ci": [round(low, 3), round(high, 3)],
+        "paired": paired,
+        "questions": [int(a.size), int(b.size)],
+        "verdict": verdict(diff, low, high),
+    }
 
 
 def paper_claims(rows, scales: Sequence[int], score: str = "exact") -> list[dict]:
@@ -781,16 +948,22 @@ def world_training_sets(world, doc_ids: Sequence[str], tokenizer, config: Inject
     fact-based ones take the same paraphrases for every seed (only training is reseeded)."""
     sets = {}
     for doc_id in doc_ids:
-        facts = fact_based_sets(world, doc_id, config.scales, per_fact_max=max(10, max(config.scales)),
-                                tokenizer=tokenizer)
+        facts = fact_based_sets(
+            world, doc_id, config.scales, per_fact_max=max(10, max(config.scales)), tokenizer=tokenizer
+        )
         for seed in config.seeds:
             sets[(doc_id, "token", seed)] = token_based_sets(world, doc_id, tokenizer, config.scales, seed=seed)
             sets[(doc_id, "fact", seed)] = facts
     return sets
 
 
-def grid_jobs(base: str, config: InjectionConfig, training_sets: Mapping[tuple, QASets],
-              evaluation: Mapping[str, QASets], control_doc_id: str | None) -> list[dict]:
+def grid_jobs(
+    base: str,
+    config: InjectionConfig,
+    training_sets: Mapping[tuple, QASets],
+    evaluation: Mapping[str, QASets],
+    control_doc_id: str | None,
+) -> list[dict]:
     """One job per (document, rule, seed, scale). Each adapter answers its document's two
     evaluation sets and, for a new document, the control's fact-based set (does injecting
     new knowledge disturb what the model knew?)."""
@@ -811,9 +984,17 @@ def adapter_rows(results: Sequence[Mapping[str, Any]], jobs: Sequence[Mapping[st
     for res, job in zip(results, jobs):
         t = job["tags"]
         for name, items in job["eval_items"].items():
-            rows += score_rows(items, res["answers"][name], doc_id=t["doc_id"], method=t["rule"],
-                               scale=t["scale"], seed=t["seed"], eval=name, train_pairs=t["pairs"],
-                               train_tokens=t["tokens"])
+            rows += score_rows(
+                items,
+                res["answers"][name],
+                doc_id=t["doc_id"],
+                method=t["rule"],
+                scale=t["scale"],
+                seed=t["seed"],
+                eval=name,
+                train_pairs=t["pairs"],
+                train_tokens=t["tokens"],
+            )
     return rows
 
 
@@ -833,8 +1014,9 @@ def baseline_rows(base: str, config: InjectionConfig, evaluation: Mapping[str, Q
     answers = base_answers(base, config, item_sets)
     rows = []
     for name, items in item_sets.items():
-        rows += score_rows(items, answers[name], scale=0, seed=config.seeds[0], train_pairs=0, train_tokens=0,
-                           **tags[name])
+        rows += score_rows(
+            items, answers[name], scale=0, seed=config.seeds[0], train_pairs=0, train_tokens=0, **tags[name]
+        )
     return rows
 
 
@@ -867,8 +1049,10 @@ def tiny_inputs(profile: str, config: InjectionConfig, world_seed: int = 0) -> S
     world = zoo.world_of(zoo_config)
     names = [m.name for m in zoo_config.models]
     if config.model not in names:
-        raise KilibError(f"no zoo model {config.model!r}: choose one of {', '.join(names)}; to train a Hub model or "
-                         "a folder, also set DOCUMENTS (a folder, or paper) and GENERATOR")
+        raise KilibError(
+            f"no zoo model {config.model!r}: choose one of {', '.join(names)}; to train a Hub model or "
+            "a folder, also set DOCUMENTS (a folder, or paper) and GENERATOR"
+        )
     base = str(zoo.model_dir(zoo_config, config.model))
     tokenizer = AutoTokenizer.from_pretrained(base)
     doc_ids = study_documents(world, config)
@@ -883,19 +1067,27 @@ def tiny_inputs(profile: str, config: InjectionConfig, world_seed: int = 0) -> S
         training_sets=world_training_sets(world, doc_ids, tokenizer, config),
         evaluation={d: eval_sets(world, d, tokenizer) for d in doc_ids},
         source=f"tiny world ({zoo_config.world_size}, seed {world_seed}), zoo model {config.model}, "
-               "Q&A from the world's paraphrase templates",
+        "Q&A from the world's paraphrase templates",
     )
 
 
-def notebook_overrides(n_seeds: int, model: str, documents: str, generator: str, judge: str, workers: int) -> dict[str, Any]:
+def notebook_overrides(
+    n_seeds: int, model: str, documents: str, generator: str, judge: str, workers: int
+) -> dict[str, Any]:
     """Notebook 01's parameters as :class:`InjectionConfig` overrides; an empty or zero value
     keeps the preset's."""
     if n_seeds < 0:
         raise KilibError(f"N_SEEDS={n_seeds}: use 0 to keep the profile's seeds, or n > 0 to run seeds 0 to n-1")
     if workers < 0:
         raise KilibError(f"WORKERS={workers}: use 0 for one adapter per CPU core, or n > 0 for n side by side")
-    given = {"seeds": tuple(range(n_seeds)), "model": model, "corpus": documents, "generator": generator,
-             "judge": judge, "workers": workers}
+    given = {
+        "seeds": tuple(range(n_seeds)),
+        "model": model,
+        "corpus": documents,
+        "generator": generator,
+        "judge": judge,
+        "workers": workers,
+    }
     overrides = {k: v for k, v in given.items() if v}
     if documents:  # the presets' document ids name tiny-world documents: a folder's are its own
         overrides["documents"] = ()
@@ -905,8 +1097,8 @@ def notebook_overrides(n_seeds: int, model: str, documents: str, generator: str,
 def study_inputs(profile: str, config: InjectionConfig) -> StudyInputs:
     """The study's inputs from the tiny world, or from documents and an LLM generator."""
     if config.judge:  # a judge that cannot load should fail now, not after the adapters have trained
-        from kilib.sft import qa_generation as qa
         from kilib.lm.models import load_tokenizer
+        from kilib.sft import qa_generation as qa
 
         if config.judge.startswith(qa.OPENAI_PREFIX):
             qa.make_generator(config.judge)._connected()  # the model name and the API key; no request is sent
@@ -927,20 +1119,24 @@ def llm_inputs(config: InjectionConfig) -> StudyInputs:
 
     Deviation: the paper seeds the token-based list with hand-written overview Q&A; none are
     written here, so the lists start with the first generated pairs."""
-    from kilib.sft import qa_generation as qa
     from kilib.lm.documents import load_documents
     from kilib.lm.models import load_tokenizer
+    from kilib.sft import qa_generation as qa
 
     if not config.generator:
-        raise KilibError("documents outside the tiny world need an LLM to write their Q&A: set GENERATOR to a "
-                         "local instruct model (Hub id or folder) or openai:<model>")
+        raise KilibError(
+            "documents outside the tiny world need an LLM to write their Q&A: set GENERATOR to a "
+            "local instruct model (Hub id or folder) or openai:<model>"
+        )
     if config.judge:  # before hours of generation and training, not after
         qa.check_judge_family(config.judge, config.generator)
     from kilib.tiny.zoo import ZOO_PRESETS
 
     if config.model in {m.name for preset in ZOO_PRESETS.values() for m in preset.models}:
-        raise KilibError(f"zoo model {config.model!r} knows only the tiny world: set MODEL to a Hub id or a model "
-                         "folder to inject your own documents")
+        raise KilibError(
+            f"zoo model {config.model!r} knows only the tiny world: set MODEL to a Hub id or a model "
+            "folder to inject your own documents"
+        )
     docs = load_documents("paper" if config.corpus in ("wikipedia", "paper") else config.corpus)
     doc_ids = list(config.documents) or docs.doc_ids()
     unknown = [d for d in doc_ids if d not in docs.doc_ids()]
@@ -955,12 +1151,21 @@ def llm_inputs(config: InjectionConfig) -> StudyInputs:
             token = qa.generate_token_based(generator, rows, tokenizer, config.scales, doc_id=doc_id)
             fact_list = qa.list_atomic_facts(generator, rows, doc_id=doc_id)
             fact = qa.generate_fact_based(generator, fact_list, scales=config.scales, tokenizer=tokenizer)
-            evaluation[doc_id] = qa.generate_eval_sets(generator, rows, tokenizer, fact_list, [token, fact], doc_id=doc_id)
+            evaluation[doc_id] = qa.generate_eval_sets(
+                generator, rows, tokenizer, fact_list, [token, fact], doc_id=doc_id
+            )
             kept = {fid for pairs in fact.values() for p in pairs for fid in p["fact_ids"]}
             facts[doc_id] = [f["fact_id"] for f in fact_list if f["fact_id"] in kept]
-            mapped = QASets({s: qa.map_pairs_to_facts(token[s], [f for f in fact_list if f["fact_id"] in kept])
-                             for s in config.scales}, rule="token", doc_id=doc_id, section_tokens=token.section_tokens,
-                            shortfalls=token.shortfalls)
+            mapped = QASets(
+                {
+                    s: qa.map_pairs_to_facts(token[s], [f for f in fact_list if f["fact_id"] in kept])
+                    for s in config.scales
+                },
+                rule="token",
+                doc_id=doc_id,
+                section_tokens=token.section_tokens,
+                shortfalls=token.shortfalls,
+            )
             for seed in config.seeds:
                 training[(doc_id, "token", seed)] = mapped
                 training[(doc_id, "fact", seed)] = fact
@@ -987,29 +1192,46 @@ def judge_rows(rows, config: InjectionConfig, qa_generator: str | None = None):
     ``config.judge`` (Mecklenburg et al.'s judging is not public; methods.md §1), and return the
     rows with the judge's agreement with the lexical ``contains`` score. Each distinct
     (question, gold, answer) is judged once, and the verdicts are cached."""
-    from kilib.sft import qa_generation as qa
     from kilib.results import cached_dir, read_json, stable_hash, write_json
+    from kilib.sft import qa_generation as qa
 
     rows = [dict(r) for r in rows]
     triples = sorted({(r["question"], r["answer"], r["prediction"]) for r in rows})
-    key = {"kind": "judgements", "version": 1, "judge": config.judge, "generator": qa_generator or config.generator,
-           "prompt": qa.JUDGE_PROMPT, "items": stable_hash(triples)}
+    key = {
+        "kind": "judgements",
+        "version": 1,
+        "judge": config.judge,
+        "generator": qa_generator or config.generator,
+        "prompt": qa.JUDGE_PROMPT,
+        "items": stable_hash(triples),
+    }
 
     def build(folder: Path) -> None:
         judge = qa.make_generator(config.judge, temperature=0.0, max_new_tokens=16)
         try:
-            verdicts = qa.judge_answers(judge, [{"question": q, "expected": a, "candidate": p} for q, a, p in triples],
-                                        qa_generator=key["generator"] or None)
+            verdicts = qa.judge_answers(
+                judge,
+                [{"question": q, "expected": a, "candidate": p} for q, a, p in triples],
+                qa_generator=key["generator"] or None,
+            )
         finally:
             if hasattr(judge, "close"):
                 judge.close()
-        write_json(folder / "verdicts.json", {"judge": judge.name, "items": [list(t) for t in triples],
-                                              "verdicts": list(verdicts), "replies": verdicts.replies})
+        write_json(
+            folder / "verdicts.json",
+            {
+                "judge": judge.name,
+                "items": [list(t) for t in triples],
+                "verdicts": list(verdicts),
+                "replies": verdicts.replies,
+            },
+        )
 
     stored = read_json(cached_dir("judgements", key, build) / "verdicts.json")
     by_triple = {tuple(t): v for t, v in zip(stored["items"], stored["verdicts"])}
     verdicts = [by_triple[(r["question"], r["answer"], r["prediction"])] for r in rows]
     out = [dict(r, judge=float(v is True)) for r, v in zip(rows, verdicts)]  # unparseable counts as wrong
     agreement = qa.judge_agreement(verdicts, [r["contains"] for r in rows])
-    return out, dict(agreement, unparseable=sum(v is None for v in verdicts), judge=stored["judge"],
-                     prompt=qa.JUDGE_PROMPT)
+    return out, dict(
+        agreement, unparseable=sum(v is None for v in verdicts), judge=stored["judge"], prompt=qa.JUDGE_PROMPT
+    )

@@ -24,8 +24,9 @@ import tarfile
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 from kilib.results import atomic_path, git_state, hardware, move_into_place, stable_hash, write_json
 from kilib.runtime import KilibError, cache_root
@@ -39,8 +40,10 @@ SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
 
 def zoo_status(config: ZooConfig) -> list[dict[str, Any]]:
     """Each cache folder of ``config``'s zoo: what it is, where it lies, whether it is built."""
-    return [{"what": what, "kind": kind, "name": path.name, "path": path, "built": (path / "key.json").exists()}
-            for what, kind, path in zoo_entries(config)]
+    return [
+        {"what": what, "kind": kind, "name": path.name, "path": path, "built": (path / "key.json").exists()}
+        for what, kind, path in zoo_entries(config)
+    ]
 
 
 def build_zoo(config: ZooConfig, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
@@ -89,8 +92,10 @@ def export_zoo(config: ZooConfig, path: str | Path, profile: str = "tiny") -> di
     missing = [e["what"] for e in status if not e["built"]]
     if missing:
         which = "" if len(missing) == len(status) else f" ({', '.join(missing)} missing)"
-        raise KilibError(f"the {profile} zoo is not built yet{which}: build it first with "
-                         f"`make zoo` (python -m kilib.cli zoo build --profile {profile})")
+        raise KilibError(
+            f"the {profile} zoo is not built yet{which}: build it first with "
+            f"`make zoo` (python -m kilib.cli zoo build --profile {profile})"
+        )
     root = cache_root()
     reports = _reports_of({e["name"] for e in status if e["kind"] == "zoo"}, root)
     manifest = {
@@ -140,18 +145,31 @@ def _read_archive(path: Path) -> tuple[tarfile.TarFile, list[tarfile.TarInfo], d
         except (ValueError, AttributeError) as e:
             raise _damaged(path, f"{MANIFEST} does not parse: {e}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise _damaged(path, f"manifest format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-                                 f"this kilib reads format {FORMAT}")
+            raise _damaged(
+                path,
+                f"manifest format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+                f"this kilib reads format {FORMAT}",
+            )
         listed = {(e.get("kind"), e.get("name")) for e in manifest.get("entries", [])}
         for kind, name in listed:
-            if kind not in KINDS or not isinstance(name, str) or len(name) != 16 or not all(c in "0123456789abcdef" for c in name):
+            if (
+                kind not in KINDS
+                or not isinstance(name, str)
+                or len(name) != 16
+                or not all(c in "0123456789abcdef" for c in name)
+            ):
                 raise _damaged(path, f"the manifest lists {kind}/{name}, which is no cache folder")
         for m in members:
             parts = PurePosixPath(m.name).parts
             if m.name == MANIFEST and m.isfile():
                 continue
-            if PurePosixPath(m.name).is_absolute() or ".." in parts or len(parts) < 2 or (parts[0], parts[1]) not in listed \
-                    or not (m.isfile() or m.isdir()):
+            if (
+                PurePosixPath(m.name).is_absolute()
+                or ".." in parts
+                or len(parts) < 2
+                or (parts[0], parts[1]) not in listed
+                or not (m.isfile() or m.isdir())
+            ):
                 raise _damaged(path, f"it holds {m.name!r}, outside the folders its manifest lists")
         for kind, name in sorted(listed):
             key_member = by_name.get(f"{kind}/{name}/key.json")
@@ -182,13 +200,17 @@ def import_zoo(path: str | Path) -> dict[str, Any]:
         archived = {(e["kind"], e["name"]) for e in manifest["entries"]}
         if not any((e["kind"], e["name"]) in archived for e in wanted if e["kind"] == "zoo"):
             commit = (manifest.get("kilib") or {}).get("commit") or "an unknown commit"
-            raise KilibError(f"{path} holds a {profile} zoo made by another recipe (kilib at {str(commit)[:12]}) than "
-                             f"this checkout's: import it into a checkout of that commit, or build this one's with `make zoo`")
+            raise KilibError(
+                f"{path} holds a {profile} zoo made by another recipe (kilib at {str(commit)[:12]}) than "
+                f"this checkout's: import it into a checkout of that commit, or build this one's with `make zoo`"
+            )
         root = cache_root()
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=".zoo-import."))
         imported, present = [], []
-        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # members were checked; Python >= 3.12 checks too
+        safe = (
+            {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        )  # members were checked; Python >= 3.12 checks too
         try:
             for entry in manifest["entries"]:
                 kind, name = entry["kind"], entry["name"]
@@ -211,4 +233,10 @@ def import_zoo(path: str | Path) -> dict[str, Any]:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     still_missing = [e["what"] for e in zoo_status(config) if not e["built"]]
-    return {"imported": imported, "present": present, "missing": still_missing, "manifest": manifest, "profile": profile}
+    return {
+        "imported": imported,
+        "present": present,
+        "missing": still_missing,
+        "manifest": manifest,
+        "profile": profile,
+    }

@@ -28,8 +28,9 @@ import json
 import math
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from kilib.runtime import KilibError
 
@@ -37,8 +38,17 @@ if TYPE_CHECKING:
     import datasets
 
 __all__ = [
-    "WorldSize", "WORLD_SIZES", "Fact", "Section", "Article", "World", "generate_world",
-    "evaluate_arithmetic", "RELATIONS", "CLAIM_LABELS", "NEI_TEMPLATES",
+    "WorldSize",
+    "WORLD_SIZES",
+    "Fact",
+    "Section",
+    "Article",
+    "World",
+    "generate_world",
+    "evaluate_arithmetic",
+    "RELATIONS",
+    "CLAIM_LABELS",
+    "NEI_TEMPLATES",
 ]
 
 
@@ -182,18 +192,59 @@ class _Sport:
 
 # Index 0 is the control series (no post-cutoff edition); 1-5 each get one post-cutoff edition.
 _SPORTS: tuple[_Sport, ...] = (
-    _Sport("football", "Cup", "goals", (1, 5), 5, (4, 9), ("forward", "midfielder", "defender"),
-           "2018 FIFA World Cup (the control)"),
-    _Sport("cricket", "Trophy", "runs", (150, 320), 80, (250, 600), ("batter", "bowler", "keeper"),
-           "2023 Cricket World Cup"),
-    _Sport("gridiron", "Bowl", "points", (14, 45), 21, (30, 90), ("quarterback", "receiver", "kicker"),
-           "Super Bowl LVII"),
-    _Sport("women's football", "Cup", "goals", (1, 5), 5, (4, 9), ("forward", "midfielder", "defender"),
-           "2023 FIFA Women's World Cup"),
-    _Sport("team golf", "Open", "points", (8, 16), 6, (6, 14), ("captain", "singles player", "pairs player"),
-           "2023 PGA Championship"),
-    _Sport("basketball", "Tournament", "points", (60, 99), 25, (70, 160), ("guard", "forward", "center"),
-           "2023 NCAA Division I men's basketball tournament"),
+    _Sport(
+        "football",
+        "Cup",
+        "goals",
+        (1, 5),
+        5,
+        (4, 9),
+        ("forward", "midfielder", "defender"),
+        "2018 FIFA World Cup (the control)",
+    ),
+    _Sport(
+        "cricket",
+        "Trophy",
+        "runs",
+        (150, 320),
+        80,
+        (250, 600),
+        ("batter", "bowler", "keeper"),
+        "2023 Cricket World Cup",
+    ),
+    _Sport(
+        "gridiron", "Bowl", "points", (14, 45), 21, (30, 90), ("quarterback", "receiver", "kicker"), "Super Bowl LVII"
+    ),
+    _Sport(
+        "women's football",
+        "Cup",
+        "goals",
+        (1, 5),
+        5,
+        (4, 9),
+        ("forward", "midfielder", "defender"),
+        "2023 FIFA Women's World Cup",
+    ),
+    _Sport(
+        "team golf",
+        "Open",
+        "points",
+        (8, 16),
+        6,
+        (6, 14),
+        ("captain", "singles player", "pairs player"),
+        "2023 PGA Championship",
+    ),
+    _Sport(
+        "basketball",
+        "Tournament",
+        "points",
+        (60, 99),
+        25,
+        (70, 160),
+        ("guard", "forward", "center"),
+        "2023 NCAA Division I men's basketball tournament",
+    ),
 )
 _NUM_TEAMS = (8, 10, 12, 14, 16)
 _NUM_VENUES = tuple(range(3, 10))
@@ -208,141 +259,238 @@ _N_GIVEN_NAMES = 24  # first names shared by players and word problems
 _Plan = tuple[tuple[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]], ...]
 
 EDITION_PLAN: _Plan = (
-    ("Overview", (
-        (("host_city", "num_teams"), (
-            "The {s} was a {sport} tournament held in {host_city}, with {num_teams} teams taking part.",
-            "The {s} was a {sport} tournament for {num_teams} teams, hosted by {host_city}.",
-            "{num_teams} teams played in the {s}, a {sport} tournament held in {host_city}.",
-        )),
-        (("champion", "runner_up"), (
-            "{champion} won the title, and {runner_up} finished second.",
-            "The tournament was won by {champion}, with {runner_up} as runners-up.",
-            "{champion} became champions, ahead of {runner_up}.",
-        )),
-    )),
-    ("Venues", (
-        (("num_venues", "host_city"), (
-            "Matches were played at {num_venues} venues in {host_city}.",
-            "{host_city} used {num_venues} venues for the tournament.",
-            "The tournament used {num_venues} venues, all in {host_city}.",
-        )),
-        (("final_venue",), (
-            "The main venue was {final_venue}, which hosted the final.",
-            "{final_venue} was chosen to host the final.",
-            "The final was staged at {final_venue}.",
-        )),
-    )),
-    ("Group stage", (
-        (("num_teams",), (
-            "The {num_teams} teams were drawn into groups.",
-            "The group stage had {num_teams} teams.",
-            "All {num_teams} teams began in the group stage.",
-        )),
-        (("opening_match_winner",), (
-            "{opening_match_winner} won the opening match.",
-            "The opening match was won by {opening_match_winner}.",
-            "In the opening match, {opening_match_winner} took the win.",
-        )),
-    )),
-    ("Knockout stage", (
-        (("third_place", "fourth_place"), (
-            "{third_place} beat {fourth_place} in the match for third place.",
-            "In the third place match, {third_place} defeated {fourth_place}.",
-            "{fourth_place} lost the third place match to {third_place}.",
-        )),
-    )),
-    ("Final", (
-        (("champion", "runner_up", "final_score"), (
-            "{champion} beat {runner_up} {final_score} in the final.",
-            "In the final, {champion} defeated {runner_up} {final_score}.",
-            "The final ended {final_score}, with {champion} beating {runner_up}.",
-        )),
-        (("final_venue", "attendance"), (
-            "The final was played at {final_venue} in front of {attendance} fans.",
-            "A crowd of {attendance} watched the final at {final_venue}.",
-            "{final_venue} hosted the final, with {attendance} people in attendance.",
-        )),
-    )),
-    ("Statistics", (
-        (("top_scorer", "top_scorer_goals"), (
-            "{top_scorer} was the top scorer with {top_scorer_goals} {unit}.",
-            "The top scorer was {top_scorer}, who scored {top_scorer_goals} {unit}.",
-            "With {top_scorer_goals} {unit}, {top_scorer} scored more than any other player.",
-        )),
-    )),
-    ("Awards", (
-        (("player_of_tournament",), (
-            "{player_of_tournament} was named player of the tournament.",
-            "The player of the tournament award went to {player_of_tournament}.",
-            "{player_of_tournament} won the award for player of the tournament.",
-        )),
-        (("top_scorer",), (
-            "{top_scorer} received the award for top scorer.",
-            "The top scorer award went to {top_scorer}.",
-            "{top_scorer} won the top scorer award.",
-        )),
-        (("champion",), (
-            "{champion} received the trophy as champions.",
-            "The trophy was presented to {champion}.",
-            "{champion} lifted the trophy.",
-        )),
-    )),
+    (
+        "Overview",
+        (
+            (
+                ("host_city", "num_teams"),
+                (
+                    "The {s} was a {sport} tournament held in {host_city}, with {num_teams} teams taking part.",
+                    "The {s} was a {sport} tournament for {num_teams} teams, hosted by {host_city}.",
+                    "{num_teams} teams played in the {s}, a {sport} tournament held in {host_city}.",
+                ),
+            ),
+            (
+                ("champion", "runner_up"),
+                (
+                    "{champion} won the title, and {runner_up} finished second.",
+                    "The tournament was won by {champion}, with {runner_up} as runners-up.",
+                    "{champion} became champions, ahead of {runner_up}.",
+                ),
+            ),
+        ),
+    ),
+    (
+        "Venues",
+        (
+            (
+                ("num_venues", "host_city"),
+                (
+                    "Matches were played at {num_venues} venues in {host_city}.",
+                    "{host_city} used {num_venues} venues for the tournament.",
+                    "The tournament used {num_venues} venues, all in {host_city}.",
+                ),
+            ),
+            (
+                ("final_venue",),
+                (
+                    "The main venue was {final_venue}, which hosted the final.",
+                    "{final_venue} was chosen to host the final.",
+                    "The final was staged at {final_venue}.",
+                ),
+            ),
+        ),
+    ),
+    (
+        "Group stage",
+        (
+            (
+                ("num_teams",),
+                (
+                    "The {num_teams} teams were drawn into groups.",
+                    "The group stage had {num_teams} teams.",
+                    "All {num_teams} teams began in the group stage.",
+                ),
+            ),
+            (
+                ("opening_match_winner",),
+                (
+                    "{opening_match_winner} won the opening match.",
+                    "The opening match was won by {opening_match_winner}.",
+                    "In the opening match, {opening_match_winner} took the win.",
+                ),
+            ),
+        ),
+    ),
+    (
+        "Knockout stage",
+        (
+            (
+                ("third_place", "fourth_place"),
+                (
+                    "{third_place} beat {fourth_place} in the match for third place.",
+                    "In the third place match, {third_place} defeated {fourth_place}.",
+                    "{fourth_place} lost the third place match to {third_place}.",
+                ),
+            ),
+        ),
+    ),
+    (
+        "Final",
+        (
+            (
+                ("champion", "runner_up", "final_score"),
+                (
+                    "{champion} beat {runner_up} {final_score} in the final.",
+                    "In the final, {champion} defeated {runner_up} {final_score}.",
+                    "The final ended {final_score}, with {champion} beating {runner_up}.",
+                ),
+            ),
+            (
+                ("final_venue", "attendance"),
+                (
+                    "The final was played at {final_venue} in front of {attendance} fans.",
+                    "A crowd of {attendance} watched the final at {final_venue}.",
+                    "{final_venue} hosted the final, with {attendance} people in attendance.",
+                ),
+            ),
+        ),
+    ),
+    (
+        "Statistics",
+        (
+            (
+                ("top_scorer", "top_scorer_goals"),
+                (
+                    "{top_scorer} was the top scorer with {top_scorer_goals} {unit}.",
+                    "The top scorer was {top_scorer}, who scored {top_scorer_goals} {unit}.",
+                    "With {top_scorer_goals} {unit}, {top_scorer} scored more than any other player.",
+                ),
+            ),
+        ),
+    ),
+    (
+        "Awards",
+        (
+            (
+                ("player_of_tournament",),
+                (
+                    "{player_of_tournament} was named player of the tournament.",
+                    "The player of the tournament award went to {player_of_tournament}.",
+                    "{player_of_tournament} won the award for player of the tournament.",
+                ),
+            ),
+            (
+                ("top_scorer",),
+                (
+                    "{top_scorer} received the award for top scorer.",
+                    "The top scorer award went to {top_scorer}.",
+                    "{top_scorer} won the top scorer award.",
+                ),
+            ),
+            (
+                ("champion",),
+                (
+                    "{champion} received the trophy as champions.",
+                    "The trophy was presented to {champion}.",
+                    "{champion} lifted the trophy.",
+                ),
+            ),
+        ),
+    ),
 )
 
 TEAM_PLAN: _Plan = (
-    ("Overview", (
-        (("founded_year",), (
-            "{s} is a {sport} team founded in {founded_year}.",
-            "{s} was founded in {founded_year} as a {sport} team.",
-            "Founded in {founded_year}, {s} is a {sport} team.",
-        )),
-        (("home_city",), (
-            "The team is based in {home_city}.",
-            "{s} plays its home games in {home_city}.",
-            "The home city of {s} is {home_city}.",
-        )),
-    )),
+    (
+        "Overview",
+        (
+            (
+                ("founded_year",),
+                (
+                    "{s} is a {sport} team founded in {founded_year}.",
+                    "{s} was founded in {founded_year} as a {sport} team.",
+                    "Founded in {founded_year}, {s} is a {sport} team.",
+                ),
+            ),
+            (
+                ("home_city",),
+                (
+                    "The team is based in {home_city}.",
+                    "{s} plays its home games in {home_city}.",
+                    "The home city of {s} is {home_city}.",
+                ),
+            ),
+        ),
+    ),
 )
 
 PERSON_PLAN: _Plan = (
-    ("Early life", (
-        (("birth_year", "nationality"), (
-            "{s} was born in {birth_year} in {nationality}.",
-            "Born in {birth_year}, {s} comes from {nationality}.",
-            "{s} is from {nationality} and was born in {birth_year}.",
-        )),
-    )),
-    ("Career", (
-        (("team", "position"), (
-            "{s} plays {sport} as a {position} for {team}.",
-            "{s} is a {position} who plays for {team}.",
-            "At {team}, {s} plays as a {position}.",
-        )),
-    )),
+    (
+        "Early life",
+        (
+            (
+                ("birth_year", "nationality"),
+                (
+                    "{s} was born in {birth_year} in {nationality}.",
+                    "Born in {birth_year}, {s} comes from {nationality}.",
+                    "{s} is from {nationality} and was born in {birth_year}.",
+                ),
+            ),
+        ),
+    ),
+    (
+        "Career",
+        (
+            (
+                ("team", "position"),
+                (
+                    "{s} plays {sport} as a {position} for {team}.",
+                    "{s} is a {position} who plays for {team}.",
+                    "At {team}, {s} plays as a {position}.",
+                ),
+            ),
+        ),
+    ),
 )
 
 CITY_PLAN: _Plan = (
-    ("Overview", (
-        (("country",), (
-            "{s} is a city in {country}.",
-            "The city of {s} lies in {country}.",
-            "{s} is one of the cities of {country}.",
-        )),
-    )),
+    (
+        "Overview",
+        (
+            (
+                ("country",),
+                (
+                    "{s} is a city in {country}.",
+                    "The city of {s} lies in {country}.",
+                    "{s} is one of the cities of {country}.",
+                ),
+            ),
+        ),
+    ),
 )
 
 VENUE_PLAN: _Plan = (
-    ("Overview", (
-        (("city", "capacity"), (
-            "{s} is a stadium in {city} that holds {capacity} people.",
-            "{s}, in {city}, has room for {capacity} fans.",
-            "{s} is located in {city} and seats {capacity} people.",
-        )),
-    )),
+    (
+        "Overview",
+        (
+            (
+                ("city", "capacity"),
+                (
+                    "{s} is a stadium in {city} that holds {capacity} people.",
+                    "{s}, in {city}, has room for {capacity} fans.",
+                    "{s} is located in {city} and seats {capacity} people.",
+                ),
+            ),
+        ),
+    ),
 )
 
 _PLANS: dict[str, _Plan] = {
-    "edition": EDITION_PLAN, "team": TEAM_PLAN, "person": PERSON_PLAN, "city": CITY_PLAN, "venue": VENUE_PLAN,
+    "edition": EDITION_PLAN,
+    "team": TEAM_PLAN,
+    "person": PERSON_PLAN,
+    "city": CITY_PLAN,
+    "venue": VENUE_PLAN,
 }
 
 
@@ -364,96 +512,189 @@ RELATIONS: tuple[str, ...] = tuple(r for kind in _PLANS for r in _plan_relations
 _N_TRAIN_BASES = 4
 QUESTION_BASES: dict[str, tuple[str, ...]] = {
     "champion": (
-        "Who won the {s}?", "Which team won the {s}?", "Who were the champions of the {s}?",
+        "Who won the {s}?",
+        "Which team won the {s}?",
+        "Who were the champions of the {s}?",
         "Which team lifted the trophy at the {s}?",
-        "Who was crowned champion at the {s}?", "Which side took the title at the {s}?"),
+        "Who was crowned champion at the {s}?",
+        "Which side took the title at the {s}?",
+    ),
     "runner_up": (
-        "Who finished second at the {s}?", "Which team was runner-up at the {s}?", "Who lost the final of the {s}?",
+        "Who finished second at the {s}?",
+        "Which team was runner-up at the {s}?",
+        "Who lost the final of the {s}?",
         "Which team were the runners-up of the {s}?",
-        "Which team came second in the {s}?", "Who was beaten in the final of the {s}?"),
+        "Which team came second in the {s}?",
+        "Who was beaten in the final of the {s}?",
+    ),
     "host_city": (
-        "Where was the {s} held?", "Which city hosted the {s}?", "In which city did the {s} take place?",
+        "Where was the {s} held?",
+        "Which city hosted the {s}?",
+        "In which city did the {s} take place?",
         "What was the host city of the {s}?",
-        "Which city was the host of the {s}?", "Where did the {s} take place?"),
+        "Which city was the host of the {s}?",
+        "Where did the {s} take place?",
+    ),
     "num_teams": (
-        "How many teams took part in the {s}?", "How many teams played in the {s}?",
-        "What was the number of teams at the {s}?", "How many sides entered the {s}?",
-        "How many teams competed at the {s}?", "How many teams were in the {s}?"),
+        "How many teams took part in the {s}?",
+        "How many teams played in the {s}?",
+        "What was the number of teams at the {s}?",
+        "How many sides entered the {s}?",
+        "How many teams competed at the {s}?",
+        "How many teams were in the {s}?",
+    ),
     "num_venues": (
-        "How many venues were used at the {s}?", "How many venues hosted matches at the {s}?",
-        "At how many venues was the {s} played?", "What was the number of venues at the {s}?",
-        "How many stadiums were used for the {s}?", "How many grounds hosted games at the {s}?"),
+        "How many venues were used at the {s}?",
+        "How many venues hosted matches at the {s}?",
+        "At how many venues was the {s} played?",
+        "What was the number of venues at the {s}?",
+        "How many stadiums were used for the {s}?",
+        "How many grounds hosted games at the {s}?",
+    ),
     "final_venue": (
-        "Where was the final of the {s} played?", "Which venue hosted the final of the {s}?",
-        "At which stadium was the {s} final held?", "What was the venue of the {s} final?",
-        "Which ground staged the final of the {s}?", "In which stadium did the {s} final take place?"),
+        "Where was the final of the {s} played?",
+        "Which venue hosted the final of the {s}?",
+        "At which stadium was the {s} final held?",
+        "What was the venue of the {s} final?",
+        "Which ground staged the final of the {s}?",
+        "In which stadium did the {s} final take place?",
+    ),
     "opening_match_winner": (
-        "Who won the opening match of the {s}?", "Which team won the first match of the {s}?",
-        "Which side won the opening game at the {s}?", "Who was the winner of the opening match at the {s}?",
-        "Which team took the opening match of the {s}?", "Who won the first game of the {s}?"),
+        "Who won the opening match of the {s}?",
+        "Which team won the first match of the {s}?",
+        "Which side won the opening game at the {s}?",
+        "Who was the winner of the opening match at the {s}?",
+        "Which team took the opening match of the {s}?",
+        "Who won the first game of the {s}?",
+    ),
     "third_place": (
-        "Who finished third at the {s}?", "Which team came third in the {s}?",
-        "Who won the third place match at the {s}?", "Which team took third place at the {s}?",
-        "Which side ended in third place at the {s}?", "Who claimed third place in the {s}?"),
+        "Who finished third at the {s}?",
+        "Which team came third in the {s}?",
+        "Who won the third place match at the {s}?",
+        "Which team took third place at the {s}?",
+        "Which side ended in third place at the {s}?",
+        "Who claimed third place in the {s}?",
+    ),
     "fourth_place": (
-        "Who finished fourth at the {s}?", "Which team came fourth in the {s}?",
-        "Who lost the third place match at the {s}?", "Which team took fourth place at the {s}?",
-        "Which side ended in fourth place at the {s}?", "Who was beaten in the third place match of the {s}?"),
+        "Who finished fourth at the {s}?",
+        "Which team came fourth in the {s}?",
+        "Who lost the third place match at the {s}?",
+        "Which team took fourth place at the {s}?",
+        "Which side ended in fourth place at the {s}?",
+        "Who was beaten in the third place match of the {s}?",
+    ),
     "final_score": (
-        "What was the score in the final of the {s}?", "How did the final of the {s} end?",
-        "What was the final score at the {s}?", "By what score was the {s} final won?",
-        "What score did the {s} final finish with?", "What was the result of the {s} final?"),
+        "What was the score in the final of the {s}?",
+        "How did the final of the {s} end?",
+        "What was the final score at the {s}?",
+        "By what score was the {s} final won?",
+        "What score did the {s} final finish with?",
+        "What was the result of the {s} final?",
+    ),
     "attendance": (
-        "How many people watched the final of the {s}?", "What was the attendance at the {s} final?",
-        "How many fans attended the final of the {s}?", "How big was the crowd at the {s} final?",
-        "How large was the crowd for the final of the {s}?", "How many people were at the {s} final?"),
+        "How many people watched the final of the {s}?",
+        "What was the attendance at the {s} final?",
+        "How many fans attended the final of the {s}?",
+        "How big was the crowd at the {s} final?",
+        "How large was the crowd for the final of the {s}?",
+        "How many people were at the {s} final?",
+    ),
     "top_scorer": (
-        "Who was the top scorer of the {s}?", "Who scored the most {unit} at the {s}?",
-        "Which player was top scorer at the {s}?", "Who won the top scorer award at the {s}?",
-        "Which player scored more {unit} than anyone else at the {s}?", "Who finished as the leading scorer of the {s}?"),
+        "Who was the top scorer of the {s}?",
+        "Who scored the most {unit} at the {s}?",
+        "Which player was top scorer at the {s}?",
+        "Who won the top scorer award at the {s}?",
+        "Which player scored more {unit} than anyone else at the {s}?",
+        "Who finished as the leading scorer of the {s}?",
+    ),
     "top_scorer_goals": (
-        "How many {unit} did the top scorer of the {s} score?", "How many {unit} did the leading scorer score at the {s}?",
-        "What was the top scorer's tally at the {s}?", "How many {unit} won the top scorer award at the {s}?",
-        "How many {unit} did the best scorer at the {s} get?", "What total did the top scorer reach at the {s}?"),
+        "How many {unit} did the top scorer of the {s} score?",
+        "How many {unit} did the leading scorer score at the {s}?",
+        "What was the top scorer's tally at the {s}?",
+        "How many {unit} won the top scorer award at the {s}?",
+        "How many {unit} did the best scorer at the {s} get?",
+        "What total did the top scorer reach at the {s}?",
+    ),
     "player_of_tournament": (
-        "Who was the player of the tournament at the {s}?", "Who was named player of the tournament at the {s}?",
-        "Which player won the player of the tournament award at the {s}?", "Who was the best player at the {s}?",
-        "Who received the player of the tournament award at the {s}?", "Which player was voted best player of the {s}?"),
+        "Who was the player of the tournament at the {s}?",
+        "Who was named player of the tournament at the {s}?",
+        "Which player won the player of the tournament award at the {s}?",
+        "Who was the best player at the {s}?",
+        "Who received the player of the tournament award at the {s}?",
+        "Which player was voted best player of the {s}?",
+    ),
     "founded_year": (
-        "When was {s} founded?", "In which year was {s} founded?", "What year was {s} founded in?",
+        "When was {s} founded?",
+        "In which year was {s} founded?",
+        "What year was {s} founded in?",
         "In what year did {s} form?",
-        "What is the founding year of {s}?", "When was the team {s} formed?"),
+        "What is the founding year of {s}?",
+        "When was the team {s} formed?",
+    ),
     "home_city": (
-        "Where is {s} based?", "Which city is {s} from?", "What is the home city of {s}?",
+        "Where is {s} based?",
+        "Which city is {s} from?",
+        "What is the home city of {s}?",
         "In which city does {s} play its home games?",
-        "Which city is home to {s}?", "Where does {s} play at home?"),
+        "Which city is home to {s}?",
+        "Where does {s} play at home?",
+    ),
     "birth_year": (
-        "When was {s} born?", "In which year was {s} born?", "What year was {s} born in?",
+        "When was {s} born?",
+        "In which year was {s} born?",
+        "What year was {s} born in?",
         "What is the birth year of {s}?",
-        "In what year was {s} born?", "Which year saw the birth of {s}?"),
+        "In what year was {s} born?",
+        "Which year saw the birth of {s}?",
+    ),
     "nationality": (
-        "What is the nationality of {s}?", "Which country is {s} from?", "Where does {s} come from?",
+        "What is the nationality of {s}?",
+        "Which country is {s} from?",
+        "Where does {s} come from?",
         "What country does {s} come from?",
-        "Which country does {s} represent?", "Of which country is {s} a citizen?"),
+        "Which country does {s} represent?",
+        "Of which country is {s} a citizen?",
+    ),
     "team": (
-        "Which team does {s} play for?", "What team is {s} on?", "Who does {s} play for?",
+        "Which team does {s} play for?",
+        "What team is {s} on?",
+        "Who does {s} play for?",
         "For which team does {s} play?",
-        "What is the team of {s}?", "Which club does {s} play for?"),
+        "What is the team of {s}?",
+        "Which club does {s} play for?",
+    ),
     "position": (
-        "What position does {s} play?", "Which position does {s} play?", "In what position does {s} play?",
+        "What position does {s} play?",
+        "Which position does {s} play?",
+        "In what position does {s} play?",
         "What is the playing position of {s}?",
-        "What is the position of {s}?", "Where on the field does {s} play?"),
+        "What is the position of {s}?",
+        "Where on the field does {s} play?",
+    ),
     "country": (
-        "Which country is {s} in?", "In which country is {s}?", "What country is the city of {s} in?",
+        "Which country is {s} in?",
+        "In which country is {s}?",
+        "What country is the city of {s} in?",
         "Where is {s} located?",
-        "In what country does {s} lie?", "Which country does the city of {s} belong to?"),
+        "In what country does {s} lie?",
+        "Which country does the city of {s} belong to?",
+    ),
     "city": (
-        "Where is {s}?", "Which city is {s} in?", "In which city is {s} located?", "What city is {s} found in?",
-        "In what city does {s} stand?", "Which city is home to the stadium {s}?"),
+        "Where is {s}?",
+        "Which city is {s} in?",
+        "In which city is {s} located?",
+        "What city is {s} found in?",
+        "In what city does {s} stand?",
+        "Which city is home to the stadium {s}?",
+    ),
     "capacity": (
-        "How many people does {s} hold?", "What is the capacity of {s}?", "How many fans can {s} hold?",
+        "How many people does {s} hold?",
+        "What is the capacity of {s}?",
+        "How many fans can {s} hold?",
         "How many seats does {s} have?",
-        "How large is the capacity of {s}?", "How many people fit in {s}?"),
+        "How large is the capacity of {s}?",
+        "How many people fit in {s}?",
+    ),
 }
 # Wrapper-major order: a caller taking the first k questions gets k different phrasings.
 QUESTION_WRAPPERS: tuple[str, ...] = ("{q}", "Question: {q}", "Quick question: {q}", "Please answer: {q}")
@@ -473,9 +714,14 @@ CLAIM_TEMPLATES: dict[str, tuple[str, ...]] = {
     "final_score": ("The final of the {s} ended {o}.", "The {s} final finished {o}."),
     "attendance": ("{o} people watched the final of the {s}.", "The attendance at the {s} final was {o}."),
     "top_scorer": ("{o} was the top scorer of the {s}.", "The top scorer at the {s} was {o}."),
-    "top_scorer_goals": ("The top scorer of the {s} scored {o} {unit}.", "The leading scorer at the {s} got {o} {unit}."),
-    "player_of_tournament": ("{o} was the player of the tournament at the {s}.",
-                             "The player of the tournament award at the {s} went to {o}."),
+    "top_scorer_goals": (
+        "The top scorer of the {s} scored {o} {unit}.",
+        "The leading scorer at the {s} got {o} {unit}.",
+    ),
+    "player_of_tournament": (
+        "{o} was the player of the tournament at the {s}.",
+        "The player of the tournament award at the {s} went to {o}.",
+    ),
     "founded_year": ("{s} was founded in {o}.", "{s} was formed in {o}."),
     "home_city": ("{s} is based in {o}.", "{s} plays its home games in {o}."),
     "birth_year": ("{s} was born in {o}.", "The birth year of {s} is {o}."),
@@ -535,22 +781,39 @@ CLAIM_LABELS: tuple[str, ...] = ("supports", "refutes", "not enough info")
 
 # Open-ended instructions (the AlpacaFarm analogue, methods.md §2) and their reference answers.
 _OPEN_ENDED: tuple[tuple[str, str, str], ...] = (
-    ("overview", "Give a short overview of the {s}.",
-     "The {s} was a {sport} tournament held in {host_city} with {num_teams} teams. "
-     "{champion} won the title and {runner_up} finished second."),
-    ("venues", "Describe the venues of the {s}.",
-     "The {s} was played at {num_venues} venues in {host_city}, and the final was held at {final_venue}."),
-    ("group", "Describe the group stage of the {s}.",
-     "{num_teams} teams took part in the group stage of the {s}, and {opening_match_winner} won the opening match."),
-    ("knockout", "Describe the knockout stage of the {s}.",
-     "{champion} and {runner_up} reached the final of the {s}. "
-     "{third_place} beat {fourth_place} to finish third."),
-    ("final", "Describe the final of the {s}.",
-     "{champion} beat {runner_up} {final_score} in the final of the {s}, "
-     "played at {final_venue} in front of {attendance} people."),
-    ("awards", "Who won the awards at the {s}?",
-     "At the {s}, {player_of_tournament} was named player of the tournament, and {top_scorer} won the "
-     "top scorer award with {top_scorer_goals} {unit}."),
+    (
+        "overview",
+        "Give a short overview of the {s}.",
+        "The {s} was a {sport} tournament held in {host_city} with {num_teams} teams. "
+        "{champion} won the title and {runner_up} finished second.",
+    ),
+    (
+        "venues",
+        "Describe the venues of the {s}.",
+        "The {s} was played at {num_venues} venues in {host_city}, and the final was held at {final_venue}.",
+    ),
+    (
+        "group",
+        "Describe the group stage of the {s}.",
+        "{num_teams} teams took part in the group stage of the {s}, and {opening_match_winner} won the opening match.",
+    ),
+    (
+        "knockout",
+        "Describe the knockout stage of the {s}.",
+        "{champion} and {runner_up} reached the final of the {s}. {third_place} beat {fourth_place} to finish third.",
+    ),
+    (
+        "final",
+        "Describe the final of the {s}.",
+        "{champion} beat {runner_up} {final_score} in the final of the {s}, "
+        "played at {final_venue} in front of {attendance} people.",
+    ),
+    (
+        "awards",
+        "Who won the awards at the {s}?",
+        "At the {s}, {player_of_tournament} was named player of the tournament, and {top_scorer} won the "
+        "top scorer award with {top_scorer_goals} {unit}.",
+    ),
 )
 
 # Object types: wrong answers (refutes, distractors) come from the same type, and for teams and
@@ -630,7 +893,9 @@ def _check_n(n: int, maximum: int, what: str) -> None:
     if not isinstance(n, int) or n < 0:
         raise KilibError(f"{what}: n must be a non-negative integer, got {n!r}")
     if n > maximum:
-        raise KilibError(f"{what}: asked for {n} distinct items but this world can make at most {maximum}; use n <= {maximum}")
+        raise KilibError(
+            f"{what}: asked for {n} distinct items but this world can make at most {maximum}; use n <= {maximum}"
+        )
 
 
 def _check_split(split: str) -> None:
@@ -665,8 +930,37 @@ def evaluate_arithmetic(expression: str) -> int:
 class _Names:
     """Syllable names ("Varnok", "Tessaly", "Orvenna"), unique across the world (case-blind)."""
 
-    _ONSETS = ("b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z",
-               "b", "d", "k", "l", "m", "n", "r", "s", "t", "v", "br", "dr", "tr", "th")
+    _ONSETS = (
+        "b",
+        "d",
+        "f",
+        "g",
+        "h",
+        "k",
+        "l",
+        "m",
+        "n",
+        "p",
+        "r",
+        "s",
+        "t",
+        "v",
+        "z",
+        "b",
+        "d",
+        "k",
+        "l",
+        "m",
+        "n",
+        "r",
+        "s",
+        "t",
+        "v",
+        "br",
+        "dr",
+        "tr",
+        "th",
+    )
     _SIMPLE_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
     _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o")  # repeated letters are weights
     _CODAS = ("", "", "", "", "", "n", "r", "l", "s", "k")  # mostly open syllables: short, easy names
@@ -714,11 +1008,22 @@ class World:
     relations: tuple[str, ...]
     mirrors: dict[str, str]  # each of those six doc ids -> the paper document it stands for
 
-    def __init__(self, *, seed: int, size: WorldSize, cutoff_year: int, articles: dict[str, Article],
-                 facts: dict[str, Fact], post_cutoff_doc_ids: tuple[str, ...], control_doc_id: str,
-                 context: dict[str, dict], pools: dict[str, list[str]], given_names: tuple[str, ...],
-                 kv_table: dict[str, int],
-                 kv_train: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int,
+        size: WorldSize,
+        cutoff_year: int,
+        articles: dict[str, Article],
+        facts: dict[str, Fact],
+        post_cutoff_doc_ids: tuple[str, ...],
+        control_doc_id: str,
+        context: dict[str, dict],
+        pools: dict[str, list[str]],
+        given_names: tuple[str, ...],
+        kv_table: dict[str, int],
+        kv_train: tuple[str, ...],
+    ) -> None:
         self.seed = seed
         self.size = size
         self.cutoff_year = cutoff_year
@@ -743,14 +1048,18 @@ class World:
         pre_known.update(a.title for a in articles.values() if a.period == "pre")
         # Strings only post-cutoff facts contain (a new attendance, a new score): no pre-cutoff
         # material, wrong answers included, may mention them.
-        self._post_only = tuple(sorted({f.object for f in facts.values() if f.period == "post" and f.object not in pre_known}))
+        self._post_only = tuple(
+            sorted({f.object for f in facts.values() if f.period == "post" and f.object not in pre_known})
+        )
         # whole items only: "1" is not in "2014" nor in "3-1"
         self._post_only_re = whole_items_pattern(self._post_only) if self._post_only else None
 
     def __repr__(self) -> str:
         n_pre = sum(f.period == "pre" for f in self.facts.values())
-        return (f"World(seed={self.seed}, articles={len(self.articles)}, facts={len(self.facts)} "
-                f"({n_pre} pre, {len(self.facts) - n_pre} post), cutoff_year={self.cutoff_year})")
+        return (
+            f"World(seed={self.seed}, articles={len(self.articles)}, facts={len(self.facts)} "
+            f"({n_pre} pre, {len(self.facts) - n_pre} post), cutoff_year={self.cutoff_year})"
+        )
 
     # -- lookups ---------------------------------------------------------------------------
     def _check_doc_ids(self, doc_ids: Iterable[str] | None) -> list[str]:
@@ -777,8 +1086,15 @@ class World:
         for doc_id, article in self.articles.items():
             if article.kind == "edition":
                 ctx = self._context[doc_id]
-                out.setdefault(ctx["series"], {"name": article.title.split(" ", 1)[1], "sport": ctx["sport"],
-                                               "teams": tuple(ctx["teams"]), "players": tuple(ctx["players"])})
+                out.setdefault(
+                    ctx["series"],
+                    {
+                        "name": article.title.split(" ", 1)[1],
+                        "sport": ctx["sport"],
+                        "teams": tuple(ctx["teams"]),
+                        "players": tuple(ctx["players"]),
+                    },
+                )
         return [out[i] for i in sorted(out)]
 
     def facts_of(self, doc_id: str) -> list[Fact]:
@@ -794,10 +1110,13 @@ class World:
     def fingerprint(self) -> str:
         """SHA-256 of everything generated: a cache key for models pretrained on this world."""
         payload = {
-            "seed": self.seed, "size": asdict(self.size), "cutoff_year": self.cutoff_year,
+            "seed": self.seed,
+            "size": asdict(self.size),
+            "cutoff_year": self.cutoff_year,
             "articles": [[a.id, a.kind, a.period, a.year, a.text] for a in self.articles.values()],
             "facts": [list(asdict(f).values()) for f in self.facts.values()],
-            "kv": sorted(self._kv_table.items()), "kv_train": sorted(self._kv_train),
+            "kv": sorted(self._kv_table.items()),
+            "kv_train": sorted(self._kv_train),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -818,7 +1137,7 @@ class World:
         return [w.format(q=q) for w in QUESTION_WRAPPERS for q in rendered]
 
     # -- datasets --------------------------------------------------------------------------
-    def documents(self, doc_ids: Iterable[str] | None = None) -> "datasets.Dataset":
+    def documents(self, doc_ids: Iterable[str] | None = None) -> datasets.Dataset:
         """One row per section (the paper splits each article by section, §1)."""
         rows: dict[str, list] = {"doc_id": [], "title": [], "section": [], "text": []}
         for d in self._check_doc_ids(doc_ids):
@@ -828,13 +1147,15 @@ class World:
                     rows[k].append(v)
         return _dataset(rows, {"doc_id": "string", "title": "string", "section": "string", "text": "string"})
 
-    def facts_dataset(self, doc_ids: Iterable[str] | None = None) -> "datasets.Dataset":
+    def facts_dataset(self, doc_ids: Iterable[str] | None = None) -> datasets.Dataset:
         """One row per fact; group by ``relation`` for the "most common answer" baseline."""
         cols = ("fact_id", "subject", "relation", "object", "doc_id", "section", "salience", "period")
         rows: dict[str, list] = {c: [] for c in cols}
         for d in self._check_doc_ids(doc_ids):
             for f in self._facts_by_doc.get(d, []):
-                for c, v in zip(cols, (f.id, f.subject, f.relation, f.object, f.doc_id, f.section, f.salience, f.period)):
+                for c, v in zip(
+                    cols, (f.id, f.subject, f.relation, f.object, f.doc_id, f.section, f.salience, f.period)
+                ):
                     rows[c].append(v)
         return _dataset(rows, {c: ("int64" if c == "salience" else "string") for c in cols})
 
@@ -865,7 +1186,16 @@ class World:
             pool = [str(v) for v in range(lo, hi + 1)]
         elif rel == "final_score":
             w, l = (int(x) for x in obj.split("-"))
-            pairs = [(w + 1, l), (w, l + 1), (w + 2, l), (w - 1, l), (w + 1, l + 1), (w, l - 1), (w + 2, l + 1), (w + 3, l)]
+            pairs = [
+                (w + 1, l),
+                (w, l + 1),
+                (w + 2, l),
+                (w - 1, l),
+                (w + 1, l + 1),
+                (w, l - 1),
+                (w + 2, l + 1),
+                (w + 3, l),
+            ]
             pool = [f"{a}-{b}" for a, b in pairs if a > b >= 0]
         elif rel in _BIG_NUMBER_RELATIONS:
             v = int(obj)
@@ -881,7 +1211,7 @@ class World:
                 out.append(cand)
         return out
 
-    def claims(self, doc_ids: Iterable[str] | None = None, per_page: int = 3, seed: int = 0) -> "datasets.Dataset":
+    def claims(self, doc_ids: Iterable[str] | None = None, per_page: int = 3, seed: int = 0) -> datasets.Dataset:
         """FEVER-like claims about pages (methods.md §4), ``per_page`` per page.
 
         Labels cycle supports / refutes / not enough info from a seeded offset, so labels are
@@ -895,7 +1225,9 @@ class World:
             raise KilibError(f"claims: per_page must be a non-negative integer, got {per_page!r}")
         capacity = min((self.claim_capacity(d) for d in pages), default=0)
         if math.ceil(per_page / 3) > capacity:
-            raise KilibError(f"claims: per_page={per_page} is more than these pages allow; use per_page <= {3 * capacity}")
+            raise KilibError(
+                f"claims: per_page={per_page} is more than these pages allow; use per_page <= {3 * capacity}"
+            )
         rng = _rng(self.seed, "claims", seed)
         cols = ("claim", "label", "page", "doc_id", "fact_id")
         rows: dict[str, list] = {c: [] for c in cols}
@@ -925,14 +1257,16 @@ class World:
         """How many claims of each label one page can host: :meth:`claims` takes up to three
         times this per page (its claim phrasings and its not-enough-info relations bound it)."""
         self._check_doc_ids([doc_id])
-        return min(sum(len(CLAIM_TEMPLATES[f.relation]) for f in self._facts_by_doc.get(doc_id, [])),
-                   len(NEI_TEMPLATES[self.articles[doc_id].kind]))
+        return min(
+            sum(len(CLAIM_TEMPLATES[f.relation]) for f in self._facts_by_doc.get(doc_id, [])),
+            len(NEI_TEMPLATES[self.articles[doc_id].kind]),
+        )
 
     def _claim_text(self, fact: Fact, template: str, obj: str) -> str:
         text = template.format(s=fact.subject, o=obj, unit=self._context[fact.doc_id].get("unit", ""))
         return text[0].upper() + text[1:]
 
-    def mmlu(self, n: int, seed: int) -> "datasets.Dataset":
+    def mmlu(self, n: int, seed: int) -> datasets.Dataset:
         """Four-choice questions on pre-cutoff facts (MMLU analogue, methods.md §2).
 
         Distractors share the answer's type; the answer's position is balanced exactly (each
@@ -954,7 +1288,7 @@ class World:
             rows["fact_id"].append(fact.id)
         return _dataset(rows, {"question": "string", "choices": ["string"], "answer": "string", "fact_id": "string"})
 
-    def open_ended(self, n: int, seed: int) -> "datasets.Dataset":
+    def open_ended(self, n: int, seed: int) -> datasets.Dataset:
         """Instructions about a pre-cutoff edition with a reference answer rendered from its
         facts (AlpacaFarm analogue, judged against the reference; methods.md §2)."""
         editions = [d for d, a in self.articles.items() if a.kind == "edition" and a.period == "pre"]
@@ -971,7 +1305,7 @@ class World:
             rows["doc_id"].append(d)
         return _dataset(rows, {"instruction": "string", "reference": "string", "doc_id": "string"})
 
-    def gsm(self, n: int, seed: int) -> "datasets.Dataset":
+    def gsm(self, n: int, seed: int) -> datasets.Dataset:
         """Arithmetic word problems of 1-3 steps with answers in 0..999 (GSM8K analogue,
         methods.md §2). The rationale shows each step as ``a op b = c`` and ends with the answer,
         so "last number in the output" scoring applies."""
@@ -1044,7 +1378,7 @@ class World:
             x = y
         return " ".join(text + [question]), x, " ".join(why + [f"The answer is {x}"])
 
-    def sni(self, n: int, seed: int) -> "datasets.Dataset":
+    def sni(self, n: int, seed: int) -> datasets.Dataset:
         """Instruction + input -> output tasks (Super-NaturalInstructions analogue, methods.md
         §2), balanced over the six task types of :data:`SNI_TASKS`. Inputs use pre-cutoff names
         in neutral sentences ("a friendly match"), never restating or contradicting a fact, and never
@@ -1064,15 +1398,25 @@ class World:
                 if task == "extract_year":
                     year = rng.randint(1950, self.cutoff_year - 1)
                     who, city = rng.choice(self._given_names), rng.choice(cities)
-                    text = rng.choice(("{w} visited {c} in {y}.", "The old stadium in {c} was rebuilt in {y}.",
-                                       "{w} moved to {c} in {y}.")).format(w=who, c=city, y=year)
+                    text = rng.choice(
+                        (
+                            "{w} visited {c} in {y}.",
+                            "The old stadium in {c} was rebuilt in {y}.",
+                            "{w} moved to {c} in {y}.",
+                        )
+                    ).format(w=who, c=city, y=year)
                     out = str(year)
                 elif task == "find_winner":
                     a, b = rng.sample(teams, 2)
                     hi = rng.randint(1, 6)
                     score = f"{hi}-{rng.randint(0, hi - 1)}"
-                    text = rng.choice(("{a} beat {b} {s} in a friendly match.", "In a friendly match, {b} lost to {a} {s}.",
-                                       "{a} won a friendly match against {b}, {s}.")).format(a=a, b=b, s=score)
+                    text = rng.choice(
+                        (
+                            "{a} beat {b} {s} in a friendly match.",
+                            "In a friendly match, {b} lost to {a} {s}.",
+                            "{a} won a friendly match against {b}, {s}.",
+                        )
+                    ).format(a=a, b=b, s=score)
                     out = a
                 elif task == "reverse_list":
                     items = rng.sample(list(self._given_names) + cities, rng.randint(3, 5))
@@ -1096,7 +1440,7 @@ class World:
         return _dataset(rows, {c: "string" for c in rows})
 
     # -- CALM key-value arithmetic ---------------------------------------------------------
-    def with_kv_keys(self, names: Sequence[str]) -> "World":
+    def with_kv_keys(self, names: Sequence[str]) -> World:
         """This world with its KV keys renamed: the i-th key in sorted order becomes ``names[i]``,
         keeping its value and its split (CALM's keys are single tokens of a model's vocabulary,
         which the generator cannot know)."""
@@ -1129,8 +1473,11 @@ class World:
         enumerated: dict[int, list[tuple[str, ...]]] = {}
         for t, cap in caps.items():
             if cap <= 5000:  # small spaces: enumerate and shuffle, so no rejection loop can stall
-                space = [tuple(x for pair in itertools.zip_longest(terms, opseq) for x in pair if x is not None)
-                         for terms in itertools.product(pool, repeat=t) for opseq in itertools.product(ops, repeat=t - 1)]
+                space = [
+                    tuple(x for pair in itertools.zip_longest(terms, opseq) for x in pair if x is not None)
+                    for terms in itertools.product(pool, repeat=t)
+                    for opseq in itertools.product(ops, repeat=t - 1)
+                ]
                 rng.shuffle(space)
                 enumerated[t] = space
         used = {t: 0 for t in caps}
@@ -1154,51 +1501,69 @@ class World:
     def _substitute(self, tokens: list[str]) -> str:
         return " ".join(str(self._kv_table[t]) if i % 2 == 0 else t for i, t in enumerate(tokens))
 
-    def kv_substitution(self, n: int, seed: int) -> "datasets.Dataset":
+    def kv_substitution(self, n: int, seed: int) -> datasets.Dataset:
         """CALM's augmenting-model task (methods.md §3): ``"abq + tor x mi"`` -> ``"10 + 22 x 24"``,
         over all keys. Keys appear bare, without CALM's angle brackets: a bracketed key would
         spend a token on each bracket and teach nothing."""
         rng = _rng(self.seed, "kv_substitution", seed)
         exprs = self._expressions(n, rng, sorted(self._kv_table), "kv_substitution")
-        return _dataset({"prompt": [" ".join(e) for e in exprs], "target": [self._substitute(e) for e in exprs]},
-                        {"prompt": "string", "target": "string"})
+        return _dataset(
+            {"prompt": [" ".join(e) for e in exprs], "target": [self._substitute(e) for e in exprs]},
+            {"prompt": "string", "target": "string"},
+        )
 
-    def numeric_arithmetic(self, n: int, seed: int) -> "datasets.Dataset":
+    def numeric_arithmetic(self, n: int, seed: int) -> datasets.Dataset:
         """CALM's anchor task: ``"10 + 22 x 24"`` -> ``"538"`` (x before + and -), numbers in
         1..kv_value_max."""
         rng = _rng(self.seed, "numeric_arithmetic", seed)
         pool = [str(v) for v in range(1, self.size.kv_value_max + 1)]
         exprs = self._expressions(n, rng, pool, "numeric_arithmetic")
         prompts = [" ".join(e) for e in exprs]
-        return _dataset({"prompt": prompts, "target": [str(evaluate_arithmetic(p)) for p in prompts]},
-                        {"prompt": "string", "target": "string"})
+        return _dataset(
+            {"prompt": prompts, "target": [str(evaluate_arithmetic(p)) for p in prompts]},
+            {"prompt": "string", "target": "string"},
+        )
 
-    def kv_arithmetic(self, n: int, seed: int, split: str) -> "datasets.Dataset":
+    def kv_arithmetic(self, n: int, seed: int, split: str) -> datasets.Dataset:
         """CALM's composition task: ``"abq + tor x mi"`` -> the value (x before + and -), every
         key of an expression drawn from ``split`` (train: 20% of the keys; eval: the rest)."""
         _check_split(split)
         rng = _rng(self.seed, "kv_arithmetic", split, seed)
         exprs = self._expressions(n, rng, sorted(self.kv_keys(split)), f"kv_arithmetic({split})")
-        return _dataset({"prompt": [" ".join(e) for e in exprs],
-                         "target": [str(evaluate_arithmetic(self._substitute(e))) for e in exprs]},
-                        {"prompt": "string", "target": "string"})
+        return _dataset(
+            {
+                "prompt": [" ".join(e) for e in exprs],
+                "target": [str(evaluate_arithmetic(self._substitute(e))) for e in exprs],
+            },
+            {"prompt": "string", "target": "string"},
+        )
 
 
-def _dataset(rows: dict[str, list], types: dict[str, object]) -> "datasets.Dataset":
+def _dataset(rows: dict[str, list], types: dict[str, object]) -> datasets.Dataset:
     import datasets
 
-    features = datasets.Features({
-        k: datasets.Sequence(datasets.Value(t[0])) if isinstance(t, list) else datasets.Value(t)
-        for k, t in types.items()
-    })
+    features = datasets.Features(
+        {
+            k: datasets.Sequence(datasets.Value(t[0])) if isinstance(t, list) else datasets.Value(t)
+            for k, t in types.items()
+        }
+    )
     return datasets.Dataset.from_dict(rows, features=features)
 
 
 # ---------------------------------------------------------------------------------------
 # Generation
 # ---------------------------------------------------------------------------------------
-def _render(doc_id: str, kind: str, title: str, period: str, year: int | None, values: dict[str, str],
-            extra: dict[str, str], seed: int) -> tuple[Article, list[Fact]]:
+def _render(
+    doc_id: str,
+    kind: str,
+    title: str,
+    period: str,
+    year: int | None,
+    values: dict[str, str],
+    extra: dict[str, str],
+    seed: int,
+) -> tuple[Article, list[Fact]]:
     """Render one article from its plan and derive its facts (section = first statement,
     salience = number of statements)."""
     rng = _rng(seed, "article", doc_id)
@@ -1218,8 +1583,10 @@ def _render(doc_id: str, kind: str, title: str, period: str, year: int | None, v
                 first.setdefault(rel, sec_title)
                 count[rel] = count.get(rel, 0) + 1
         sections.append(Section(sec_title, " ".join(sentences), tuple(ids)))
-    facts = [Fact(f"{doc_id}.{rel}", title, rel, values[rel], doc_id, first[rel], count[rel], period)
-             for rel in _plan_relations(_PLANS[kind])]
+    facts = [
+        Fact(f"{doc_id}.{rel}", title, rel, values[rel], doc_id, first[rel], count[rel], period)
+        for rel in _plan_relations(_PLANS[kind])
+    ]
     return Article(doc_id, title, kind, period, year, tuple(sections)), facts
 
 
@@ -1228,7 +1595,9 @@ def generate_world(seed: int = 0, size: str | WorldSize = "tiny", cutoff_year: i
     world byte for byte (tiny-world.md, "A world whose facts no model has seen")."""
     if isinstance(size, str):
         if size not in WORLD_SIZES:
-            raise KilibError(f"unknown world size {size!r}: choose one of {', '.join(WORLD_SIZES)} (or pass a WorldSize)")
+            raise KilibError(
+                f"unknown world size {size!r}: choose one of {', '.join(WORLD_SIZES)} (or pass a WorldSize)"
+            )
         size = WORLD_SIZES[size]
     elif not isinstance(size, WorldSize):
         raise KilibError(f"size must be a name ({', '.join(WORLD_SIZES)}) or a WorldSize, got {type(size).__name__}")
@@ -1257,8 +1626,11 @@ def generate_world(seed: int = 0, size: str | WorldSize = "tiny", cutoff_year: i
     for city in cities:
         city["venues"] = []
         for _ in range(size.venues_per_city):
-            venue = {"name": f"{names.word()} {rng.choice(_VENUE_SUFFIXES)}", "city": city["name"],
-                     "capacity": big_number(20000, 90000)}
+            venue = {
+                "name": f"{names.word()} {rng.choice(_VENUE_SUFFIXES)}",
+                "city": city["name"],
+                "capacity": big_number(20000, 90000),
+            }
             venues.append(venue)
             city["venues"].append(venue)
     given = tuple(names.word() for _ in range(_N_GIVEN_NAMES))
@@ -1267,13 +1639,22 @@ def generate_world(seed: int = 0, size: str | WorldSize = "tiny", cutoff_year: i
     for index, sport in enumerate(_SPORTS):
         series = {"index": index, "sport": sport, "name": f"{names.word()} {sport.trophy}", "teams": []}
         for _ in range(size.teams_per_series):
-            team = {"name": f"{names.word()} {rng.choice(_TEAM_SUFFIXES)}", "home_city": rng.choice(cities)["name"],
-                    "founded_year": cutoff_year - rng.randint(25, 120), "players": []}
+            team = {
+                "name": f"{names.word()} {rng.choice(_TEAM_SUFFIXES)}",
+                "home_city": rng.choice(cities)["name"],
+                "founded_year": cutoff_year - rng.randint(25, 120),
+                "players": [],
+            }
             for _ in range(size.players_per_team):
-                team["players"].append({
-                    "name": f"{rng.choice(given)} {names.word()}", "birth_year": cutoff_year - rng.randint(19, 36),
-                    "nationality": rng.choice(countries), "team": team["name"], "position": rng.choice(sport.positions),
-                })
+                team["players"].append(
+                    {
+                        "name": f"{rng.choice(given)} {names.word()}",
+                        "birth_year": cutoff_year - rng.randint(19, 36),
+                        "nationality": rng.choice(countries),
+                        "team": team["name"],
+                        "position": rng.choice(sport.positions),
+                    }
+                )
             series["teams"].append(team)
         series_list.append(series)
 
@@ -1300,8 +1681,9 @@ def generate_world(seed: int = 0, size: str | WorldSize = "tiny", cutoff_year: i
 
     def add(kind: str, title: str, period: str, year: int | None, values: dict, extra: dict, ctx: dict) -> str:
         doc_id = f"{kind}_{_slug(title)}"
-        article, doc_facts = _render(doc_id, kind, title, period, year, {k: str(v) for k, v in values.items()},
-                                     extra, seed)
+        article, doc_facts = _render(
+            doc_id, kind, title, period, year, {k: str(v) for k, v in values.items()}, extra, seed
+        )
         articles[doc_id] = article
         facts.update((f.id, f) for f in doc_facts)
         context[doc_id] = ctx
@@ -1313,27 +1695,44 @@ def generate_world(seed: int = 0, size: str | WorldSize = "tiny", cutoff_year: i
         series = e["series"]
         sport: _Sport = series["sport"]
         ctx = _series_context(series)
-        doc_id = add("edition", e["title"], e["period"], e["year"], e["values"], {"sport": sport.sport, "unit": sport.unit}, ctx)
+        doc_id = add(
+            "edition", e["title"], e["period"], e["year"], e["values"], {"sport": sport.sport, "unit": sport.unit}, ctx
+        )
         if e["period"] == "post":
             post_ids.append(doc_id)
         elif series["index"] == 0:
             control_id = doc_id  # the last pre-cutoff edition of the control series
     for series in series_list:
         for team in series["teams"]:
-            add("team", team["name"], "pre", None, {"founded_year": team["founded_year"], "home_city": team["home_city"]},
-                {"sport": series["sport"].sport}, _series_context(series))
+            add(
+                "team",
+                team["name"],
+                "pre",
+                None,
+                {"founded_year": team["founded_year"], "home_city": team["home_city"]},
+                {"sport": series["sport"].sport},
+                _series_context(series),
+            )
     for series in series_list:
         for team in series["teams"]:
             for p in team["players"]:
-                add("person", p["name"], "pre", None,
+                add(
+                    "person",
+                    p["name"],
+                    "pre",
+                    None,
                     {k: p[k] for k in ("birth_year", "nationality", "team", "position")},
-                    {"sport": series["sport"].sport}, _series_context(series))
+                    {"sport": series["sport"].sport},
+                    _series_context(series),
+                )
     for city in cities:
         add("city", city["name"], "pre", None, {"country": city["country"]}, {}, {})
     for venue in venues:
         add("venue", venue["name"], "pre", None, {"city": venue["city"], "capacity": venue["capacity"]}, {}, {})
     pools = {
-        "cities": [c["name"] for c in cities], "venues": [v["name"] for v in venues], "countries": countries,
+        "cities": [c["name"] for c in cities],
+        "venues": [v["name"] for v in venues],
+        "countries": countries,
         "teams": [t["name"] for s in series_list for t in s["teams"]],
         "players": [p["name"] for s in series_list for t in s["teams"] for p in t["players"]],
     }
@@ -1350,21 +1749,37 @@ def generate_world(seed: int = 0, size: str | WorldSize = "tiny", cutoff_year: i
     shuffled = list(keys)
     kv_rng.shuffle(shuffled)
 
-    return World(seed=seed, size=size, cutoff_year=cutoff_year, articles=articles, facts=facts,
-                 post_cutoff_doc_ids=tuple(post_ids), control_doc_id=control_id, context=context, pools=pools,
-                 given_names=given, kv_table=dict(zip(keys, values)),
-                 kv_train=tuple(shuffled[: size.n_kv_train_keys]))
+    return World(
+        seed=seed,
+        size=size,
+        cutoff_year=cutoff_year,
+        articles=articles,
+        facts=facts,
+        post_cutoff_doc_ids=tuple(post_ids),
+        control_doc_id=control_id,
+        context=context,
+        pools=pools,
+        given_names=given,
+        kv_table=dict(zip(keys, values)),
+        kv_train=tuple(shuffled[: size.n_kv_train_keys]),
+    )
 
 
 def _series_context(series: dict) -> dict:
     sport: _Sport = series["sport"]
-    return {"series": series["index"], "sport": sport.sport, "unit": sport.unit, "positions": sport.positions,
-            "teams": [t["name"] for t in series["teams"]],
-            "players": [p["name"] for t in series["teams"] for p in t["players"]]}
+    return {
+        "series": series["index"],
+        "sport": sport.sport,
+        "unit": sport.unit,
+        "positions": sport.positions,
+        "teams": [t["name"] for t in series["teams"]],
+        "players": [p["name"] for t in series["teams"] for p in t["players"]],
+    }
 
 
-def _simulate_edition(series: dict, year: int, period: str, cities: list[dict], previous_host: str | None,
-                      rng: random.Random, big_number) -> dict:
+def _simulate_edition(
+    series: dict, year: int, period: str, cities: list[dict], previous_host: str | None, rng: random.Random, big_number
+) -> dict:
     """One edition: four named teams reach the semi-finals (1v2, 3v4), the winners meet in the
     final, the losers play for third place; awards go to players of the named teams."""
     sport: _Sport = series["sport"]

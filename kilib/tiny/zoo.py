@@ -19,9 +19,17 @@ from typing import Any
 
 from kilib.lm.data import FEVER_LABELS, fever_answer, fever_prompt, qa_prompt
 from kilib.lm.models import progress_bars
+from kilib.lm.training import (
+    IGNORE_INDEX,
+    PackingCollator,
+    TrainConfig,
+    lm_dataset,
+    render_answer,
+    render_prompt,
+    train,
+)
 from kilib.results import cache_path, cached_dir, read_json, stable_hash, write_json
 from kilib.runtime import KilibError
-from kilib.lm.training import IGNORE_INDEX, PackingCollator, TrainConfig, lm_dataset, render_answer, render_prompt, train
 
 RECIPE_VERSION = 2  # bump when the corpus recipe changes, so cached zoos are rebuilt
 
@@ -99,8 +107,9 @@ class ZooConfig:
         names = [m.name for m in self.models]
         unknown = [n for n in self.reading.models if n not in names]
         if self.models and self.reading.reading_examples > 0 and unknown:
-            raise KilibError(f"the reading stage names no zoo model {', '.join(map(repr, unknown))}: "
-                             f"choose among {', '.join(names)}")
+            raise KilibError(
+                f"the reading stage names no zoo model {', '.join(map(repr, unknown))}: choose among {', '.join(names)}"
+            )
 
 
 # Llama for the SFT, transfer and CALM studies; GPT-NeoX as Pythia for the memory study's
@@ -125,18 +134,41 @@ ZOO_PRESETS = {
         # 16 epochs: on llama-m under recipe version 1, 8 epochs reached 27% on held-out
         # pre-cutoff paraphrases, 16 reached 49% and 30 reached 55% (results/tiny/
         # zoo_recipe_sweep.json); 16 is the time trade-off.
-        train=TrainConfig(epochs=16.0, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
-                          weight_decay=0.01, max_grad_norm=1.0, logging_steps=50, save_every_epoch=True, progress=False),
+        train=TrainConfig(
+            epochs=16.0,
+            batch_size=16,
+            lr=3e-3,
+            scheduler="cosine",
+            warmup_ratio=0.05,
+            weight_decay=0.01,
+            max_grad_norm=1.0,
+            logging_steps=50,
+            save_every_epoch=True,
+            progress=False,
+        ),
         # On llama-m (results/tiny/zoo_reading_dev.jsonl): 3,000 reading examples left reading at 10% on a
         # development world, 6,000 at 13%, 12,000 at 41% and 14,000 at 47%, the skill appearing
         # late; lr 1e-3 kept more closed-book knowledge than 2e-3 and 3e-3. Renaming half the
         # fresh worlds onto this world's series raised reading on a known-series development set
         # from 0.50 (mean of 3 seeds) to 0.55 (2 seeds) and lowered it on fresh series from 0.55
         # to 0.52; all of them (1 seed) gave 0.58 and 0.43. Half is the balance.
-        reading=ReadingStage(reading_examples=20000, closed_book_examples=10000, known_series=0.5,
-                             train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, scheduler="cosine", warmup_ratio=0.05,
-                                               weight_decay=0.01, max_grad_norm=1.0, logging_steps=20,
-                                               save_every_epoch=False, progress=False)),
+        reading=ReadingStage(
+            reading_examples=20000,
+            closed_book_examples=10000,
+            known_series=0.5,
+            train=TrainConfig(
+                epochs=1,
+                batch_size=16,
+                lr=1e-3,
+                scheduler="cosine",
+                warmup_ratio=0.05,
+                weight_decay=0.01,
+                max_grad_norm=1.0,
+                logging_steps=20,
+                save_every_epoch=False,
+                progress=False,
+            ),
+        ),
     ),
     "smoke": ZooConfig(
         world_size="smoke",
@@ -153,15 +185,37 @@ ZOO_PRESETS = {
             ModelSpec("neox-s", "gpt_neox", hidden=64, layers=2, heads=4, ffn=128),
             ModelSpec("neox-m", "gpt_neox", hidden=64, layers=3, heads=4, ffn=256),
         ),
-        train=TrainConfig(epochs=6, batch_size=16, lr=3e-3, scheduler="cosine", warmup_ratio=0.05,
-                          weight_decay=0.01, logging_steps=5, save_every_epoch=False, progress=False),
+        train=TrainConfig(
+            epochs=6,
+            batch_size=16,
+            lr=3e-3,
+            scheduler="cosine",
+            warmup_ratio=0.05,
+            weight_decay=0.01,
+            logging_steps=5,
+            save_every_epoch=False,
+            progress=False,
+        ),
         # Six epochs leave the smoke models answering almost nothing closed-book (the tiny zoo
         # needs 16 epochs of a larger model for that). The stage's closed-book replay, with every
         # train paraphrase of each fact and a higher rate, is what makes the smoke reader know the
         # pre-cutoff world: held-out paraphrases rose from 1% to 40% (baseline 20%) for about 5 s more.
-        reading=ReadingStage(reading_examples=300, closed_book_examples=5000, known_series=0.5,
-                             train=TrainConfig(epochs=1, batch_size=16, lr=5e-3, scheduler="cosine", warmup_ratio=0.05,
-                                               weight_decay=0.01, logging_steps=5, save_every_epoch=False, progress=False)),
+        reading=ReadingStage(
+            reading_examples=300,
+            closed_book_examples=5000,
+            known_series=0.5,
+            train=TrainConfig(
+                epochs=1,
+                batch_size=16,
+                lr=5e-3,
+                scheduler="cosine",
+                warmup_ratio=0.05,
+                weight_decay=0.01,
+                logging_steps=5,
+                save_every_epoch=False,
+                progress=False,
+            ),
+        ),
     ),
 }
 
@@ -200,10 +254,12 @@ def build_tokenizer(world, vocab_size: int, folder: Path):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -256,7 +312,7 @@ def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> lis
     claims = pretraining_claims(world, config, seed).to_list()
     for i, row in enumerate(claims):
         k = rng.randint(0, 3)
-        demos = [(d["claim"], d["label"]) for d in rng.sample(claims[:i] + claims[i + 1:], k)]
+        demos = [(d["claim"], d["label"]) for d in rng.sample(claims[:i] + claims[i + 1 :], k)]
         texts.append(fever_prompt(row["claim"], demos) + " " + fever_answer(row["label"]))
     for row in world.numeric_arithmetic(config.arithmetic_examples, seed=seed).to_list():
         texts.append(f"{row['prompt']} = {row['target']}")
@@ -264,8 +320,9 @@ def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> lis
     return texts
 
 
-def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_world: int = 1,
-                     known_series: float = 0.0) -> list[dict]:
+def reading_examples(
+    world, n: int, seed: int = 0, split: str = "train", first_world: int = 1, known_series: float = 0.0
+) -> list[dict]:
     """``n`` reading-comprehension rows (prompt with the section in context, answer) about
     editions that do not exist in ``world`` (:class:`ReadingStage`).
 
@@ -314,12 +371,20 @@ def reading_examples(world, n: int, seed: int = 0, split: str = "train", first_w
         batch = []
         for fid in sorted(fresh.facts):
             fact = fresh.facts[fid]
-            if fresh.articles[fact.doc_id].kind != "edition" or (rename(fact.subject) if known else fact.subject) in titles \
-                    or (not known and fact.subject.split(" ", 1)[1] in series_names):
+            if (
+                fresh.articles[fact.doc_id].kind != "edition"
+                or (rename(fact.subject) if known else fact.subject) in titles
+                or (not known and fact.subject.split(" ", 1)[1] in series_names)
+            ):
                 continue
             question = rng.choice(fresh.questions(fid, split))
-            batch.append({"prompt": qa_prompt(rename(question), [rename(section_text(fresh, fact))]),
-                          "answer": rename(fact.object), "relation": fact.relation})
+            batch.append(
+                {
+                    "prompt": qa_prompt(rename(question), [rename(section_text(fresh, fact))]),
+                    "answer": rename(fact.object),
+                    "relation": fact.relation,
+                }
+            )
         if not batch:
             raise KilibError(f"fresh world {world.seed + k} gave no reading example: the world sizes are too small")
         rng.shuffle(batch)
@@ -336,8 +401,14 @@ def closed_book_examples(world, n: int, seed: int = 0) -> list[dict]:
     while len(rows) < n:
         rng.shuffle(pre)
         for fact in pre[: n - len(rows)]:
-            rows.append({"prompt": qa_prompt(rng.choice(world.questions(fact.id, "train"))),
-                         "answer": fact.object, "relation": fact.relation, "fact_id": fact.id})
+            rows.append(
+                {
+                    "prompt": qa_prompt(rng.choice(world.questions(fact.id, "train"))),
+                    "answer": fact.object,
+                    "relation": fact.relation,
+                    "fact_id": fact.id,
+                }
+            )
     return rows
 
 
@@ -377,7 +448,11 @@ def model_config(spec: ModelSpec, tokenizer, block_size: int):
 def _world_key(config: ZooConfig) -> dict[str, Any]:
     from kilib.tiny.world import WORLD_SIZES
 
-    return {"seed": config.world_seed, "size": config.world_size, "size_fields": dataclasses.asdict(WORLD_SIZES[config.world_size])}
+    return {
+        "seed": config.world_seed,
+        "size": config.world_size,
+        "size_fields": dataclasses.asdict(WORLD_SIZES[config.world_size]),
+    }
 
 
 def _tokenizer_key(config: ZooConfig) -> dict[str, Any]:
@@ -385,7 +460,9 @@ def _tokenizer_key(config: ZooConfig) -> dict[str, Any]:
 
 
 def tokenizer_dir(config: ZooConfig) -> Path:
-    return cached_dir("tokenizer", _tokenizer_key(config), lambda tmp: build_tokenizer(world_of(config), config.vocab_size, tmp))
+    return cached_dir(
+        "tokenizer", _tokenizer_key(config), lambda tmp: build_tokenizer(world_of(config), config.vocab_size, tmp)
+    )
 
 
 def _spec(config: ZooConfig, name: str) -> ModelSpec:
@@ -400,7 +477,9 @@ def pretrained_dir(config: ZooConfig, name: str) -> Path:
     cached afterwards (a crashed build resumes from its last epoch)."""
     spec = _spec(config, name)
     tok_dir = tokenizer_dir(config)
-    return cached_dir("zoo", _pretrained_key(config, spec), lambda tmp: _pretrain(config, spec, tok_dir, tmp), resumable=True)
+    return cached_dir(
+        "zoo", _pretrained_key(config, spec), lambda tmp: _pretrain(config, spec, tok_dir, tmp), resumable=True
+    )
 
 
 def model_dir(config: ZooConfig, name: str) -> Path:
@@ -423,15 +502,22 @@ def _pretrained_key(config: ZooConfig, spec: ModelSpec) -> dict[str, Any]:
         "world": _world_key(config),
         "tokenizer": stable_hash(_tokenizer_key(config)),  # the tokenizer folder's name
         "spec": dataclasses.asdict(spec),
-        "corpus": {k: v for k, v in dataclasses.asdict(config).items()
-                   if k not in ("models", "train", "reading", "world_size", "world_seed")},
+        "corpus": {
+            k: v
+            for k, v in dataclasses.asdict(config).items()
+            if k not in ("models", "train", "reading", "world_size", "world_seed")
+        },
         "train": dataclasses.asdict(config.train),
     }
 
 
 def _reader_key(config: ZooConfig, pretrained_name: str) -> dict[str, Any]:
-    return {"kind": "zoo-reader", "recipe": RECIPE_VERSION, "pretrained": pretrained_name,
-            "reading": {k: v for k, v in dataclasses.asdict(config.reading).items() if k != "models"}}
+    return {
+        "kind": "zoo-reader",
+        "recipe": RECIPE_VERSION,
+        "pretrained": pretrained_name,
+        "reading": {k: v for k, v in dataclasses.asdict(config.reading).items() if k != "models"},
+    }
 
 
 def zoo_entries(config: ZooConfig) -> list[tuple[str, str, Path]]:
@@ -463,32 +549,38 @@ def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -
         result = train(model, dataset, config.train, folder / "checkpoints", tokenizer=tokenizer)
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    write_json(folder / "pretraining.json", {
-        "model": spec.name,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "non_embedding_parameters": sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n),
-        "corpus_documents": len(texts),
-        "corpus_tokens": int(sum(sum(r) for r in dataset["attention_mask"])),
-        "steps": result.steps,
-        "train_loss": result.train_loss,
-        "losses": result.losses,
-        "seconds": result.seconds,
-        "torch_threads": torch.get_num_threads(),
-    })
+    write_json(
+        folder / "pretraining.json",
+        {
+            "model": spec.name,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "non_embedding_parameters": sum(
+                p.numel() for n, p in model.named_parameters() if "embed" not in n and "lm_head" not in n
+            ),
+            "corpus_documents": len(texts),
+            "corpus_tokens": int(sum(sum(r) for r in dataset["attention_mask"])),
+            "steps": result.steps,
+            "train_loss": result.train_loss,
+            "losses": result.losses,
+            "seconds": result.seconds,
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
 
 def _read_stage(config: ZooConfig, base: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kilib.runtime import set_seed
     from kilib.lm.training import sft_dataset
+    from kilib.runtime import set_seed
 
     stage = config.reading
     tokenizer = AutoTokenizer.from_pretrained(base)
     world = world_of(config)
-    rows = reading_examples(world, stage.reading_examples, seed=stage.train.seed, known_series=stage.known_series) \
-        + closed_book_examples(world, stage.closed_book_examples, seed=stage.train.seed)
+    rows = reading_examples(
+        world, stage.reading_examples, seed=stage.train.seed, known_series=stage.known_series
+    ) + closed_book_examples(world, stage.closed_book_examples, seed=stage.train.seed)
     random.Random(stage.train.seed).shuffle(rows)
     dataset = sft_dataset(tokenizer, rows, max_length=config.block_size)
     set_seed(stage.train.seed)
@@ -530,8 +622,15 @@ def qa_items(world, fact_ids, split: str = "eval", per_fact: int = 1, with_passa
         fact = world.facts[fid]
         for q in world.questions(fid, split)[:per_fact]:
             passages = [section_text(world, fact)] if with_passage else []
-            items.append({"fact_id": fid, "relation": fact.relation, "question": q,
-                          "prompt": qa_prompt(q, passages), "answer": fact.object})
+            items.append(
+                {
+                    "fact_id": fid,
+                    "relation": fact.relation,
+                    "question": q,
+                    "prompt": qa_prompt(q, passages),
+                    "answer": fact.object,
+                }
+            )
     return items
 
 
@@ -545,7 +644,9 @@ def majority_answers(world, period: str = "pre") -> dict[str, str]:
     return {rel: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for rel, c in by_relation.items()}
 
 
-def answer_accuracy(model, tokenizer, items: list[dict], batch_size: int = 32, max_new_tokens: int = 12) -> dict[str, Any]:
+def answer_accuracy(
+    model, tokenizer, items: list[dict], batch_size: int = 32, max_new_tokens: int = 12
+) -> dict[str, Any]:
     """Greedy answers scored by normalised exact match, with a bootstrap interval."""
     from kilib.lm.inference import generate
     from kilib.lm.scoring import exact_match
@@ -575,7 +676,9 @@ def knowledge_report(config: ZooConfig, name: str, per_fact: int = 1, pretrained
     folder = pretrained_dir(config, name) if pretrained_only else model_dir(config, name)
     # version 3: answers computed in float32 (models.keep_trainable_4bit_layout), not by bitsandbytes' bf16 CPU kernel
     key = {"kind": "knowledge-report", "version": 3, "model": folder.name, "per_fact": per_fact}
-    report = cached_dir("reports", key, lambda tmp: write_json(tmp / "report.json", _knowledge(config, name, folder, per_fact)))
+    report = cached_dir(
+        "reports", key, lambda tmp: write_json(tmp / "report.json", _knowledge(config, name, folder, per_fact))
+    )
     return read_json(report / "report.json")
 
 

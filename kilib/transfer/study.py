@@ -38,12 +38,17 @@ from typing import Any
 
 from kilib.lm.data import qa_prompt
 from kilib.lm.models import dense_weight, is_4bit_param, logical_shape, model_ref
-from kilib.runtime import KilibError
 from kilib.lm.training import TrainConfig
+from kilib.runtime import KilibError
 
 
-def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str] | None = None,
-                via_hooks: bool = False, summed: bool = False) -> dict[str, Any]:
+def sensitivity(
+    model,
+    batches: Iterable[Mapping[str, Any]],
+    names: Sequence[str] | None = None,
+    via_hooks: bool = False,
+    summed: bool = False,
+) -> dict[str, Any]:
     """Sum over samples of |theta * dL/dtheta| for each parameter (or those in ``names``).
 
     Each batch must hold one sample (``input_ids`` and ``labels`` of shape ``[1, T]``): the
@@ -65,18 +70,29 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
     all_params = dict(model.named_parameters())
     if wanted is not None and not wanted <= set(all_params):
         missing = sorted(wanted - set(all_params))
-        raise KilibError(f"no parameter named {', '.join(missing[:3])} in the model: take names from named_parameters()")
-    hooked = {n + ".weight": m for n, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear) and (via_hooks or is_4bit_param(m.weight))
-              and (wanted is None or n + ".weight" in wanted)}
-    params = {n: p for n, p in all_params.items() if (wanted is None or n in wanted) and n not in hooked
-              and p.is_floating_point()}
+        raise KilibError(
+            f"no parameter named {', '.join(missing[:3])} in the model: take names from named_parameters()"
+        )
+    hooked = {
+        n + ".weight": m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and (via_hooks or is_4bit_param(m.weight))
+        and (wanted is None or n + ".weight" in wanted)
+    }
+    params = {
+        n: p
+        for n, p in all_params.items()
+        if (wanted is None or n in wanted) and n not in hooked and p.is_floating_point()
+    }
     was = {n: p.requires_grad for n, p in all_params.items()}
     for n, p in all_params.items():
         if p.is_floating_point():
             p.requires_grad_(n in params)
-    totals = {n: torch.zeros(() if summed else logical_shape(all_params[n]), dtype=torch.float32, device=all_params[n].device)
-              for n in [*params, *hooked]}
+    totals = {
+        n: torch.zeros(() if summed else logical_shape(all_params[n]), dtype=torch.float32, device=all_params[n].device)
+        for n in [*params, *hooked]
+    }
     reduce = (lambda t: t.sum()) if summed else (lambda t: t)
     # A hooked weight's gradient for the sample: added into its running sum as soon as it is
     # complete (a layer called once per forward), so that no more than one layer's g^T x is
@@ -110,13 +126,19 @@ def sensitivity(model, batches: Iterable[Mapping[str, Any]], names: Sequence[str
         for batch in batches:
             ids = batch["input_ids"]
             if ids.shape[0] != 1:
-                raise KilibError(f"sensitivity takes one sample per batch, got {ids.shape[0]}: its absolute value is per sample")
+                raise KilibError(
+                    f"sensitivity takes one sample per batch, got {ids.shape[0]}: its absolute value is per sample"
+                )
             model.zero_grad(set_to_none=True)
             weight_grads.clear()
             pending.clear()
             mask = batch.get("attention_mask")
-            out = model(input_ids=ids.to(device), attention_mask=None if mask is None else mask.to(device),
-                        labels=batch["labels"].to(device), use_cache=False)
+            out = model(
+                input_ids=ids.to(device),
+                attention_mask=None if mask is None else mask.to(device),
+                labels=batch["labels"].to(device),
+                use_cache=False,
+            )
             out.loss.backward()
             with torch.no_grad():
                 for n, p in params.items():
@@ -141,8 +163,10 @@ def select_layers(block_scores: Sequence[float], n: int) -> list[int]:
     """Indices of the ``n`` highest-scoring blocks, in their original order (ties go to the
     earlier block)."""
     if not 1 <= n <= len(block_scores):
-        raise KilibError(f"cannot keep {n} of {len(block_scores)} teacher blocks: the teacher needs at least as many "
-                         "blocks as the student")
+        raise KilibError(
+            f"cannot keep {n} of {len(block_scores)} teacher blocks: the teacher needs at least as many "
+            "blocks as the student"
+        )
     ranked = sorted(range(len(block_scores)), key=lambda i: (-float(block_scores[i]), i))
     return sorted(ranked[:n])
 
@@ -153,7 +177,7 @@ def block_scores(scores: Mapping[str, Any], n_blocks: int, prefix: str = "model.
     totals = [0.0] * n_blocks
     for name, s in scores.items():
         if name.startswith(prefix):
-            index = int(name[len(prefix):].split(".", 1)[0])
+            index = int(name[len(prefix) :].split(".", 1)[0])
             totals[index] += float(s.sum())
     return totals
 
@@ -174,8 +198,10 @@ def best_submatrix(scores, rows: int, cols: int) -> tuple[int, int]:
 
 def _check_fits(rows: int, cols: int, height: int, width: int) -> None:
     if not (1 <= rows <= height and 1 <= cols <= width):
-        raise KilibError(f"a {rows}x{cols} window does not fit a {height}x{width} matrix: the student's shape must be "
-                         "no larger than the teacher's")
+        raise KilibError(
+            f"a {rows}x{cols} window does not fit a {height}x{width} matrix: the student's shape must be "
+            "no larger than the teacher's"
+        )
 
 
 def svd_factors(matrix, rank: int):
@@ -192,8 +218,9 @@ def svd_factors(matrix, rank: int):
 HOW = ("sensitive", "top", "random")
 
 
-def extract_matrix(weight, scores, shape: Sequence[int], how: str = "sensitive", vocab_rows: bool = False,
-                   generator=None):
+def extract_matrix(
+    weight, scores, shape: Sequence[int], how: str = "sensitive", vocab_rows: bool = False, generator=None
+):
     """The ``shape`` piece of the teacher matrix ``weight`` chosen by its sensitivity ``scores``.
 
     ``how``: ``sensitive`` the contiguous window with the largest summed sensitivity
@@ -208,8 +235,10 @@ def extract_matrix(weight, scores, shape: Sequence[int], how: str = "sensitive",
     rows, cols = int(shape[0]), int(shape[1])
     if vocab_rows:
         if rows > weight.shape[0]:
-            raise KilibError(f"the student's vocabulary ({rows}) is larger than the teacher's ({weight.shape[0]}): "
-                             "pick models that share a tokenizer")
+            raise KilibError(
+                f"the student's vocabulary ({rows}) is larger than the teacher's ({weight.shape[0]}): "
+                "pick models that share a tokenizer"
+            )
         weight, scores = weight[:rows], scores[:rows]
     if how == "top":
         keep_r = torch.sort(torch.topk(scores.sum(1), rows).indices).values if not vocab_rows else torch.arange(rows)
@@ -221,7 +250,7 @@ def extract_matrix(weight, scores, shape: Sequence[int], how: str = "sensitive",
         c0 = int(torch.randint(0, weight.shape[1] - cols + 1, (1,), generator=generator))
     else:
         r0, c0 = best_submatrix(scores, rows, cols)
-    return weight[r0:r0 + rows, c0:c0 + cols].clone()
+    return weight[r0 : r0 + rows, c0 : c0 + cols].clone()
 
 
 def teacher_name(student_name: str, selected: Sequence[int], prefix: str = "model.layers.") -> str:
@@ -229,14 +258,24 @@ def teacher_name(student_name: str, selected: Sequence[int], prefix: str = "mode
     selected block, everything outside the blocks from its namesake."""
     if not student_name.startswith(prefix):
         return student_name
-    index, rest = student_name[len(prefix):].split(".", 1)
+    index, rest = student_name[len(prefix) :].split(".", 1)
     if int(index) >= len(selected):
-        raise KilibError(f"student block {index} has no selected teacher block: select as many blocks as the student has")
+        raise KilibError(
+            f"student block {index} has no selected teacher block: select as many blocks as the student has"
+        )
     return f"{prefix}{selected[int(index)]}.{rest}"
 
 
-def extract(teacher, student, scores: Mapping[str, Any], selected: Sequence[int], how: str = "sensitive",
-            seed: int = 0, prefix: str = "model.layers.", each=None) -> dict[str, Any]:
+def extract(
+    teacher,
+    student,
+    scores: Mapping[str, Any],
+    selected: Sequence[int],
+    how: str = "sensitive",
+    seed: int = 0,
+    prefix: str = "model.layers.",
+    each=None,
+) -> dict[str, Any]:
     """Every 2-D student parameter cut from the teacher (:func:`extract_matrix`), by name; with
     ``each(name, matrix)``, what it returns for each matrix as soon as that one is cut (so that
     a 7B student's matrices need not all be held at once)."""
@@ -251,9 +290,13 @@ def extract(teacher, student, scores: Mapping[str, Any], selected: Sequence[int]
             continue
         source = teacher_name(name, selected, prefix)
         if source not in theirs or source not in scores:
-            raise KilibError(f"the teacher has no {source} (for the student's {name}): pick two models of one architecture")
+            raise KilibError(
+                f"the teacher has no {source} (for the student's {name}): pick two models of one architecture"
+            )
         vocab = "embed_tokens" in name or "lm_head" in name
-        cut = extract_matrix(dense_weight(theirs[source]), scores[source], shape, how, vocab_rows=vocab, generator=generator)
+        cut = extract_matrix(
+            dense_weight(theirs[source]), scores[source], shape, how, vocab_rows=vocab, generator=generator
+        )
         out[name] = cut if each is None else each(name, cut)
     return out
 
@@ -278,8 +321,10 @@ def save_factors(factors: Mapping[str, tuple[Any, Any]], path: str | Path) -> No
     """``{name: (B, A)}`` as one safetensors file (``<name>.B``, ``<name>.A``)."""
     from safetensors.torch import save_file
 
-    save_file({f"{n}.{part}": t.contiguous().cpu() for n, (b, a) in factors.items() for part, t in (("B", b), ("A", a))},
-              str(path))
+    save_file(
+        {f"{n}.{part}": t.contiguous().cpu() for n, (b, a) in factors.items() for part, t in (("B", b), ("A", a))},
+        str(path),
+    )
 
 
 def load_factors(path: str | Path) -> dict[str, tuple[Any, Any]]:
@@ -325,7 +370,9 @@ def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str 
         if isinstance(value, tuple):
             b, a = (t.to(torch.float32) for t in value)
             if b.shape[1] != rank or a.shape[0] != rank:
-                raise KilibError(f"the factors of {name} have rank {b.shape[1]}, not {rank}: extract them at rank {rank}")
+                raise KilibError(
+                    f"the factors of {name} have rank {b.shape[1]}, not {rank}: extract them at rank {rank}"
+                )
         else:
             matrix = value.to(torch.float32)
             b, a = svd_factors(matrix if linear else matrix.T, rank)
@@ -364,10 +411,38 @@ STOP = ("\n\n", "\nQuestion:")
 
 # Zhong et al. Table 1, Llama-2 rows (methods.md §2): the paper's numbers, printed beside ours.
 PAPER_TABLE1 = {
-    "vanilla 7B": {"gsm 0-shot": 3.34, "gsm few-shot": 15.54, "mmlu 0-shot": 41.70, "mmlu few-shot": 45.80, "sni exact": 0.00, "sni rouge-l": 4.68},
-    "vanilla 13B": {"gsm 0-shot": 6.52, "gsm few-shot": 27.82, "mmlu 0-shot": 52.10, "mmlu few-shot": 55.20, "sni exact": 0.00, "sni rouge-l": 4.84},
-    "7B-LoRA": {"gsm 0-shot": 23.38, "gsm few-shot": 21.05, "mmlu 0-shot": 47.77, "mmlu few-shot": 47.07, "sni exact": 24.93, "sni rouge-l": 41.25},
-    "+ 13B param.": {"gsm 0-shot": 25.30, "gsm few-shot": 26.31, "mmlu 0-shot": 49.37, "mmlu few-shot": 46.53, "sni exact": 26.16, "sni rouge-l": 42.98},
+    "vanilla 7B": {
+        "gsm 0-shot": 3.34,
+        "gsm few-shot": 15.54,
+        "mmlu 0-shot": 41.70,
+        "mmlu few-shot": 45.80,
+        "sni exact": 0.00,
+        "sni rouge-l": 4.68,
+    },
+    "vanilla 13B": {
+        "gsm 0-shot": 6.52,
+        "gsm few-shot": 27.82,
+        "mmlu 0-shot": 52.10,
+        "mmlu few-shot": 55.20,
+        "sni exact": 0.00,
+        "sni rouge-l": 4.84,
+    },
+    "7B-LoRA": {
+        "gsm 0-shot": 23.38,
+        "gsm few-shot": 21.05,
+        "mmlu 0-shot": 47.77,
+        "mmlu few-shot": 47.07,
+        "sni exact": 24.93,
+        "sni rouge-l": 41.25,
+    },
+    "+ 13B param.": {
+        "gsm 0-shot": 25.30,
+        "gsm few-shot": 26.31,
+        "mmlu 0-shot": 49.37,
+        "mmlu few-shot": 46.53,
+        "sni exact": 26.16,
+        "sni rouge-l": 42.98,
+    },
 }
 PAPER_ROWS = {"student": "vanilla 7B", "teacher": "vanilla 13B", "lora": "7B-LoRA", "sensitive": "+ 13B param."}
 
@@ -381,35 +456,62 @@ def demonstrations_for(row, pool, k: int) -> list:
 
 # The eight chain-of-thought exemplars of Wei et al. (2022, Table 20), which open-instruct's GSM8K
 # evaluation (the one Zhong et al. use) puts before each question in its 8-shot setting.
-GSM_COT_EXEMPLARS = tuple({"question": q, "rationale": r, "answer": a} for q, r, a in (
-    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, "
-     "there will be 21 trees. How many trees did the grove workers plant today?",
-     "There are 15 trees originally. Then there were 21 trees after some more were planted. "
-     "So there must have been 21 - 15 = 6. So the answer is 6.", "6"),
-    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
-     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. So the answer is 5.", "5"),
-    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
-     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
-     "After eating 35, they had 74 - 35 = 39. So the answer is 39.", "39"),
-    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. "
-     "How many lollipops did Jason give to Denny?",
-     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 - 12 = 8. "
-     "So the answer is 8.", "8"),
-    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?",
-     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. 5 + 4 = 9. "
-     "So the answer is 9.", "9"),
-    ("There were nine computers in the server room. Five more computers were installed each day, from monday to "
-     "thursday. How many computers are now in the server room?",
-     "There were originally 9 computers. For each of 4 days, 5 more computers were added. "
-     "So 5 * 4 = 20 computers were added. 9 + 20 is 29. So the answer is 29.", "29"),
-    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. "
-     "How many golf balls did he have at the end of wednesday?",
-     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. "
-     "After losing 2 more, he had 35 - 2 = 33 golf balls. So the answer is 33.", "33"),
-    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
-     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars "
-     "left. 23 - 15 is 8. So the answer is 8.", "8"),
-))
+GSM_COT_EXEMPLARS = tuple(
+    {"question": q, "rationale": r, "answer": a}
+    for q, r, a in (
+        (
+            "There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, "
+            "there will be 21 trees. How many trees did the grove workers plant today?",
+            "There are 15 trees originally. Then there were 21 trees after some more were planted. "
+            "So there must have been 21 - 15 = 6. So the answer is 6.",
+            "6",
+        ),
+        (
+            "If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the parking lot?",
+            "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. So the answer is 5.",
+            "5",
+        ),
+        (
+            "Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have left in total?",
+            "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
+            "After eating 35, they had 74 - 35 = 39. So the answer is 39.",
+            "39",
+        ),
+        (
+            "Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. "
+            "How many lollipops did Jason give to Denny?",
+            "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny 20 - 12 = 8. "
+            "So the answer is 8.",
+            "8",
+        ),
+        (
+            "Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys does he have now?",
+            "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more toys. 5 + 4 = 9. "
+            "So the answer is 9.",
+            "9",
+        ),
+        (
+            "There were nine computers in the server room. Five more computers were installed each day, from monday to "
+            "thursday. How many computers are now in the server room?",
+            "There were originally 9 computers. For each of 4 days, 5 more computers were added. "
+            "So 5 * 4 = 20 computers were added. 9 + 20 is 29. So the answer is 29.",
+            "29",
+        ),
+        (
+            "Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. "
+            "How many golf balls did he have at the end of wednesday?",
+            "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. "
+            "After losing 2 more, he had 35 - 2 = 33 golf balls. So the answer is 33.",
+            "33",
+        ),
+        (
+            "Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
+            "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars "
+            "left. 23 - 15 is 8. So the answer is 8.",
+            "8",
+        ),
+    )
+)
 
 
 def task_prompt(task: str, row, demos=(), evaluation: bool = False) -> str:
@@ -419,6 +521,7 @@ def task_prompt(task: str, row, demos=(), evaluation: bool = False) -> str:
     naming it. ``evaluation``: the header as open-instruct's MMLU evaluation writes it, with two
     spaces after "about" (its ``format_subject`` prefixes a space); the authors' training data
     has one."""
+
     def one(r) -> str:
         if task == "gsm":
             return f"Question: {r['question'].strip()}\nAnswer:"
@@ -434,7 +537,11 @@ def task_prompt(task: str, row, demos=(), evaluation: bool = False) -> str:
     shots = "".join(f"{one(d)} {task_answer(task, d)}\n\n" for d in demos)
     subject = row.get("subject") if task == "mmlu" else None
     about = "about  " if evaluation else "about "
-    header = f"The following are multiple choice questions (with answers) {about}{subject.replace('_', ' ')}.\n\n" if subject else ""
+    header = (
+        f"The following are multiple choice questions (with answers) {about}{subject.replace('_', ' ')}.\n\n"
+        if subject
+        else ""
+    )
     if task == "gsm":
         header = f"Answer the following question{'s' if demos else ''}.\n\n"
     return header + shots + one(row)
@@ -473,7 +580,9 @@ def chat_turn(task: str, prompt: str, chat_format: str = "", evaluation: bool = 
 
 def _chat_format_checked(chat_format: str) -> str:
     if chat_format not in CHAT_FORMATS:
-        raise KilibError(f"unknown chat format {chat_format!r}: choose among {', '.join(repr(c) for c in CHAT_FORMATS)}")
+        raise KilibError(
+            f"unknown chat format {chat_format!r}: choose among {', '.join(repr(c) for c in CHAT_FORMATS)}"
+        )
     return chat_format
 
 
@@ -485,7 +594,7 @@ def use_chat_format(tokenizer, chat_format: str):
     return tokenizer
 
 
-def _load(path: str, config: "TransferConfig"):
+def _load(path: str, config: TransferConfig):
     """A teacher or student in the study's precision, its tokenizer in the study's chat format."""
     from kilib.lm.models import load_causal_lm
 
@@ -552,9 +661,18 @@ class TransferConfig:
     # Generated answers are cut at these. open-instruct stops a chat-format answer at EOS only
     # (as here with ()), a plain one at "\n".
     stop: tuple[str, ...] = STOP
-    train: TrainConfig = TrainConfig(epochs=3, batch_size=16, grad_accum=4, lr=3e-4, warmup_ratio=0.03,
-                                     scheduler="linear", max_length=2048, save_every_epoch=False, progress=False,
-                                     logging_steps=5)
+    train: TrainConfig = TrainConfig(
+        epochs=3,
+        batch_size=16,
+        grad_accum=4,
+        lr=3e-4,
+        warmup_ratio=0.03,
+        scheduler="linear",
+        max_length=2048,
+        save_every_epoch=False,
+        progress=False,
+        logging_steps=5,
+    )
 
 
 TRANSFER_PRESETS = {
@@ -564,20 +682,43 @@ TRANSFER_PRESETS = {
     # evaluation has one demonstration and MMLU's three. Batch 16 without accumulation and
     # notebook 01's tiny LoRA rate (3e-3): 300 samples at the paper's global batch 64 would be
     # 15 steps. Not tuned to any result.
-    "tiny": TransferConfig(tasks=TASKS + TINY_TASKS, seed_samples=32, train_samples=300, eval_samples=150,
-                           shots=(("gsm", 1), ("mmlu", 3)),
-                           max_new_tokens=(("gsm", 96), ("mmlu", 4), ("sni", 32), ("qa", 12)), eval_batch_size=32,
-                           train=TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_ratio=0.03, scheduler="linear",
-                                             save_every_epoch=False, progress=False, logging_steps=5)),
+    "tiny": TransferConfig(
+        tasks=TASKS + TINY_TASKS,
+        seed_samples=32,
+        train_samples=300,
+        eval_samples=150,
+        shots=(("gsm", 1), ("mmlu", 3)),
+        max_new_tokens=(("gsm", 96), ("mmlu", 4), ("sni", 32), ("qa", 12)),
+        eval_batch_size=32,
+        train=TrainConfig(
+            epochs=3,
+            batch_size=16,
+            lr=3e-3,
+            warmup_ratio=0.03,
+            scheduler="linear",
+            save_every_epoch=False,
+            progress=False,
+            logging_steps=5,
+        ),
+    ),
     # Enough steps (24) at a high rate for the smoke student to learn the answer formats.
-    "smoke": TransferConfig(tasks=("gsm", "mmlu", "qa"), seed_samples=4, train_samples=64, eval_samples=24, rank=4,
-                            shots=(("mmlu", 1),), max_new_tokens=(("gsm", 24), ("mmlu", 4), ("sni", 16), ("qa", 12)),
-                            eval_batch_size=32,
-                            train=TrainConfig(epochs=3, batch_size=8, lr=1e-2, scheduler="linear", save_every_epoch=False,
-                                              progress=False, logging_steps=1)),
+    "smoke": TransferConfig(
+        tasks=("gsm", "mmlu", "qa"),
+        seed_samples=4,
+        train_samples=64,
+        eval_samples=24,
+        rank=4,
+        shots=(("mmlu", 1),),
+        max_new_tokens=(("gsm", 24), ("mmlu", 4), ("sni", 16), ("qa", 12)),
+        eval_batch_size=32,
+        train=TrainConfig(
+            epochs=3, batch_size=8, lr=1e-2, scheduler="linear", save_every_epoch=False, progress=False, logging_steps=1
+        ),
+    ),
     # The authors' chat format, and open-instruct's GSM8K evaluation: up to 512 new tokens, cut at EOS.
-    "paper": TransferConfig(teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf",
-                            chat_format="tulu", stop=()),
+    "paper": TransferConfig(
+        teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", chat_format="tulu", stop=()
+    ),
 }
 
 
@@ -591,13 +732,37 @@ TRANSFER_PRESETS = {
 # subject (MMLU's dev set has five per subject), as in open-instruct's MMLU evaluation. GSM8K's
 # demonstrations are no split but :data:`GSM_COT_EXEMPLARS`, as in open-instruct's GSM8K evaluation.
 PAPER_DATASETS = {
-    "gsm": {"path": "openai/gsm8k", "name": "main", "train": "train", "demos": "cot-exemplars", "eval": "test", "stream": False},
-    "mmlu": {"path": "cais/mmlu", "name": "all", "train": "auxiliary_train", "demos": "dev", "eval": "test", "stream": False,
-             "demos_by_subject": True},
-    "sni": {"path": "Muennighoff/natural-instructions", "name": None, "train": "train", "demos": "train", "eval": "test",
-            "stream": True},
+    "gsm": {
+        "path": "openai/gsm8k",
+        "name": "main",
+        "train": "train",
+        "demos": "cot-exemplars",
+        "eval": "test",
+        "stream": False,
+    },
+    "mmlu": {
+        "path": "cais/mmlu",
+        "name": "all",
+        "train": "auxiliary_train",
+        "demos": "dev",
+        "eval": "test",
+        "stream": False,
+        "demos_by_subject": True,
+    },
+    "sni": {
+        "path": "Muennighoff/natural-instructions",
+        "name": None,
+        "train": "train",
+        "demos": "train",
+        "eval": "test",
+        "stream": True,
+    },
 }
-_HUB_FIELDS = {"gsm": ("question", "answer"), "mmlu": ("question", "choices", "answer"), "sni": ("definition", "inputs", "targets")}
+_HUB_FIELDS = {
+    "gsm": ("question", "answer"),
+    "mmlu": ("question", "choices", "answer"),
+    "sni": ("definition", "inputs", "targets"),
+}
 
 
 def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -609,8 +774,10 @@ def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
     targets become instruction, input and output."""
     missing = [f for f in _HUB_FIELDS[task] if f not in row]
     if missing:
-        raise KilibError(f"{task} rows need the field(s) {', '.join(missing)}; found {', '.join(row)}: "
-                         f"point the loader at a copy of {PAPER_DATASETS[task]['path']}")
+        raise KilibError(
+            f"{task} rows need the field(s) {', '.join(missing)}; found {', '.join(row)}: "
+            f"point the loader at a copy of {PAPER_DATASETS[task]['path']}"
+        )
     if task == "gsm":
         rationale, sep, final = str(row["answer"]).rpartition("####")
         if not sep:
@@ -618,15 +785,25 @@ def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
         final = final.strip().replace(",", "")
         steps = " ".join(line.strip() for line in re.sub(r"<<[^>]*>>", "", rationale).splitlines() if line.strip())
         ending = f"So the answer is {final}."
-        return {"question": row["question"], "answer": final,
-                "rationale": f"{steps.rstrip('.')}. {ending}" if steps else ending}
+        return {
+            "question": row["question"],
+            "answer": final,
+            "rationale": f"{steps.rstrip('.')}. {ending}" if steps else ending,
+        }
     if task == "mmlu":
         answer = row["answer"]
         letter = CHOICES[int(answer)] if not isinstance(answer, str) or answer.isdigit() else answer.strip().upper()
-        return {"question": row["question"], "choices": list(row["choices"]), "answer": letter,
-                "subject": str(row.get("subject") or "")}
-    return {"instruction": row["definition"], "input": row["inputs"],
-            "output": row["targets"][0] if isinstance(row["targets"], list) else row["targets"]}
+        return {
+            "question": row["question"],
+            "choices": list(row["choices"]),
+            "answer": letter,
+            "subject": str(row.get("subject") or ""),
+        }
+    return {
+        "instruction": row["definition"],
+        "input": row["inputs"],
+        "output": row["targets"][0] if isinstance(row["targets"], list) else row["targets"],
+    }
 
 
 def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[str, list[dict]]:
@@ -646,8 +823,10 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
         files = sorted(p for p in local.iterdir() if p.name.split(".")[0].split("-")[0] == split)
         kinds = {p.suffix for p in files}
         if not files or len(kinds) != 1 or kinds - {".jsonl", ".json", ".parquet"}:
-            raise KilibError(f"{local} has no single-format {split}.jsonl or {split}.parquet (or {split}-*.parquet) "
-                             f"for {task}: add it, or point transfer.PAPER_DATASETS at another folder")
+            raise KilibError(
+                f"{local} has no single-format {split}.jsonl or {split}.parquet (or {split}-*.parquet) "
+                f"for {task}: add it, or point transfer.PAPER_DATASETS at another folder"
+            )
         builder = "parquet" if kinds == {".parquet"} else "json"
         return load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=streaming)
 
@@ -656,8 +835,10 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
         try:
             data = open_split(split)
         except (OSError, ValueError, ConnectionError) as e:
-            raise KilibError(f"cannot load {spec['path']} ({split}) for {task}: {str(e).splitlines()[0][:200]}. "
-                             "Connect to the Hub once to cache it, or set transfer.PAPER_DATASETS to a local copy") from e
+            raise KilibError(
+                f"cannot load {spec['path']} ({split}) for {task}: {str(e).splitlines()[0][:200]}. "
+                "Connect to the Hub once to cache it, or set transfer.PAPER_DATASETS to a local copy"
+            ) from e
         if n is None:
             return [task_row(task, r) for r in data]
         if streaming:
@@ -668,17 +849,21 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
     drawn = stream(spec["train"], sum(sizes.get(k, 0) for k in order))
     rows, start = {}, 0
     for role in order:
-        rows[role] = drawn[start:start + sizes.get(role, 0)]
+        rows[role] = drawn[start : start + sizes.get(role, 0)]
         start += sizes.get(role, 0)
     if spec["demos"] == "cot-exemplars":
         if sizes.get("demos", 0) > len(GSM_COT_EXEMPLARS):
-            raise KilibError(f"{task} has {len(GSM_COT_EXEMPLARS)} chain-of-thought exemplars, not {sizes['demos']}: "
-                             f"ask for at most {len(GSM_COT_EXEMPLARS)} shots")
-        rows["demos"] = [dict(d) for d in GSM_COT_EXEMPLARS[:sizes.get("demos", 0)]]
+            raise KilibError(
+                f"{task} has {len(GSM_COT_EXEMPLARS)} chain-of-thought exemplars, not {sizes['demos']}: "
+                f"ask for at most {len(GSM_COT_EXEMPLARS)} shots"
+            )
+        rows["demos"] = [dict(d) for d in GSM_COT_EXEMPLARS[: sizes.get("demos", 0)]]
     elif "demos" not in rows:
         rows["demos"] = stream(spec["demos"], None if spec.get("demos_by_subject") else sizes.get("demos", 0))
     rows["eval"] = stream(spec["eval"], sizes["eval"])
-    short = [f"{role} ({len(rows[role])} of {sizes.get(role, 0)})" for role in rows if len(rows[role]) < sizes.get(role, 0)]
+    short = [
+        f"{role} ({len(rows[role])} of {sizes.get(role, 0)})" for role in rows if len(rows[role]) < sizes.get(role, 0)
+    ]
     if short:
         raise KilibError(f"{spec['path']} has too few rows for {task}: {', '.join(short)}; lower the sample counts")
     return rows
@@ -710,24 +895,35 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
     demonstration rows. Tiny and smoke: two zoo models (built on first use), the world's GSM,
     MMLU and SNI analogues and its closed-book questions. Paper: the Hub models and datasets
     (:data:`PAPER_DATASETS`)."""
-    from kilib.tiny import zoo
     from kilib.lm.models import check_same_tokenizer, load_tokenizer
+    from kilib.tiny import zoo
 
     unknown = [t for t in config.tasks if t not in TASKS + TINY_TASKS]
     if unknown or not config.tasks:
-        raise KilibError(f"unknown task(s) {', '.join(unknown) or '(none given)'}: choose among {', '.join(TASKS + TINY_TASKS)}")
+        raise KilibError(
+            f"unknown task(s) {', '.join(unknown) or '(none given)'}: choose among {', '.join(TASKS + TINY_TASKS)}"
+        )
     bad = [m for m in config.methods if m not in METHODS]
     if bad or "lora" not in config.methods:
-        raise KilibError(f"methods must include 'lora' and be among {', '.join(METHODS)}; got {', '.join(config.methods)}")
+        raise KilibError(
+            f"methods must include 'lora' and be among {', '.join(METHODS)}; got {', '.join(config.methods)}"
+        )
+
     def sizes(task: str) -> dict[str, int]:
-        return {"seed": config.seed_samples, "train": config.train_samples, "eval": config.eval_samples,
-                "demos": max(_shots(config, task))}
+        return {
+            "seed": config.seed_samples,
+            "train": config.train_samples,
+            "eval": config.eval_samples,
+            "demos": max(_shots(config, task)),
+        }
 
     if profile == "paper":
         tiny_only = [t for t in config.tasks if t in TINY_TASKS]
         if tiny_only:
-            raise KilibError(f"{', '.join(tiny_only)} asks about the tiny world's facts and has no Hub dataset: "
-                             f"drop it from TASKS for the paper profile (its tasks: {', '.join(TASKS)})")
+            raise KilibError(
+                f"{', '.join(tiny_only)} asks about the tiny world's facts and has no Hub dataset: "
+                f"drop it from TASKS for the paper profile (its tasks: {', '.join(TASKS)})"
+            )
         teacher, student = config.teacher, config.student
         check_same_tokenizer(load_tokenizer(teacher), load_tokenizer(student), (teacher, student))
         rows = {task: hub_task_rows(task, sizes(task)) for task in config.tasks}
@@ -745,9 +941,11 @@ def study_inputs(profile: str, config: TransferConfig) -> TransferInputs:
         drawn = getattr(world, task)(sum(counts.values()), seed=0).to_list()
         rows[task], start = {}, 0
         for split, n in counts.items():
-            rows[task][split] = drawn[start:start + n]
+            rows[task][split] = drawn[start : start + n]
             start += n
-    return TransferInputs(teacher, student, rows, f"the {zconfig.world_size} world: {config.teacher} into {config.student}")
+    return TransferInputs(
+        teacher, student, rows, f"the {zconfig.world_size} world: {config.teacher} into {config.student}"
+    )
 
 
 def _qa_rows(world, sizes: Mapping[str, int], seed: int = 0) -> dict[str, list[dict]]:
@@ -758,14 +956,17 @@ def _qa_rows(world, sizes: Mapping[str, int], seed: int = 0) -> dict[str, list[d
 
     facts = sorted(f for f in world.facts if world.facts[f].period == "pre")
     if sum(sizes.values()) > len(facts):
-        raise KilibError(f"qa needs {sum(sizes.values())} pre-cutoff facts and the world has {len(facts)}: "
-                         "lower the sample counts")
+        raise KilibError(
+            f"qa needs {sum(sizes.values())} pre-cutoff facts and the world has {len(facts)}: lower the sample counts"
+        )
     random.Random(f"transfer-qa|{seed}").shuffle(facts)
     rows, start = {}, 0
     for role, n in sizes.items():
         split = "eval" if role == "eval" else "train"
-        rows[role] = [{"question": world.questions(f, split)[0], "answer": world.facts[f].object, "fact_id": f}
-                      for f in facts[start:start + n]]
+        rows[role] = [
+            {"question": world.questions(f, split)[0], "answer": world.facts[f].object, "fact_id": f}
+            for f in facts[start : start + n]
+        ]
         start += n
     return rows
 
@@ -789,9 +990,20 @@ def _eval_prompts(inputs: TransferInputs, config: TransferConfig, task: str) -> 
     """(shots, item, user turn, cue) for every evaluation question at every shot count: the model
     reads the user turn in the chat template, then the cue (see :func:`chat_turn`)."""
     rows, demos = inputs.rows[task]["eval"], inputs.rows[task]["demos"]
-    return [(k, i, *chat_turn(task, task_prompt(task, r, demonstrations_for(r, demos, k), evaluation=True),
-                              config.chat_format, evaluation=True))
-            for k in _shots(config, task) for i, r in enumerate(rows)]
+    return [
+        (
+            k,
+            i,
+            *chat_turn(
+                task,
+                task_prompt(task, r, demonstrations_for(r, demos, k), evaluation=True),
+                config.chat_format,
+                evaluation=True,
+            ),
+        )
+        for k in _shots(config, task)
+        for i, r in enumerate(rows)
+    ]
 
 
 def _prompts_hash(pairs=(), prompts=(), stop: Sequence[str] = ()) -> str:
@@ -799,9 +1011,14 @@ def _prompts_hash(pairs=(), prompts=(), stop: Sequence[str] = ()) -> str:
     that cut its answers, so that a change of prompt format or of the stop strings misses the cache."""
     from kilib.results import stable_hash
 
-    return stable_hash({"pairs": list(pairs), "prompts": [p for *_, p, cue in prompts],
-                        **({"cues": [cue for *_, cue in prompts]} if any(cue for *_, cue in prompts) else {}),
-                        **({"stop": list(stop)} if stop else {})})
+    return stable_hash(
+        {
+            "pairs": list(pairs),
+            "prompts": [p for *_, p, cue in prompts],
+            **({"cues": [cue for *_, cue in prompts]} if any(cue for *_, cue in prompts) else {}),
+            **({"stop": list(stop)} if stop else {}),
+        }
+    )
 
 
 def _samples(tokenizer, task: str, rows, max_length: int, chat_format: str = "") -> list[dict]:
@@ -822,11 +1039,20 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
     by a hash of the models, the seed rows and the settings."""
     from kilib.results import cached_dir
 
-    key = {"kind": "transfer-extraction", "version": 3, "teacher": model_ref(inputs.teacher), "student": model_ref(inputs.student),
-           "task": task, "seed_rows": inputs.rows[task]["seed"], "quantization": config.quantization,
-           "methods": [m for m in config.methods if m != "lora"], "rank": config.rank,
-           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["seed"], config.chat_format)),
-           "max_length": config.train.max_length, **({"chat_format": config.chat_format} if config.chat_format else {})}
+    key = {
+        "kind": "transfer-extraction",
+        "version": 3,
+        "teacher": model_ref(inputs.teacher),
+        "student": model_ref(inputs.student),
+        "task": task,
+        "seed_rows": inputs.rows[task]["seed"],
+        "quantization": config.quantization,
+        "methods": [m for m in config.methods if m != "lora"],
+        "rank": config.rank,
+        "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["seed"], config.chat_format)),
+        "max_length": config.train.max_length,
+        **({"chat_format": config.chat_format} if config.chat_format else {}),
+    }
     return cached_dir("transfer", key, lambda tmp: _extract(inputs, config, task, key["methods"], tmp))
 
 
@@ -849,13 +1075,20 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
     # Only each matrix's rank-r factors are kept (the LoRA starts from them): a 7B student's cut
     # matrices in float32 would take 27 GB per way of cutting.
     for how in methods:
-        save_factors(extract(teacher, student, scores, selected, how=how, seed=0, each=lora_factors(student, config.rank)),
-                     folder / f"{how}.safetensors")
+        save_factors(
+            extract(teacher, student, scores, selected, how=how, seed=0, each=lora_factors(student, config.rank)),
+            folder / f"{how}.safetensors",
+        )
     probe = "model.layers.{}.mlp.down_proj.weight"
-    heat = {"name": probe.format(selected[0]), "shape": list(logical_shape(dict(student.named_parameters())[probe.format(0)]))}
+    heat = {
+        "name": probe.format(selected[0]),
+        "shape": list(logical_shape(dict(student.named_parameters())[probe.format(0)])),
+    }
     torch.save(scores[heat["name"]].cpu(), folder / "probe_sensitivity.pt")
-    write_json(folder / "extraction.json", {"block_scores": blocks, "selected": selected, "probe": heat,
-                                            "seed_samples": len(inputs.rows[task]["seed"])})
+    write_json(
+        folder / "extraction.json",
+        {"block_scores": blocks, "selected": selected, "probe": heat, "seed_samples": len(inputs.rows[task]["seed"])},
+    )
 
 
 def _letter_tokens(tokenizer, cue: str = "") -> list[int]:
@@ -872,8 +1105,10 @@ def _letter_tokens(tokenizer, cue: str = "") -> list[int]:
             ex = tokenize_sft(tokenizer, "?", c)
             ids.append(next(t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX))
     if len(set(ids)) != len(CHOICES):
-        raise KilibError("the tokenizer starts two of the letters A to D with one token, so MMLU cannot be scored by "
-                         "the next token: use a tokenizer that writes the letters apart")
+        raise KilibError(
+            "the tokenizer starts two of the letters A to D with one token, so MMLU cannot be scored by "
+            "the next token: use a tokenizer that writes the letters apart"
+        )
     return ids
 
 
@@ -892,12 +1127,28 @@ def _evaluate(model, tokenizer, task: str, inputs: TransferInputs, config: Trans
         texts = [t for _, t in these]
         if task == "mmlu":
             picked = next_token_choice(model, tokenizer, texts, letters, batch_size=config.eval_batch_size)
-            answers += [{"shots": k, "item": i, "prediction": CHOICES[c], "letter_mass": sum(p),
-                         **score(task, CHOICES[c], rows[i])} for (i, _), (c, p) in zip(these, picked)]
+            answers += [
+                {
+                    "shots": k,
+                    "item": i,
+                    "prediction": CHOICES[c],
+                    "letter_mass": sum(p),
+                    **score(task, CHOICES[c], rows[i]),
+                }
+                for (i, _), (c, p) in zip(these, picked)
+            ]
             continue
-        outputs = generate(model, tokenizer, texts, max_new_tokens=dict(config.max_new_tokens)[task],
-                           batch_size=config.eval_batch_size, stop=config.stop)
-        answers += [{"shots": k, "item": i, "prediction": o, **score(task, o, rows[i])} for (i, _), o in zip(these, outputs)]
+        outputs = generate(
+            model,
+            tokenizer,
+            texts,
+            max_new_tokens=dict(config.max_new_tokens)[task],
+            batch_size=config.eval_batch_size,
+            stop=config.stop,
+        )
+        answers += [
+            {"shots": k, "item": i, "prediction": o, **score(task, o, rows[i])} for (i, _), o in zip(these, outputs)
+        ]
     return answers
 
 
@@ -906,36 +1157,67 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
     the teacher matrices cut by ``method``) and answer the evaluation rows; cached."""
     from kilib.results import cached_dir, read_json
 
-    key = {"kind": "transfer-run", "version": 2, "student": model_ref(inputs.student), "task": task, "method": method, "seed": seed,
-           "train_rows": inputs.rows[task]["train"], "eval_rows": inputs.rows[task]["eval"],
-           "demos": inputs.rows[task]["demos"], "extraction": extraction(inputs, config, task).name if method != "lora" else None,
-           "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("teacher", "student", "tasks", "methods", "seeds")},
-           "prompts": _prompts_hash(_train_pairs(task, inputs.rows[task]["train"], config.chat_format),
-                                    _eval_prompts(inputs, config, task), config.stop)}
+    key = {
+        "kind": "transfer-run",
+        "version": 2,
+        "student": model_ref(inputs.student),
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "train_rows": inputs.rows[task]["train"],
+        "eval_rows": inputs.rows[task]["eval"],
+        "demos": inputs.rows[task]["demos"],
+        "extraction": extraction(inputs, config, task).name if method != "lora" else None,
+        "config": {
+            k: v
+            for k, v in dataclasses.asdict(config).items()
+            if k not in ("teacher", "student", "tasks", "methods", "seeds")
+        },
+        "prompts": _prompts_hash(
+            _train_pairs(task, inputs.rows[task]["train"], config.chat_format),
+            _eval_prompts(inputs, config, task),
+            config.stop,
+        ),
+    }
     folder = cached_dir("transfer", key, lambda tmp: _run(inputs, config, task, method, seed, tmp))
     return read_json(folder / "run.json")
 
 
 def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str, seed: int, folder: Path) -> None:
     from kilib.lm.models import attach_lora
+    from kilib.lm.training import sft_dataset, train
     from kilib.results import write_json
     from kilib.runtime import set_seed
-    from kilib.lm.training import sft_dataset, train
 
     model, tokenizer = _load(inputs.student, config)
     set_seed(seed)
     model = attach_lora(model, r=config.rank, include_embeddings=True)
     initialised = []
     if method != "lora":
-        initialised = init_lora_from(model, load_factors(extraction(inputs, config, task) / f"{method}.safetensors"), config.rank)
+        initialised = init_lora_from(
+            model, load_factors(extraction(inputs, config, task) / f"{method}.safetensors"), config.rank
+        )
     rows = _train_pairs(task, inputs.rows[task]["train"], config.chat_format)
     train_config = dataclasses.replace(config.train, seed=seed)
-    result = train(model, sft_dataset(tokenizer, rows, max_length=train_config.max_length), train_config,
-                   folder / "checkpoints", tokenizer=tokenizer)
+    result = train(
+        model,
+        sft_dataset(tokenizer, rows, max_length=train_config.max_length),
+        train_config,
+        folder / "checkpoints",
+        tokenizer=tokenizer,
+    )
     answers = _evaluate(model, tokenizer, task, inputs, config)
-    write_json(folder / "run.json", {"task": task, "method": method, "seed": seed, "initialised": len(initialised),
-                                     "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
-                                     "answers": answers})
+    write_json(
+        folder / "run.json",
+        {
+            "task": task,
+            "method": method,
+            "seed": seed,
+            "initialised": len(initialised),
+            "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
+            "answers": answers,
+        },
+    )
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
 
 
@@ -944,27 +1226,40 @@ def baseline(inputs: TransferInputs, config: TransferConfig, task: str, which: s
     from kilib.results import cached_dir, read_json
 
     path = inputs.student if which == "student" else inputs.teacher
-    key = {"kind": "transfer-baseline", "version": 2, "model": model_ref(path), "task": task, "eval_rows": inputs.rows[task]["eval"],
-           "demos": inputs.rows[task]["demos"], "shots": _shots(config, task),
-           "max_new_tokens": dict(config.max_new_tokens)[task], "quantization": config.quantization,
-           "prompts": _prompts_hash(prompts=_eval_prompts(inputs, config, task), stop=config.stop),
-           **({"chat_format": config.chat_format} if config.chat_format else {})}
+    key = {
+        "kind": "transfer-baseline",
+        "version": 2,
+        "model": model_ref(path),
+        "task": task,
+        "eval_rows": inputs.rows[task]["eval"],
+        "demos": inputs.rows[task]["demos"],
+        "shots": _shots(config, task),
+        "max_new_tokens": dict(config.max_new_tokens)[task],
+        "quantization": config.quantization,
+        "prompts": _prompts_hash(prompts=_eval_prompts(inputs, config, task), stop=config.stop),
+        **({"chat_format": config.chat_format} if config.chat_format else {}),
+    }
 
     def build(tmp: Path) -> None:
         from kilib.results import write_json
 
         model, tokenizer = _load(path, config)
-        write_json(tmp / "run.json", {"task": task, "method": which, "answers": _evaluate(model, tokenizer, task, inputs, config)})
+        write_json(
+            tmp / "run.json",
+            {"task": task, "method": which, "answers": _evaluate(model, tokenizer, task, inputs, config)},
+        )
 
     return read_json(cached_dir("transfer", key, build) / "run.json")
 
 
 def answer_rows(runs) -> list[dict]:
     """One row per answer, tagged with the run's task, method and seed."""
-    return [{"task": r["task"], "method": r["method"], "seed": r.get("seed", 0), **a} for r in runs for a in r["answers"]]
+    return [
+        {"task": r["task"], "method": r["method"], "seed": r.get("seed", 0), **a} for r in runs for a in r["answers"]
+    ]
 
 
-def results_table(answers) -> "pandas.DataFrame":
+def results_table(answers) -> pandas.DataFrame:
     """Accuracy (and SNI's ROUGE-L) per task, shots and method, each with a 95% bootstrap
     interval over items (seeds pooled), in percent as Table 1 prints them."""
     import pandas as pd
@@ -980,8 +1275,17 @@ def results_table(answers) -> "pandas.DataFrame":
             measures.append(("rouge-l", "rouge_l"))
         for label, col in measures:
             mean, low, high = bootstrap_ci(g[col].astype(float))
-            out.append({"task": task, "measure": f"{task} {label}", "method": method, "score": 100 * mean,
-                        "ci_low": 100 * low, "ci_high": 100 * high, "n": len(g)})
+            out.append(
+                {
+                    "task": task,
+                    "measure": f"{task} {label}",
+                    "method": method,
+                    "score": 100 * mean,
+                    "ci_low": 100 * low,
+                    "ci_high": 100 * high,
+                    "n": len(g),
+                }
+            )
     return pd.DataFrame(out)
 
 
