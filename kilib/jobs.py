@@ -13,9 +13,13 @@ one in this process.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
+from kilib import runtime
 from kilib.runtime import KilibError
 
 Call = tuple[Callable[..., Any], tuple, dict]  # a module-level function (it is pickled), its args and kwargs
@@ -24,17 +28,11 @@ Call = tuple[Callable[..., Any], tuple, dict]  # a module-level function (it is 
 def cpu_threads() -> int | None:
     """torch's thread count where a training run's numbers depend on it (on a CPU), for its
     cache key; None on a GPU."""
-    import torch
-
-    from kilib.runtime import cuda_available
-
-    return None if cuda_available() else torch.get_num_threads()
+    return None if runtime.cuda_available() else torch.get_num_threads()
 
 
 def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int) -> Any:
-    from kilib.runtime import set_threads
-
-    set_threads(threads)
+    runtime.set_threads(threads)
     return fn(*args, **kwargs)
 
 
@@ -44,25 +42,19 @@ def side_by_side(
     """Each call's result, in the calls' order. ``workers``: processes at once (0: one per
     ``threads`` usable cores on a CPU, 1 on a GPU); with one, the calls run here. ``done(i,
     finished, result)`` is called as each call ``i`` finishes (``finished`` counts them)."""
-    import multiprocessing
-
-    from kilib.runtime import cuda_available, usable_cores
-
     if threads < 1:
         raise KilibError(f"threads must be at least 1, got {threads}")
     if workers < 0:
         raise KilibError(f"workers={workers}: use 0 for one per CPU core, or n > 0 for n side by side")
     if workers == 0:
-        workers = 1 if cuda_available() else max(1, usable_cores() // threads)
+        workers = 1 if runtime.cuda_available() else max(1, runtime.usable_cores() // threads)
     workers = max(1, min(workers, len(calls)))
     results: list[Any] = [None] * len(calls)
     if workers == 1:
-        import torch
-
         saved = torch.get_num_threads()
         try:
             for i, (fn, args, kwargs) in enumerate(calls):
-                results[i] = fn(*args, **kwargs) if cuda_available() else _run(fn, args, kwargs, threads)
+                results[i] = fn(*args, **kwargs) if runtime.cuda_available() else _run(fn, args, kwargs, threads)
                 if done:
                     done(i, i + 1, results[i])
         finally:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from kilib.runtime import KilibError
 
 
 def _pyplot():
+    # matplotlib and seaborn load only where a figure is drawn, and the backend is chosen
+    # before pyplot is first imported.
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "agg"):
@@ -25,8 +29,6 @@ def _pyplot():
 
 def _value_axis(ax, df, y: str, high: str, ylabel: str, percent: bool) -> None:
     """A 0-1 axis, or 0-100 with ``percent``; values beyond it are an error, not a clipped mark."""
-    import numpy as np
-
     top = 100.0 if percent else 1.0
     beyond = np.nanmax(df[[y, high]].to_numpy(dtype=float), initial=0.0)
     if beyond > top * (1 + 1e-9):
@@ -54,8 +56,6 @@ def bars_with_ci(
 ):
     """Grouped bars of ``y`` with asymmetric error bars from the ``low``/``high`` columns, on a
     0-1 axis, or 0-100 with ``percent`` (values beyond it are an error, not a clipped bar)."""
-    import numpy as np
-
     plt = _pyplot()
     if ax is None:
         _, ax = plt.subplots(figsize=(max(6, 0.9 * df[x].nunique() * (df[hue].nunique() if hue else 1) ** 0.5 + 3), 4))
@@ -151,6 +151,6 @@ def loss_curves(curves: Mapping[str, Sequence[Mapping[str, float]]], title: str 
 
 
 def _palette(n: int):
-    import seaborn as sns
+    import seaborn as sns  # drawing only, as in _pyplot
 
     return sns.color_palette("colorblind", max(n, 1))

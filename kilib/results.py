@@ -3,7 +3,10 @@
 Every run writes JSON (metrics, config, seed, package versions, git commit, hardware, wall
 time, peak memory) under ``results/<profile>/<notebook>/``; tables and figures are rendered
 from those files. Every file is written to a temporary name and renamed, so a crash never
-leaves half a result (style.md, "Results are files with provenance").
+leaves half a result.
+
+torch is imported only where the hardware and peak memory are recorded: ``kilib.cli`` and
+``kilib.report`` import this module for its atomic writes and must stay fast.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -156,7 +160,7 @@ def _cpu_model() -> str:
 def hardware() -> dict[str, Any]:
     """The machine a run ran on. CPU builds are bit-identical for one thread count on one kind of
     CPU, so the CPU's model and the instruction set torch's kernels use are recorded too."""
-    import torch
+    import torch  # kept light for the CLI (module docstring)
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -176,9 +180,7 @@ def hardware() -> dict[str, Any]:
 
 def peak_memory() -> dict[str, float | None]:
     """Peak resident memory of this process (MiB) and the CUDA allocator's peak (MiB)."""
-    import resource
-
-    import torch
+    import torch  # kept light for the CLI (module docstring)
 
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None

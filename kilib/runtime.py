@@ -1,7 +1,9 @@
 """Runtime: profiles, the one error type, seeds, devices and project paths.
 
 Nothing here runs at import time: a notebook calls :func:`set_seed` and
-:func:`resolve_profile` itself (seeds are explicit, never an import side effect).
+:func:`resolve_profile` itself (seeds are explicit, never an import side effect). torch and
+NumPy are imported inside the functions that use them: ``kilib.cli`` imports this module at
+start and must stay fast.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def usable_cores() -> int:
 
 def set_threads(n: int | None = None) -> int:
     """Use ``n`` (default: every usable core) CPU threads for torch; returns the count set."""
-    import torch  # runtime stays light: the CLI imports it before anything needs torch
+    import torch  # runtime stays light (module docstring)
 
     n = n or usable_cores()
     torch.set_num_threads(n)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+from scipy import stats
+
 from kilib.runtime import KilibError
 
 # ----------------------------------------------------------------------------------------------
@@ -29,9 +32,6 @@ def bootstrap_ci(
     (possible on small or skewed samples) is widened to contain it. Reported beside every
     accuracy because the FEVER memory gains (0.01 on 3,045 claims) are within noise.
     """
-    import numpy as np
-    from scipy import stats
-
     data = np.asarray(list(values), dtype=float).ravel()
     if data.size == 0:
         raise KilibError("bootstrap_ci got no values: evaluate at least one example first")
@@ -74,9 +74,6 @@ def difference_ci(
     ``paired``: ``a[i]`` and ``b[i]`` score the same item under two conditions, so the items are
     resampled together (the interval of the mean per-item difference, which removes the
     items' shared difficulty); otherwise the two samples are resampled independently."""
-    import numpy as np
-    from scipy import stats
-
     a = np.asarray(list(a), dtype=float)
     b = np.asarray(list(b), dtype=float)
     if a.size == 0 or b.size == 0:
@@ -142,7 +139,8 @@ def f1_scores(
     golds: Sequence[str],
     labels: Sequence[str],
 ) -> dict:
-    """Accuracy, micro-F1 and macro-F1 over ``labels`` (FEVER lab note's table columns).
+    """Accuracy, micro-F1 and macro-F1 over ``labels`` (the FEVER lab note's table columns;
+    docs/methods.md, "## 04 Memory modules on FEVER").
 
     Definitions, per label c: TP_c = #(pred = c and gold = c), FP_c = #(pred = c and
     gold != c), FN_c = #(gold = c and pred != c), F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c), and
@@ -161,8 +159,6 @@ def f1_scores(
     unparseable answers included, so it counted an unparseable answer as a class of its own:
     compare the note's F1 with ``accuracy``, not with this micro-F1.
     """
-    import numpy as np
-
     labels = [str(label) for label in labels]
     if not labels or len(set(labels)) != len(labels):
         raise KilibError("f1_scores needs a non-empty list of distinct labels, e.g. ['a', 'b', 'c']")
@@ -216,8 +212,6 @@ def classification_ci(
     ``accuracy``, ``micro_f1``, ``macro_f1``, each with ``<name>_low`` and ``<name>_high``,
     plus ``n`` and ``n_unparsed``. As :func:`bootstrap_ci`, an interval that misses its point
     estimate (a small or skewed sample) is widened to contain it."""
-    import numpy as np
-
     point = f1_scores(predictions, golds, labels)
     labels = [str(label) for label in labels]
     if not 0.0 < confidence < 1.0:

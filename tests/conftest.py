@@ -112,14 +112,25 @@ class KeyRecorded(Exception):
 @pytest.fixture
 def cache_keys(monkeypatch):
     """The keys studies pass to ``kilib.results.cached_dir``, recorded in call order; each call
-    raises :class:`KeyRecorded` instead of building anything."""
+    raises :class:`KeyRecorded` instead of building anything. Every kilib module is imported
+    first, so that those that took ``cached_dir`` by name are patched too."""
+    import importlib
+    import pkgutil
+    import sys
+
+    import kilib
     from kilib import results
 
+    for info in pkgutil.walk_packages(kilib.__path__, "kilib."):
+        importlib.import_module(info.name)
     keys = []
 
     def record(kind, key, build, **kwargs):
         keys.append(key)
         raise KeyRecorded
 
-    monkeypatch.setattr(results, "cached_dir", record)
+    original = results.cached_dir
+    for name, module in list(sys.modules.items()):
+        if name.startswith("kilib") and getattr(module, "cached_dir", None) is original:
+            monkeypatch.setattr(module, "cached_dir", record)
     return keys

@@ -4,7 +4,9 @@ how fast."""
 
 import json
 
+from kilib.bench import sft_step as bench
 from kilib.bench import stages as stage_bench
+from kilib.bench import threads as thread_bench
 from kilib.runtime import results_root
 
 
@@ -22,9 +24,6 @@ def test_thread_bench_runs_each_kind_at_the_thread_counts_it_reports(tmp_path):
     """The side-by-side measurement goes through kilib.jobs.side_by_side: each run alone at the
     thread count it names, each of the side-by-side runs at one thread, and the figures are
     the tokens over the seconds they were timed."""
-    from kilib.bench import sft_step as bench
-    from kilib.bench import threads as thread_bench
-
     shape = dict(hidden=64, layers=1, heads=2, ffn=128, vocab=128, seq=32, batch=2, new=2)
     bench.build_model(tmp_path, shape)
     r = thread_bench.measure("qlora", tmp_path, steps=1, cores=2, shape=shape)

@@ -1,5 +1,6 @@
-"""Documents as section rows (kilib.lm.documents; methods.md §1, Mecklenburg et al. §2): Wikipedia at a
-pinned revision through a mock MediaWiki API, a folder of your own files, and their errors."""
+"""Documents as section rows (kilib.lm.documents; docs/methods.md, "## 01 SFT knowledge injection";
+Mecklenburg et al. §2): Wikipedia at a pinned revision through a mock MediaWiki API, a folder of your
+own files, and their errors."""
 
 import json
 from pathlib import Path

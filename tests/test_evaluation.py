@@ -9,11 +9,14 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from kilib.lm.inference import choose_by_loglik, generate, next_token_choice, sequence_logprob
 from kilib.lm.scoring import contains_answer, exact_match, last_number, normalize_answer, parse_choice, token_f1
 from kilib.runtime import KilibError
-from kilib.stats import accuracy_with_ci, bootstrap_ci, f1_scores
+from kilib.stats import accuracy_with_ci, bootstrap_ci, classification_ci, f1_scores
 
 # ----------------------------------------------------------------------------------------------
 # Lexical metrics
@@ -286,12 +289,6 @@ def test_f1_scores_against_direct_counting():
 
 def test_classification_ci_is_f1_scores_on_each_resample():
     """The vectorised bootstrap against f1_scores recomputed on the same resampled indices."""
-    import random
-
-    import numpy as np
-
-    from kilib.stats import classification_ci, f1_scores
-
     rng = random.Random(3)
     labels = ["a", "b", "c"]
     golds = [rng.choice(labels) for _ in range(60)]
@@ -338,9 +335,6 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
@@ -358,9 +352,6 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -388,8 +379,6 @@ PROMPTS = [
 
 def _direct_logprob(model, tokenizer, prompt, continuation):
     """One unpadded forward pass over the separately tokenised ids, log_softmax, sum."""
-    import torch
-
     prompt_ids = tokenizer(prompt)["input_ids"]
     cont_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt_ids + cont_ids])
@@ -458,8 +447,6 @@ def test_choose_by_loglik_errors(model, tokenizer):
 
 
 def _generate_direct(model, tokenizer, prompt, max_new_tokens):
-    import torch
-
     encoded = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(
@@ -477,8 +464,6 @@ def test_generate_returns_only_new_text(model, tokenizer):
 
 
 def test_generate_is_batch_invariant(model, tokenizer):
-    import torch
-
     singles = generate(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=1)
     batched = generate(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=len(PROMPTS))
     pairs = generate(model, tokenizer, PROMPTS, max_new_tokens=10, batch_size=3)
@@ -583,8 +568,6 @@ def test_next_token_choice_is_the_argmax_of_a_direct_forward_pass(model, tokeniz
     """open-instruct's MMLU scoring: the candidate token most likely next, from one unpadded
     forward pass per prompt; the same inside right-padded batches; probabilities are the full
     softmax's."""
-    import torch
-
     candidates = [tokenizer(t, add_special_tokens=False)["input_ids"][-1] for t in (" a", " b", " c", " d")]
     assert len(set(candidates)) == 4
     direct = []

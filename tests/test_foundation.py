@@ -3,12 +3,16 @@
 import dataclasses
 import json
 import os
+import subprocess
 
+import pandas as pd
 import pytest
 
 from kilib import runtime
 from kilib.config import apply_overrides, select_preset
-from kilib.results import Run, atomic_write_text, cached_dir, stable_hash
+from kilib.lm.data import read_jsonl, write_jsonl
+from kilib.plots import bars_with_ci, lines_with_ci
+from kilib.results import Run, atomic_write_text, cached_dir, git_state, markdown_table, stable_hash
 from kilib.runtime import KilibError
 
 
@@ -103,7 +107,6 @@ def test_tables_and_figures(tmp_path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
 
     with Run("99_demo", "smoke", root=tmp_path) as run:
         run.save_table(pd.DataFrame({"a": [1, 2], "b": [0.5, 0.25]}), "t")
@@ -115,7 +118,6 @@ def test_tables_and_figures(tmp_path):
     assert (d / "t.md").read_text().splitlines()[2].split() == ["|", "1", "|", "0.500", "|"]
     assert (d / "f.png").stat().st_size > 1000 and (d / "f.svg").exists()
     assert not [p for p in d.iterdir() if p.name.startswith(".")]
-    from kilib.results import markdown_table
 
     shown = markdown_table(pd.DataFrame({"ci": [[-0.04666666666666667, 0.0]], "name": ["x"], "n": [[1, 2]]}))
     assert [c.strip() for c in shown.splitlines()[2].split("|")[1:-1]] == [
@@ -130,10 +132,6 @@ def test_tables_and_figures(tmp_path):
 
 def test_bars_draw_every_value_inside_the_axis():
     """Percentages on the 0-1 axis drew every bar past the top (notebook 02's first Table 1 figure)."""
-    import pandas as pd
-
-    from kilib.plots import bars_with_ci, lines_with_ci
-
     df = pd.DataFrame({"x": ["a", "b"], "y": [24.0, 58.7], "ci_low": [17.0, 50.0], "ci_high": [31.0, 66.0]})
     with pytest.raises(KilibError, match="percent=True"):
         bars_with_ci(df, x="x", y="y")
@@ -198,8 +196,6 @@ def test_resumable_build_keeps_its_work_folder(tmp_path):
 
 
 def test_data_files_fail_with_the_line_and_the_fix(tmp_path):
-    from kilib.lm.data import read_jsonl, write_jsonl
-
     good = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
     assert read_jsonl(good, required=("question", "answer")) == [{"question": "q", "answer": "a"}]
     (tmp_path / "bad.jsonl").write_text('{"question": "q", "answer": "a"}\n{"question": \n')
@@ -216,10 +212,6 @@ def test_data_files_fail_with_the_line_and_the_fix(tmp_path):
 
 
 def test_git_state_ignores_results_but_not_code(tmp_path):
-    import subprocess
-
-    from kilib.results import git_state
-
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 

@@ -1,12 +1,22 @@
 """The one loading path: local folders and Hub ids, 4-bit NF4, LoRA, clear errors."""
 
+import shutil
+from types import SimpleNamespace
+
+import httpx
+import huggingface_hub
+import huggingface_hub.constants as hub
 import pytest
 import torch
-from conftest import make_tokenizer
+from conftest import KeyRecorded, make_model, make_tokenizer
+from huggingface_hub.errors import GatedRepoError
+from tokenizers import normalizers
+from transformers import AutoModelForCausalLM
 
 from kilib.lm import models
 from kilib.lm.models import attach_lora, check_same_tokenizer, decoder_layers, load_causal_lm
-from kilib.runtime import KilibError
+from kilib.lm.training import TrainConfig, sft_dataset, train
+from kilib.runtime import KilibError, cache_root
 
 
 def test_saved_model_loads_through_the_4bit_path(saved_model):
@@ -63,10 +73,6 @@ def test_inference_before_training_leaves_4bit_gradients_right(saved_model):
     """bitsandbytes repacks 4-bit weights for a CPU kernel without backward on the first no-grad
     forward (AVX512-BF16 CPUs). A model from load_causal_lm stays trainable: after inference,
     its LoRA gradients are those of a fresh load. One loaded around it is refused by train."""
-    from transformers import AutoModelForCausalLM
-
-    from kilib.lm.training import TrainConfig, sft_dataset, train
-
     family, folder, _ = saved_model
     tok = make_tokenizer()
     ids = tok(["who won the cup in the year of the final?"], return_tensors="pt").input_ids
@@ -117,9 +123,6 @@ def test_missing_model_offline_is_one_line_naming_the_fix(monkeypatch):
 
 
 def test_gated_model_without_token_names_the_fix(monkeypatch):
-    import httpx
-    from huggingface_hub.errors import GatedRepoError
-
     response = httpx.Response(401, request=httpx.Request("GET", "https://huggingface.co/meta-llama/Llama-2-7b-hf"))
 
     def gated(*args, **kwargs):
@@ -158,7 +161,6 @@ def test_mismatched_tokenizers_are_refused():
     b.add_tokens(["<new>"])
     with pytest.raises(KilibError, match="different tokenizers"):
         check_same_tokenizer(a, b, ("anchor", "augmenting model"))
-    from tokenizers import normalizers
 
     c = make_tokenizer()  # the same vocabulary, yet other ids for the same text
     c.backend_tokenizer.normalizer = normalizers.Lowercase()
@@ -193,8 +195,6 @@ def _hub_snapshot(cache, repo: str, commit: str, model, tokenizer) -> None:
 @pytest.fixture
 def offline_hub_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache of this test's own, read offline; commits resolved afresh."""
-    import huggingface_hub.constants as hub
-
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
     models.hub_commit.cache_clear()
@@ -203,8 +203,6 @@ def offline_hub_cache(tmp_path, monkeypatch):
 
 
 def test_model_ref_names_the_commit_a_hub_id_resolves_to(offline_hub_cache, tokenizer):
-    from conftest import make_model
-
     first, second = "a" * 40, "b" * 40
     _hub_snapshot(offline_hub_cache, "org/tiny", first, make_model("llama", tokenizer, seed=0), tokenizer)
     assert models.model_ref("org/tiny") == f"org/tiny@{first}"
@@ -221,10 +219,6 @@ def test_model_ref_names_the_commit_a_hub_id_resolves_to(offline_hub_cache, toke
 
 
 def test_model_ref_of_folders(tmp_path, saved_model):
-    import shutil
-
-    from kilib.runtime import cache_root
-
     _, folder, _ = saved_model
     # a folder of one's own: its files' fingerprint, which follows weights replaced in place
     assert models.model_ref(folder) == models.folder_fingerprint(folder)
@@ -244,19 +238,23 @@ def test_model_ref_of_folders(tmp_path, saved_model):
 def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, tokenizer, cache_keys):
     """calm, transfer and memory key their runs on model_ref, not on the id as given: a Hub
     id's key changes when its main moves (checked where each study keys a Hub id directly)."""
-    from conftest import KeyRecorded, make_model
-
+    from kilib.calm import presets as calm_presets
     from kilib.calm import study as C
+    from kilib.memory import fever as memory_fever
+    from kilib.memory import presets as memory_presets
     from kilib.memory import study as M
+    from kilib.transfer import presets as transfer_presets
     from kilib.transfer import study as T
 
     keys = cache_keys
-    pool = [{"page": f"P{i}", "claim": f"claim {i}", "label": label} for i in range(3) for label in M.DEMO_LABELS]
+    pool = [
+        {"page": f"P{i}", "claim": f"claim {i}", "label": label} for i in range(3) for label in memory_fever.DEMO_LABELS
+    ]
     calls = [
-        lambda: C.prepared(C.CalmInputs("org/tiny", "org/tiny", {}, {}, ""), C.CALM_PRESETS["smoke"], "random"),
+        lambda: C.prepared(C.CalmInputs("org/tiny", "org/tiny", {}, {}, ""), calm_presets.PRESETS["smoke"], "random"),
         lambda: T.baseline(
             T.TransferInputs("org/tiny", "org/tiny", {"gsm": {"eval": [], "demos": []}}, ""),
-            T.TRANSFER_PRESETS["smoke"],
+            transfer_presets.TRANSFER_PRESETS["smoke"],
             "gsm",
             "student",
         ),
@@ -264,7 +262,7 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, toke
             M.MemoryInputs(
                 models={"m": "org/tiny"}, pages={}, eval=[], train=[], demo_pool=pool, selection={}, source=""
             ),
-            M.MEMORY_PRESETS["smoke"],
+            memory_presets.MEMORY_PRESETS["smoke"],
             "m",
         ),
     ]
@@ -282,13 +280,6 @@ def test_study_cache_keys_name_a_hub_model_by_its_commit(offline_hub_cache, toke
 def test_a_download_that_would_not_fit_is_one_line_before_it_starts(offline_hub_cache, tokenizer, monkeypatch):
     """Online, a Hub model's weight files not yet cached are weighed against the cache disk's free
     space: too big is one line naming the fix, before the tokenizer or any weight is fetched."""
-    import shutil
-    from types import SimpleNamespace
-
-    import huggingface_hub
-    import huggingface_hub.constants as hub
-    from conftest import make_model
-
     commit = "c" * 40
     _hub_snapshot(offline_hub_cache, "org/cached", commit, make_model("llama", tokenizer), tokenizer)
     files = {

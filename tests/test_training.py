@@ -1,8 +1,13 @@
 """SFT masking, LM blocks and the training loop (resume included)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from conftest import make_metaspace_tokenizer, make_model, make_tokenizer
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast, TrainerCallback
 
 from kilib.lm.training import (
     IGNORE_INDEX,
@@ -13,6 +18,7 @@ from kilib.lm.training import (
     freeze_all_but,
     latest_checkpoint,
     lm_dataset,
+    render_answer,
     render_prompt,
     sft_dataset,
     tokenize_sft,
@@ -54,7 +60,7 @@ def test_long_examples_cut_the_prompt_not_the_answer():
     assert len(ex["input_ids"]) == 20
     assert (
         tok.decode(
-            [i for i, l in zip(ex["input_ids"], ex["labels"]) if l != IGNORE_INDEX], skip_special_tokens=True
+            [i for i, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX], skip_special_tokens=True
         ).strip()
         == "the rovers"
     )
@@ -92,11 +98,8 @@ def test_lm_blocks_cover_the_stream_and_mask_padding():
     got = [i for row in ds for i, m in zip(row["input_ids"], row["attention_mask"]) if m]
     assert got == stream
     last = ds[len(ds) - 1]
-    assert all(l == IGNORE_INDEX for l, m in zip(last["labels"], last["attention_mask"]) if not m)
+    assert all(label == IGNORE_INDEX for label, m in zip(last["labels"], last["attention_mask"]) if not m)
     assert tok.bos_token_id is None  # the zoo's kind of tokenizer: no BOS, windows as above
-
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
 
     backend = tok.backend_tokenizer  # a tokenizer that starts every input with BOS, as Llama's
     bos = tok.convert_tokens_to_ids("<|user|>")
@@ -115,8 +118,6 @@ class _Crash(Exception):
 
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 def test_training_lowers_the_loss_and_resumes(tmp_path, family):
-    from transformers import TrainerCallback
-
     class CrashAfterSaving(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.global_step == 8:
@@ -262,9 +263,6 @@ def test_training_does_not_depend_on_whether_the_caller_set_torch_threads():
     not: torch computes some backward passes in another order (the raw gradients below may
     differ; on the 2-core CI machine they do), and a tiny-zoo model built by a script differed
     from the notebook's build."""
-    import subprocess
-    import sys
-
     out = {
         mode: subprocess.run(
             [sys.executable, "-c", _THREADS_SCRIPT, mode], capture_output=True, text=True, check=True
@@ -288,10 +286,7 @@ def test_a_templated_answer_is_tokenised_as_it_follows_the_template(template):
     (▁). After the template's assistant opening (Tulu's "<|assistant|>\\n", Llama-2-chat's
     "[/INST] ") that mark is wrong or doubled, so the training example must hold the tokens of
     the joined text; a plain prompt's answer still starts a new word."""
-    from conftest import make_metaspace_tokenizer
-
-    from kilib.lm.training import render_answer
-    from kilib.transfer.study import TULU_CHAT_TEMPLATE
+    from kilib.transfer.tasks import TULU_CHAT_TEMPLATE
 
     prompt, answer = "Question: who won the cup?", "Answer: the rovers won it."
     texts = {

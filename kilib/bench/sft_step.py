@@ -13,10 +13,23 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from kilib.results import hardware, package_versions, write_json
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
+
+from kilib.results import hardware, package_versions, peak_memory, write_json
 from kilib.runtime import cuda_available, results_root
 
 SHAPES = {  # hidden, layers, heads, ffn, vocab, sequence length, batch size
@@ -28,9 +41,6 @@ WARMUP_STEPS = 3
 
 def build_model(folder: Path, shape: dict) -> None:
     """A random Llama and a character-level tokenizer, saved like a Hub download."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     if (folder / "config.json").exists():
         return
     torch.manual_seed(0)
@@ -50,9 +60,6 @@ def build_model(folder: Path, shape: dict) -> None:
 def char_tokenizer(chat_template: str | None = None):
     """A character-level tokenizer (printable ASCII and newline, one token per character;
     pad 0, EOS 1), with ``chat_template`` when given: what random benchmark models need."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2} | {chr(i): i - 29 for i in range(32, 127)} | {"\n": 98}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
@@ -64,8 +71,6 @@ def char_tokenizer(chat_template: str | None = None):
 
 
 def batches(shape: dict, steps: int):
-    import torch
-
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         ids = torch.randint(3, 98, (shape["batch"], shape["seq"]), generator=g)
@@ -74,9 +79,25 @@ def batches(shape: dict, steps: int):
         yield ids, labels
 
 
+class StepClock(TrainerCallback):
+    """Each optimiser step's seconds, appended to ``times`` (CUDA synchronised first)."""
+
+    def __init__(self, times: list[float]):
+        self.times = times
+
+    def on_step_begin(self, *a, **k):
+        self.t = time.perf_counter()
+
+    def on_step_end(self, *a, **k):
+        if cuda_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self.t)
+
+
 def run_kilib(folder: Path, shape: dict, steps: int, device: str) -> dict:
+    # Imported here, not at the top: each path runs in a process of its own, so that the bare
+    # loop's peak memory does not hold kilib's training stack (datasets included).
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     from kilib.lm.models import attach_lora, load_causal_lm
     from kilib.lm.training import TrainConfig, train
@@ -84,23 +105,11 @@ def run_kilib(folder: Path, shape: dict, steps: int, device: str) -> dict:
     model, tok = load_causal_lm(folder, device=device)
     model = attach_lora(model, r=16)
     rows = [
-        {"input_ids": i.tolist(), "attention_mask": [1] * len(i), "labels": l.tolist()}
-        for ids, labels in batches(shape, steps)
-        for i, l in zip(ids, labels)
+        {"input_ids": ids.tolist(), "attention_mask": [1] * len(ids), "labels": labels.tolist()}
+        for batch_ids, batch_labels in batches(shape, steps)
+        for ids, labels in zip(batch_ids, batch_labels)
     ]
     times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            if cuda_available():
-                import torch
-
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - self.t)
-
     config = TrainConfig(
         epochs=1,
         batch_size=shape["batch"],
@@ -110,18 +119,12 @@ def run_kilib(folder: Path, shape: dict, steps: int, device: str) -> dict:
         save_every_epoch=False,
         logging_steps=steps,
     )
-    import tempfile
-
     with tempfile.TemporaryDirectory() as out:
-        train(model, Dataset.from_list(rows), config, out, tokenizer=tok, callbacks=[Clock()], resume=False)
+        train(model, Dataset.from_list(rows), config, out, tokenizer=tok, callbacks=[StepClock(times)], resume=False)
     return {"step_seconds": times}
 
 
 def run_bare(folder: Path, shape: dict, steps: int, device: str) -> dict:
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     q = BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
@@ -158,8 +161,6 @@ def run_bare(folder: Path, shape: dict, steps: int, device: str) -> dict:
 
 
 def one(path: str, folder: Path, shape: dict, steps: int, device: str) -> dict:
-    from kilib.results import peak_memory
-
     result = (run_kilib if path == "kilib" else run_bare)(folder, shape, steps, device)
     timed = result["step_seconds"][WARMUP_STEPS:]
     tokens = shape["batch"] * shape["seq"] * len(timed)
@@ -208,20 +209,18 @@ def main(argv=None) -> int:
             print(out.stderr[-3000:], file=sys.stderr)
             return out.returncode
         runs[path] = json.loads(out.stdout.strip().splitlines()[-1])
+        run = runs[path]
         print(
-            f"{path:>6}: {runs[path]['tokens_per_second']:,.0f} tokens/s, peak RSS {runs[path]['peak_rss_mib']:,.0f} MiB"
-            + (
-                f", peak CUDA {runs[path]['peak_cuda_allocated_mib']:,.0f} MiB"
-                if runs[path]["peak_cuda_allocated_mib"]
-                else ""
-            )
+            f"{path:>6}: {run['tokens_per_second']:,.0f} tokens/s, peak RSS {run['peak_rss_mib']:,.0f} MiB"
+            + (f", peak CUDA {run['peak_cuda_allocated_mib']:,.0f} MiB" if run["peak_cuda_allocated_mib"] else "")
         )
     ratio = runs["kilib"]["tokens_per_second"] / runs["bare"]["tokens_per_second"]
     print(f" ratio: kilib / bare = {ratio:.3f}")
     target = write_json(
         results_root() / "bench" / f"qlora_sft_{device}.json",
         {
-            "what": "QLoRA SFT step (NF4 base, LoRA r=16 on all linears): kilib.lm.training.train vs a bare transformers+peft loop",
+            "what": "QLoRA SFT step (NF4 base, LoRA r=16 on all linears): "
+            "kilib.lm.training.train vs a bare transformers+peft loop",
             "device": device,
             "shape": shape,
             "steps": steps,

@@ -25,6 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from kilib.bench.sft_step import batches, build_model
+from kilib.jobs import side_by_side
+from kilib.lm.models import attach_lora, load_causal_lm
 from kilib.results import hardware, package_versions, write_json
 from kilib.runtime import KilibError, cuda_available, results_root, usable_cores
 
@@ -41,11 +46,6 @@ def timed_steps(kind: str, folder: str, steps: int, shape: dict) -> dict:
     """``steps`` steps of ``kind`` on batches of ``shape`` (after :data:`WARMUP_STEPS` untimed
     ones) in this process at torch's current thread count: each step's seconds and the timed
     window's wall clock (``time.time``, comparable across processes)."""
-    import torch
-
-    from kilib.bench.sft_step import batches
-    from kilib.lm.models import attach_lora, load_causal_lm
-
     if kind not in KINDS:
         raise KilibError(f"unknown kind {kind!r}: choose one of {', '.join(KINDS)}")
     if kind == "pretrain":
@@ -88,8 +88,6 @@ def timed_steps(kind: str, folder: str, steps: int, shape: dict) -> dict:
 def measure(kind: str, folder: Path, steps: int, cores: int, shape: dict | None = None) -> dict:
     """One run at 1 thread, one at ``cores`` threads, then ``cores`` runs of 1 thread side by side
     (``shape``: the model's and the batches'; default :data:`SHAPE` with the kind's batches)."""
-    from kilib.jobs import side_by_side
-
     shape = shape or {**SHAPE, **KINDS[kind]}
     call = (timed_steps, (kind, str(folder), steps, shape), {})
     alone, alone_threads = {}, []
@@ -121,8 +119,6 @@ def measure(kind: str, folder: Path, steps: int, cores: int, shape: dict | None 
 
 
 def main(argv=None) -> int:
-    from kilib.bench.sft_step import build_model
-
     parser = argparse.ArgumentParser(prog="kilib.bench.threads", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=16, help="timed steps per run (default 16)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, among {', '.join(KINDS)}")
@@ -157,7 +153,8 @@ def main(argv=None) -> int:
     target = write_json(
         results_root() / "bench" / "threads_cpu.json",
         {
-            "what": "step throughput (pretraining, QLoRA, answering) of a tiny-zoo llama-m shape: one run on all cores against one run per core",
+            "what": "step throughput (pretraining, QLoRA, answering) of a tiny-zoo llama-m shape: "
+            "one run on all cores against one run per core",
             "shape": SHAPE,
             "kinds": {k: KINDS[k] for k in kinds},
             "steps": args.steps,

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from kilib.results import atomic_write_text
 from kilib.runtime import KilibError
 
 FEVER_LABELS = ("supports", "refutes", "not enough info")
@@ -30,7 +31,8 @@ def qa_prompt(question: str, passages: Sequence[str] = ()) -> str:
 
 
 def fever_answer(label: str) -> str:
-    """``"supports"`` -> ``"(a)"``: the answer form of the FEVER lab note's template."""
+    """``"supports"`` -> ``"(a)"``: the answer form of the FEVER lab note's template
+    (docs/methods.md, "## 04 Memory modules on FEVER")."""
     return f"({FEVER_LETTERS[FEVER_LABELS.index(label)]})"
 
 
@@ -70,6 +72,4 @@ def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
-    from kilib.results import atomic_write_text
-
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -6,7 +6,7 @@ after the trainee's knowledge cutoff and one pre-cutoff control, "split by secti
 cleaned". kilib's paper profile fetches each article as it stood at one pinned moment
 (:data:`PINNED_TIMESTAMP`) through the MediaWiki API, so every run reads the same revision, and
 caches the API's answer. The ``wikimedia/wikipedia`` 20231101 dump cannot serve: it ends before
-the Cricket World Cup final (methods.md §1).
+the Cricket World Cup final (docs/methods.md, "## 01 SFT knowledge injection").
 
 Every loader returns the rows ``World.documents()`` returns in the tiny profile, one per
 section: ``{"doc_id", "title", "section", "text"}``, so the Q&A generators, the RAG index and
@@ -28,6 +28,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import datasets
+import httpx
+import mwparserfromhell
+from mwparserfromhell.nodes import Heading
+from mwparserfromhell.wikicode import Wikicode
+
+from kilib.lm.data import read_jsonl, write_jsonl
+from kilib.results import cached_dir, read_json, write_json
 from kilib.runtime import KilibError
 
 __all__ = [
@@ -210,8 +218,6 @@ def clean_sections(rows: Iterable[Mapping[str, Any]], min_chars: int = MIN_SECTI
 def documents_dataset(rows: Iterable[Mapping[str, Any]]):
     """Section rows as a ``datasets.Dataset`` with the features of ``World.documents()``
     (four string columns), so both profiles hand the same table to the notebook."""
-    import datasets
-
     rows = list(rows)
     if not rows:
         raise KilibError("no section rows to turn into a dataset: load documents first (load_documents)")
@@ -281,10 +287,6 @@ def parse_wikitext(wikitext: str, doc_id: str, title: str) -> list[dict]:
     text (``mwparserfromhell``'s ``strip_code``: a link becomes its label, bold its words) with
     whitespace collapsed. Empty sections are dropped.
     """
-    import mwparserfromhell
-    from mwparserfromhell.nodes import Heading
-    from mwparserfromhell.wikicode import Wikicode
-
     code = mwparserfromhell.parse(str(wikitext))
     _remove_noise(code)
     rows: list[dict] = []
@@ -337,8 +339,6 @@ def _api_params(title: str, timestamp: str) -> dict[str, str]:
 
 
 def _request_revision(client, title: str, timestamp: str, lang: str) -> dict:
-    import httpx
-
     url = _api_url(lang)
     headers = {}
     if str(client.headers.get("user-agent", "")).startswith("python-httpx"):
@@ -399,7 +399,7 @@ def fetch_wikipedia(
     min_chars: int = MIN_SECTION_CHARS,
 ) -> Documents:
     """One Wikipedia article as it stood at ``timestamp``, as section rows (Mecklenburg et al.
-    §2; methods.md §1, "fetch each at a pinned date").
+    §2; docs/methods.md, "## 01 SFT knowledge injection": "fetch each at a pinned date").
 
     Asks the MediaWiki API for the article's last revision at or before ``timestamp``
     (``rvstart=timestamp&rvdir=older&rvlimit=1``, redirects followed), parses its wikitext with
@@ -412,9 +412,6 @@ def fetch_wikipedia(
     request with (tests pass one with a mock transport); by default one is made with a
     descriptive User-Agent, as Wikimedia's policy asks, and a 30 s timeout.
     """
-    from kilib.lm.data import read_jsonl, write_jsonl
-    from kilib.results import cached_dir, read_json, write_json
-
     title = " ".join(str(title).split())
     if not title:
         raise KilibError("an empty Wikipedia title was given: pass the article's title, e.g. '2023 Cricket World Cup'")
@@ -424,8 +421,6 @@ def fetch_wikipedia(
     doc_id = doc_id or next((a.doc_id for a in PAPER_ARTICLES if a.title == title), None) or _slug(title)
 
     def build(folder: Path) -> None:
-        import httpx
-
         own = client is None
         http = (
             client

@@ -1,12 +1,15 @@
-"""Batched greedy generation and log-likelihood scoring for any Hugging Face causal LM.
-
-torch and transformers are imported inside the helpers, so importing this module stays cheap.
-"""
+"""Batched greedy generation and log-likelihood scoring for any Hugging Face causal LM."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from kilib.lm.models import padding_side
 from kilib.runtime import KilibError
 
 # ----------------------------------------------------------------------------------------------
@@ -26,8 +29,6 @@ def _batches(order: list[int], batch_size: int, progress: bool, desc: str):
         raise KilibError(f"batch_size must be at least 1 (got {batch_size})")
     starts = range(0, len(order), int(batch_size))
     if progress:
-        from tqdm.auto import tqdm
-
         starts = tqdm(starts, desc=desc, unit="batch")
     for start in starts:
         yield order[start : start + int(batch_size)]
@@ -50,6 +51,23 @@ def _eos_ids(model, tokenizer) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return sorted(set(int(i) for i in ids))
+
+
+class StopOnText(StoppingCriteria):
+    """Marks a row finished once its decoded new text (the tokens after ``prompt_length``)
+    contains one of the ``stop`` strings."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], prompt_length: int, rows: int):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.prompt_length = prompt_length
+        self.done = [False] * rows
+
+    def __call__(self, input_ids, scores, **kwargs):
+        for row in range(input_ids.shape[0]):
+            if not self.done[row]:
+                new = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
+                self.done[row] = any(s in new for s in self.stop)
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
 def generate(
@@ -78,13 +96,6 @@ def generate(
     transformers' own ``stop_strings=`` is not used: it matches stop strings against the tail
     of the whole sequence, prompt included, so it can stop where post-hoc truncation would not.
     """
-    import copy
-
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    from kilib.lm.models import padding_side
-
     prompts = [str(p) for p in prompts]
     if not prompts:
         return []
@@ -95,20 +106,6 @@ def generate(
     if int(max_new_tokens) < 1:
         raise KilibError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
     stop = [s for s in ([stop] if isinstance(stop, str) else list(stop)) if s]
-
-    class _StopOnText(StoppingCriteria):
-        """Marks a row finished once its decoded new text contains a stop string."""
-
-        def __init__(self, prompt_length: int, rows: int):
-            self.prompt_length = prompt_length
-            self.done = [False] * rows
-
-        def __call__(self, input_ids, scores, **kwargs):
-            for row in range(input_ids.shape[0]):
-                if not self.done[row]:
-                    new = tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
-                    self.done[row] = any(s in new for s in stop)
-            return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
     # transformers 5 fills every None field of a passed config from model.generation_config, so
     # sampling fields a chat model ships (temperature 0.6, top_p 0.9) are set to their neutral
@@ -142,7 +139,9 @@ def generate(
                 encoded = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True)
                 encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
                 prompt_length = encoded["input_ids"].shape[1]
-                criteria = StoppingCriteriaList([_StopOnText(prompt_length, len(batch))]) if stop else None
+                criteria = (
+                    StoppingCriteriaList([StopOnText(tokenizer, stop, prompt_length, len(batch))]) if stop else None
+                )
                 generated = model.generate(**encoded, generation_config=config, stopping_criteria=criteria)
                 texts = tokenizer.batch_decode(generated[:, prompt_length:], skip_special_tokens=True)
                 for i, text in zip(batch, texts):
@@ -167,8 +166,6 @@ def _pair_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[int], int
 
 def _right_padded(rows: list[list[int]], pad_id: int):
     """(input_ids, attention_mask) for token id lists, right-padded to the longest."""
-    import torch
-
     width = max(len(ids) for ids in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -180,8 +177,6 @@ def _right_padded(rows: list[list[int]], pad_id: int):
 
 def _continuation_logprobs(model, tokenizer, prompts, continuations, batch_size, progress=False):
     """(sum of log-probs, token count) per pair; see :func:`sequence_logprob`."""
-    import torch
-
     if len(prompts) != len(continuations):
         raise KilibError(
             f"got {len(prompts)} prompts and {len(continuations)} continuations: pass one continuation per prompt"
@@ -292,8 +287,6 @@ def next_token_choice(
     row's last real position keeps its own position ids. Softmax in float32, eval mode,
     ``torch.inference_mode()``.
     """
-    import torch
-
     prompts, candidates = [str(p) for p in prompts], [int(c) for c in candidates]
     if not candidates or len(set(candidates)) != len(candidates):
         raise KilibError(

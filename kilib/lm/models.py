@@ -12,13 +12,26 @@ import contextlib
 import functools
 import logging
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
+from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import (
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers.utils import logging as hf_logging
 
-from kilib.runtime import KilibError, cuda_available, hub_offline
+from kilib.results import stable_hash
+from kilib.runtime import KilibError, cache_root, cuda_available, hub_offline
 
 QUANTIZATIONS = ("4bit", "8bit", "none")
 
@@ -43,16 +56,12 @@ def _quiet_bitsandbytes() -> None:
 
 def compute_dtype(device: str | None = None):
     """bf16 on CUDA, float32 on the CPU."""
-    import torch
-
     device = device or ("cuda" if cuda_available() else "cpu")
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
 
 
 def quantization_config(quantization: str, device: str | None = None):
     """The ``BitsAndBytesConfig`` for ``"4bit"`` (NF4, double quant) or ``"8bit"``; None for ``"none"``."""
-    from transformers import BitsAndBytesConfig
-
     if quantization not in QUANTIZATIONS:
         raise KilibError(f"unknown quantization {quantization!r}: choose one of {', '.join(QUANTIZATIONS)}")
     if quantization == "none":
@@ -75,8 +84,6 @@ def progress_bars(enabled: bool):
     """transformers' own progress bars on or off for a block: off while a zoo member trains (each
     epoch's checkpoint printed a bar, and a cold notebook 00 showed hundreds of lines) and while
     a small local model loads."""
-    from transformers.utils import logging as hf_logging
-
     was = hf_logging.is_progress_bar_enabled()
     if not enabled:
         hf_logging.disable_progress_bar()
@@ -92,13 +99,6 @@ GATED_ORGS = ("meta-llama/", "google/gemma")  # Hub ids whose download needs an 
 
 def _hub_error(name: str, err: BaseException) -> KilibError | None:
     """Translate a Hub failure (possibly wrapped by transformers) into a one-line fix."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     chain, e = [], err
     while e is not None and len(chain) < 10:
         chain.append(e)
@@ -150,10 +150,12 @@ def folder_fingerprint(folder: Path) -> str:
     """A local model folder as ``path@hash`` of its config and weight files' names, sizes and
     modification times (and the config's text), so weights replaced in place (same shapes,
     same sizes) are not mistaken for the old ones."""
-    from kilib.results import stable_hash
-
     files = sorted(p for p in folder.iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".model"))
-    return f"{folder}@{stable_hash([(p.name, p.stat().st_size, p.stat().st_mtime_ns, p.read_text() if p.name == 'config.json' else '') for p in files])}"
+    marks = [
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns, p.read_text() if p.name == "config.json" else "")
+        for p in files
+    ]
+    return f"{folder}@{stable_hash(marks)}"
 
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -164,8 +166,6 @@ def hub_commit(name: str, revision: str | None = None, token: str | None = None)
     """The Hub commit that ``name`` at ``revision`` (default: main) resolves to now: from the
     local Hugging Face cache when offline, else asked of the Hub (one small request, for
     config.json). A full commit hash is returned as given."""
-    from huggingface_hub import hf_hub_download
-
     if revision and _COMMIT.fullmatch(revision):
         return revision
     try:
@@ -188,8 +188,6 @@ def model_ref(name_or_path: str | Path, revision: str | None = None, token: str 
     :func:`hub_commit`: a model updated on the Hub gets new keys), a folder under kilib's own
     cache (the zoo, a training stage: its path is already the hash of what made it) as its
     path, any other folder as :func:`folder_fingerprint`."""
-    from kilib.runtime import cache_root
-
     text = str(name_or_path)
     local = Path(text).expanduser()
     if local.is_dir():
@@ -203,8 +201,6 @@ def load_tokenizer(
     name_or_path: str | Path, *, revision: str | None = None, trust_remote_code: bool = False, token: str | None = None
 ):
     """``AutoTokenizer`` with a pad token guaranteed (eos, else unk)."""
-    from transformers import AutoTokenizer
-
     name_or_path = _local_or_hub(name_or_path, ("tokenizer_config.json", "config.json"))
     try:
         tok = AutoTokenizer.from_pretrained(
@@ -247,9 +243,6 @@ def load_causal_lm(
     ``"8bit"`` or ``"none"`` (full precision in ``dtype``, default: the compute dtype).
     ``revision`` pins a Hub commit. ``trust_remote_code`` stays off unless passed.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     _quiet_bitsandbytes()
     device = device or ("cuda" if cuda_available() else "cpu")
     if device.startswith("cuda") and not cuda_available():
@@ -304,10 +297,6 @@ def check_download_room(name: str, *, revision: str | None = None, token: str | 
     not yet in the local Hugging Face cache would not fit on that cache's disk, instead of a
     disk-full error halfway through (the memory study's sweep alone downloads about 130 GB).
     Offline, or where the Hub cannot say, nothing is checked: the loaders report those cases."""
-    import shutil
-
-    from huggingface_hub import HfApi, constants, try_to_load_from_cache
-
     if hub_offline() or constants.HF_HUB_OFFLINE:
         return
     try:
@@ -336,8 +325,6 @@ def check_download_room(name: str, *, revision: str | None = None, token: str | 
 
 def load_config(name_or_path: str | Path, *, revision: str | None = None, token: str | None = None):
     """A model's ``AutoConfig`` by Hub id or local folder, with the loaders' one-line errors."""
-    from transformers import AutoConfig
-
     name_or_path = _local_or_hub(name_or_path)
     try:
         return AutoConfig.from_pretrained(str(name_or_path), revision=revision, token=token)
@@ -379,7 +366,7 @@ def is_4bit_param(param) -> bool:
 def dense_weight(param):
     """A parameter as a float32 tensor of its logical shape: a 4-bit weight is dequantised."""
     if is_4bit_param(param):
-        import bitsandbytes.functional as bnbf
+        import bitsandbytes.functional as bnbf  # only a 4-bit weight needs it; bitsandbytes may be absent
 
         return bnbf.dequantize_4bit(param.data, param.quant_state).float()
     return param.detach().float()
@@ -433,8 +420,6 @@ def attach_lora(
     """Wrap ``model`` with a LoRA adapter (peft); quantized bases first go through
     ``prepare_model_for_kbit_training`` (the QLoRA recipe). ``alpha`` defaults to ``r``
     (a LoRA scale of 1)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
     config = LoraConfig(
         r=r,
         lora_alpha=alpha if alpha is not None else r,
@@ -451,8 +436,6 @@ def attach_lora(
 
 def load_adapter(model, folder: str | Path):
     """``model`` with the peft adapter saved in ``folder`` (``save_pretrained``) attached."""
-    from peft import PeftModel
-
     with peft_quietly():
         return PeftModel.from_pretrained(model, str(folder))
 
@@ -467,8 +450,6 @@ def peft_quietly():
 
 def decoder_layers(model):
     """The ``nn.ModuleList`` of transformer blocks (through peft wrappers)."""
-    import torch.nn as nn
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     for path in ("model.layers", "gpt_neox.layers", "transformer.h", "model.decoder.layers"):
         obj = base

@@ -3,7 +3,8 @@
 Lexical metrics mirror the SQuAD v1.1/v2.0 evaluation script (normalisation, exact match,
 token F1), extended so numbers and scores survive normalisation. GSM8K is scored by exact match
 on the last number (Zhong et al. §4, after the open-instruct evaluation they use). FEVER answers
-and MMLU letters are parsed strictly (the lab note's rule: unparseable = wrong).
+and MMLU letters are parsed strictly (the FEVER lab note's rule: unparseable = wrong; docs/methods.md,
+"## 04 Memory modules on FEVER").
 """
 
 from __future__ import annotations

@@ -9,12 +9,17 @@ from the newest checkpoint in its folder.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from datasets import Dataset
+from transformers import DataCollatorForSeq2Seq, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+
+from kilib.lm.models import check_trainable_4bit_layout
 from kilib.runtime import KilibError
 
 IGNORE_INDEX = -100  # label value the cross-entropy ignores: prompt and padding tokens
@@ -79,7 +84,8 @@ def render_answer(tokenizer, prompt: str, answer: str) -> str:
     head = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     if not full.startswith(head):
         raise KilibError(
-            "the tokenizer's chat template does not extend the prompt with the answer: pass a tokenizer whose template does"
+            "the tokenizer's chat template does not extend the prompt with the answer: "
+            "pass a tokenizer whose template does"
         )
     tail = full[len(head) :]
     if tokenizer.eos_token and tokenizer.eos_token not in tail:
@@ -129,8 +135,6 @@ def tokenize_sft(tokenizer, prompt: str, answer: str, max_length: int = 512) -> 
 
 def sft_dataset(tokenizer, pairs, prompt_key: str = "prompt", answer_key: str = "answer", max_length: int = 512):
     """A ``datasets.Dataset`` of tokenised SFT examples from rows with a prompt and an answer."""
-    from datasets import Dataset
-
     rows = pairs.to_list() if hasattr(pairs, "to_list") else list(pairs)
     if not rows:
         raise KilibError("no (prompt, answer) pairs to train on: check the data file or the generation step")
@@ -145,8 +149,6 @@ def lm_dataset(tokenizer, texts: Iterable[str], block_size: int):
     concatenated, and cut into ``block_size`` windows (the last partial one is padded). Where
     the tokenizer starts its inputs with BOS (Llama's), each window starts with BOS too, as the
     prompts the model is later asked do."""
-    from datasets import Dataset
-
     stream: list[int] = []
     n = 0
     for text in texts:
@@ -175,8 +177,6 @@ def lm_dataset(tokenizer, texts: Iterable[str], block_size: int):
 
 def collator(tokenizer):
     """Right-pads ``input_ids`` and ``attention_mask``; labels are padded with ``-100``."""
-    from transformers import DataCollatorForSeq2Seq
-
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 
@@ -217,8 +217,6 @@ class PackingCollator:
         return sorted(sorted(r) for r in rows)
 
     def __call__(self, features):
-        import torch
-
         lengths = [len(f["input_ids"]) for f in features]
         packed = []
         for members in self.rows(lengths):
@@ -241,8 +239,6 @@ class PackingCollator:
 def check_packing(model) -> None:
     """Raise unless ``model`` keeps packed examples apart: the logits of two sequences packed
     in one row (position ids restarting) must equal their logits run one by one."""
-    import torch
-
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, 9), generator=torch.Generator().manual_seed(0)).to(device)
@@ -285,30 +281,24 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-@functools.cache
-def _trainer_class():
-    from transformers import PreTrainedModel, Trainer
+class KilibTrainer(Trainer):
+    """``Trainer`` with two changes. No per-step FLOP count, which walks every parameter
+    of the model at each step: about 8% of a LoRA step on the tiny zoo (kilib reports no
+    FLOPs). And a full model resumes through ``from_pretrained``: ``Trainer`` loads a
+    checkpoint's raw state dict, which misses keys that transformers renames on loading
+    (GPT-NeoX's saved ``embed_out`` is ``lm_head``), and went on with a fresh output head."""
 
-    class _KilibTrainer(Trainer):
-        """``Trainer`` with two changes. No per-step FLOP count, which walks every parameter
-        of the model at each step: about 8% of a LoRA step on the tiny zoo (kilib reports no
-        FLOPs). And a full model resumes through ``from_pretrained``: ``Trainer`` loads a
-        checkpoint's raw state dict, which misses keys that transformers renames on loading
-        (GPT-NeoX's saved ``embed_out`` is ``lm_head``), and went on with a fresh output head."""
+    def floating_point_ops(self, inputs) -> int:
+        return 0
 
-        def floating_point_ops(self, inputs) -> int:
-            return 0
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            model = model if model is not None else self.model
-            folder = Path(resume_from_checkpoint)
-            if not isinstance(model, PreTrainedModel) or not (folder / "model.safetensors").exists():
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            dtype = next(model.parameters()).dtype
-            saved = type(model).from_pretrained(folder, dtype=dtype)
-            model.load_state_dict(saved.state_dict(), strict=True)  # a mismatch is an error, not a fresh head
-
-    return _KilibTrainer
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = model if model is not None else self.model
+        folder = Path(resume_from_checkpoint)
+        if not isinstance(model, PreTrainedModel) or not (folder / "model.safetensors").exists():
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        dtype = next(model.parameters()).dtype
+        saved = type(model).from_pretrained(folder, dtype=dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)  # a mismatch is an error, not a fresh head
 
 
 def train(
@@ -326,12 +316,6 @@ def train(
     Checkpoints go to ``output_dir`` at each epoch end; with ``resume`` a rerun continues
     from the newest one. The base stays frozen wherever its parameters do not require grad.
     """
-    import torch
-    from transformers import TrainingArguments
-
-    from kilib.lm.models import check_trainable_4bit_layout
-
-    _Trainer = _trainer_class()
     # Re-apply torch's own thread count. A process that never called torch.set_num_threads
     # computes some backward passes in another summation order than one that did, with the same
     # count (a tiny-zoo llama-s built by a script differed from the notebook's build), so
@@ -379,7 +363,7 @@ def train(
     use_cache = getattr(model_config, "use_cache", None)
     if use_cache:
         model_config.use_cache = False  # training needs no cache, and with one transformers does not look for packing
-    trainer = _Trainer(
+    trainer = KilibTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -387,8 +371,6 @@ def train(
         callbacks=callbacks,
     )
     if not config.progress:  # with tqdm off, transformers prints every log line instead
-        from transformers.trainer_callback import PrinterCallback
-
         trainer.remove_callback(PrinterCallback)
     checkpoint = latest_checkpoint(output_dir) if resume else None
     try:
