@@ -1,4 +1,5 @@
-"""LLM-written Q&A sets and LLM judging (kilib.sft.qa_generation; methods.md §1, Mecklenburg et al. §2).
+"""LLM-written Q&A sets and LLM judging (kilib.sft.qa_generation, kilib.sft.judge, kilib.lm.llm;
+docs/methods.md, Mecklenburg et al. §2).
 
 The scaling rules are checked with scripted generators: small deterministic test doubles of an LLM
 that write numbered Q&A pairs and repeat themselves on purpose. The two real backends run for real:
@@ -12,10 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from kilib.lm import llm
 from kilib.lm.scoring import normalize_answer
 from kilib.runtime import KilibError
+from kilib.sft import judge as J
+from kilib.sft import qa_format as F
 from kilib.sft import qa_generation as Q
-from kilib.sft import study as S
+from kilib.sft import rules as R
 
 SECTIONS = [
     {
@@ -132,11 +136,11 @@ def test_token_based_budget_holds_per_section_and_duplicates_are_dropped(tokeniz
     sets = Q.generate_token_based(
         generator, SECTIONS, tokenizer, (1, 5, 10), overview_pairs=seeds, pairs_per_request=4, cache=False
     )
-    assert isinstance(sets, S.QASets) and sets.rule == "token" and sets.doc_id == "cup" and list(sets) == [1, 5, 10]
+    assert isinstance(sets, R.QASets) and sets.rule == "token" and sets.doc_id == "cup" and list(sets) == [1, 5, 10]
     counts = {s["section"]: len(tokenizer.encode(s["text"], add_special_tokens=False)) for s in SECTIONS}
     assert sets.section_tokens == counts
     # The rule of the paper, per section and scale: generated tokens first exceed scale x T.
-    report = S.budget_report(sets, sets.section_tokens)
+    report = R.budget_report(sets, sets.section_tokens)
     assert len(report) == 9 and all(row["exceeds"] and row["tight"] for row in report)
     for pair in sets[10]:
         q, a = pair["question"], pair["answer"]
@@ -198,10 +202,10 @@ def test_generated_sets_are_cached_with_provenance_and_prompts(tokenizer, tmp_pa
     lines = [json.loads(x) for x in (folder / "pairs-10.jsonl").read_text().splitlines()]
     assert lines == sets[10] and {"generator", "revision", "prompt_id", "question", "answer"} <= set(lines[0])
     prompts = json.loads((folder / "prompts.json").read_text())
-    assert prompts == {lines[0]["prompt_id"]: Q.TOKEN_QA_PROMPT}
+    assert prompts == {lines[0]["prompt_id"]: F.TOKEN_QA_PROMPT}
     # Another prompt is another set.
     third = ScriptedGenerator()
-    Q.generate_token_based(third, SECTIONS, tokenizer, pairs_per_request=5, prompt=Q.TOKEN_QA_PROMPT + "\n")
+    Q.generate_token_based(third, SECTIONS, tokenizer, pairs_per_request=5, prompt=F.TOKEN_QA_PROMPT + "\n")
     assert third.prompts
 
     facts = Q.list_atomic_facts(first, SECTIONS)
@@ -218,7 +222,7 @@ def test_atomic_facts_are_listed_deduplicated_and_vague_ones_skipped():
     assert [f["fact_id"] for f in facts] == ["cup.fact000", "cup.fact001", "cup.fact002"]
     assert [s["text"] for s in facts.skipped] == ["Overview was great.", "Venues was great.", "Final was great."]
     assert facts.report == {"requests": 3, "malformed_lines": 3, "duplicate_facts": 3}
-    assert Q.parse_fact_lines("1. First fact.\n2) Second fact.\n* skip: vague\n\n") == (
+    assert F.parse_fact_lines("1. First fact.\n2) Second fact.\n* skip: vague\n\n") == (
         ["First fact.", "Second fact."],
         ["vague"],
         0,
@@ -270,7 +274,7 @@ def test_eval_questions_are_disjoint_from_every_training_question(tokenizer):
     for kind in ("token", "fact"):
         assert evals[kind] and not set(normalised(evals[kind])) & training
     assert evals.report["duplicate_questions"] > len(evals["token"])  # the generator did repeat training questions
-    assert all(row["exceeds"] for row in S.budget_report({1: evals["token"]}, evals.section_tokens))
+    assert all(row["exceeds"] for row in R.budget_report({1: evals["token"]}, evals.section_tokens))
     # One question per fact the fact-based training kept (the stuck fact was skipped there).
     assert [p["fact_ids"] for p in evals["fact"]] == [["cup.fact000"], ["cup.fact001"]]
     assert evals.short_facts == {"fact": []}
@@ -293,7 +297,7 @@ def test_pairs_map_to_the_lexically_closest_fact():
     mapped = Q.map_pairs_to_facts(pairs, FACTS)
     assert [p["fact_ids"] for p in mapped] == [["cup.fact000"], ["cup.fact001"], []]
     assert pairs[0]["fact_ids"] == []  # copies, the input is untouched
-    assert S.fact_coverage(mapped, [f["fact_id"] for f in FACTS]) == {
+    assert R.fact_coverage(mapped, [f["fact_id"] for f in FACTS]) == {
         "cup.fact000": 1,
         "cup.fact001": 1,
         "cup.fact002": 0,
@@ -319,7 +323,7 @@ def test_pairs_map_to_the_lexically_closest_fact():
     ],
 )
 def test_judge_replies_are_parsed_strictly(reply, verdict):
-    assert Q.parse_verdict(reply) is verdict
+    assert J.parse_verdict(reply) is verdict
 
 
 def test_judge_answers_asks_one_prompt_per_item_and_counts_unparseable():
@@ -340,13 +344,13 @@ def test_judge_answers_asks_one_prompt_per_item_and_counts_unparseable():
         {"question": "Who won?", "expected": "Sylvania", "candidate": "Ruritania"},
         {"question": "Who won?", "expected": "Sylvania", "candidate": "no idea"},
     ]
-    verdicts = Q.judge_answers(judge, items, qa_generator="meta-llama/Llama-2-70b-chat-hf")
+    verdicts = J.judge_answers(judge, items, qa_generator="meta-llama/Llama-2-70b-chat-hf")
     assert verdicts == [True, False, None] and verdicts.unparseable == 1 and verdicts.replies[2] == "hmm"
     assert "Question: Who won?\nExpected answer: Sylvania\nCandidate answer: Ruritania" in judge.prompts[1]
     with pytest.raises(KilibError, match="both mistral models"):
-        Q.judge_answers(judge, items, qa_generator="mistralai/Mixtral-8x7B-Instruct-v0.1")
+        J.judge_answers(judge, items, qa_generator="mistralai/Mixtral-8x7B-Instruct-v0.1")
     with pytest.raises(KilibError, match="lacks candidate"):
-        Q.judge_answers(judge, [{"question": "q", "expected": "a"}])
+        J.judge_answers(judge, [{"question": "q", "expected": "a"}])
 
 
 def test_agreement_and_kappa_match_a_hand_computation():
@@ -354,33 +358,33 @@ def test_agreement_and_kappa_match_a_hand_computation():
     lexical = [1.0, 0.0, 0.0, False, True, 1.0]
     # Without the unparseable item: 5 pairs, 4 agree. p_o = 0.8; judge says yes 3/5, lexical 2/5;
     # p_e = 0.6 * 0.4 + 0.4 * 0.6 = 0.48; kappa = (0.8 - 0.48) / (1 - 0.48) = 0.32 / 0.52.
-    result = Q.judge_agreement(judge, lexical)
+    result = J.judge_agreement(judge, lexical)
     assert result["n"] == 5 and result["agreement"] == pytest.approx(0.8)
     assert result["cohen_kappa"] == pytest.approx(0.32 / 0.52)
-    assert Q.judge_agreement([True, False], [False, True])["cohen_kappa"] == pytest.approx(-1.0)
-    assert math.isnan(Q.judge_agreement([True, True], [1, 1])["cohen_kappa"])
+    assert J.judge_agreement([True, False], [False, True])["cohen_kappa"] == pytest.approx(-1.0)
+    assert math.isnan(J.judge_agreement([True, True], [1, 1])["cohen_kappa"])
     with pytest.raises(KilibError, match="3 judge verdicts against 2"):
-        Q.judge_agreement([True, True, False], [1, 0])
+        J.judge_agreement([True, True, False], [1, 0])
 
 
 def test_model_families_and_the_same_family_check():
-    assert Q.family_of("meta-llama/Llama-2-7b-chat-hf") == "llama"
-    assert Q.family_of("mistralai/Mixtral-8x7B-Instruct-v0.1") == "mistral"
-    assert Q.family_of("Qwen/Qwen2.5-7B-Instruct") == "qwen"
-    assert Q.family_of("google/gemma-2-9b-it") == "gemma"
-    assert Q.family_of("microsoft/Phi-3-mini-4k-instruct") == "phi"
-    assert Q.family_of("gpt-4-0613") == "gpt" and Q.family_of("o3-mini") == "gpt"
-    assert Q.family_of("EleutherAI/pythia-1b-deduped") == "gpt_neox"
-    assert Q.family_of("deepseek-ai/DeepSeek-R1-Distill-Llama-8B") == "llama"
-    assert Q.family_of("/models/my-own-model") is None
-    assert Q.check_judge_family("gpt-4-0613", "meta-llama/Llama-2-7b-chat-hf") == ("gpt", "llama")
+    assert llm.family_of("meta-llama/Llama-2-7b-chat-hf") == "llama"
+    assert llm.family_of("mistralai/Mixtral-8x7B-Instruct-v0.1") == "mistral"
+    assert llm.family_of("Qwen/Qwen2.5-7B-Instruct") == "qwen"
+    assert llm.family_of("google/gemma-2-9b-it") == "gemma"
+    assert llm.family_of("microsoft/Phi-3-mini-4k-instruct") == "phi"
+    assert llm.family_of("gpt-4-0613") == "gpt" and llm.family_of("o3-mini") == "gpt"
+    assert llm.family_of("EleutherAI/pythia-1b-deduped") == "gpt_neox"
+    assert llm.family_of("deepseek-ai/DeepSeek-R1-Distill-Llama-8B") == "llama"
+    assert llm.family_of("/models/my-own-model") is None
+    assert J.check_judge_family("gpt-4-0613", "meta-llama/Llama-2-7b-chat-hf") == ("gpt", "llama")
     with pytest.raises(KilibError, match="both llama models"):
-        Q.check_judge_family("meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Llama-2-7b-chat-hf")
-    assert Q.check_judge_family(
+        J.check_judge_family("meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Llama-2-7b-chat-hf")
+    assert J.check_judge_family(
         "meta-llama/Meta-Llama-3-8B-Instruct", "meta-llama/Llama-2-7b-chat-hf", allow_same_family=True
     ) == ("llama", "llama")
     with pytest.warns(UserWarning, match="cannot tell the model family"):
-        Q.check_judge_family("/models/my-own-model", "gpt-4")
+        J.check_judge_family("/models/my-own-model", "gpt-4")
 
 
 # ---------------------------------------------------------------------------------------
@@ -444,7 +448,7 @@ class ChatServer:
 def test_openai_compatible_generator_through_a_local_server(monkeypatch):
     monkeypatch.setenv("KILIB_TEST_API_KEY", "sk-local")
     with ChatServer() as server:
-        generator = Q.OpenAICompatibleGenerator(
+        generator = llm.OpenAICompatibleGenerator(
             "qwen2.5:7b",
             base_url=server.url,
             api_key_env="KILIB_TEST_API_KEY",
@@ -469,17 +473,19 @@ def test_openai_compatible_generator_through_a_local_server(monkeypatch):
     assert len(set(by_prompt["first prompt"])) == 2  # a repeated request is a new sample
 
     with ChatServer(status=401) as server:
-        denied = Q.OpenAICompatibleGenerator("m", base_url=server.url, api_key_env="KILIB_TEST_API_KEY", max_retries=0)
+        denied = llm.OpenAICompatibleGenerator(
+            "m", base_url=server.url, api_key_env="KILIB_TEST_API_KEY", max_retries=0
+        )
         with pytest.raises(KilibError, match="rejected the API key in KILIB_TEST_API_KEY"):
             denied.complete(["x"])
-    gone = Q.OpenAICompatibleGenerator(
+    gone = llm.OpenAICompatibleGenerator(
         "m", base_url=server.url, api_key_env="KILIB_TEST_API_KEY", max_retries=0, timeout=5
     )
     with pytest.raises(KilibError, match="cannot reach http://127.0.0.1"):
         gone.complete(["x"])
     monkeypatch.delenv("KILIB_TEST_API_KEY")
     with pytest.raises(KilibError, match="KILIB_TEST_API_KEY is not set"):
-        Q.OpenAICompatibleGenerator("m", base_url=server.url, api_key_env="KILIB_TEST_API_KEY").complete(["x"])
+        llm.OpenAICompatibleGenerator("m", base_url=server.url, api_key_env="KILIB_TEST_API_KEY").complete(["x"])
 
 
 @pytest.mark.parametrize("saved_model", ["llama"], indirect=True)  # the plumbing is the same for every family
@@ -492,31 +498,31 @@ def test_local_generator_on_a_saved_model(saved_model):
 
     _, folder, _ = saved_model
     prompts = ["Who won the cup?", "Where was the final?", "Who won the cup?"]
-    a = Q.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=1, batch_size=2)
+    a = llm.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=1, batch_size=2)
     state = torch.random.get_rng_state()
     replies = a.complete(prompts)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global random state is untouched
     assert len(replies) == 3 and all(isinstance(r, str) for r in replies)
     assert (
-        Q.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=1, batch_size=2).complete(prompts)
+        llm.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=1, batch_size=2).complete(prompts)
         == replies
     )
     assert (
-        Q.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=2, batch_size=2).complete(prompts)
+        llm.LocalGenerator(folder, quantization="none", max_new_tokens=6, seed=2, batch_size=2).complete(prompts)
         != replies
     )
     assert a.complete(prompts) != replies  # the same request again is a new sample
     assert a.name == str(folder) and a.settings["seed"] == 1
 
-    greedy = Q.LocalGenerator(folder, quantization="none", max_new_tokens=6, temperature=0)
+    greedy = llm.LocalGenerator(folder, quantization="none", max_new_tokens=6, temperature=0)
     model, tokenizer = load_causal_lm(folder, quantization="none")
     expected = generate(model, tokenizer, [render_prompt(tokenizer, p) for p in prompts], max_new_tokens=6)
     assert greedy.complete(prompts) == [e.strip() for e in expected]
 
 
 def test_generator_protocol_and_input_errors(tokenizer):
-    assert isinstance(ScriptedGenerator(), Q.Generator)
-    assert isinstance(Q.OpenAICompatibleGenerator("gpt-4"), Q.Generator)
+    assert isinstance(ScriptedGenerator(), llm.Generator)
+    assert isinstance(llm.OpenAICompatibleGenerator("gpt-4"), llm.Generator)
     with pytest.raises(KilibError, match="is not a generator"):
         Q.generate_token_based(object(), SECTIONS, tokenizer, cache=False)
 
@@ -525,9 +531,9 @@ def test_generator_protocol_and_input_errors(tokenizer):
             return ["Correct: yes"]
 
     with pytest.raises(KilibError, match="returned 1 replies to 2 prompts"):
-        Q.judge_answers(Short(), [{"question": "q", "expected": "a", "candidate": "a"}] * 2)
-    assert Q.parse_qa_reply('[{"question": "Q1?", "answer": 3}, {"question": "", "answer": "x"}]') == (
+        J.judge_answers(Short(), [{"question": "q", "expected": "a", "candidate": "a"}] * 2)
+    assert F.parse_qa_reply('[{"question": "Q1?", "answer": 3}, {"question": "", "answer": "x"}]') == (
         [("Q1?", "3")],
         1,
     )
-    assert Q.parse_qa_reply('1. {"question": "Q2?", "answer": "b"},\nnoise') == ([("Q2?", "b")], 1)
+    assert F.parse_qa_reply('1. {"question": "Q2?", "answer": "b"},\nnoise') == ([("Q2?", "b")], 1)

@@ -1,4 +1,4 @@
-"""Notebook 01's training and scoring (kilib.sft.study; Mecklenburg et al. §3): one LoRA
+"""Notebook 01's training and scoring (kilib.sft.study, kilib.sft.adapters; Mecklenburg et al. §3): one LoRA
 adapter per Q&A set, cached, answered, scored, and the paper's claims judged from intervals."""
 
 import json
@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 from conftest import make_model, make_tokenizer
 
+from kilib.lm import llm
+from kilib.lm.training import TrainConfig
 from kilib.runtime import KilibError
+from kilib.sft import adapters as A
+from kilib.sft import judge as J
+from kilib.sft import presets as P
+from kilib.sft import rules as R
 from kilib.sft import study as S
 
 PAIRS = [
@@ -27,38 +33,38 @@ def base(tmp_path_factory):
 
 
 def job_for(base, seed=0, pairs=PAIRS, epochs=2, asked=PAIRS[:2], **train):
-    config = S.InjectionConfig(
+    config = P.InjectionConfig(
         model=base,
-        train=S.TrainConfig(
+        train=TrainConfig(
             **{
                 **dict(epochs=epochs, batch_size=1, lr=3e-3, save_every_epoch=False, progress=False, logging_steps=1),
                 **train,
             }
         ),
     )
-    return S.adapter_job(base, config, pairs, {"fact": S._items(asked)}, seed, doc_id="d", rule="fact", scale=1)
+    return A.adapter_job(base, config, pairs, {"fact": A.question_items(asked)}, seed, doc_id="d", rule="fact", scale=1)
 
 
 def test_adapter_is_cached_in_peft_format_and_answers_every_question(base):
     from peft import PeftConfig
 
     job = job_for(base)
-    adapter, answers = S.train_and_answer(job)
+    adapter, answers = A.train_and_answer(job)
     assert PeftConfig.from_pretrained(adapter / "adapter").r == 16
     assert (adapter / "adapter" / "adapter_model.safetensors").exists() and not (adapter / "checkpoints").exists()
     assert json.loads((adapter / "train.json").read_text())["steps"] == 2 * len(PAIRS)
     first = json.loads((answers / "answers.json").read_text())["fact"]
     assert len(first) == 2
     stamp = (adapter / "train.json").stat().st_mtime_ns
-    assert S.train_and_answer(job_for(base, logging_steps=5, progress=True)) == (adapter, answers)  # cosmetic only
+    assert A.train_and_answer(job_for(base, logging_steps=5, progress=True)) == (adapter, answers)  # cosmetic only
     # new questions re-ask the saved adapter (loaded back from disk) without retraining it
-    adapter2, answers2 = S.train_and_answer(job_for(base, asked=PAIRS))
+    adapter2, answers2 = A.train_and_answer(job_for(base, asked=PAIRS))
     assert adapter2 == adapter and answers2 != answers
     assert (adapter / "train.json").stat().st_mtime_ns == stamp
     assert (
         json.loads((answers2 / "answers.json").read_text())["fact"][:2] == first
     )  # the saved adapter is the trained one
-    assert S.train_and_answer(job_for(base, seed=1))[0] != adapter  # another seed is another adapter
+    assert A.train_and_answer(job_for(base, seed=1))[0] != adapter  # another seed is another adapter
 
 
 def test_job_key_ignores_tags_and_rejects_empty_sets(base):
@@ -76,7 +82,7 @@ def test_parallel_workers_train_the_same_adapters_as_one_process(base, tmp_path,
     out = {}
     for workers in (1, 2):
         monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / f"cache{workers}"))
-        out[workers] = S.run_adapter_jobs(jobs, workers=workers, progress=False)
+        out[workers] = A.run_adapter_jobs(jobs, workers=workers, progress=False)
     for serial, parallel in zip(out[1], out[2]):
         assert serial["seed"] == parallel["seed"] and serial["folder"] != parallel["folder"]
         a = [h["loss"] for h in serial["train"]["losses"]]
@@ -88,17 +94,17 @@ def test_grid_evaluation_is_disjoint_from_training(tmp_path):
     from kilib.tiny.zoo import world_of, zoo_config
 
     world = world_of(zoo_config("smoke"))
-    config = S.INJECTION_PRESETS["smoke"]
+    config = P.INJECTION_PRESETS["smoke"]
     tok = make_tokenizer(chat=True)
     docs = S.study_documents(world, config)
     sets = S.world_training_sets(world, docs, tok, config)
-    evaluation = {d: S.eval_sets(world, d, tok) for d in docs}
+    evaluation = {d: R.eval_sets(world, d, tok) for d in docs}
     (tmp_path / "config.json").write_text("{}")  # a trainee folder: the keys name it, nothing loads it
     jobs = S.grid_jobs(str(tmp_path), config, sets, evaluation, world.control_doc_id)
     assert len(jobs) == len(docs) * len(S.RULES) * len(config.seeds) * len(config.scales)
     for job in jobs:
-        trained = {S.question_key(p["question"]) for p in job["train_key"]["pairs"]}
-        asked = {S.question_key(it["question"]) for items in job["eval_items"].values() for it in items}
+        trained = {R.question_key(p["question"]) for p in job["train_key"]["pairs"]}
+        asked = {R.question_key(it["question"]) for items in job["eval_items"].values() for it in items}
         assert trained and asked and not trained & asked
         assert ("control" in job["eval_items"]) == (job["tags"]["doc_id"] != world.control_doc_id)
     for name in S.RULES:  # each evaluation prompt is the bare question: no passage, closed book
@@ -106,7 +112,7 @@ def test_grid_evaluation_is_disjoint_from_training(tmp_path):
 
 
 def test_rag_prompt_holds_the_retrieved_passage():
-    items = S._items(PAIRS[:1], [["The rovers won the cup."]])
+    items = A.question_items(PAIRS[:1], [["The rovers won the cup."]])
     assert items[0]["prompt"].startswith("The rovers won the cup.") and items[0]["prompt"].endswith(
         PAIRS[0]["question"]
     )
@@ -115,7 +121,7 @@ def test_rag_prompt_holds_the_retrieved_passage():
 def test_scores_and_intervals_resample_questions_not_answers():
     from kilib.stats import accuracy_with_ci
 
-    items = S._items(PAIRS)
+    items = A.question_items(PAIRS)
     rows = S.score_rows(items, ["The Rovers.", "3-1 after extra time", "no idea"], method="fact", seed=0)
     assert [r["exact"] for r in rows] == [1.0, 0.0, 0.0]
     assert [r["contains"] for r in rows] == [1.0, 1.0, 0.0]
@@ -194,10 +200,10 @@ def test_paper_claims_compare_the_right_conditions():
 
 
 def test_presets_follow_the_paper():
-    for name, preset in S.INJECTION_PRESETS.items():
+    for name, preset in P.INJECTION_PRESETS.items():
         assert preset.lora_r == 16 and preset.train.batch_size == 1 and preset.train.epochs == 3, name
         assert preset.quantization == "4bit" and preset.scales == (1, 5, 10), name
-    assert len(S.INJECTION_PRESETS["tiny"].seeds) >= 2
+    assert len(P.INJECTION_PRESETS["tiny"].seeds) >= 2
 
 
 def test_own_documents_go_through_the_llm_path(base, tmp_path, monkeypatch):
@@ -205,17 +211,15 @@ def test_own_documents_go_through_the_llm_path(base, tmp_path, monkeypatch):
     gets nested scales, evaluation disjoint from training and token pairs mapped to facts."""
     from test_qa_generation import ScriptedGenerator
 
-    from kilib.sft import qa_generation as qa
-
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "example_cup.md").write_text(
         "The 2023 Example Cup was held in Freedonia. Sylvania won the final 3-1.\n\n"
         "## Final\nAnna Berg scored twice in the final at Example Stadium in front of a large crowd.\n"
     )
     monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: ScriptedGenerator())
-    config = S.InjectionConfig(model=base, corpus=str(tmp_path / "docs"), generator="scripted")
-    inputs = S.study_inputs("tiny", config)
+    monkeypatch.setattr(llm, "make_generator", lambda spec, **kw: ScriptedGenerator())
+    config = P.InjectionConfig(model=base, corpus=str(tmp_path / "docs"), generator="scripted")
+    inputs = S.study_inputs(config)
     assert inputs.doc_ids == ["example_cup"] and inputs.control_doc_id is None
     token, fact = inputs.training_sets[("example_cup", "token", 0)], inputs.training_sets[("example_cup", "fact", 0)]
     for sets in (token, fact):
@@ -223,25 +227,24 @@ def test_own_documents_go_through_the_llm_path(base, tmp_path, monkeypatch):
             p["question"] for p in sets[10]
         }
     assert all(len(set(p["fact_ids"]) - set(inputs.facts["example_cup"])) == 0 for p in token[10])
-    trained = {S.question_key(p["question"]) for sets in (token, fact) for pairs in sets.values() for p in pairs}
-    asked = {S.question_key(p["question"]) for name in S.RULES for p in inputs.evaluation["example_cup"][name]}
+    trained = {R.question_key(p["question"]) for sets in (token, fact) for pairs in sets.values() for p in pairs}
+    asked = {R.question_key(p["question"]) for name in S.RULES for p in inputs.evaluation["example_cup"][name]}
     assert asked and not trained & asked
     assert S.grid_jobs(base, config, inputs.training_sets, inputs.evaluation, None)
 
 
 def test_llm_path_and_judge_errors_name_the_fix(base):
     with pytest.raises(KilibError, match="set GENERATOR"):
-        S.study_inputs("paper", S.InjectionConfig(model=base, corpus="/nowhere"))
+        S.study_inputs(P.InjectionConfig(model=base, corpus="/nowhere"))
     with pytest.raises(KilibError, match="knows only the tiny world"):
-        S.study_inputs("tiny", S.InjectionConfig(corpus="/nowhere", generator="openai:gpt-4o"))
+        S.study_inputs(P.InjectionConfig(corpus="/nowhere", generator="openai:gpt-4o"))
     with pytest.raises(KilibError, match="set corpus"):
-        S.study_inputs("paper", S.InjectionConfig(model=base))
+        S.study_inputs(P.InjectionConfig(model=base, zoo=""))
     with pytest.raises(KilibError, match="needs a judge model"):
-        S.InjectionConfig(score="judge")
+        P.InjectionConfig(score="judge")
 
 
 def test_judge_scores_and_agreement(monkeypatch):
-    from kilib.sft import qa_generation as qa
 
     class Judge:
         name, revision = "mistralai/Mistral-7B-Instruct-v0.3", None
@@ -252,10 +255,10 @@ def test_judge_scores_and_agreement(monkeypatch):
                 for p in prompts
             ]
 
-    monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: Judge())
-    rows = S.score_rows(S._items(PAIRS), ["the rovers", "3-1", "the year of the cup"], method="fact", seed=0)
-    config = S.InjectionConfig(judge="mistral", generator="Qwen/Qwen2.5-7B-Instruct", score="judge")
-    judged, info = S.judge_rows(rows, config)
+    monkeypatch.setattr(llm, "make_generator", lambda spec, **kw: Judge())
+    rows = S.score_rows(A.question_items(PAIRS), ["the rovers", "3-1", "the year of the cup"], method="fact", seed=0)
+    config = P.InjectionConfig(judge="mistral", generator="Qwen/Qwen2.5-7B-Instruct", score="judge")
+    judged, info = J.judge_rows(rows, config)
     assert [r["judge"] for r in judged] == [1.0, 0.0, 0.0] and info["unparseable"] == 1
     assert info["n"] == 2 and info["agreement"] == 0.5  # contains is 1, 1, 1; the unparseable reply is left out
 
@@ -265,7 +268,6 @@ def test_the_paper_corpus_keeps_its_control(base, tmp_path, monkeypatch):
     from test_qa_generation import ScriptedGenerator
 
     from kilib.lm import documents
-    from kilib.sft import qa_generation as qa
 
     text = "The {} was won by Sylvania, who beat Freedonia 3-1 in the final in front of a large crowd."
     fetched = documents.Documents(
@@ -277,16 +279,16 @@ def test_the_paper_corpus_keeps_its_control(base, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(documents, "load_documents", lambda spec, **kw: fetched if spec == "paper" else None)
-    monkeypatch.setattr(qa, "make_generator", lambda spec, **kw: ScriptedGenerator())
+    monkeypatch.setattr(llm, "make_generator", lambda spec, **kw: ScriptedGenerator())
     for corpus in ("paper", "wikipedia"):
-        inputs = S.study_inputs("paper", S.InjectionConfig(model=base, corpus=corpus, generator="scripted"))
+        inputs = S.study_inputs(P.InjectionConfig(model=base, corpus=corpus, generator="scripted"))
         assert inputs.control_doc_id == "fifa_world_cup_2018" and inputs.doc_ids == fetched.doc_ids()
 
 
 def test_model_fingerprint_changes_when_weights_are_replaced_in_place(tmp_path, tokenizer):
     """Cached adapters are keyed by their trainee: new weights of the same shapes in the same
     folder must not reuse adapters trained on the old ones."""
-    from kilib.sft.study import model_fingerprint
+    from kilib.sft.adapters import model_fingerprint
 
     make_model("llama", tokenizer, seed=0).save_pretrained(tmp_path)
     first = model_fingerprint(str(tmp_path))
@@ -301,25 +303,25 @@ def test_model_fingerprint_changes_when_weights_are_replaced_in_place(tmp_path, 
 def test_notebook_parameters_become_overrides():
     from kilib.config import select_preset
 
-    assert S.notebook_overrides(0, "", "", "", "", 0) == {}  # every default keeps the preset
-    assert S.notebook_overrides(2, "m", "", "", "", 3) == {"seeds": (0, 1), "model": "m", "workers": 3}
+    assert P.notebook_overrides(0, "", "", "", "", 0) == {}  # every default keeps the preset
+    assert P.notebook_overrides(2, "m", "", "", "", 3) == {"seeds": (0, 1), "model": "m", "workers": 3}
     # a folder of documents drops the preset's document ids, which name tiny-world documents
-    smoke = select_preset(S.INJECTION_PRESETS, "smoke", S.notebook_overrides(0, "m", "/docs", "g", "", 0))
-    assert smoke.documents == () and smoke.corpus == "/docs" and S.INJECTION_PRESETS["smoke"].documents
-    with pytest.raises(KilibError, match="N_SEEDS=-1: use 0 to keep the profile's seeds"):
-        S.notebook_overrides(-1, "", "", "", "", 0)
+    smoke = select_preset(P.INJECTION_PRESETS, "smoke", P.notebook_overrides(0, "m", "/docs", "g", "", 0))
+    assert smoke.documents == () and smoke.corpus == "/docs" and P.INJECTION_PRESETS["smoke"].documents
+    with pytest.raises(KilibError, match="SEEDS=-1: use 0 to keep the profile's seeds"):
+        P.notebook_overrides(-1, "", "", "", "", 0)
     with pytest.raises(KilibError, match="WORKERS=-2: use 0 for one adapter per CPU core"):
-        S.notebook_overrides(0, "", "", "", "", -2)
+        P.notebook_overrides(0, "", "", "", "", -2)
 
 
 def test_a_model_or_judge_that_cannot_load_fails_before_training(monkeypatch):
     from kilib.config import select_preset
 
     with pytest.raises(KilibError, match="no zoo model 'org/model'.*also set DOCUMENTS .* and GENERATOR"):
-        S.study_inputs("smoke", select_preset(S.INJECTION_PRESETS, "smoke", {"model": "org/model"}))
-    config = select_preset(S.INJECTION_PRESETS, "smoke", {"judge": "/no/such/judge"})
+        S.study_inputs(select_preset(P.INJECTION_PRESETS, "smoke", {"model": "org/model"}))
+    config = select_preset(P.INJECTION_PRESETS, "smoke", {"judge": "/no/such/judge"})
     with pytest.raises(KilibError, match="/no/such/judge does not exist"):
-        S.study_inputs("smoke", config)
+        S.study_inputs(config)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(KilibError, match="OPENAI_API_KEY is not set"):
-        S.study_inputs("smoke", select_preset(S.INJECTION_PRESETS, "smoke", {"judge": "openai:gpt-4o"}))
+        S.study_inputs(select_preset(P.INJECTION_PRESETS, "smoke", {"judge": "openai:gpt-4o"}))

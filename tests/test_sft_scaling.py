@@ -1,4 +1,4 @@
-"""Token-based vs fact-based Q&A scaling (kilib.sft.study; methods.md §1, Mecklenburg et al. §2)
+"""Token-based vs fact-based Q&A scaling (kilib.sft.rules; docs/methods.md, Mecklenburg et al. §2)
 on the smoke world, with the zoo's tokenizer."""
 
 from collections import Counter
@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from kilib.runtime import KilibError
-from kilib.sft import study as S
+from kilib.sft import rules as R
 
 SCALES = (1, 5, 10)
 
@@ -32,17 +32,17 @@ def doc(world):
 
 @pytest.fixture(scope="module")
 def token_sets(world, doc, zoo_tokenizer):
-    return S.token_based_sets(world, doc, zoo_tokenizer, SCALES, seed=0)
+    return R.token_based_sets(world, doc, zoo_tokenizer, SCALES, seed=0)
 
 
 @pytest.fixture(scope="module")
 def fact_sets(world, doc, zoo_tokenizer):
-    return S.fact_based_sets(world, doc, SCALES, per_fact_max=10, tokenizer=zoo_tokenizer)
+    return R.fact_based_sets(world, doc, SCALES, per_fact_max=10, tokenizer=zoo_tokenizer)
 
 
 @pytest.fixture(scope="module")
 def evals(world, doc, zoo_tokenizer):
-    return S.eval_sets(world, doc, zoo_tokenizer, seed=0)
+    return R.eval_sets(world, doc, zoo_tokenizer, seed=0)
 
 
 def generated(pairs, section):
@@ -52,7 +52,7 @@ def generated(pairs, section):
 def test_scales_are_nested_sets_of_questions(token_sets, fact_sets):
     for sets in (token_sets, fact_sets):
         assert list(sets) == list(SCALES)
-        q = {s: set(S.questions_of(sets[s])) for s in SCALES}
+        q = {s: set(R.questions_of(sets[s])) for s in SCALES}
         assert q[1] < q[5] < q[10]  # strict: each scale adds pairs
 
 
@@ -79,8 +79,8 @@ def test_fact_scales_are_prefixes_per_fact(world, doc, fact_sets):
 @pytest.mark.parametrize("index", range(5))
 def test_token_budget_rule_is_tight(world, zoo_tokenizer, index):
     doc_id = world.post_cutoff_doc_ids[index]
-    sets = S.token_based_sets(world, doc_id, zoo_tokenizer, SCALES, seed=0)
-    t_of = S.section_tokens(world, doc_id, zoo_tokenizer)
+    sets = R.token_based_sets(world, doc_id, zoo_tokenizer, SCALES, seed=0)
+    t_of = R.section_tokens(world, doc_id, zoo_tokenizer)
     assert t_of == sets.section_tokens and list(t_of) == [s.title for s in world.articles[doc_id].sections]
     assert all(t > 0 for t in t_of.values())
     for s in SCALES:
@@ -88,13 +88,13 @@ def test_token_budget_rule_is_tight(world, zoo_tokenizer, index):
             tokens = [p["tokens"] for p in generated(sets[s], title)]
             if title in sets.shortfalls[s]:  # only when the section's unique questions ran out
                 assert sum(tokens) <= s * t
-                used = set(S.questions_of(sets[s]))
+                used = set(R.questions_of(sets[s]))
                 section = next(x for x in world.articles[doc_id].sections if x.title == title)
                 assert all(set(world.questions(fid, "train")) <= used for fid in section.fact_ids)
                 continue
             assert sum(tokens) > s * t, (s, title)
             assert sum(tokens) - tokens[-1] <= s * t, (s, title)  # stops at the first pair that crosses
-    rows = S.budget_report(sets, t_of)
+    rows = R.budget_report(sets, t_of)
     assert len(rows) == len(SCALES) * len(t_of)
     for row in rows:
         shortfall = row["section"] in sets.shortfalls[row["scale"]]
@@ -104,11 +104,11 @@ def test_token_budget_rule_is_tight(world, zoo_tokenizer, index):
 
 def test_shortfall_is_recorded_when_questions_run_out(world, doc, zoo_tokenizer):
     # At 60x a two-fact section needs more than its facts' 32 train questions (about 870 tokens).
-    sets = S.token_based_sets(world, doc, zoo_tokenizer, (1, 60), seed=0)
+    sets = R.token_based_sets(world, doc, zoo_tokenizer, (1, 60), seed=0)
     assert sets.shortfalls[1] == {}
     short = sets.shortfalls[60]
     assert "Knockout stage" in short
-    used = set(S.questions_of(sets[60]))
+    used = set(R.questions_of(sets[60]))
     for title, info in short.items():
         section = next(x for x in world.articles[doc].sections if x.title == title)
         pairs = generated(sets[60], title)
@@ -120,24 +120,24 @@ def test_shortfall_is_recorded_when_questions_run_out(world, doc, zoo_tokenizer)
         assert info["tokens"] <= info["budget"]
         for fid in section.fact_ids:  # it ran out: every unique question of its facts is used
             assert set(world.questions(fid, "train")) <= used
-    rows = {(r["scale"], r["section"]): r for r in S.budget_report(sets, sets.section_tokens)}
+    rows = {(r["scale"], r["section"]): r for r in R.budget_report(sets, sets.section_tokens)}
     assert not rows[60, "Knockout stage"]["exceeds"] and not rows[60, "Knockout stage"]["tight"]
     assert rows[1, "Knockout stage"]["exceeds"] and rows[1, "Knockout stage"]["tight"]
 
 
 def test_no_question_repeats_within_a_set(token_sets, fact_sets, evals):
     for pairs in [*token_sets.values(), *fact_sets.values(), *evals.values()]:
-        questions = S.questions_of(pairs)
+        questions = R.questions_of(pairs)
         assert len(questions) == len(set(questions))
 
 
 def test_eval_questions_never_in_training(world, doc, token_sets, fact_sets, evals):
     train = set()
     for pairs in [*token_sets.values(), *fact_sets.values()]:
-        train |= set(S.questions_of(pairs))
+        train |= set(R.questions_of(pairs))
     assert set(evals) == {"token", "fact"}
     for kind, pairs in evals.items():
-        assert pairs and not set(S.questions_of(pairs)) & train, kind
+        assert pairs and not set(R.questions_of(pairs)) & train, kind
         for p in pairs:
             assert p["question"] in world.questions(p["fact_ids"][0], "eval")
     # the fact eval set asks every fact once; the token one meets its 1x budget per section
@@ -159,7 +159,7 @@ def test_pairs_are_well_formed(world, doc, zoo_tokenizer, token_sets, fact_sets,
             assert fid in sections[p["section"]].fact_ids  # its fact is stated in its section
             assert p["tokens"] == n(p["question"]) + n(p["answer"])
     assert all(p["section"] == world.facts[p["fact_ids"][0]].section for p in fact_sets[10])
-    assert S.fact_based_sets(world, doc, SCALES)[1][0]["tokens"] is None  # no tokenizer, no count
+    assert R.fact_based_sets(world, doc, SCALES)[1][0]["tokens"] is None  # no tokenizer, no count
 
 
 def test_overview_seeds_come_first(world, doc, token_sets):
@@ -168,7 +168,7 @@ def test_overview_seeds_come_first(world, doc, token_sets):
     seeds = [world.questions(fid, "train")[0] for fid in overview.fact_ids]
     for s in SCALES:
         head = token_sets[s][: len(seeds)]
-        assert S.questions_of(head) == seeds
+        assert R.questions_of(head) == seeds
         assert all(p["origin"] == "overview_seed" and p["section"] == "Overview" for p in head)
         assert all(p["origin"] == "generated" for p in token_sets[s][len(seeds) :])
         assert [p["section"] for p in token_sets[s][len(seeds) :]] == sorted(
@@ -179,23 +179,23 @@ def test_overview_seeds_come_first(world, doc, token_sets):
 def test_coverage_counts(world, doc, token_sets, fact_sets):
     fact_ids = [f.id for f in world.facts_of(doc)]
     for pairs in [*token_sets.values(), *fact_sets.values()]:
-        coverage = S.fact_coverage(pairs, fact_ids)
+        coverage = R.fact_coverage(pairs, fact_ids)
         assert list(coverage) == fact_ids
         assert sum(coverage.values()) == len(pairs)
         direct = Counter(p["fact_ids"][0] for p in pairs)
         assert coverage == {fid: direct.get(fid, 0) for fid in fact_ids}
     with pytest.raises(KilibError, match="not listed"):
-        S.fact_coverage(token_sets[10], fact_ids[1:])
+        R.fact_coverage(token_sets[10], fact_ids[1:])
 
 
 def test_token_coverage_is_uneven_fact_coverage_uniform(world, doc, token_sets, fact_sets):
     fact_ids = [f.id for f in world.facts_of(doc)]
-    token = S.coverage_summary(S.fact_coverage(token_sets[10], fact_ids))
-    fact = S.coverage_summary(S.fact_coverage(fact_sets[10], fact_ids))
+    token = R.coverage_summary(R.fact_coverage(token_sets[10], fact_ids))
+    fact = R.coverage_summary(R.fact_coverage(fact_sets[10], fact_ids))
     assert fact == {"min": 10, "median": 10, "max": 10, "max_over_min": 1.0}
     assert token["max_over_min"] >= 3 > fact["max_over_min"]
     # salience drives it: facts stated three times get more pairs, on average, than those stated once
-    coverage = S.fact_coverage(token_sets[10], fact_ids)
+    coverage = R.fact_coverage(token_sets[10], fact_ids)
     by_salience = {}
     for f in world.facts_of(doc):
         by_salience.setdefault(f.salience, []).append(coverage[f.id])
@@ -210,7 +210,7 @@ def test_draws_are_salience_weighted(world, doc, zoo_tokenizer):
     assert len(sections) >= 3
     hits, weighted, uniform = 0, 0.0, 0.0
     for seed in range(300):
-        sets = S.token_based_sets(world, doc, zoo_tokenizer, (1,), seed=seed)
+        sets = R.token_based_sets(world, doc, zoo_tokenizer, (1,), seed=seed)
         for section in sections:
             top = max(section.fact_ids, key=lambda f: world.facts[f].salience)
             sal = [world.facts[f].salience for f in section.fact_ids]
@@ -235,34 +235,34 @@ def test_duplicate_questions_are_skipped(world, doc, monkeypatch):
         return qs
 
     monkeypatch.setattr(world, "questions", questions)
-    sets = S.fact_based_sets(world, doc, SCALES)
+    sets = R.fact_based_sets(world, doc, SCALES)
     for s in SCALES:
-        assert len(set(S.questions_of(sets[s]))) == len(sets[s])
+        assert len(set(R.questions_of(sets[s]))) == len(sets[s])
         assert sets.short_facts[s] == ([third] if s > 3 else [])
     assert [p["question"] for p in sets[10] if p["fact_ids"] == [second]] == real(second, "train")[:10]
     assert len([p for p in sets[10] if p["fact_ids"] == [third]]) == 3
     monkeypatch.setattr(world, "questions", lambda f, split: [] if f == third else real(f, split))
     with pytest.raises(KilibError, match="no unique train question"):
-        S.fact_based_sets(world, doc, SCALES)
+        R.fact_based_sets(world, doc, SCALES)
 
 
 def test_deterministic_for_a_seed(world, doc, zoo_tokenizer, token_sets, evals):
-    again = S.token_based_sets(world, doc, zoo_tokenizer, SCALES, seed=0)
+    again = R.token_based_sets(world, doc, zoo_tokenizer, SCALES, seed=0)
     assert dict(again) == dict(token_sets) and again.shortfalls == token_sets.shortfalls
-    assert dict(S.eval_sets(world, doc, zoo_tokenizer, seed=0)) == dict(evals)
-    other = S.token_based_sets(world, doc, zoo_tokenizer, SCALES, seed=1)
-    assert S.questions_of(other[10]) != S.questions_of(token_sets[10])
-    assert dict(S.fact_based_sets(world, doc)) == dict(S.fact_based_sets(world, doc))
+    assert dict(R.eval_sets(world, doc, zoo_tokenizer, seed=0)) == dict(evals)
+    other = R.token_based_sets(world, doc, zoo_tokenizer, SCALES, seed=1)
+    assert R.questions_of(other[10]) != R.questions_of(token_sets[10])
+    assert dict(R.fact_based_sets(world, doc)) == dict(R.fact_based_sets(world, doc))
 
 
 def test_bad_arguments_name_the_fix(world, doc, zoo_tokenizer):
     with pytest.raises(KilibError, match="positive integers"):
-        S.token_based_sets(world, doc, zoo_tokenizer, (0, 5))
+        R.token_based_sets(world, doc, zoo_tokenizer, (0, 5))
     with pytest.raises(KilibError, match="must not repeat"):
-        S.fact_based_sets(world, doc, (5, 5))
+        R.fact_based_sets(world, doc, (5, 5))
     with pytest.raises(KilibError, match="per_fact_max"):
-        S.fact_based_sets(world, doc, SCALES, per_fact_max=5)
+        R.fact_based_sets(world, doc, SCALES, per_fact_max=5)
     with pytest.raises(KilibError, match="unknown doc_id"):
-        S.eval_sets(world, "no_such_doc", zoo_tokenizer)
+        R.eval_sets(world, "no_such_doc", zoo_tokenizer)
     with pytest.raises(KilibError, match="encode"):
-        S.token_based_sets(world, doc, None)
+        R.token_based_sets(world, doc, None)

@@ -14,16 +14,10 @@ from transformers import AutoTokenizer
 
 from kilib.results import write_json
 from kilib.runtime import results_root
-from kilib.sft.study import (
-    INJECTION_PRESETS,
-    _items,
-    accuracy_table,
-    adapter_job,
-    adapter_rows,
-    fact_based_sets,
-    run_adapter_jobs,
-    token_based_sets,
-)
+from kilib.sft.adapters import adapter_job, question_items, run_adapter_jobs
+from kilib.sft.presets import INJECTION_PRESETS
+from kilib.sft.rules import fact_based_sets, token_based_sets
+from kilib.sft.study import accuracy_table, adapter_rows
 from kilib.tiny import zoo
 
 RATES = (3e-4, 1e-3, 3e-3)
@@ -51,7 +45,9 @@ if __name__ == "__main__":
             cfg = dataclasses.replace(preset, train=dataclasses.replace(preset.train, lr=lr))
             for rule, s in sets.items():
                 jobs.append(
-                    adapter_job(base, cfg, s[10], {"dev": _items(dev)}, 0, doc_id=doc, rule=rule, scale=10, lr=lr)
+                    adapter_job(
+                        base, cfg, s[10], {"dev": question_items(dev)}, 0, doc_id=doc, rule=rule, scale=10, lr=lr
+                    )
                 )
     results = run_adapter_jobs(jobs)
     rows = adapter_rows(results, jobs)

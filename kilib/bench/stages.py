@@ -7,13 +7,13 @@ character-level tokenizer and a chat template. It stands in for the trainee, the
 generator and the judge (Qwen2.5-7B and Mistral-7B are within a few percent of its size in
 4-bit). Each stage runs in its own process, so its peak is its own, loading included:
 
-* ``generate``: Q&A generation (:class:`kilib.sft.qa_generation.LocalGenerator`, 4-bit, sampled,
+* ``generate``: Q&A generation (:class:`kilib.lm.llm.LocalGenerator`, 4-bit, sampled,
   1,024 new tokens, batch 8). Random weights never stop early, so every reply runs to
   ``max_new_tokens``: the worst case of the real run.
-* ``train``: one LoRA adapter (:func:`kilib.sft.study.train_and_answer`: 4-bit base,
+* ``train``: one LoRA adapter (:func:`kilib.sft.adapters.train_and_answer`: 4-bit base,
   rank 16, batch size 1, answer-only loss) on Q&A pairs of a realistic length, then its
   answers to evaluation questions (64 new tokens, batch 8).
-* ``judge``: verdicts (:class:`~kilib.sft.qa_generation.LocalGenerator`, greedy, 16 new tokens).
+* ``judge``: verdicts (:class:`~kilib.lm.llm.LocalGenerator`, greedy, 16 new tokens).
 
 On a CPU the same code runs on a small shape, as a check of this script. Results go to
 ``results/bench/paper_stages_<device>.json``: seconds, per-unit rates (s per training step,
@@ -108,7 +108,7 @@ def _peaks() -> dict:
 
 
 def stage_generate(folder: Path, work: dict) -> dict:
-    from kilib.sft.qa_generation import LocalGenerator
+    from kilib.lm.llm import LocalGenerator
 
     gen = LocalGenerator(folder, max_new_tokens=work["gen_tokens"], temperature=0.7, batch_size=8)
     prompts = [
@@ -136,9 +136,9 @@ def stage_train(folder: Path, work: dict) -> dict:
 
     from kilib.lm.data import qa_prompt
     from kilib.results import read_json
-    from kilib.sft import study as sft
+    from kilib.sft import adapters, presets
 
-    base = sft.INJECTION_PRESETS["paper"]
+    base = presets.INJECTION_PRESETS["paper"]
     config = dataclasses.replace(
         base,
         model=str(folder),
@@ -155,9 +155,9 @@ def stage_train(folder: Path, work: dict) -> dict:
         {"prompt": qa_prompt(f"Who won the 2023 final number {i}?", [SECTION[:600]]), "answer": "Australia"}
         for i in range(work["eval_prompts"])
     ]
-    job = sft.adapter_job(str(folder), config, pairs, {"eval": items}, seed=0)
+    job = adapters.adapter_job(str(folder), config, pairs, {"eval": items}, seed=0)
     start = time.perf_counter()
-    adapter, _ = sft.train_and_answer(job)
+    adapter, _ = adapters.train_and_answer(job)
     _sync()
     total = time.perf_counter() - start
     log = read_json(adapter / "train.json")
@@ -173,7 +173,7 @@ def stage_train(folder: Path, work: dict) -> dict:
 
 
 def stage_judge(folder: Path, work: dict) -> dict:
-    from kilib.sft.qa_generation import LocalGenerator
+    from kilib.lm.llm import LocalGenerator
 
     judge = LocalGenerator(folder, max_new_tokens=16, temperature=0.0, batch_size=8)
     prompts = [
