@@ -48,23 +48,17 @@ TASKS: str = ""  # "" keeps the profile's tasks, or a comma-separated subset of 
 SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
 
 # %%
-import json
-
 import pandas as pd
 from IPython.display import Markdown, display
 
-from kilib.config import select_preset
+from kilib.notebook import start
 from kilib.plots import bars_with_ci
-from kilib.results import Run
-from kilib.runtime import resolve_profile, set_threads
-from kilib.transfer import study as T
+from kilib.report import claims_markdown
+from kilib.transfer import presets, study, tasks
 
-profile = resolve_profile(PROFILE)
-config = select_preset(T.TRANSFER_PRESETS, profile, T.notebook_overrides(TEACHER, STUDENT, TASKS, SEEDS))
-set_threads()
-inputs = T.study_inputs(profile, config)
-run = Run("02_knowledge_transfer", profile, config=config, seed=config.seeds[0])
-print(f"profile {profile}: {inputs.source}")
+overrides = presets.notebook_overrides(TEACHER, STUDENT, TASKS, SEEDS)
+config, inputs, run = start("02_knowledge_transfer", PROFILE, presets.TRANSFER_PRESETS, overrides, study.study_inputs)
+print(f"profile {run.profile}: {inputs.source}")
 print(
     f"tasks {', '.join(config.tasks)}; {config.seed_samples} seed, {config.train_samples} training and "
     f"{config.eval_samples} evaluation samples per task; LoRA r={config.rank}; seeds {config.seeds}"
@@ -88,7 +82,7 @@ print(
 # %%
 print("chat format:", config.chat_format or "the tokenizer's own template")
 for task in config.tasks:
-    pair = T.train_pair(task, inputs.rows[task]["train"][0], config.chat_format)
+    pair = tasks.train_pair(task, inputs.rows[task]["train"][0], config.chat_format)
     print(f"--- {task}\n{pair['prompt']}\n>>> {pair['answer']}\n")
 
 # %% [markdown]
@@ -98,34 +92,11 @@ for task in config.tasks:
 # and the sensitivity of one selected block's MLP down-projection with the window cut from it.
 
 # %%
-import matplotlib.pyplot as plt
-import numpy as np
-import torch
-
-extractions = {task: T.extraction(inputs, config, task) for task in config.tasks}
-blocks = pd.DataFrame(
-    [
-        {"task": task, "block": i, "sensitivity": s, "selected": i in meta["selected"]}
-        for task, folder in extractions.items()
-        for meta in [json.loads((folder / "extraction.json").read_text())]
-        for i, s in enumerate(meta["block_scores"])
-    ]
-)
+extractions = {task: study.extraction(inputs, config, task) for task in config.tasks}
+blocks = study.block_table(extractions)
 run.save_table(blocks, "block_sensitivity")
 display(blocks.pivot_table(index="block", columns="task", values="sensitivity").round(1))
-fig, axes = plt.subplots(1, len(config.tasks), figsize=(4 * len(config.tasks), 3), squeeze=False)
-for ax, task in zip(axes[0], config.tasks):
-    meta = json.loads((extractions[task] / "extraction.json").read_text())
-    scores = torch.load(extractions[task] / "probe_sensitivity.pt")
-    rows, cols = meta["probe"]["shape"]
-    r0, c0 = T.best_submatrix(scores, rows, cols)
-    ax.imshow(np.log10(scores.numpy() + 1e-12), aspect="auto", cmap="viridis")
-    ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), cols, rows, fill=False, edgecolor="red", linewidth=1.5))
-    ax.set_title(f"{task}: {meta['probe']['name'].removeprefix('model.')}", fontsize=8)
-    ax.set_xlabel("input dimension")
-    ax.set_ylabel("output dimension")
-fig.suptitle("log10 sensitivity of one teacher matrix; red: the window the student gets")
-fig.tight_layout()
+fig = study.sensitivity_window_figure(extractions, config.tasks)
 run.save_figure(fig, "sensitivity_window")
 
 # %% [markdown]
@@ -135,29 +106,11 @@ run.save_figure(fig, "sensitivity_window")
 # by a hash of its inputs, so a rerun trains only what is missing.
 
 # %%
-runs = []
-for task in config.tasks:
-    runs += [T.baseline(inputs, config, task, which) for which in ("student", "teacher")]
-    runs += [T.run_job(inputs, config, task, method, seed) for method in config.methods for seed in config.seeds]
-training = pd.DataFrame(
-    [
-        {
-            "task": r["task"],
-            "method": r["method"],
-            "seed": r["seed"],
-            "steps": r["train"]["steps"],
-            "first_loss": r["train"]["losses"][0]["loss"],
-            "final_loss": r["train"]["losses"][-1]["loss"],
-            "initialised_matrices": r["initialised"],
-            "seconds": round(r["train"]["seconds"], 1),
-        }
-        for r in runs
-        if "train" in r
-    ]
-)
+runs = study.all_runs(inputs, config)
+training = study.training_table(runs)
 run.save_table(training, "training")
 display(training.round(3))
-answers = pd.DataFrame(T.answer_rows(runs))
+answers = pd.DataFrame(study.answer_rows(runs))
 run.save_table(answers, "answers")
 
 # %% [markdown]
@@ -168,16 +121,13 @@ run.save_table(answers, "answers")
 # "+ 13B param.", *top* and *random* the controls.
 
 # %%
-table = T.results_table(answers.to_dict("records"))
+table = study.results_table(answers.to_dict("records"))
 run.save_table(table, "table1")
-ours = table.pivot_table(index="method", columns="measure", values="score", sort=False)
-paper = pd.DataFrame(
-    {T.PAPER_ROWS.get(m, m): T.PAPER_TABLE1[T.PAPER_ROWS[m]] for m in ours.index if m in T.PAPER_ROWS}
-).T
+ours, paper = study.table1_beside_paper(table, config.tasks)
 display(Markdown("**This run**"))
 display(ours.round(1))
 display(Markdown("**The paper (Llama-2, Table 1)**"))
-display(paper[[c for c in paper.columns if c.split()[0] in config.tasks]])
+display(paper)
 fig = bars_with_ci(
     table, x="measure", y="score", hue="method", title="Table 1 measures: this run", ylabel="score", percent=True
 )
@@ -191,62 +141,9 @@ run.save_figure(fig, "table1")
 # **direction only**: only the mean difference is positive; **not shown**: otherwise.
 
 # %%
-records = answers.to_dict("records")
-claims = []
-for task in config.tasks:
-    if "sensitive" in config.methods:
-        claims.append(
-            T.compare(
-                records,
-                task,
-                "sensitive",
-                "lora",
-                f"{task}: LoRA started from the teacher's parameters beats plain LoRA",
-            )
-        )
-    if {"sensitive", "random"} <= set(config.methods):
-        claims.append(
-            T.compare(records, task, "sensitive", "random", f"{task}: the sensitive window beats a random window")
-        )
-    if {"sensitive", "top"} <= set(config.methods):
-        claims.append(
-            T.compare(
-                records,
-                task,
-                "sensitive",
-                "top",
-                f"{task}: the sensitive window beats the most sensitive rows and columns",
-            )
-        )
-    claims.append(T.compare(records, task, "lora", "student", f"{task}: LoRA training beats the untrained student"))
-claims_table = pd.DataFrame(claims)
-run.save_table(claims_table, "paper_claims")
-display(
-    Markdown(
-        "\n".join(
-            f"* {c['claim']}: **{c['verdict']}** ({100 * c['higher']:.1f} vs {100 * c['lower']:.1f}, "
-            f"difference {100 * c['difference']:+.1f}, 95% interval {100 * c['difference_ci'][0]:+.1f} to "
-            f"{100 * c['difference_ci'][1]:+.1f})"
-            for c in claims
-        )
-    )
-)
-main = {c["task"]: c for c in claims if "teacher's parameters" in c["claim"]}
-display(
-    Markdown(
-        "\n".join(
-            f"* **{task}**: the paper's effect (the teacher's parameters help) is "
-            + ("**shown** in this run." if c["verdict"] == "shown" else f"**not shown** in this run ({c['verdict']}).")
-            for task, c in main.items()
-        )
-    )
-)
-run.log(
-    source=inputs.source,
-    tasks=list(config.tasks),
-    claims=claims,
-    table1=table.to_dict("records"),
-    selected_blocks={t: json.loads((f / "extraction.json").read_text())["selected"] for t, f in extractions.items()},
-    training_seconds=float(training["seconds"].sum()),
-)
+claims = study.paper_claims(answers.to_dict("records"), config)
+run.save_table(pd.DataFrame(claims), "paper_claims")
+display(Markdown(claims_markdown(claims, digits=1, scale=100)))
+display(Markdown(study.verdicts_markdown(claims)))
+run.log(**study.run_metrics(inputs, config, claims, table, extractions, training))
 print(f"results: {run.finish().parent}")

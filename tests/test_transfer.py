@@ -1,4 +1,5 @@
-"""Knowledge transfer's mathematics against direct computations (methods.md §2)."""
+"""Knowledge transfer's mathematics against direct computations, its tasks and its study
+(docs/methods.md, "## 02 Parametric knowledge transfer")."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from conftest import make_model, make_tokenizer
 
 from kilib.lm.training import render_answer, render_prompt, tokenize_sft
 from kilib.runtime import KilibError
-from kilib.transfer import study as T
+from kilib.transfer import method, presets, study, tasks
 
 
 def _samples(tok, pairs):
@@ -24,7 +25,7 @@ def test_sensitivity_is_the_per_sample_absolute_first_order_term_summed():
     model = make_model("llama", tok).double()
     samples = _samples(tok, [("who won the cup?", "the rovers"), ("in the year of the final?", "won it 3-1")])
     name = "model.layers.0.self_attn.q_proj.weight"
-    s = T.sensitivity(model, samples, names=[name])[name]
+    s = method.sensitivity(model, samples, names=[name])[name]
     p = dict(model.named_parameters())[name]
 
     def loss(sample):  # the answer-only mean cross-entropy, computed here in float64
@@ -34,7 +35,8 @@ def test_sensitivity_is_the_per_sample_absolute_first_order_term_summed():
         keep = targets != -100
         return -logp[keep.nonzero()[:, 0], targets[keep]].mean().item()
 
-    eps = 1e-2  # Llama's RMSNorm computes in float32, so smaller steps drown in rounding; central differences err by O(eps^2)
+    # Llama's RMSNorm computes in float32, so smaller steps drown in rounding; central differences err by O(eps^2)
+    eps = 1e-2
     for i, j in [(0, 0), (5, 17), (63, 63)]:
         direct = 0.0
         for sample in samples:
@@ -47,7 +49,7 @@ def test_sensitivity_is_the_per_sample_absolute_first_order_term_summed():
             direct += abs(keep * (up - down) / (2 * eps))
         assert s[i, j].item() == pytest.approx(direct, rel=5e-3, abs=1e-9)
     # per sample, then summed: two samples give the sum of their own sensitivities ...
-    one, two = (T.sensitivity(model, [x], names=[name])[name] for x in samples)
+    one, two = (method.sensitivity(model, [x], names=[name])[name] for x in samples)
     assert torch.allclose(s, one + two)
     # ... which is not |theta * (g1 + g2)| wherever the two gradients disagree in sign
     model.zero_grad()
@@ -64,26 +66,26 @@ def test_sensitivity_rejects_batches_and_unknown_names():
     samples = _samples(tok, [("who won?", "the rovers")])
     batch = {k: v.repeat(2, 1) for k, v in samples[0].items()}
     with pytest.raises(KilibError, match="one sample per batch"):
-        T.sensitivity(model, [batch])
+        method.sensitivity(model, [batch])
     with pytest.raises(KilibError, match="no parameter named nope"):
-        T.sensitivity(model, samples, names=["nope"])
+        method.sensitivity(model, samples, names=["nope"])
     with pytest.raises(KilibError, match="at least one seed sample"):
-        T.sensitivity(model, [])
+        method.sensitivity(model, [])
 
 
 def test_layer_selection_keeps_the_top_blocks_in_their_order():
-    assert T.select_layers([0.1, 5.0, 0.3, 4.0, 2.0], 3) == [1, 3, 4]
-    assert T.select_layers([1.0, 2.0, 2.0, 1.0], 2) == [1, 2]
-    assert T.select_layers([3.0, 3.0, 3.0], 2) == [0, 1]  # ties go to the earlier block
+    assert method.select_layers([0.1, 5.0, 0.3, 4.0, 2.0], 3) == [1, 3, 4]
+    assert method.select_layers([1.0, 2.0, 2.0, 1.0], 2) == [1, 2]
+    assert method.select_layers([3.0, 3.0, 3.0], 2) == [0, 1]  # ties go to the earlier block
     with pytest.raises(KilibError, match="teacher needs at least as many blocks"):
-        T.select_layers([1.0, 2.0], 3)
+        method.select_layers([1.0, 2.0], 3)
     scores = {
         "model.layers.0.mlp.up_proj.weight": torch.ones(2, 2),
         "model.layers.1.input_layernorm.weight": torch.ones(3),
         "model.layers.1.self_attn.q_proj.weight": torch.full((2,), 2.0),
         "model.embed_tokens.weight": torch.ones(9),
     }
-    assert T.block_scores(scores, 2) == [4.0, 7.0]  # layer norms count; the embeddings belong to no block
+    assert method.block_scores(scores, 2) == [4.0, 7.0]  # layer norms count; the embeddings belong to no block
 
 
 def test_best_submatrix_matches_the_authors_double_loop():
@@ -101,9 +103,9 @@ def test_best_submatrix_matches_the_authors_double_loop():
                 total = scores[r : r + rows, c : c + cols].sum().item()
                 if best is None or total > best:
                     best, corner = total, (r, c)
-        assert T.best_submatrix(scores, rows, cols) == corner, (trial, scores, rows, cols)
+        assert method.best_submatrix(scores, rows, cols) == corner, (trial, scores, rows, cols)
     with pytest.raises(KilibError, match="does not fit"):
-        T.best_submatrix(torch.zeros(3, 3), 4, 1)
+        method.best_submatrix(torch.zeros(3, 3), 4, 1)
 
 
 def test_svd_factors_start_a_lora_that_leaves_the_student_unchanged():
@@ -112,13 +114,13 @@ def test_svd_factors_start_a_lora_that_leaves_the_student_unchanged():
 
     g = torch.Generator().manual_seed(0)
     m = torch.randn(12, 8, generator=g, dtype=torch.float64)
-    b, a = T.svd_factors(m, 8)
+    b, a = method.svd_factors(m, 8)
     assert torch.allclose(b @ a, m)  # full rank: exact
-    b, a = T.svd_factors(m, 3)
+    b, a = method.svd_factors(m, 3)
     u, s, vh = torch.linalg.svd(m)
     assert torch.allclose(b @ a, (u[:, :3] * s[:3]) @ vh[:3])  # the best rank-3 approximation
     with pytest.raises(KilibError, match="rank 9 is out of range"):
-        T.svd_factors(m, 9)
+        method.svd_factors(m, 9)
 
     tok = make_tokenizer()
     student = make_model("llama", tok)
@@ -131,7 +133,7 @@ def test_svd_factors_start_a_lora_that_leaves_the_student_unchanged():
     for module in lora:
         w = module.base_layer.weight
         extracted = torch.randn(w.shape, generator=g)  # stands for the teacher's submatrix
-        b, a = T.svd_factors(extracted, 4)
+        b, a = method.svd_factors(extracted, 4)
         with torch.no_grad():
             module.lora_B["default"].weight.copy_(b)
             module.lora_A["default"].weight.copy_(a)
@@ -148,27 +150,27 @@ def test_extract_matrix_ways():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 5, generator=g)
     s = torch.rand(6, 5, generator=g)
-    r0, c0 = T.best_submatrix(s, 3, 2)
-    assert torch.equal(T.extract_matrix(w, s, (3, 2)), w[r0 : r0 + 3, c0 : c0 + 2])
+    r0, c0 = method.best_submatrix(s, 3, 2)
+    assert torch.equal(method.extract_matrix(w, s, (3, 2)), w[r0 : r0 + 3, c0 : c0 + 2])
     # the vocabulary rows stay whole (the student's, in order); only hidden columns are chosen
-    vocab = T.extract_matrix(w, s, (4, 2), vocab_rows=True)
-    c0 = T.best_submatrix(s[:4], 4, 2)[1]
+    vocab = method.extract_matrix(w, s, (4, 2), vocab_rows=True)
+    c0 = method.best_submatrix(s[:4], 4, 2)[1]
     assert torch.equal(vocab, w[:4, c0 : c0 + 2])
-    top = T.extract_matrix(w, s, (2, 3), how="top")
+    top = method.extract_matrix(w, s, (2, 3), how="top")
     rows, cols = sorted(torch.topk(s.sum(1), 2).indices.tolist()), sorted(torch.topk(s.sum(0), 3).indices.tolist())
     assert torch.equal(top, w[rows][:, cols])
     # the random control: a window of the right shape, the same for the same seed
     draws = [
-        T.extract_matrix(w, s, (3, 2), how="random", generator=torch.Generator().manual_seed(k)) for k in (1, 1, 2)
+        method.extract_matrix(w, s, (3, 2), how="random", generator=torch.Generator().manual_seed(k)) for k in (1, 1, 2)
     ]
     assert all(d.shape == (3, 2) for d in draws) and torch.equal(draws[0], draws[1])
     assert any((w.unfold(0, 3, 1).unfold(1, 2, 1) == draws[2]).flatten(2).all(-1).flatten())  # a contiguous window of w
     with pytest.raises(KilibError, match="unknown extraction 'best'"):
-        T.extract_matrix(w, s, (3, 2), how="best")
+        method.extract_matrix(w, s, (3, 2), how="best")
     with pytest.raises(KilibError, match="vocabulary .* is larger than the teacher's"):
-        T.extract_matrix(w, s, (7, 2), vocab_rows=True)
-    assert T.teacher_name("model.layers.1.mlp.up_proj.weight", [0, 3]) == "model.layers.3.mlp.up_proj.weight"
-    assert T.teacher_name("lm_head.weight", [0, 3]) == "lm_head.weight"
+        method.extract_matrix(w, s, (7, 2), vocab_rows=True)
+    assert method.teacher_name("model.layers.1.mlp.up_proj.weight", [0, 3]) == "model.layers.3.mlp.up_proj.weight"
+    assert method.teacher_name("lm_head.weight", [0, 3]) == "lm_head.weight"
 
 
 def test_zoo_teacher_to_student_end_to_end():
@@ -189,21 +191,21 @@ def test_zoo_teacher_to_student_end_to_end():
     check_same_tokenizer(tok, AutoTokenizer.from_pretrained(zoo.model_dir(smoke, "llama-m")))
     facts = [f for f in world.facts.values() if f.period == "pre"][:4]
     samples = _samples(tok, [(qa_prompt(world.questions(f.id, "train")[0]), f.object) for f in facts])
-    scores = T.sensitivity(teacher, samples)
+    scores = method.sensitivity(teacher, samples)
     n_teacher, n_student = teacher.config.num_hidden_layers, student.config.num_hidden_layers
-    selected = T.select_layers(T.block_scores(scores, n_teacher), n_student)
+    selected = method.select_layers(method.block_scores(scores, n_teacher), n_student)
     assert len(selected) == n_student < n_teacher
     shapes = {n: p.shape for n, p in student.named_parameters() if p.dim() == 2}
-    for how in T.HOW:
-        cut = T.extract(teacher, student, scores, selected, how=how)
+    for how in method.HOW:
+        cut = method.extract(teacher, student, scores, selected, how=how)
         assert {n: m.shape for n, m in cut.items()} == shapes
-    cut = T.extract(teacher, student, scores, selected)
+    cut = method.extract(teacher, student, scores, selected)
     ids = samples[0]["input_ids"]
     with torch.no_grad():
         before = student(input_ids=ids).logits
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
     with pytest.raises(KilibError, match="has rank 4, not 8: attach it with r=8"):
-        T.init_lora_from(
+        method.init_lora_from(
             attach_lora(
                 AutoModelForCausalLM.from_pretrained(zoo.model_dir(smoke, "llama-s")), r=4, target_modules=targets
             ),
@@ -211,12 +213,12 @@ def test_zoo_teacher_to_student_end_to_end():
             rank=8,
         )
     model = attach_lora(student, r=8, alpha=16, target_modules=targets)
-    done = T.init_lora_from(model, cut, rank=8)
+    done = method.init_lora_from(model, cut, rank=8)
     assert len(done) == 7 * n_student + 1 and "lm_head.weight" in done
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-4)
     with pytest.raises(KilibError, match="already started"):
-        T.init_lora_from(model, cut, rank=8)
+        method.init_lora_from(model, cut, rank=8)
 
 
 def _saved_llama(tmp_path, tok, seed=0):
@@ -232,8 +234,8 @@ def test_sensitivity_from_hooks_equals_autograd():
     tok = make_tokenizer()
     model = make_model("llama", tok)
     samples = _samples(tok, [("who won the cup?", "the rovers"), ("in the year of the final?", "won it 3-1")])
-    direct = T.sensitivity(model, samples)
-    hooked = T.sensitivity(model, samples, via_hooks=True)
+    direct = method.sensitivity(model, samples)
+    hooked = method.sensitivity(model, samples, via_hooks=True)
     assert direct.keys() == hooked.keys()
     for name in direct:
         torch.testing.assert_close(hooked[name], direct[name], rtol=1e-4, atol=1e-9)
@@ -245,11 +247,11 @@ def test_summed_sensitivity_is_each_parameters_total():
     tok = make_tokenizer()
     model = make_model("llama", tok)
     samples = _samples(tok, [("who won the cup?", "the rovers"), ("the year?", "3-1")])
-    full, summed = T.sensitivity(model, samples), T.sensitivity(model, samples, summed=True)
+    full, summed = method.sensitivity(model, samples), method.sensitivity(model, samples, summed=True)
     assert full.keys() == summed.keys() and all(summed[n].dim() == 0 for n in summed)
     for name in full:
         torch.testing.assert_close(summed[name], full[name].sum(), rtol=1e-5, atol=1e-9)
-    assert T.block_scores(summed, 2) == pytest.approx(T.block_scores(full, 2), rel=1e-5)
+    assert method.block_scores(summed, 2) == pytest.approx(method.block_scores(full, 2), rel=1e-5)
 
 
 def test_4bit_teacher_sensitivity_matches_its_dequantised_copy(tmp_path):
@@ -266,7 +268,7 @@ def test_4bit_teacher_sensitivity_matches_its_dequantised_copy(tmp_path):
             p.copy_(dense_weight(quantized[n]))
     assert is_4bit_param(quantized["model.layers.0.mlp.up_proj.weight"])
     samples = _samples(tok, [("who won the cup?", "the rovers"), ("the year?", "3-1")])
-    got, want = T.sensitivity(teacher, samples), T.sensitivity(copy, samples)
+    got, want = method.sensitivity(teacher, samples), method.sensitivity(copy, samples)
     assert got.keys() == want.keys()
     for name in want:
         assert got[name].shape == want[name].shape
@@ -284,50 +286,50 @@ def test_4bit_student_lora_starts_at_the_teacher_factors_unchanged(tmp_path):
     teacher, _ = load_causal_lm(_saved_llama(tmp_path, tok, seed=1), quantization="4bit", device="cpu")
     student, _ = load_causal_lm(_saved_llama(tmp_path, tok, seed=2), quantization="4bit", device="cpu")
     samples = _samples(tok, [("who won the cup?", "the rovers")])
-    scores = T.sensitivity(teacher, samples)
-    selected = T.select_layers(T.block_scores(scores, 2), 2)
-    cut = T.extract(teacher, student, scores, selected)
+    scores = method.sensitivity(teacher, samples)
+    selected = method.select_layers(method.block_scores(scores, 2), 2)
+    cut = method.extract(teacher, student, scores, selected)
     assert cut["model.layers.0.mlp.up_proj.weight"].shape == (128, 64)  # the logical shape, not the packed bytes
     ids = samples[0]["input_ids"]
     with torch.no_grad():
         before = student(input_ids=ids).logits
     model = attach_lora(student, r=4, include_embeddings=True)
-    done = T.init_lora_from(model, cut, rank=4)
+    done = method.init_lora_from(model, cut, rank=4)
     assert len(done) == 7 * 2 + 2 and {"model.embed_tokens.weight", "lm_head.weight"} <= set(done)
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=1e-4)
     up = model.base_model.model.model.layers[0].mlp.up_proj
-    b, a = T.svd_factors(cut["model.layers.0.mlp.up_proj.weight"], 4)
+    b, a = method.svd_factors(cut["model.layers.0.mlp.up_proj.weight"], 4)
     torch.testing.assert_close(up.lora_B["default"].weight @ up.lora_A["default"].weight, b @ a)
     emb = model.base_model.model.model.embed_tokens  # peft's embedding update is (B A)^T
-    b, a = T.svd_factors(cut["model.embed_tokens.weight"].T, 4)
+    b, a = method.svd_factors(cut["model.embed_tokens.weight"].T, 4)
     torch.testing.assert_close(emb.lora_embedding_B["default"] @ emb.lora_embedding_A["default"], b @ a)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(T.RESIDUAL not in n and "lora" in n for n in trainable)
-    assert any(T.RESIDUAL in n for n, _ in model.named_parameters())
+    assert trainable and all(method.RESIDUAL not in n and "lora" in n for n in trainable)
+    assert any(method.RESIDUAL in n for n, _ in model.named_parameters())
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model(input_ids=ids, labels=samples[0]["labels"]).loss.backward()
     opt.step()
     with torch.no_grad():
         assert not torch.allclose(model(input_ids=ids).logits, before, atol=1e-3)
     with pytest.raises(KilibError, match="already started"):
-        T.init_lora_from(model, cut, rank=4)
+        method.init_lora_from(model, cut, rank=4)
 
     # what the extraction saves: only the factors, cut matrix by matrix; they start the same LoRA
     path = tmp_path / "factors.safetensors"
     fresh, _ = load_causal_lm(_saved_llama(tmp_path, tok, seed=2), quantization="4bit", device="cpu")
-    T.save_factors(T.extract(teacher, fresh, scores, selected, each=T.lora_factors(fresh, 4)), path)
-    factors = T.load_factors(path)
+    method.save_factors(method.extract(teacher, fresh, scores, selected, each=method.lora_factors(fresh, 4)), path)
+    factors = method.load_factors(path)
     assert set(factors) == set(cut) and factors["model.layers.0.mlp.up_proj.weight"][0].shape == (128, 4)
     again = attach_lora(fresh, r=4, include_embeddings=True)
-    assert T.init_lora_from(again, factors, rank=4) == done
-    frozen = {n: p for n, p in model.named_parameters() if T.RESIDUAL in n}  # the start's factors (B negated)
-    assert frozen and all(torch.equal(p, frozen[n]) for n, p in again.named_parameters() if T.RESIDUAL in n)
+    assert method.init_lora_from(again, factors, rank=4) == done
+    frozen = {n: p for n, p in model.named_parameters() if method.RESIDUAL in n}  # the start's factors (B negated)
+    assert frozen and all(torch.equal(p, frozen[n]) for n, p in again.named_parameters() if method.RESIDUAL in n)
     embedding = again.base_model.model.model.embed_tokens
-    b, a = T.svd_factors(cut["model.embed_tokens.weight"].T, 4)
+    b, a = method.svd_factors(cut["model.embed_tokens.weight"].T, 4)
     torch.testing.assert_close(embedding.lora_embedding_B["default"] @ embedding.lora_embedding_A["default"], b @ a)
     with pytest.raises(KilibError, match="have rank 4, not 2: extract them at rank 2"):
-        T.init_lora_from(
+        method.init_lora_from(
             attach_lora(
                 load_causal_lm(_saved_llama(tmp_path, tok, seed=2), quantization="4bit", device="cpu")[0],
                 r=2,
@@ -339,36 +341,38 @@ def test_4bit_student_lora_starts_at_the_teacher_factors_unchanged(tmp_path):
 
 
 def test_task_scoring_and_notebook_parameters():
+    import dataclasses
+
     row = {"question": "q", "answer": "12", "rationale": "3 x 4 = 12. The answer is 12"}
-    assert T.score("gsm", "3 x 4 = 12. The answer is 12.", row) == {"correct": 1.0}
-    assert T.score("gsm", "The answer is 13", row) == {"correct": 0.0}
+    assert tasks.score("gsm", "3 x 4 = 12. The answer is 12.", row) == {"correct": 1.0}
+    assert tasks.score("gsm", "The answer is 13", row) == {"correct": 0.0}
     mmlu = {"question": "Who?", "choices": ["a", "b", "c", "d"], "answer": "C"}
-    assert T.score("mmlu", "C", mmlu) == {"correct": 1.0}
-    assert T.score("mmlu", "Rovers", mmlu) == {"correct": 0.0}
-    assert T.task_prompt("mmlu", mmlu).endswith("C. c\nD. d\nAnswer:")
+    assert tasks.score("mmlu", "C", mmlu) == {"correct": 1.0}
+    assert tasks.score("mmlu", "Rovers", mmlu) == {"correct": 0.0}
+    assert tasks.task_prompt("mmlu", mmlu).endswith("C. c\nD. d\nAnswer:")
     sni = {"instruction": "Name the winner.", "input": "x", "output": "the rovers won it"}
     # ROUGE-L F1 by hand: LCS("rovers won", "the rovers won it") = 2 words, P = 2/2, R = 2/4
-    assert T.score("sni", "rovers won", sni) == {"correct": 0.0, "rouge_l": pytest.approx(2 * 1.0 * 0.5 / 1.5)}
-    assert T.score("sni", "The rovers won it.", sni)["correct"] == 1.0
-    demo = T.task_prompt("sni", sni, demos=[sni])
+    assert tasks.score("sni", "rovers won", sni) == {"correct": 0.0, "rouge_l": pytest.approx(2 * 1.0 * 0.5 / 1.5)}
+    assert tasks.score("sni", "The rovers won it.", sni)["correct"] == 1.0
+    demo = tasks.task_prompt("sni", sni, demos=[sni])
     assert demo.startswith("Name the winner.\nInput: x\nOutput: the rovers won it\n\n") and demo.count("Output:") == 2
-    assert T.notebook_overrides("", "", " gsm, sni ", 2) == {"tasks": ("gsm", "sni"), "seeds": (0, 1)}
+    assert presets.notebook_overrides("", "", " gsm, sni ", 2) == {"tasks": ("gsm", "sni"), "seeds": (0, 1)}
     with pytest.raises(KilibError, match="unknown task.*arc"):
-        T.notebook_overrides(tasks="gsm,arc")
+        presets.notebook_overrides(tasks="gsm,arc")
     with pytest.raises(KilibError, match="SEEDS must be >= 0"):
-        T.notebook_overrides(seeds=-1)
-    assert T.score("qa", "The Rovers.", {"question": "who?", "answer": "the rovers"}) == {"correct": 1.0}
+        presets.notebook_overrides(seeds=-1)
+    assert tasks.score("qa", "The Rovers.", {"question": "who?", "answer": "the rovers"}) == {"correct": 1.0}
     with pytest.raises(KilibError, match="qa asks about the tiny world's facts.*drop it from TASKS"):
-        T.study_inputs("paper", T.TRANSFER_PRESETS["paper"].__class__(tasks=("gsm", "qa")))
+        study.study_inputs(dataclasses.replace(presets.TRANSFER_PRESETS["paper"], tasks=("gsm", "qa")))
     with pytest.raises(KilibError, match="Llama-2-13b-hf is not in the local Hugging Face cache.*HF_TOKEN"):
-        T.study_inputs("paper", T.TRANSFER_PRESETS["paper"])  # offline, gated: one line naming the fix
+        study.study_inputs(presets.TRANSFER_PRESETS["paper"])  # offline, gated: one line naming the fix
 
 
 def test_closed_book_rows_ask_about_facts_no_other_role_holds():
     from kilib.tiny import zoo
 
     world = zoo.world_of(zoo.zoo_config("smoke"))
-    rows = T._qa_rows(world, {"seed": 4, "train": 30, "eval": 10, "demos": 0})
+    rows = tasks.qa_rows(world, {"seed": 4, "train": 30, "eval": 10, "demos": 0})
     roles = {role: {r["fact_id"] for r in rs} for role, rs in rows.items()}
     assert [len(v) for v in roles.values()] == [4, 30, 10, 0]
     assert not roles["eval"] & (roles["train"] | roles["seed"]) and not roles["seed"] & roles["train"]
@@ -377,7 +381,7 @@ def test_closed_book_rows_ask_about_facts_no_other_role_holds():
             r["question"] in world.questions(r["fact_id"], "eval") and r["answer"] == world.facts[r["fact_id"]].object
         )
     with pytest.raises(KilibError, match="qa needs 100000 pre-cutoff facts"):
-        T._qa_rows(world, {"train": 100000})
+        tasks.qa_rows(world, {"train": 100000})
 
 
 def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatch):
@@ -405,19 +409,19 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
         for i in range(30)
     ]
     monkeypatch.setattr(
-        T,
+        tasks,
         "PAPER_DATASETS",
         {
-            "gsm": {**T.PAPER_DATASETS["gsm"], "path": folder("gsm", {"train": gsm, "test": gsm[:10]})},
+            "gsm": {**tasks.PAPER_DATASETS["gsm"], "path": folder("gsm", {"train": gsm, "test": gsm[:10]})},
             "mmlu": {
-                **T.PAPER_DATASETS["mmlu"],
+                **tasks.PAPER_DATASETS["mmlu"],
                 "path": folder("mmlu", {"auxiliary_train": mmlu, "dev": mmlu[:5], "test": mmlu[:10]}),
             },
-            "sni": {**T.PAPER_DATASETS["sni"], "path": folder("sni", {"train": sni, "test": sni[:10]})},
+            "sni": {**tasks.PAPER_DATASETS["sni"], "path": folder("sni", {"train": sni, "test": sni[:10]})},
         },
     )
     sizes = {"seed": 4, "train": 12, "eval": 6, "demos": 3}
-    rows = T.hub_task_rows("gsm", sizes)
+    rows = tasks.hub_task_rows("gsm", sizes)
     assert {k: len(v) for k, v in rows.items()} == sizes
     assert len({r["question"] for k in ("seed", "train", "demos") for r in rows[k]}) == 4 + 12 + 3  # disjoint
     r = rows["train"][0]
@@ -425,56 +429,58 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
     # the authors' training format: no calculator annotations, one line, the exemplars' ending
     assert r["answer"] == str(i + 1000)
     assert r["rationale"] == f"Add {i} and 1,000. {i} + 1000 = {i + 1000}. So the answer is {i + 1000}."
-    assert T.score("gsm", r["rationale"], r) == {"correct": 1.0}
-    assert T.hub_task_rows("gsm", sizes) == rows  # seeded: the same draw
+    assert tasks.score("gsm", r["rationale"], r) == {"correct": 1.0}
+    assert tasks.hub_task_rows("gsm", sizes) == rows  # seeded: the same draw
     # GSM8K's demonstrations are the fixed chain-of-thought exemplars, as open-instruct's 8-shot setting has them
-    assert rows["demos"] == [dict(d) for d in T.GSM_COT_EXEMPLARS[:3]]
-    eight = T.hub_task_rows("gsm", {**sizes, "demos": 8})["demos"]
-    prompt = T.task_prompt("gsm", r, T.demonstrations_for(r, eight, 8))
+    assert rows["demos"] == [dict(d) for d in tasks.GSM_COT_EXEMPLARS[:3]]
+    eight = tasks.hub_task_rows("gsm", {**sizes, "demos": 8})["demos"]
+    prompt = tasks.task_prompt("gsm", r, tasks.demonstrations_for(r, eight, 8))
     assert prompt.startswith("Answer the following questions.\n\nQuestion: There are 15 trees in the grove.")
     assert prompt.count("Question:") == 9 and prompt.count("So the answer is") == 8
     assert "left. 23 - 15 is 8. So the answer is 8.\n\nQuestion: q" in prompt and prompt.endswith("?\nAnswer:")
-    assert T.task_prompt("gsm", r) == f"Answer the following question.\n\nQuestion: {r['question']}\nAnswer:"
-    assert all(T.score("gsm", d["rationale"], d) == {"correct": 1.0} for d in eight)
+    assert tasks.task_prompt("gsm", r) == f"Answer the following question.\n\nQuestion: {r['question']}\nAnswer:"
+    assert all(tasks.score("gsm", d["rationale"], d) == {"correct": 1.0} for d in eight)
     with pytest.raises(KilibError, match="8 chain-of-thought exemplars, not 9: ask for at most 8 shots"):
-        T.hub_task_rows("gsm", {**sizes, "demos": 9})
-    m = T.hub_task_rows("mmlu", sizes)
+        tasks.hub_task_rows("gsm", {**sizes, "demos": 9})
+    m = tasks.hub_task_rows("mmlu", sizes)
     assert all(x["answer"] == "ABCD"[int(x["question"][1:-1]) % 4] for x in m["train"] + m["demos"])
     # MMLU's demonstrations: the whole dev split in order, and each question gets its subject's first k
     dev = [{**r, "subject": s} for r, s in zip(mmlu[:6], ["high_school_physics"] * 3 + ["virology"] * 3)]
-    T.PAPER_DATASETS["mmlu"] = {
-        **T.PAPER_DATASETS["mmlu"],
+    tasks.PAPER_DATASETS["mmlu"] = {
+        **tasks.PAPER_DATASETS["mmlu"],
         "path": folder("mmlu-dev", {"auxiliary_train": mmlu, "dev": dev, "test": [{**mmlu[9], "subject": "virology"}]}),
     }
-    m = T.hub_task_rows("mmlu", {**sizes, "eval": 1})
+    m = tasks.hub_task_rows("mmlu", {**sizes, "eval": 1})
     assert [d["question"] for d in m["demos"]] == [r["question"] for r in dev]
     question = m["eval"][0]
-    shots = T.demonstrations_for(question, m["demos"], 2)
+    shots = tasks.demonstrations_for(question, m["demos"], 2)
     assert [d["question"] for d in shots] == ["m3?", "m4?"]
-    prompt = T.task_prompt("mmlu", question, shots)
+    prompt = tasks.task_prompt("mmlu", question, shots)
     assert prompt.startswith("The following are multiple choice questions (with answers) about virology.\n\nm3?\nA. a")
     assert prompt.count("The following") == 1 and prompt.endswith("m9?\nA. a\nB. b\nC. c\nD. d\nAnswer:")
     tiny = {"question": "q?", "choices": ["a", "b", "c", "d"], "answer": "A"}  # no subject: the first k, no header
-    assert T.demonstrations_for(tiny, [tiny] * 3, 2) == [tiny, tiny] and T.task_prompt("mmlu", tiny).startswith("q?")
-    s = T.hub_task_rows("sni", sizes)["eval"][0]
+    assert tasks.demonstrations_for(tiny, [tiny] * 3, 2) == [tiny, tiny] and tasks.task_prompt("mmlu", tiny).startswith(
+        "q?"
+    )
+    s = tasks.hub_task_rows("sni", sizes)["eval"][0]
     assert s["instruction"] == "Copy." and s["output"] == s["input"]
     # MMLU's test file is ordered (by subject): the draw reaches its end, which a 10,000-row
     # streaming buffer never does
     ordered = [
         {"question": f"m{i}?", "subject": "x", "choices": ["a", "b", "c", "d"], "answer": 0} for i in range(12_000)
     ]
-    T.PAPER_DATASETS["mmlu"] = {
-        **T.PAPER_DATASETS["mmlu"],
+    tasks.PAPER_DATASETS["mmlu"] = {
+        **tasks.PAPER_DATASETS["mmlu"],
         "path": folder("mmlu-long", {"auxiliary_train": mmlu, "dev": mmlu[:5], "test": ordered}),
     }
-    drawn = [int(x["question"][1:-1]) for x in T.hub_task_rows("mmlu", {**sizes, "eval": 200})["eval"]]
+    drawn = [int(x["question"][1:-1]) for x in tasks.hub_task_rows("mmlu", {**sizes, "eval": 200})["eval"]]
     assert len(set(drawn)) == 200 and max(drawn) >= 11_000
     with pytest.raises(KilibError, match="too few rows for gsm: eval \\(10 of 20\\)"):
-        T.hub_task_rows("gsm", {**sizes, "eval": 20})
+        tasks.hub_task_rows("gsm", {**sizes, "eval": 20})
     with pytest.raises(KilibError, match="need the field\\(s\\) targets"):
-        T.task_row("sni", {"definition": "d", "inputs": "i"})
+        tasks.task_row("sni", {"definition": "d", "inputs": "i"})
     with pytest.raises(KilibError, match="without '#### <number>'"):
-        T.task_row("gsm", {"question": "q", "answer": "no marker"})
+        tasks.task_row("gsm", {"question": "q", "answer": "no marker"})
 
 
 def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
@@ -489,18 +495,18 @@ def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     row = {"question": "q?", "answer": "3", "rationale": "1 + 2 = 3. So the answer is 3."}
-    inputs = T.TransferInputs(
+    inputs = study.TransferInputs(
         str(folder), str(folder), {"gsm": {k: [row] for k in ("seed", "train", "eval", "demos")}}, ""
     )
-    config = T.TRANSFER_PRESETS["tiny"]
+    config = presets.TRANSFER_PRESETS["tiny"]
     calls = [
-        lambda: T.extraction(inputs, config, "gsm"),
-        lambda: T.run_job(inputs, config, "gsm", "lora", 0),
-        lambda: T.baseline(inputs, config, "gsm", "student"),
+        lambda: study.extraction(inputs, config, "gsm"),
+        lambda: study.run_job(inputs, config, "gsm", "lora", 0),
+        lambda: study.baseline(inputs, config, "gsm", "student"),
     ]
-    original = T.task_prompt
+    original = tasks.task_prompt
     for prompt in (original, lambda task, r, demos=(), **kw: "Q. " + original(task, r, demos, **kw)):
-        monkeypatch.setattr(T, "task_prompt", prompt)
+        monkeypatch.setattr(tasks, "task_prompt", prompt)
         for call in calls:
             with pytest.raises(KeyRecorded):
                 call()
@@ -539,9 +545,9 @@ def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
     write_jsonl(data / "train.jsonl", rows)
     write_jsonl(data / "test.jsonl", rows[:5])
     monkeypatch.setattr(
-        T, "PAPER_DATASETS", {**T.PAPER_DATASETS, "gsm": {**T.PAPER_DATASETS["gsm"], "path": str(data)}}
+        tasks, "PAPER_DATASETS", {**tasks.PAPER_DATASETS, "gsm": {**tasks.PAPER_DATASETS["gsm"], "path": str(data)}}
     )
-    paper = T.TRANSFER_PRESETS["paper"]
+    paper = presets.TRANSFER_PRESETS["paper"]
     config = dataclasses.replace(
         paper,
         teacher=str(teacher),
@@ -556,18 +562,18 @@ def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
         eval_batch_size=4,
         train=dataclasses.replace(paper.train, batch_size=4, grad_accum=1, epochs=1),
     )
-    inputs = T.study_inputs("paper", config)
-    assert inputs.rows["gsm"]["demos"] == [dict(d) for d in T.GSM_COT_EXEMPLARS]
-    assert config.train.max_length == 2048 and T.PAPER_DATASETS["gsm"]["demos"] == "cot-exemplars"
-    eight = [(p, cue) for k, _, p, cue in T._eval_prompts(inputs, config, "gsm") if k == 8]
+    inputs = study.study_inputs(config)
+    assert inputs.rows["gsm"]["demos"] == [dict(d) for d in tasks.GSM_COT_EXEMPLARS]
+    assert config.train.max_length == 2048 and tasks.PAPER_DATASETS["gsm"]["demos"] == "cot-exemplars"
+    eight = [(p, cue) for k, _, p, cue in study.eval_prompts(inputs, config, "gsm") if k == 8]
     assert len(eight) == 3 and all(
         p.startswith("Answer the following questions.\n\nQuestion: There are 15 trees") for p, _ in eight
     )
     assert config.chat_format == "tulu" and all(cue == "Answer:" and p.endswith("?") for p, cue in eight)
-    run = T.run_job(inputs, config, "gsm", "sensitive", 0)
+    run = study.run_job(inputs, config, "gsm", "sensitive", 0)
     assert run["initialised"] > 0 and run["train"]["steps"] == 2
     assert sorted((a["shots"], a["item"]) for a in run["answers"]) == [(k, i) for k in (0, 8) for i in range(3)]
-    base = T.baseline(inputs, config, "gsm", "student")
+    base = study.baseline(inputs, config, "gsm", "student")
     assert len(base["answers"]) == 6 and all(set(a) >= {"prediction", "correct"} for a in base["answers"])
 
 
@@ -575,14 +581,14 @@ def test_the_paper_profile_trains_and_asks_in_the_authors_tulu_format():
     """Zhong et al. train in open-instruct's Tulu format (finetune.py --use_chat_prompt; their
     data/gsm, data/mmlu rows), and open-instruct's chat evaluation asks in it: the texts here are
     built as those scripts build them, character for character."""
-    tok = T.use_chat_format(make_tokenizer(chat=False), "tulu")
+    tok = tasks.use_chat_format(make_tokenizer(chat=False), "tulu")
     eos = tok.eos_token
     gsm = {
         "question": "Jar A has 28 marbles. How many? ",
         "answer": "28",
         "rationale": "Jar A has 28 marbles. So the answer is 28.",
     }
-    pair = T.train_pair("gsm", gsm, "tulu")
+    pair = tasks.train_pair("gsm", gsm, "tulu")
     # the authors' row: user "Answer the following question.\n\nQuestion: ...", assistant "Answer: ..."
     assert pair == {
         "prompt": "Answer the following question.\n\nQuestion: Jar A has 28 marbles. How many?",
@@ -597,7 +603,7 @@ def test_the_paper_profile_trains_and_asks_in_the_authors_tulu_format():
         "answer": "A",
         "subject": "high_school_biology",
     }
-    assert T.train_pair("mmlu", mmlu, "tulu") == {
+    assert tasks.train_pair("mmlu", mmlu, "tulu") == {
         "prompt": (
             "The following are multiple choice questions (with answers) about high school biology.\n\n"
             "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer:"
@@ -605,34 +611,36 @@ def test_the_paper_profile_trains_and_asks_in_the_authors_tulu_format():
         "answer": "A",
     }
     # open-instruct's evaluation: prefix + "Question: " + question, the Tulu turn, then "Answer:"
-    demos = [dict(d) for d in T.GSM_COT_EXEMPLARS[:2]]
+    demos = [dict(d) for d in tasks.GSM_COT_EXEMPLARS[:2]]
     prefix = (
         "Answer the following questions.\n\n"
         + "\n\n".join(f"Question: {d['question']}\nAnswer: {d['rationale']}" for d in demos)
         + "\n\n"
     )
-    user, cue = T.chat_turn("gsm", T.task_prompt("gsm", gsm, demos, evaluation=True), "tulu", evaluation=True)
+    user, cue = tasks.chat_turn("gsm", tasks.task_prompt("gsm", gsm, demos, evaluation=True), "tulu", evaluation=True)
     assert (
         render_prompt(tok, user) + cue
         == f"<|user|>\n{prefix}Question: {gsm['question'].strip()}\n<|assistant|>\nAnswer:"
     )
     # MMLU: its gen_prompt header (format_subject's extra space), the Tulu turn, then "The answer is:"
-    user, cue = T.chat_turn("mmlu", T.task_prompt("mmlu", mmlu, [mmlu], evaluation=True), "tulu", evaluation=True)
+    user, cue = tasks.chat_turn(
+        "mmlu", tasks.task_prompt("mmlu", mmlu, [mmlu], evaluation=True), "tulu", evaluation=True
+    )
     assert render_prompt(tok, user) + cue == (
         "<|user|>\nThe following are multiple choice questions (with answers) about  high school biology.\n\n"
         "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer: A\n\n"
         "Which biome is driest?\nA. Desert\nB. Tundra\nC. Taiga\nD. Forest\nAnswer:\n<|assistant|>\nThe answer is:"
     )
     # ...and scores the letters' tokens as open-instruct does: the last token of " A"
-    assert T._letter_tokens(tok, cue) == [tok(" " + c, add_special_tokens=False).input_ids[-1] for c in "ABCD"]
+    assert study.letter_tokens(tok, cue) == [tok(" " + c, add_special_tokens=False).input_ids[-1] for c in "ABCD"]
     sni = {"instruction": "Copy.", "input": "w", "output": "w"}
-    assert T.chat_turn("sni", T.task_prompt("sni", sni), "tulu") == ("Copy.\nInput: w\nOutput:", "")
+    assert tasks.chat_turn("sni", tasks.task_prompt("sni", sni), "tulu") == ("Copy.\nInput: w\nOutput:", "")
     # without a chat format the prompt is unchanged: the tiny zoo's own template renders it
-    assert T.chat_turn("gsm", T.task_prompt("gsm", gsm), "") == (T.task_prompt("gsm", gsm), "")
+    assert tasks.chat_turn("gsm", tasks.task_prompt("gsm", gsm), "") == (tasks.task_prompt("gsm", gsm), "")
     tiny = make_tokenizer()
-    assert T._letter_tokens(tiny) == [tokenize_sft(tiny, "?", c)["input_ids"][-2] for c in "ABCD"]  # then EOS
+    assert study.letter_tokens(tiny) == [tokenize_sft(tiny, "?", c)["input_ids"][-2] for c in "ABCD"]  # then EOS
     with pytest.raises(KilibError, match="unknown chat format 'chatml'"):
-        T.use_chat_format(tiny, "chatml")
+        tasks.use_chat_format(tiny, "chatml")
 
 
 def test_mmlu_is_scored_by_the_letters_next_token_probability(tmp_path):
@@ -645,13 +653,13 @@ def test_mmlu_is_scored_by_the_letters_next_token_probability(tmp_path):
     rows = [
         {"question": f"who won in 20{i}?", "choices": ["a", "b", "c", "d"], "answer": "ABCD"[i % 4]} for i in range(6)
     ]
-    inputs = T.TransferInputs("", "", {"mmlu": {"eval": rows, "demos": rows[:1]}}, "")
-    config = dataclasses.replace(T.TRANSFER_PRESETS["tiny"], shots=(("mmlu", 1),), eval_batch_size=4)
-    answers = T._evaluate(model, tok, "mmlu", inputs, config)
+    inputs = study.TransferInputs("", "", {"mmlu": {"eval": rows, "demos": rows[:1]}}, "")
+    config = dataclasses.replace(presets.TRANSFER_PRESETS["tiny"], shots=(("mmlu", 1),), eval_batch_size=4)
+    answers = study.evaluate(model, tok, "mmlu", inputs, config)
     assert sorted((a["shots"], a["item"]) for a in answers) == [(k, i) for k in (0, 1) for i in range(6)]
-    letters = T._letter_tokens(tok)
+    letters = study.letter_tokens(tok)
     for a in answers:
-        prompt = T.task_prompt("mmlu", rows[a["item"]], rows[: a["shots"]], evaluation=True)
+        prompt = tasks.task_prompt("mmlu", rows[a["item"]], rows[: a["shots"]], evaluation=True)
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([tok(render_prompt(tok, prompt)).input_ids])).logits[0, -1]
         probs = torch.softmax(logits.double(), -1)[letters]
