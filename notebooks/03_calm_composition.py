@@ -51,30 +51,15 @@
 # * *tiny*: the zoo's llama-s (4 blocks, 128 wide) as m_A, llama-m (6 blocks, 192 wide) as the anchor, both in 4-bit.
 #   No zoo model knows arithmetic, so before composition the anchor is trained on numeric arithmetic and m_A on
 #   substitution. Every block of m_A is composed (4 pairs), since m_A has only 4. Where the tiny run departs from the
-#   paper, and why (development runs in `results/tiny/calm_dev.jsonl`, none of which used the held-out keys):
-#   * **Values 1..16, expressions of two terms.** On the world's own table (values 1..60, 2-3 terms) llama-m learned
-#     almost no arithmetic in minutes. Its arithmetic here is mostly a table it memorised, not a method: Table 1
-#     shows it on held-out expressions and on its own training expressions.
-#   * **The anchor's stage at learning rate 1e-3.** At 3e-3 (the first round) the stage swelled the anchor's residual
-#     stream about eightfold, and no composition could steer it: the copying control copied nothing. This second
-#     round was chosen after the first results were known, on the anchor's own training expressions and the
-#     copying control.
-#   * **64 keys sharing the 16 values (4 keys each), half of them for training.** The paper's values are unique. In
-#     a copying control (the composition trained to substitute, asked on held-out keys), 13 training keys (20%)
-#     left it memorising those keys, and 32 did not.
-#   * **Keys that take a digit's place** (the third round, chosen after the second results on a split of the
-#     *training* keys: fitted on 24, scored on the other 8). The world generator's keys are random strings, one to
-#     six tokens each here; a linear probe read a key's value from m_A's states for 19-24% of unseen keys. Single
-#     tokens raised that to 60-67%, and single tokens that stand where the tokenizer puts a digit (after a space
-#     token of its own, so `ame + ke` is tokenized as `7 + 3` is) to 88%.
-#   * **Every m_A block composed, for 30 epochs.** With every 2nd block for 10 epochs (the first two rounds), no
-#     composition fitted more than 11% of its own training rows, whatever the keys. Every block for 30 epochs
-#     fitted 51% and answered 13% over the other 8 keys, where the anchor alone answered 6%. It costs three times
-#     the training time.
-#   * **A second CALM with rotary positions in the cross-attention** (kilib's addition). The paper's cross-attention
-#     has no positions. In the first round's copying control, over the world's random-string keys, it learned
-#     nothing on held-out keys, and with rotary positions on its queries and keys it did. The ablations (vanilla and
-#     random m_A) run on this one.
+#   paper: why, one by one, in [docs/deviations.md](../docs/deviations.md); the development runs that settled it,
+#   none of which used the held-out keys, in [docs/history.md](../docs/history.md) ("03 CALM: how the tiny recipe
+#   was found").
+#   * **Values 1..16, expressions of two terms**: Table 1 shows how much of the anchor's arithmetic is a memorised table.
+#   * **The anchor's stage at learning rate 1e-3**: at 3e-3 no composition could steer it.
+#   * **64 keys sharing the 16 values (4 keys each)**, half of them for training; the paper's values are unique.
+#   * **Keys that are single tokens in a digit's place**: `ame + ke` is tokenized as `7 + 3` is.
+#   * **Every m_A block composed, for 30 epochs**, where the paper composes every 4th.
+#   * **A second CALM with rotary positions in the cross-attention** (kilib's addition); the ablations run on it.
 # * *paper*: TinyLlama 1.1B as m_A (same tokenizer as Llama-2) into Llama-2 7B (gated: accept the licence and set
 #   `HF_TOKEN`) in 4-bit.
 #   * m_A is first fine-tuned on substitution in full precision, and loaded unquantised (bf16, 2.2 GB), so that NF4's
@@ -89,22 +74,20 @@ AUGMENT: str = ""  # "" keeps the profile's augmenting model
 SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
 WORKERS: int = 0  # runs trained side by side on a CPU (0: one per core)
 
+
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
 
-from kilib.calm import study as C
-from kilib.config import select_preset
+from kilib import notebook
+from kilib.calm import claims as K
+from kilib.calm import presets, probe, study, tasks
 from kilib.plots import bars_with_ci
-from kilib.results import Run
-from kilib.runtime import resolve_profile, set_threads
+from kilib.report import claims_markdown
 
-profile = resolve_profile(PROFILE)
-config = select_preset(C.CALM_PRESETS, profile, C.notebook_overrides(ANCHOR, AUGMENT, SEEDS, WORKERS))
-set_threads()
-inputs = C.study_inputs(profile, config)
-run = Run("03_calm_composition", profile, config=config, seed=config.seeds[0])
-print(f"profile {profile}: {inputs.source}")
+overrides = presets.notebook_overrides(ANCHOR, AUGMENT, SEEDS, WORKERS)
+config, inputs, run = notebook.start("03_calm_composition", PROFILE, presets.PRESETS, overrides, study.study_inputs)
+print(f"profile {run.profile}: {inputs.source}")
 print(
     f"{len(inputs.keys['train'])} training keys, {len(inputs.keys['eval'])} held-out keys; "
     f"{config.train_examples} KV arithmetic training rows, {config.eval_examples} evaluation rows per task; "
@@ -117,10 +100,10 @@ print(
 # One row of each, as the models see it, and a few keys of each split.
 
 # %%
-for task in C.TASKS:
+for task in tasks.TASKS:
     split = "train" if task == "kv" else "eval"
     row = inputs.rows[task][split][0]
-    print(f"{C.TASK_NAMES[task]:>20}:  {C.task_prompt(task, row['expression'])} {row['target']}")
+    print(f"{tasks.TASK_NAMES[task]:>20}:  {tasks.task_prompt(task, row['expression'])} {row['target']}")
 for split, keys in inputs.keys.items():
     print(f"{split} keys: " + ", ".join(f"{k}={v}" for k, v in list(keys.items())[:6]) + ", ...")
 
@@ -132,22 +115,7 @@ for split, keys in inputs.keys.items():
 # paper profile's m_A unquantised) and frozen. Cached: a rerun trains nothing that is already there.
 
 # %%
-stages = []
-for role in ("anchor", "augment"):
-    log = C.stage_log(inputs, config, role)
-    if log is not None:
-        stages.append(
-            {
-                "model": C.MODEL_NAMES[role],
-                "task": C.TASK_NAMES[log["task"]],
-                "examples": log["examples"],
-                "steps": log["steps"],
-                "first_loss": log["losses"][0]["loss"],
-                "final_loss": log["losses"][-1]["loss"],
-                "seconds": round(log["seconds"], 1),
-            }
-        )
-stages = pd.DataFrame(stages)
+stages = study.stages_table(inputs, config)
 run.save_table(stages, "stages")
 display(stages.round(3))
 
@@ -158,31 +126,10 @@ display(stages.round(3))
 # the composed model equals the anchor before training: the largest logit difference must be 0.
 
 # %%
-study = C.study_runs(inputs, config)
-calm_runs, lora_runs = study["calm"], study["lora"]
-runs = study["baselines"] + calm_runs + lora_runs
-first = calm_runs[0]
-print(f"pairs (m_A block -> anchor block, 0-indexed): {first['plan']}")
-print(f"added parameters: {first['added_parameters']:,} (the paper's formula: {first['paper_formula']:,})")
-for r in lora_runs:
-    print(
-        f"LoRA baseline, seed {r['seed']}: rank {r['rank']}, {r['added_parameters']:,} parameters, "
-        f"loss {r['train']['losses'][0]['loss']:.3f} -> {r['train']['losses'][-1]['loss']:.3f} in {r['train']['seconds']:.1f} s"
-    )
-composition = pd.DataFrame(
-    [
-        {
-            "model": r["model"],
-            "seed": r["seed"],
-            "step0_max_logit_gap": r["step0_max_logit_gap"],
-            "steps": r["train"]["steps"],
-            "first_loss": r["train"]["losses"][0]["loss"],
-            "final_loss": r["train"]["losses"][-1]["loss"],
-            "seconds": round(r["train"]["seconds"], 1),
-        }
-        for r in calm_runs
-    ]
-)
+runs = study.study_runs(inputs, config)
+calm_runs, lora_runs = runs["calm"], runs["lora"]
+print(study.composition_summary(calm_runs, lora_runs))
+composition = study.composition_table(calm_runs)
 run.save_table(composition, "composition")
 display(composition)
 assert (composition["step0_max_logit_gap"] == 0).all() or not config.zero_init, (
@@ -212,16 +159,15 @@ run.save_figure(fig, "training_loss")
 # PaLM2's.
 
 # %%
-answers = pd.DataFrame(C.answer_rows(runs))
+answers = pd.DataFrame(study.answer_rows(runs["baselines"] + calm_runs + lora_runs))
 run.save_table(answers, "answers")
-table = C.results_table(answers.to_dict("records"))
+records = answers.to_dict("records")
+table = study.results_table(records)
 run.save_table(table, "table1")
-ours = table.pivot_table(index="task", columns="model", values="accuracy", sort=False)
-paper = pd.DataFrame({C.TASK_NAMES[t]: row for t, row in C.PAPER_TABLE1.items()}).T
 display(Markdown("**This run**"))
-display(ours.round(1))
+display(table.pivot_table(index="task", columns="model", values="accuracy", sort=False).round(1))
 display(Markdown("**The paper (PaLM2-XXS into PaLM2-XS, Table 1)**"))
-display(paper.rename(columns=C.MODEL_NAMES))
+display(study.paper_table1())
 fig = bars_with_ci(table, x="task", y="accuracy", hue="model", title="Table 1: this run", percent=True)
 run.save_figure(fig, "table1")
 
@@ -234,121 +180,10 @@ run.save_figure(fig, "table1")
 # than 5 points of it (the paper: 73.7 → 72.0), so its difference is shifted by that margin, set before any run.
 
 # %%
-records = answers.to_dict("records")
-claims = []
-for rotary in sorted({r for _, r in config.runs}):
-    calm = C.run_name("trained", rotary)
-    mine = [
-        C.compare(records, "kv", calm, "anchor", f"KV arithmetic: {calm} beats the anchor"),
-        C.compare(records, "kv", calm, "augment", f"KV arithmetic: {calm} beats m_A"),
-        C.compare(
-            records,
-            "numeric",
-            calm,
-            "anchor",
-            f"numeric arithmetic: {calm} keeps the anchor's (loses < {C.KEEPS_MARGIN:g} points)",
-            margin=C.KEEPS_MARGIN,
-        ),
-    ]
-    for augment, r in config.runs:
-        if r == rotary and augment != "trained":
-            mine.append(
-                C.compare(
-                    records,
-                    "kv",
-                    calm,
-                    C.run_name(augment, rotary),
-                    f"KV arithmetic: {calm} over the trained m_A beats it over the {augment} m_A",
-                )
-            )
-    if config.encoder_ablation and not rotary:
-        mine.append(
-            C.compare(
-                records,
-                "kv",
-                calm,
-                C.run_name("trained", False, encoder=True),
-                f"KV arithmetic: {calm} beats it with m_A as encoder",
-            )
-        )
-    if lora_runs:
-        mine.append(
-            C.compare(
-                records, "kv", calm, C.LORA, f"KV arithmetic: {calm} beats the anchor with a LoRA of as many parameters"
-            )
-        )
-    if inputs.rows[C.CONTROL]["train"]:
-        control = C.run_name("trained", rotary, C.CONTROL)
-        mine.append(
-            C.compare(
-                records,
-                C.CONTROL,
-                control,
-                "anchor",
-                f"copying control: {control} substitutes over held-out keys better than the anchor",
-            )
-        )
-    claims += [{**c, "model": calm} for c in mine]
-claims_table = pd.DataFrame(claims)
-run.save_table(claims_table, "paper_claims")
-display(
-    Markdown(
-        "\n".join(
-            f"* {c['claim']}: **{c['verdict']}** ({c['higher']:.1f} vs {c['lower']:.1f}, difference "
-            f"{c['difference']:+.1f}, 95% interval {c['difference_ci'][0]:+.1f} to {c['difference_ci'][1]:+.1f})"
-            for c in claims
-        )
-    )
-)
-lines = []
-for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
-    mine = [c for c in claims if c["model"] == calm]
-    effect = all(c["verdict"] == "shown" for c in mine[:2])
-    lines.append(
-        f"**{calm}**: the paper's main effect (on KV arithmetic the composed model beats both of its parts) is "
-        + ("**shown** in this run." if effect else "**not shown** in this run.")
-    )
-    ablations = [c for c in mine if "over the trained m_A" in c["claim"]]
-    if ablations and not any(c["verdict"] == "shown" for c in ablations):
-        lines.append(
-            f"On the held-out keys {calm} does no better over the trained m_A than over the vanilla or random "
-            "one: it did not use m_A's knowledge of those keys."
-        )
-    elif ablations and all(c["verdict"] == "shown" for c in ablations):
-        lines.append(
-            f"{calm} does better over the trained m_A than over the vanilla and the random one: what it gains comes "
-            "from m_A's knowledge of the keys."
-        )
-    encoded = [c for c in mine if c["claim"].endswith("with m_A as encoder")]
-    if encoded:
-        lines.append(
-            f"m_A as encoder: on the held-out keys {calm} answers {encoded[0]['higher']:.1f}%, with m_A reading "
-            f"the prompt only {encoded[0]['lower']:.1f}% (**{encoded[0]['verdict']}**)."
-        )
-    lora = [c for c in mine if c["claim"].endswith("LoRA of as many parameters")]
-    if lora:
-        lines.append(
-            f"LoRA baseline: on the held-out keys {calm} answers {lora[0]['higher']:.1f}%, the anchor with a LoRA "
-            f"of as many parameters {lora[0]['lower']:.1f}% (**{lora[0]['verdict']}**)."
-        )
-    copying = [c for c in mine if c["task"] == C.CONTROL]
-    if copying:
-        c = copying[0]
-        lines.append(
-            f"Copying control: trained to substitute over the training keys, {calm} substitutes over the held-out "
-            f"keys at {c['higher']:.1f}% (the anchor alone: {c['lower']:.1f}%, m_A alone: see the table), "
-            + (
-                "so it does read m_A's knowledge of keys it was not trained on."
-                if c["verdict"] == "shown"
-                else "so it does not read m_A's knowledge of keys it was not trained on."
-            )
-        )
-    if mine[2]["verdict"] != "shown":
-        lines.append(
-            f"Training {calm} cost the anchor numeric arithmetic ({mine[2]['lower']:.1f} → {mine[2]['higher']:.1f}); "
-            "the paper's composition kept it (73.7 → 72.0)."
-        )
-display(Markdown("\n\n".join(lines)))
+claims = K.paper_claims(records, config, inputs, lora=bool(lora_runs))
+run.save_table(pd.DataFrame(claims), "paper_claims")
+display(Markdown(claims_markdown(claims, digits=1)))
+display(Markdown(K.run_shows_markdown(claims, config)))
 
 # %% [markdown]
 # ## Where a miss comes from
@@ -363,93 +198,15 @@ display(Markdown("\n\n".join(lines)))
 #   anchor itself answers, and whether the composition learned KV arithmetic even over the keys it trained on.
 
 # %%
-probes = pd.DataFrame(
-    C.value_probe(inputs, config, "trained") + C.value_probe(inputs, config, "vanilla"), columns=list(C.PROBE_COLUMNS)
-)
+probes = probe.probe_table(inputs, config)
 run.save_table(probes, "value_probe")
 display(probes.round(1))
-best = {m: probes[probes["m_A"] == m]["held_out_keys"].max() for m in ("trained", "vanilla")}
-if probes["held_out_keys"].isna().all():
-    display(
-        Markdown(
-            "No held-out key shares its value with a training key (the values are unique), so no linear "
-            "read-out fitted on the training keys can name a held-out key's value: the probe is not scored."
-        )
-    )
-else:
-    display(
-        Markdown(
-            f"At its best block, a linear read-out of the trained m_A names the value of **{best['trained']:.1f}%** "
-            f"of the held-out keys' occurrences ({probes['held_out_occurrences'].iloc[0]} of them), of the "
-            f"vanilla m_A {best['vanilla']:.1f}% (chance {probes['chance'].iloc[0]:.1f}%)."
-        )
-    )
+display(Markdown(K.probe_markdown(probes)))
 
 # %%
-accuracy = {(r["task"], r["model"]): r["accuracy"] for r in table.to_dict("records")}
-reach = accuracy[(C.TASK_NAMES[C.VALUES], "anchor")]
-diagnosis, said = [], []
-for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs):
-    fit = C.compare(
-        records, C.KV_SEEN, calm, "anchor", f"KV arithmetic on its own training rows: {calm} beats the anchor"
-    )
-    diagnosis.append({**fit, "model": calm})
-    said.append(
-        f"**{calm}** answers {fit['higher']:.1f}% of its own training rows (the anchor: {fit['lower']:.1f}%; "
-        f"{fit['verdict']}, difference {fit['difference']:+.1f}, 95% interval {fit['difference_ci'][0]:+.1f} to "
-        f"{fit['difference_ci'][1]:+.1f}) and {accuracy[(C.TASK_NAMES['kv'], calm)]:.1f}% on the held-out keys."
-    )
-for augment, rotary in config.runs:
-    if augment != "trained":
-        name = C.run_name(augment, rotary)
-        said.append(
-            f"Over the {augment} m_A, {name} answers {accuracy[(C.TASK_NAMES[C.KV_SEEN], name)]:.1f}% of its "
-            f"own training rows."
-        )
-said.append(
-    f"Given the values written in, the anchor answers {reach:.1f}% of the held-out expressions: the most a "
-    "composition could reach by reading every value from m_A."
-)
-fitted = [
-    d["model"]
-    for d in diagnosis
-    if d["verdict"] == "shown"
-    and accuracy[(C.TASK_NAMES["kv"], d["model"])] <= accuracy[(C.TASK_NAMES["kv"], "anchor")]
-]
-if fitted and not probes["held_out_keys"].isna().all() and best["trained"] > best["vanilla"] + 10:
-    vanilla_fit = probes[probes["m_A"] == "vanilla"]["training_keys"].max()
-    said.append(
-        f"So m_A holds the held-out keys' values where the bridges read them, and {' and '.join(fitted)} fitted "
-        "their training rows but answer no more held-out rows than the anchor: they learnt the training keys, "
-        f"not a way to read any key. A likely reason, not tested here: with only {len(inputs.keys['train'])} "
-        "training keys, a linear map can fit each training key's state to its value whatever the state holds. "
-        f"The probe on the vanilla m_A, which never learnt the values, fits {vanilla_fit:.1f}% of the training "
-        f"keys' occurrences and reads {best['vanilla']:.1f}% of the held-out ones."
-    )
-display(Markdown("\n\n".join(said)))
+diagnosis = K.diagnosis_rows(records, config)
+display(Markdown(K.diagnosis_markdown(diagnosis, table, probes, inputs, config)))
 run.save_table(pd.DataFrame(diagnosis), "diagnosis")
-main_effect = {
-    calm: all(
-        c["verdict"] == "shown"
-        for c in claims
-        if c["model"] == calm and c["task"] == "kv" and c["claim"].endswith(("beats the anchor", "beats m_A"))
-    )
-    for calm in dict.fromkeys(C.run_name("trained", r) for _, r in config.runs)
-}
-run.log(
-    source=inputs.source,
-    plan=first["plan"],
-    added_parameters=first["added_parameters"],
-    diagnosis=diagnosis,
-    anchor_given_values=reach,
-    value_probe=probes.to_dict("records"),
-    paper_formula=first["paper_formula"],
-    step0_max_logit_gap=float(composition["step0_max_logit_gap"].max()),
-    keys={s: len(k) for s, k in inputs.keys.items()},
-    claims=claims,
-    table1=table.to_dict("records"),
-    main_effect_shown=main_effect,
-    stage_seconds=float(stages["seconds"].sum()) if len(stages) else 0.0,
-    training_seconds=float(composition["seconds"].sum()),
-)
+tables = {"stages": stages, "composition": composition, "table1": table, "value_probe": probes}
+run.log(**K.run_metrics(inputs, config, calm_runs, tables, claims, diagnosis))
 print(f"results: {run.finish().parent}")

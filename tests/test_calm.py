@@ -1,4 +1,4 @@
-"""CALM's composition against direct computations (methods.md §3)."""
+"""CALM's composition against direct computations (docs/methods.md, "## 03 CALM composition")."""
 
 import collections
 import dataclasses
@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_model, make_tokenizer
 
-from kilib.calm import study as C
+from kilib.calm import model, presets, probe, study, tasks
 from kilib.runtime import KilibError
 
 
@@ -41,22 +41,22 @@ def _randomise(composed, seed=0):
 
 
 def test_layer_plan_is_every_fourth_m_A_block_onto_uniform_anchor_blocks():
-    assert C.layer_plan(16, 8) == [(3, 1), (7, 3), (11, 5), (15, 7)]
-    assert C.layer_plan(22, 32) == [(3, 5), (7, 12), (11, 18), (15, 25), (19, 31)]  # TinyLlama onto Llama-2-7b
-    assert C.layer_plan(4, 6, every=2) == [(1, 2), (3, 5)]
+    assert model.layer_plan(16, 8) == [(3, 1), (7, 3), (11, 5), (15, 7)]
+    assert model.layer_plan(22, 32) == [(3, 5), (7, 12), (11, 18), (15, 25), (19, 31)]  # TinyLlama onto Llama-2-7b
+    assert model.layer_plan(4, 6, every=2) == [(1, 2), (3, 5)]
     with pytest.raises(KilibError, match="lower every"):
-        C.layer_plan(3, 6)
+        model.layer_plan(3, 6)
     with pytest.raises(KilibError, match="raise every"):
-        C.layer_plan(8, 2, every=1)
+        model.layer_plan(8, 2, every=1)
 
 
 def test_added_parameters_are_counted_exactly():
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok)
+    composed = model.compose(anchor, augment, tok, tok)
     n = len(composed.plan)
     assert n == 1
-    counts = C.bridge_parameters(128, 64, n)
+    counts = model.bridge_parameters(128, 64, n)
     assert composed.added_parameters == counts["exact"] == 128 * 64 + 64 + 4 * 64 * 64
     assert counts["paper_formula"] == n * (128 * 64 + 3 * 64 * 64)
     trainable = {name for name, p in composed.named_parameters() if p.requires_grad}
@@ -68,7 +68,7 @@ def test_added_parameters_are_counted_exactly():
 def test_composed_model_equals_the_anchor_at_step_0(families):
     tok = make_tokenizer()
     anchor, augment = _pair(tok, *families)
-    composed = C.compose(anchor, augment, tok, tok, every=2)
+    composed = model.compose(anchor, augment, tok, tok, every=2)
     batch = tok(["who won the cup in the year", "the rovers"], return_tensors="pt", padding=True)
     with torch.no_grad():
         alone = anchor(**batch).logits
@@ -83,7 +83,7 @@ def test_composed_model_equals_the_anchor_at_step_0(families):
 def test_cross_attention_is_causal_no_future_m_A_state_reaches_the_anchor():
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2)
+    composed = model.compose(anchor, augment, tok, tok, every=2)
     _randomise(composed)
     ids = tok("who won the cup in the year of the final", return_tensors="pt").input_ids
     changed = ids.clone()
@@ -97,7 +97,7 @@ def test_cross_attention_is_causal_no_future_m_A_state_reaches_the_anchor():
 def test_padding_is_masked_in_the_cross_attention():
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2)
+    composed = model.compose(anchor, augment, tok, tok, every=2)
     _randomise(composed)
     texts = ["who won the cup in the year", "the rovers"]
     tok.padding_side = "right"
@@ -118,7 +118,7 @@ def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence(
 
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2, rotary=rotary, encoder=encoder)
+    composed = model.compose(anchor, augment, tok, tok, every=2, rotary=rotary, encoder=encoder)
     _randomise(composed, seed=3)
     prompts = ["who won the cup in the year", "the rovers", "in the year of the final?"]
     cached = generate(composed, tok, prompts, max_new_tokens=6, batch_size=3)
@@ -141,7 +141,7 @@ def test_cached_generation_equals_recomputing_both_models_on_the_whole_sequence(
 def test_gradients_reach_the_bridges_only_and_training_moves_the_logits():
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2)
+    composed = model.compose(anchor, augment, tok, tok, every=2)
     batch = tok(["who won the cup in the year"], return_tensors="pt")
     loss = composed(**batch, labels=batch.input_ids).loss
     loss.backward()
@@ -155,23 +155,23 @@ def test_gradients_reach_the_bridges_only_and_training_moves_the_logits():
 def test_bridges_round_trip_through_a_folder(tmp_path):
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2)
+    composed = model.compose(anchor, augment, tok, tok, every=2)
     _randomise(composed)
-    C.save_bridges(composed, tmp_path)
-    again = C.compose(anchor, augment, tok, tok, every=2)
-    C.load_bridges(again, tmp_path)
+    model.save_bridges(composed, tmp_path)
+    again = model.compose(anchor, augment, tok, tok, every=2)
+    model.load_bridges(again, tmp_path)
     batch = tok(["the rovers won"], return_tensors="pt")
     composed.remove()
     with torch.no_grad():
         assert torch.equal(again(**batch).logits, _logits_of_saved(anchor, augment, tok, tmp_path, batch))
-    other = C.compose(anchor, augment, tok, tok, every=4)
+    other = model.compose(anchor, augment, tok, tok, every=4)
     with pytest.raises(KilibError, match="same every"):
-        C.load_bridges(other, tmp_path)
+        model.load_bridges(other, tmp_path)
 
 
 def _logits_of_saved(anchor, augment, tok, folder, batch):
-    fresh = C.compose(anchor, augment, tok, tok, every=2)
-    C.load_bridges(fresh, folder)
+    fresh = model.compose(anchor, augment, tok, tok, every=2)
+    model.load_bridges(fresh, folder)
     with torch.no_grad():
         out = fresh(**batch).logits
     fresh.remove()
@@ -183,7 +183,7 @@ def test_mismatched_tokenizers_are_refused_with_the_fix():
     other.add_tokens(["zorblat"])
     anchor, augment = _pair(tok)
     with pytest.raises(KilibError, match="different tokenizers: pick two models of one family"):
-        C.compose(anchor, augment, tok, other)
+        model.compose(anchor, augment, tok, other)
 
 
 def test_composition_runs_on_4bit_models(tmp_path):
@@ -192,12 +192,12 @@ def test_composition_runs_on_4bit_models(tmp_path):
 
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    for name, model in (("anchor", anchor), ("augment", augment)):
-        model.save_pretrained(tmp_path / name)
+    for name, lm in (("anchor", anchor), ("augment", augment)):
+        lm.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
     anchor4, tok_b = load_causal_lm(tmp_path / "anchor")
     augment4, tok_a = load_causal_lm(tmp_path / "augment")
-    composed = C.compose(anchor4, augment4, tok_b, tok_a, every=2)
+    composed = model.compose(anchor4, augment4, tok_b, tok_a, every=2)
     batch = tok(["who won the cup in the year"], return_tensors="pt")
     with torch.no_grad():
         assert torch.equal(composed(**batch).logits, anchor4(**batch).logits)
@@ -205,9 +205,10 @@ def test_composition_runs_on_4bit_models(tmp_path):
     assert all(b.o.weight.grad.abs().sum() > 0 for b in composed.bridges)
     # The paper profile's m_A unquantised beside an NF4 anchor: its weights are the saved ones,
     # the composition starts as the anchor and trains.
-    full, _ = load_causal_lm(tmp_path / "augment", quantization=C.quantization_of(C.CALM_PRESETS["paper"], "trained"))
+    m_a_loading = presets.quantization_of(presets.PRESETS["paper"], "trained")
+    full, _ = load_causal_lm(tmp_path / "augment", quantization=m_a_loading)
     assert all(torch.equal(p, q) for p, q in zip(full.parameters(), augment.parameters()))
-    mixed = C.compose(anchor4, full, tok_b, tok_a, every=2)
+    mixed = model.compose(anchor4, full, tok_b, tok_a, every=2)
     with torch.no_grad():
         assert torch.equal(mixed(**batch).logits, anchor4(**batch).logits)
     mixed(**batch, labels=batch.input_ids).loss.backward()
@@ -217,12 +218,13 @@ def test_composition_runs_on_4bit_models(tmp_path):
 def test_m_A_precision_per_profile_and_in_the_keys():
     import dataclasses
 
-    paper, tiny = C.CALM_PRESETS["paper"], C.CALM_PRESETS["tiny"]
-    assert [C.quantization_of(paper, w) for w in ("anchor", "trained", "vanilla", "random")] == ["4bit"] + ["none"] * 3
-    assert {C.quantization_of(tiny, w) for w in ("anchor", "trained", "vanilla", "random")} == {"4bit"}
-    assert C._augment_precision(tiny) == {}  # the tiny keys are as before
-    assert C._augment_precision(paper) == {"augment_quantization": "none"}
-    assert C._augment_precision(dataclasses.replace(tiny, augment_quantization="4bit")) == {}
+    paper, tiny = presets.PRESETS["paper"], presets.PRESETS["tiny"]
+    which = ("anchor", "trained", "vanilla", "random")
+    assert [presets.quantization_of(paper, w) for w in which] == ["4bit"] + ["none"] * 3
+    assert {presets.quantization_of(tiny, w) for w in which} == {"4bit"}
+    assert presets.augment_precision(tiny) == {}  # the tiny keys are as before
+    assert presets.augment_precision(paper) == {"augment_quantization": "none"}
+    assert presets.augment_precision(dataclasses.replace(tiny, augment_quantization="4bit")) == {}
 
 
 # -- the study ---------------------------------------------------------------------------
@@ -239,15 +241,15 @@ def _tokens(tokenizer, task, expression):
     from kilib.lm.training import render_prompt
 
     return tokenizer.convert_ids_to_tokens(
-        tokenizer(render_prompt(tokenizer, C.task_prompt(task, expression)), add_special_tokens=False)["input_ids"]
+        tokenizer(render_prompt(tokenizer, tasks.task_prompt(task, expression)), add_special_tokens=False)["input_ids"]
     )
 
 
 @pytest.mark.parametrize("aligned", [False, True])
 def test_vocabulary_keys_are_single_tokens_and_aligned_ones_take_a_digit_place(world_tokenizer, aligned):
-    keys = C.vocabulary_keys(world_tokenizer, 40, seed=3, aligned=aligned)
-    assert keys == C.vocabulary_keys(world_tokenizer, 40, seed=3, aligned=aligned)  # seeded
-    assert keys != C.vocabulary_keys(world_tokenizer, 40, seed=4, aligned=aligned)
+    keys = tasks.vocabulary_keys(world_tokenizer, 40, seed=3, aligned=aligned)
+    assert keys == tasks.vocabulary_keys(world_tokenizer, 40, seed=3, aligned=aligned)  # seeded
+    assert keys != tasks.vocabulary_keys(world_tokenizer, 40, seed=4, aligned=aligned)
     assert len(set(keys)) == 40 and all(k.isalpha() and k.islower() and 2 <= len(k) <= 6 for k in keys)
     for a, b in zip(keys, reversed(keys)):
         for task in ("kv", "substitution"):
@@ -280,10 +282,10 @@ def test_vocabulary_keys_with_a_sentencepiece_style_tokenizer():
         "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
         "{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}"
     )
-    keys = C.vocabulary_keys(fast, 20)
+    keys = tasks.vocabulary_keys(fast, 20)
     for key in keys:
         for task in ("kv", "substitution"):
-            text = render_prompt(fast, C.task_prompt(task, f"{key} + {key}"))
+            text = render_prompt(fast, tasks.task_prompt(task, f"{key} + {key}"))
             tokens = fast.convert_ids_to_tokens(fast(text, add_special_tokens=False)["input_ids"])
             assert [t.lstrip("▁") for t in tokens].count(key) == 2  # "▁key", or "▁" then "key"
 
@@ -292,17 +294,17 @@ def test_vocabulary_keys_too_few_or_without_a_tokenizer_name_the_fix(world_token
     with pytest.raises(
         KilibError, match="fewer than kv_keys=5000: lower kv_keys or choose keys='vocabulary' or 'random'"
     ):
-        C.vocabulary_keys(world_tokenizer, 5000, aligned=True)
+        tasks.vocabulary_keys(world_tokenizer, 5000, aligned=True)
     with pytest.raises(KilibError, match="pass their tokenizer"):
-        C.kv_table(C.CALM_PRESETS["tiny"])
+        tasks.kv_table(presets.PRESETS["tiny"])
     with pytest.raises(KilibError, match="unknown keys 'words': choose one of vocabulary, aligned, random"):
-        C.kv_table(dataclasses.replace(C.CALM_PRESETS["tiny"], keys="words"))
+        tasks.kv_table(dataclasses.replace(presets.PRESETS["tiny"], keys="words"))
 
 
 def test_renamed_keys_keep_each_value_and_split():
     from kilib.tiny.world import evaluate_arithmetic
 
-    world, table = C.kv_table(dataclasses.replace(C.CALM_PRESETS["smoke"], keys="random"), "smoke")
+    world, table = tasks.kv_table(dataclasses.replace(presets.PRESETS["smoke"], keys="random"), "smoke")
     names = [f"k{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(len(table))]
     renamed = world.with_kv_keys(names)
     old, new = sorted(world._kv_table), names
@@ -325,11 +327,11 @@ def test_key_states_are_each_key_last_token_block_output_batched_as_alone():
     tok = make_tokenizer()
     model = make_model("llama", tok)
     rows = [{"expression": "won + cup x the"}, {"expression": "rovers - it"}, {"expression": "the + year"}]
-    features, keys = C.key_states(model, tok, rows, blocks=[0], batch_size=2)
+    features, keys = probe.key_states(model, tok, rows, blocks=[0], batch_size=2)
     assert keys == ["won", "cup", "the", "rovers", "it", "the", "year"]
     expected = []
     for r in rows:  # each prompt alone; a key's last token is the last token of the text up to the key's end
-        text = render_prompt(tok, C.task_prompt("kv", r["expression"]))
+        text = render_prompt(tok, tasks.task_prompt("kv", r["expression"]))
         with torch.no_grad():
             block0 = model(**tok(text, return_tensors="pt"), output_hidden_states=True).hidden_states[1][0]
         where = text.rindex(r["expression"])
@@ -345,21 +347,21 @@ def test_linear_probe_reads_a_planted_code_and_not_noise():
     codes = torch.randn(8, 32, generator=gen)
     fit_y, test_y = torch.arange(200) % 8, torch.arange(100) % 8
     fit_x, test_x = (codes[y] + 0.3 * torch.randn(len(y), 32, generator=gen) for y in (fit_y, test_y))
-    planted = C.linear_probe(fit_x, fit_y, test_x, test_y)
+    planted = probe.linear_probe(fit_x, fit_y, test_x, test_y)
     assert planted["fit"] == 1.0 and planted["test"] > 0.95 and planted["test_items"] == 100
-    noise = C.linear_probe(torch.randn(200, 32, generator=gen), fit_y, torch.randn(100, 32, generator=gen), test_y)
+    noise = probe.linear_probe(torch.randn(200, 32, generator=gen), fit_y, torch.randn(100, 32, generator=gen), test_y)
     assert noise["test"] < 0.3  # chance is 1/8
-    unseen = C.linear_probe(fit_x, fit_y, test_x, test_y + 8 * (test_y % 2))  # half the test labels never fitted
+    unseen = probe.linear_probe(fit_x, fit_y, test_x, test_y + 8 * (test_y % 2))  # half the test labels never fitted
     assert unseen["test_items"] == 50
 
 
 def test_value_probe_with_unique_values_loads_nothing():
     """The paper's table: no held-out key shares a value with a training key, so nothing can be
     scored, and the probe returns before loading m_A (the paths below do not exist)."""
-    inputs = C.CalmInputs(
+    inputs = study.CalmInputs(
         "/no/anchor", "/no/augment", rows={}, keys={"train": {"ab": 1, "cd": 2}, "eval": {"ef": 3}}, source=""
     )
-    assert C.value_probe(inputs, C.CALM_PRESETS["paper"]) == []
+    assert probe.value_probe(inputs, presets.PRESETS["paper"]) == []
 
 
 @pytest.mark.parametrize("profile", ["smoke", "tiny", "paper"])
@@ -369,7 +371,7 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_token
     from kilib.tiny import zoo
     from kilib.tiny.world import evaluate_arithmetic
 
-    config = C.CALM_PRESETS[profile]
+    config = presets.PRESETS[profile]
     if profile == "paper":  # 200 keys need a vocabulary of many words, as Llama-2's: the world's text and 600 more
         rng = random.Random(0)
         words = " ".join(
@@ -378,10 +380,10 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_token
         texts = zoo.tokenizer_texts
         monkeypatch.setattr(zoo, "tokenizer_texts", lambda world: texts(world) + [words, words.replace(" ", "\n")] * 3)
         world_tokenizer = zoo.build_tokenizer(zoo.world_of(zoo.zoo_config("tiny")), 4096, tmp_path)
-    rows, keys = C.study_rows(config, tokenizer=world_tokenizer)
+    rows, keys = tasks.study_rows(config, tokenizer=world_tokenizer)
     if config.keys != "random":  # the world's keys renamed to the vocabulary's
         assert set(keys["train"]) | set(keys["eval"]) == set(
-            C.vocabulary_keys(world_tokenizer, config.kv_keys, aligned=config.keys == "aligned")
+            tasks.vocabulary_keys(world_tokenizer, config.kv_keys, aligned=config.keys == "aligned")
         )
     assert not set(keys["train"]) & set(keys["eval"])
     assert len(keys["train"]) == round(config.train_fraction * config.kv_keys)
@@ -398,11 +400,12 @@ def test_study_rows_keep_evaluation_apart_and_targets_right(profile, world_token
         stage, held = ({r["expression"] for r in rows[task][s]} for s in ("stage", "eval"))
         assert not stage & held and len(held) == config.eval_examples  # no evaluated expression is trained on
     assert len(rows["numeric"]["stage"]) == config.anchor_stage.examples
-    assert all(r in rows["numeric"]["stage"] for r in rows[C.SEEN]["eval"])  # the anchor's own training expressions
-    assert rows[C.KV_SEEN]["eval"] == rows["kv"]["train"][: config.eval_examples]  # the composition's own training rows
-    assert len(rows[C.VALUES]["eval"]) == len(rows["kv"]["eval"])
+    assert all(r in rows["numeric"]["stage"] for r in rows[tasks.SEEN]["eval"])  # the anchor's own training expressions
+    # the composition's own training rows
+    assert rows[tasks.KV_SEEN]["eval"] == rows["kv"]["train"][: config.eval_examples]
+    assert len(rows[tasks.VALUES]["eval"]) == len(rows["kv"]["eval"])
     for kv, written in zip(
-        rows["kv"]["eval"], rows[C.VALUES]["eval"]
+        rows["kv"]["eval"], rows[tasks.VALUES]["eval"]
     ):  # the held-out rows, each key's value written in
         tokens = kv["expression"].split()
         assert written["target"] == kv["target"]
@@ -426,24 +429,24 @@ def test_lora_rank_matches_the_bridges_parameter_count(family):
 
     tok = make_tokenizer()
     anchor, augment = _pair(tok, family)
-    target = C.compose(anchor, augment, tok, tok).added_parameters
+    target = model.compose(anchor, augment, tok, tok).added_parameters
 
     def lora_count(r):  # peft's own count of the adapter's parameters
         model = attach_lora(make_model(family, tok, seed=1), r=r)
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    rank = C.lora_rank(make_model(family, tok, seed=1), target)
+    rank = study.lora_rank(make_model(family, tok, seed=1), target)
     assert rank >= 1
     assert all(abs(lora_count(rank) - target) <= abs(lora_count(r) - target) for r in (rank - 1, rank + 1) if r >= 1)
 
 
 def test_run_names():
-    assert C.run_name("trained", False) == "calm" and C.run_name("trained", True) == "calm (rotary)"
+    assert study.run_name("trained", False) == "calm" and study.run_name("trained", True) == "calm (rotary)"
     assert (
-        C.run_name("vanilla", False) == "calm (vanilla m_A)"
-        and C.run_name("random", True) == "calm (rotary, random m_A)"
+        study.run_name("vanilla", False) == "calm (vanilla m_A)"
+        and study.run_name("random", True) == "calm (rotary, random m_A)"
     )
-    assert C.run_name("trained", False, encoder=True) == "calm (m_A as encoder)"
+    assert study.run_name("trained", False, encoder=True) == "calm (m_A as encoder)"
 
 
 def test_m_A_as_encoder_sees_the_whole_prompt_and_nothing_after_it():
@@ -451,7 +454,7 @@ def test_m_A_as_encoder_sees_the_whole_prompt_and_nothing_after_it():
     later prompt token reaches an earlier position), and none over the answer."""
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2, encoder=True)
+    composed = model.compose(anchor, augment, tok, tok, every=2, encoder=True)
     ids = tok("who won the cup in the year of the final", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(composed(input_ids=ids).logits, anchor(input_ids=ids).logits)  # zero init: the anchor
@@ -474,14 +477,14 @@ def test_m_A_as_encoder_sees_the_whole_prompt_and_nothing_after_it():
     with pytest.raises(KilibError, match="mask the prompt's labels"):
         composed(input_ids=ids, labels=ids)
     with pytest.raises(KilibError, match="rotary=False"):
-        C.compose(anchor, augment, tok, tok, every=2, encoder=True, rotary=True)
+        model.compose(anchor, augment, tok, tok, every=2, encoder=True, rotary=True)
 
 
 def test_rotary_cross_attention_is_causal_pads_cleanly_and_starts_as_the_anchor():
     """Positions count tokens: a left-padded row gives the same logits as the row alone."""
     tok = make_tokenizer()
     anchor, augment = _pair(tok)
-    composed = C.compose(anchor, augment, tok, tok, every=2, rotary=True)
+    composed = model.compose(anchor, augment, tok, tok, every=2, rotary=True)
     batch = tok(["who won the cup in the year", "the rovers"], return_tensors="pt", padding=True)
     with torch.no_grad():
         assert torch.equal(composed(**batch).logits, anchor(**batch).logits)
@@ -497,7 +500,7 @@ def test_rotary_cross_attention_is_causal_pads_cleanly_and_starts_as_the_anchor(
         alone = composed(**tok("the rovers", return_tensors="pt")).logits[0]
     torch.testing.assert_close(both[1, -alone.shape[0] :], alone, rtol=1e-4, atol=1e-4)
     # a rotary bridge differs from a plain one with the same weights: positions enter the scores
-    plain = C.compose(anchor, augment, tok, tok, every=2)
+    plain = model.compose(anchor, augment, tok, tok, every=2)
     plain.bridges.load_state_dict(composed.bridges.state_dict())
     composed.remove()
     ids = tok("who won the cup in the year", return_tensors="pt").input_ids
@@ -506,7 +509,7 @@ def test_rotary_cross_attention_is_causal_pads_cleanly_and_starts_as_the_anchor(
 
 
 def _rotary_logits(anchor, augment, tok, plain, ids):
-    again = C.compose(anchor, augment, tok, tok, every=2, rotary=True)
+    again = model.compose(anchor, augment, tok, tok, every=2, rotary=True)
     again.bridges.load_state_dict(plain.bridges.state_dict())
     plain.remove()
     with torch.no_grad():
@@ -516,10 +519,10 @@ def _rotary_logits(anchor, augment, tok, plain, ids):
 
 
 def test_prompts_and_scoring():
-    assert C.task_prompt("substitution", "ab + cd") == "Substitute: ab + cd ="
-    assert C.task_prompt("kv", "ab + cd") == C.task_prompt("numeric", "ab + cd") == "ab + cd ="
-    assert C.is_correct(" 32 ", "32") and C.is_correct("10  +  22", "10 + 22")
-    assert not C.is_correct("32.", "32") and not C.is_correct("", "0")
+    assert tasks.task_prompt("substitution", "ab + cd") == "Substitute: ab + cd ="
+    assert tasks.task_prompt("kv", "ab + cd") == tasks.task_prompt("numeric", "ab + cd") == "ab + cd ="
+    assert tasks.is_correct(" 32 ", "32") and tasks.is_correct("10  +  22", "10 + 22")
+    assert not tasks.is_correct("32.", "32") and not tasks.is_correct("", "0")
 
 
 def test_compare_pairs_rows_and_the_margin_shifts_the_verdict():
@@ -528,23 +531,23 @@ def test_compare_pairs_rows_and_the_margin_shifts_the_verdict():
         for i in range(200)
         for m, c in (("anchor", float(i % 2 == 0)), ("calm", float(i % 2 == 0 and i % 50 != 0)))
     ]
-    strict = C.compare(answers, "numeric", "calm", "anchor", "calm beats anchor")
+    strict = study.compare(answers, "numeric", "calm", "anchor", "calm beats anchor")
     assert strict["difference"] == pytest.approx(-2.0) and strict["verdict"] in ("opposite shown", "not shown")
-    kept = C.compare(answers, "numeric", "calm", "anchor", "calm keeps the anchor's", margin=5.0)
+    kept = study.compare(answers, "numeric", "calm", "anchor", "calm keeps the anchor's", margin=5.0)
     assert kept["difference"] == pytest.approx(-2.0) and kept["verdict"] == "shown"  # -2 points, interval above -5
 
 
 def test_unknown_ablation_and_missing_trained_m_A_are_refused():
     import dataclasses
 
-    config = dataclasses.replace(C.CALM_PRESETS["smoke"], runs=(("vanilla", False),))
+    config = dataclasses.replace(presets.PRESETS["smoke"], runs=(("vanilla", False),))
     with pytest.raises(KilibError, match="must include \\('trained', False\\)"):
-        C.study_inputs("smoke", config)
+        study.study_inputs(config)
     with pytest.raises(KilibError, match="SEEDS must be >= 0"):
-        C.notebook_overrides(seeds=-1)
+        presets.notebook_overrides(seeds=-1)
 
 
 def test_paper_profile_offline_names_the_fix(monkeypatch):
     """Without the Hub, the paper profile's models stop with one line that says what to do."""
     with pytest.raises(KilibError, match="HF_TOKEN|offline|Hub"):
-        C.study_inputs("paper", C.CALM_PRESETS["paper"])
+        study.study_inputs(presets.PRESETS["paper"])

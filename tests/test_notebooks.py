@@ -43,24 +43,40 @@ def test_notebooks_are_built_from_their_sources():
     assert cli.main(["notebooks", "--check"]) == 0
 
 
-def test_runner_rejects_bad_input():
+def test_runner_rejects_bad_input(capsys):
     with pytest.raises(KilibError, match="no notebook numbered 77"):
         cli.discover_notebooks("77")
     with pytest.raises(KilibError, match="wrong type: expected int"):
-        cli.check_parameters(NOTEBOOKS[0], {"SEED": "one"})
+        cli.check_parameters(NOTEBOOKS[0], {"WORLD_SEED": "one"})
     with pytest.raises(KilibError, match="has no parameter 'SEEDS'"):
         cli.check_parameters(NOTEBOOKS[0], {"SEEDS": 1})
     assert cli.main(["reproduce", "--profile", "huge"]) == 2
-    # -p parameters are checked for every selected notebook before any runs, and each notebook
-    # gets those its parameters cell declares
+    capsys.readouterr()
+    # -p parameters are checked for every selected notebook before any runs: each selected notebook
+    # gets every one, so each must declare it, and the one line names those that do not and the fix
     with pytest.raises(KilibError, match="PROFILE is not a -p parameter: use --profile"):
-        cli.split_parameters(NOTEBOOKS, {"PROFILE": "tiny"})
-    with pytest.raises(KilibError, match="no selected notebook has a parameter 'MODEL'.*choose notebooks with --only"):
-        cli.split_parameters(NOTEBOOKS[:1], {"MODEL": "llama-s"})
-    shares = cli.split_parameters(NOTEBOOKS[:2], {"SEED": 1, "MODEL": "llama-s"})
-    assert shares == {NOTEBOOKS[0]: {"SEED": 1}, NOTEBOOKS[1]: {"MODEL": "llama-s"}}
+        cli.check_run_parameters(NOTEBOOKS, {"PROFILE": "tiny"})
+    with pytest.raises(
+        KilibError,
+        match=r"-p MODEL: 00_tiny_world has no parameter 'MODEL'; .*--only 01 \(make reproduce ONLY=01\)",
+    ):
+        cli.check_run_parameters(NOTEBOOKS[:1], {"MODEL": "llama-s"})
+    with pytest.raises(KilibError, match=r"-p MODEL: 00_tiny_world, 02_knowledge_transfer, .* have no parameter"):
+        cli.check_run_parameters(NOTEBOOKS, {"MODEL": "llama-s"})
+    with pytest.raises(KilibError, match="-p WORLD_SEED: 01_sft_injection has no parameter 'WORLD_SEED'.*--only 00"):
+        cli.check_run_parameters(NOTEBOOKS[:2], {"WORLD_SEED": 1})
+    with pytest.raises(KilibError, match=r"-p SEEDS: 00_tiny_world has no parameter 'SEEDS'.*ONLY=01,02,03,04\)$"):
+        cli.check_run_parameters(NOTEBOOKS, {"SEEDS": 1})
+    assert cli.check_run_parameters(NOTEBOOKS[1:], {"SEEDS": 1}) is None
+    with pytest.raises(KilibError, match="-p TYPO: .* no notebook declares it"):
+        cli.check_run_parameters(NOTEBOOKS[1:2], {"TYPO": 1})
+    assert cli.check_run_parameters(NOTEBOOKS[1:2], {"MODEL": "llama-s", "WORKERS": 1}) is None
     with pytest.raises(KilibError, match="wrong type"):
-        cli.split_parameters(NOTEBOOKS[:2], {"SEED": "one"})
+        cli.check_run_parameters(NOTEBOOKS[:1], {"WORLD_SEED": "one"})
+    # from the command line: one line, before the first notebook runs
+    assert cli.main(["reproduce", "--profile", "smoke", "--quiet", "-p", "MODEL", "llama-s"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: -p MODEL: 00_tiny_world, ") and err.count("\n") == 1 and "==>" not in out
 
 
 def test_interrupted_run_is_one_line(monkeypatch, capsys):
@@ -90,9 +106,9 @@ def test_failed_notebook_leaves_no_staging_or_copy(capsys):
     staging = results_root() / "smoke" / ".01_sft_injection.partial"
     staging.mkdir(parents=True, exist_ok=True)
     (staging / "half.csv").write_text("x\n")
-    assert cli.main(["reproduce", "--profile", "smoke", "--only", "01", "--quiet", "-p", "N_SEEDS", "-1"]) == 2
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "01", "--quiet", "-p", "SEEDS", "-1"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "error: 01_sft_injection.ipynb: N_SEEDS=-1: use 0 to keep the profile's seeds, or n > 0 to run seeds 0 to n-1"
+        "error: 01_sft_injection.ipynb: SEEDS=-1: use 0 to keep the profile's seeds, or n > 0 to run seeds 0 to n-1"
     )
     assert not staging.exists()
     assert not list((results_root() / "smoke" / "notebooks").glob("01_sft_injection.failed.ipynb"))
@@ -206,10 +222,11 @@ def test_02_knowledge_transfer_smoke():
 def test_03_calm_composition_smoke():
     record = run_smoke("03")
     m = record["metrics"]
-    from kilib.calm import study as C
+    from kilib.calm import model, study, tasks
 
     assert m["step0_max_logit_gap"] == 0.0  # the composed model is the anchor before training
-    assert m["added_parameters"] == C.bridge_parameters(64, 64, len(m["plan"]))["exact"]  # smoke llama-s into llama-m
+    # the smoke llama-s into llama-m
+    assert m["added_parameters"] == model.bridge_parameters(64, 64, len(m["plan"]))["exact"]
     assert m["keys"] == {"train": 10, "eval": 10}
     table = {(r["task"], r["model"]): r for r in m["table1"]}
     assert {model for _, model in table} == {
@@ -221,10 +238,10 @@ def test_03_calm_composition_smoke():
         "calm (m_A as encoder)",
         "calm trained to copy",
         "calm (rotary) trained to copy",
-        C.LORA,
+        study.LORA,
     }
-    assert {task for task, _ in table} == set(C.TASK_NAMES.values())
-    control = C.TASK_NAMES[C.CONTROL]
+    assert {task for task, _ in table} == set(tasks.TASK_NAMES.values())
+    control = tasks.TASK_NAMES[tasks.CONTROL]
     assert {model for task, model in table if task == control} == {
         "augment",
         "anchor",
@@ -233,15 +250,19 @@ def test_03_calm_composition_smoke():
     }
     for r in table.values():
         assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 100.0 and r["n"] == 40
-    # per CALM: three claims, the LoRA baseline, its copying control; the rotary one's vanilla m_A, the paper's m_A as encoder
+    # per CALM: three claims, the LoRA baseline, its copying control; the rotary one's vanilla m_A,
+    # the paper's m_A as encoder
     assert len(m["claims"]) == 5 + 5 + 1 + 1
     assert {c["verdict"] for c in m["claims"]} <= {"shown", "direction only", "not shown", "opposite shown"}
     assert set(m["main_effect_shown"]) == {"calm", "calm (rotary)"} and all(
         isinstance(v, bool) for v in m["main_effect_shown"].values()
     )
-    values = C.TASK_NAMES[C.VALUES]
+    values = tasks.TASK_NAMES[tasks.VALUES]
     assert m["anchor_given_values"] == table[(values, "anchor")]["accuracy"]
-    assert [(d["model"], d["task"]) for d in m["diagnosis"]] == [("calm", C.KV_SEEN), ("calm (rotary)", C.KV_SEEN)]
+    assert [(d["model"], d["task"]) for d in m["diagnosis"]] == [
+        ("calm", tasks.KV_SEEN),
+        ("calm (rotary)", tasks.KV_SEEN),
+    ]
     probes = m["value_probe"]  # every composed m_A block, for the trained and the vanilla m_A
     assert [(p["m_A"], p["block"]) for p in probes] == [(a, b) for a in ("trained", "vanilla") for b, _ in m["plan"]]
     for p in probes:  # 10 values shared by 20 keys: some held-out value is a training key's
@@ -260,10 +281,10 @@ def test_03_calm_composition_smoke():
 def test_04_memory_fever_smoke():
     record = run_smoke("04")
     m = record["metrics"]
-    from kilib.memory import study as M
+    from kilib.memory.presets import MEMORY_PRESETS
 
     s = m["selection"]
-    assert s["n_top"] == M.MEMORY_PRESETS["smoke"].pages and 0 < s["n_trunc"] <= s["n_top"] <= s["n_full"]
+    assert s["n_top"] == MEMORY_PRESETS["smoke"].pages and 0 < s["n_trunc"] <= s["n_top"] <= s["n_full"]
     assert m["layer"] == 0 and m["n_blocks"] == 1  # the smoke neox-xs has one block
     assert m["memory_parameters"] == 64 * 128 + 128 + 128 * 64 + 64 + 2 * 64 + 1
     kshot = {(r["model"], r["shots"]): r for r in m["kshot"]}

@@ -45,23 +45,24 @@ import dataclasses
 import json
 import random
 
-from kilib.calm import study as C
+from kilib.calm import presets, study, tasks
+from kilib.calm.probe import composed_blocks, key_states, linear_probe
 from kilib.lm.models import load_causal_lm, load_tokenizer, padding_side
 from kilib.lm.training import sft_dataset, train
 from kilib.runtime import results_root, set_threads
 
 
-def table_of(config: C.CalmConfig):
-    return C.kv_table(config, tokenizer=load_tokenizer(C.study_inputs("tiny", config).anchor))
+def table_of(config: presets.CalmConfig):
+    return tasks.kv_table(config, tokenizer=load_tokenizer(study.study_inputs(config).anchor))
 
 
 def accuracy(answers) -> float:
     return sum(a["correct"] for a in answers) / len(answers)
 
 
-def anchor_stage(config: C.CalmConfig, what: str) -> dict:
-    inputs = C.study_inputs("tiny", config)
-    folder = C.prepared(inputs, config, "anchor")
+def anchor_stage(config: presets.CalmConfig, what: str) -> dict:
+    inputs = study.study_inputs(config)
+    folder = study.prepared(inputs, config, "anchor")
     model, tokenizer = load_causal_lm(folder)
     seen = copy.deepcopy(inputs)
     seen.rows["numeric"]["eval"] = inputs.rows["numeric"]["stage"][:150]
@@ -70,14 +71,14 @@ def anchor_stage(config: C.CalmConfig, what: str) -> dict:
         "table": what,
         "examples": config.anchor_stage.examples,
         "epochs": config.anchor_stage.train.epochs,
-        "stage_seconds": round(C.stage_log(inputs, config, "anchor")["seconds"], 1),
-        "held_out": accuracy(C.evaluate(model, tokenizer, inputs, config, tasks=("numeric",))),
-        "own_training_expressions": accuracy(C.evaluate(model, tokenizer, seen, config, tasks=("numeric",))),
+        "stage_seconds": round(study.stage_log(inputs, config, "anchor")["seconds"], 1),
+        "held_out": accuracy(study.evaluate(model, tokenizer, inputs, config, tasks=("numeric",))),
+        "own_training_expressions": accuracy(study.evaluate(model, tokenizer, seen, config, tasks=("numeric",))),
     }
 
 
 def copying_control(fraction: float, rotary: bool) -> dict:
-    base = C.CALM_PRESETS["tiny"]
+    base = presets.PRESETS["tiny"]
     config = dataclasses.replace(
         base,
         keys="random",
@@ -85,16 +86,16 @@ def copying_control(fraction: float, rotary: bool) -> dict:
         kv_keys=64,
         kv_value_max=64,
         train_fraction=fraction,
-        anchor_stage=C.Stage(0),
+        anchor_stage=presets.Stage(0),
         control_examples=0,
         train_examples=300,
-        augment_stage=C.Stage(3000, dataclasses.replace(base.augment_stage.train, epochs=4)),
+        augment_stage=presets.Stage(3000, dataclasses.replace(base.augment_stage.train, epochs=4)),
     )
-    inputs = C.study_inputs("tiny", config)
+    inputs = study.study_inputs(config)
     world, table = table_of(config)
     train_keys, eval_keys = set(inputs.keys["train"]), set(inputs.keys["eval"])
     rows = [
-        {"expression": r["prompt"], "target": C.substitute(r["prompt"], table)}
+        {"expression": r["prompt"], "target": tasks.substitute(r["prompt"], table)}
         for r in world.kv_substitution(6000, seed=5).to_list()
     ]
 
@@ -104,10 +105,10 @@ def copying_control(fraction: float, rotary: bool) -> dict:
     trained, asked = over(train_keys)[:400], over(eval_keys)[:150]
     probe = copy.deepcopy(inputs)
     probe.rows["substitution"]["eval"] = asked
-    composed, tokenizer = C.load_composition(probe, config, "trained", 0, rotary)
+    composed, tokenizer = study.load_composition(probe, config, "trained", 0, rotary)
     result = train(
         composed,
-        sft_dataset(tokenizer, C._sft_rows("substitution", trained)),
+        sft_dataset(tokenizer, tasks.sft_rows("substitution", trained)),
         dataclasses.replace(config.train, epochs=15),
         "/tmp/kilib-calm-dev",
         tokenizer=tokenizer,
@@ -120,7 +121,7 @@ def copying_control(fraction: float, rotary: bool) -> dict:
         "rotary": rotary,
         "training_rows": len(trained),
         "final_loss": result.losses[-1]["loss"],
-        "held_out_keys_accuracy": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("substitution",))),
+        "held_out_keys_accuracy": accuracy(study.evaluate(composed, tokenizer, probe, config, tasks=("substitution",))),
     }
 
 
@@ -132,21 +133,21 @@ def _anchor_config(
     keys: str = "random",
     kv_keys: int = 64,
     weight_decay: float = 0.0,
-) -> C.CalmConfig:
+) -> presets.CalmConfig:
     """The tiny preset as rounds 1 and 2 had it (every 2nd m_A block, 10 epochs at 1e-3, the
     world's random keys), with the anchor's stage at ``lr`` and the given changes."""
-    tiny = C.CALM_PRESETS["tiny"]
+    tiny = presets.PRESETS["tiny"]
     return dataclasses.replace(
         tiny,
         keys=keys,
         kv_keys=kv_keys,
         every=every,
-        anchor_stage=C.Stage(tiny.anchor_stage.examples, dataclasses.replace(tiny.anchor_stage.train, lr=lr)),
+        anchor_stage=presets.Stage(tiny.anchor_stage.examples, dataclasses.replace(tiny.anchor_stage.train, lr=lr)),
         train=dataclasses.replace(tiny.train, epochs=epochs, lr=kv_lr, weight_decay=weight_decay),
     )
 
 
-def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
+def residual_norms(path: str, inputs: study.CalmInputs) -> list[float]:
     """Mean norm of each block's output over the tokens of 32 KV prompts (full precision)."""
     import torch
 
@@ -155,7 +156,10 @@ def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
     model, tokenizer = load_causal_lm(path, quantization="none")
     with padding_side(tokenizer, "right"):
         batch = tokenizer(
-            [render_prompt(tokenizer, C.task_prompt("kv", r["expression"])) for r in inputs.rows["kv"]["train"][:32]],
+            [
+                render_prompt(tokenizer, tasks.task_prompt("kv", r["expression"]))
+                for r in inputs.rows["kv"]["train"][:32]
+            ],
             return_tensors="pt",
             padding=True,
         )
@@ -167,16 +171,16 @@ def residual_norms(path: str, inputs: C.CalmInputs) -> list[float]:
 
 def anchor_lr(lr: float) -> dict:
     config = _anchor_config(lr)
-    inputs = C.study_inputs("tiny", config)
-    folder = C.prepared(inputs, config, "anchor")
+    inputs = study.study_inputs(config)
+    folder = study.prepared(inputs, config, "anchor")
     model, tokenizer = load_causal_lm(folder)
     seen = copy.deepcopy(inputs)
     seen.rows["numeric"]["eval"] = inputs.rows["numeric"]["stage"][:150]
-    log = C.stage_log(inputs, config, "anchor")
-    composed, tokenizer = C.load_composition(inputs, config, "trained", 0, True)
+    log = study.stage_log(inputs, config, "anchor")
+    composed, tokenizer = study.load_composition(inputs, config, "trained", 0, True)
     train(
         composed,
-        sft_dataset(tokenizer, C._sft_rows(C.CONTROL, inputs.rows[C.CONTROL]["train"])),
+        sft_dataset(tokenizer, tasks.sft_rows(tasks.CONTROL, inputs.rows[tasks.CONTROL]["train"])),
         config.train,
         "/tmp/kilib-calm-dev",
         tokenizer=tokenizer,
@@ -187,24 +191,26 @@ def anchor_lr(lr: float) -> dict:
         "lr": lr,
         "epochs": config.anchor_stage.train.epochs,
         "final_loss": log["losses"][-1]["loss"],
-        "own_training_expressions": accuracy(C.evaluate(model, tokenizer, seen, config, tasks=("numeric",))),
+        "own_training_expressions": accuracy(study.evaluate(model, tokenizer, seen, config, tasks=("numeric",))),
         "residual_norm": residual_norms(folder, inputs),
         "zoo_residual_norm": residual_norms(inputs.anchor, inputs),
-        "copying_control_held_out_keys": accuracy(C.evaluate(composed, tokenizer, inputs, config, tasks=(C.CONTROL,))),
+        "copying_control_held_out_keys": accuracy(
+            study.evaluate(composed, tokenizer, inputs, config, tasks=(tasks.CONTROL,))
+        ),
     }
 
 
-def training_key_split(config: C.CalmConfig):
+def training_key_split(config: presets.CalmConfig):
     """(inputs, table, rows over 24 of the training keys, rows over the other 8): nothing held out."""
     from kilib.tiny.world import evaluate_arithmetic
 
-    inputs = C.study_inputs("tiny", config)
+    inputs = study.study_inputs(config)
     world, table = table_of(config)
     keys = sorted(inputs.keys["train"])
     random.Random(0).shuffle(keys)
     fit_keys, dev_keys = set(keys[: 3 * len(keys) // 4]), set(keys[3 * len(keys) // 4 :])  # 24 and 8 of 32
     rows = [
-        {"expression": r["prompt"], "target": str(evaluate_arithmetic(C.substitute(r["prompt"], table)))}
+        {"expression": r["prompt"], "target": str(evaluate_arithmetic(tasks.substitute(r["prompt"], table)))}
         for r in world.kv_arithmetic(3072, seed=7, split="train").to_list()
     ]
 
@@ -230,14 +236,14 @@ def kv_on_training_keys(
     probe = copy.deepcopy(inputs)
     probe.rows["kv"]["eval"] = dev
     probe.rows["numeric"]["eval"] = [
-        {"expression": C.substitute(r["expression"], table), "target": r["target"]} for r in dev
+        {"expression": tasks.substitute(r["expression"], table), "target": r["target"]} for r in dev
     ]
-    probe.rows[C.KV_SEEN]["eval"] = fit[:150]
-    anchor, tokenizer = load_causal_lm(C.prepared(inputs, config, "anchor"))
-    composed, tokenizer = C.load_composition(inputs, config, "trained", 0, rotary)
+    probe.rows[tasks.KV_SEEN]["eval"] = fit[:150]
+    anchor, tokenizer = load_causal_lm(study.prepared(inputs, config, "anchor"))
+    composed, tokenizer = study.load_composition(inputs, config, "trained", 0, rotary)
     result = train(
         composed,
-        sft_dataset(tokenizer, C._sft_rows("kv", fit)),
+        sft_dataset(tokenizer, tasks.sft_rows("kv", fit)),
         config.train,
         "/tmp/kilib-calm-dev",
         tokenizer=tokenizer,
@@ -259,10 +265,10 @@ def kv_on_training_keys(
         "fit_keys": len(inputs.keys["train"]) * 3 // 4,
         "dev_keys": len(inputs.keys["train"]) - len(inputs.keys["train"]) * 3 // 4,
         "final_loss": result.losses[-1]["loss"],
-        "calm_fit_rows": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=(C.KV_SEEN,))),
-        "calm_dev_keys": accuracy(C.evaluate(composed, tokenizer, probe, config, tasks=("kv",))),
-        "anchor_dev_keys": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("kv",))),
-        "anchor_values_written_in": accuracy(C.evaluate(anchor, tokenizer, probe, config, tasks=("numeric",))),
+        "calm_fit_rows": accuracy(study.evaluate(composed, tokenizer, probe, config, tasks=(tasks.KV_SEEN,))),
+        "calm_dev_keys": accuracy(study.evaluate(composed, tokenizer, probe, config, tasks=("kv",))),
+        "anchor_dev_keys": accuracy(study.evaluate(anchor, tokenizer, probe, config, tasks=("kv",))),
+        "anchor_values_written_in": accuracy(study.evaluate(anchor, tokenizer, probe, config, tasks=("numeric",))),
     }
 
 
@@ -273,12 +279,12 @@ def value_probe(keys: str) -> dict:
 
     config = _anchor_config(1e-3, keys=keys)
     inputs, table, fit, dev = training_key_split(config)
-    model, tokenizer = load_causal_lm(C.prepared(inputs, config, "augment"))
-    blocks = C.composed_blocks(model, inputs.anchor, config.every)
-    substitution = accuracy(C.evaluate(model, tokenizer, inputs, config, tasks=("substitution",)))
-    (fit_x, fit_keys), (dev_x, dev_keys) = (C.key_states(model, tokenizer, rows[:300], blocks) for rows in (fit, dev))
+    model, tokenizer = load_causal_lm(study.prepared(inputs, config, "augment"))
+    blocks = composed_blocks(model, inputs.anchor, config.every)
+    substitution = accuracy(study.evaluate(model, tokenizer, inputs, config, tasks=("substitution",)))
+    (fit_x, fit_keys), (dev_x, dev_keys) = (key_states(model, tokenizer, rows[:300], blocks) for rows in (fit, dev))
     fit_y, dev_y = (torch.tensor([table[k] for k in keys]) for keys in (fit_keys, dev_keys))
-    scores = [C.linear_probe(fx, fit_y, dx, dev_y) for fx, dx in zip(fit_x, dev_x)]
+    scores = [linear_probe(fx, fit_y, dx, dev_y) for fx, dx in zip(fit_x, dev_x)]
     return {
         "run": "m_A value probe",
         "keys": keys,
@@ -300,7 +306,7 @@ if __name__ == "__main__":
     set_threads()
     out = results_root() / "tiny" / "calm_dev.jsonl"
     if round_ == 1:
-        tiny = dataclasses.replace(C.CALM_PRESETS["tiny"], keys="random")
+        tiny = dataclasses.replace(presets.PRESETS["tiny"], keys="random")
         world_table = dataclasses.replace(
             tiny,
             kv_keys=40,
@@ -308,13 +314,13 @@ if __name__ == "__main__":
             kv_terms=(2, 3),
             train_fraction=0.2,
             control_examples=0,
-            anchor_stage=C.Stage(5000, dataclasses.replace(tiny.anchor_stage.train, epochs=2, lr=1e-3)),
+            anchor_stage=presets.Stage(5000, dataclasses.replace(tiny.anchor_stage.train, epochs=2, lr=1e-3)),
         )
         runs = [
             lambda: anchor_stage(world_table, "the world's: 40 keys, values 1..60, 2-3 terms"),
             lambda: anchor_stage(
                 dataclasses.replace(
-                    tiny, anchor_stage=C.Stage(618, dataclasses.replace(tiny.anchor_stage.train, lr=3e-3))
+                    tiny, anchor_stage=presets.Stage(618, dataclasses.replace(tiny.anchor_stage.train, lr=3e-3))
                 ),
                 "the tiny preset's: values 1..16, two terms",
             ),
