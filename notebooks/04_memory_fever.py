@@ -12,7 +12,7 @@
 # %% [markdown]
 # # 04 · Neural memory modules for factual prediction (FEVER)
 #
-# A lab note, *Does Adaptation of Neural Memory help factual prediction?* (Korean seminar notes; methods.md §4). A small
+# A lab note, *Does Adaptation of Neural Memory help factual prediction?* (Korean seminar notes; docs/methods.md, "## 04 Memory modules on FEVER"). A small
 # module is added to a frozen language model's residual stream and trained to store knowledge; the question is whether it
 # helps the model judge claims.
 #
@@ -54,7 +54,7 @@
 #   trains 8 epochs at batch 8 instead of 25 at batch 4, to fit the notebook's minutes.
 # * *paper*: Pythia 70m to 12b (deduped) and Llama-2 7B and 13B with their chat models (gated: accept the licence and set
 #   `HF_TOKEN`), claims from `copenlu/fever_gold_evidence`, page texts from a local copy of FEVER's 2017 wiki dump
-#   (`memory.PAPER_DATA["pages"]`) or else from Wikipedia as of June 2017. The full-weight update runs at lr 1e-5 for 3
+#   (`kilib.memory.fever.PAPER_DATA["pages"]`) or else from Wikipedia as of June 2017. The full-weight update runs at lr 1e-5 for 3
 #   epochs (the note gives no settings for it; the tiny run uses the memory's).
 
 # %% tags=["parameters"]
@@ -66,29 +66,14 @@ SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
 import pandas as pd
 from IPython.display import Markdown, display
 
-from kilib.config import select_preset
-from kilib.lm.data import fever_prompt
-from kilib.memory import study as M
-from kilib.plots import bars_with_ci, lines_with_ci
-from kilib.results import Run
-from kilib.runtime import resolve_profile, set_threads
+from kilib import notebook, report
+from kilib.memory import findings, presets, study
 
-profile = resolve_profile(PROFILE)
-config = select_preset(M.MEMORY_PRESETS, profile, M.notebook_overrides(MODELS, SEEDS))
-set_threads()
-inputs = M.study_inputs(profile, config)
-run = Run("04_memory_fever", profile, config=config, seed=config.seeds[0])
-s = inputs.selection
-print(f"profile {profile}: {inputs.source}")
-print(
-    f"pages with a validation claim (N_full) {s['n_full']}, top pages (N_top) {s['n_top']}, kept (N_trunc) {s['n_trunc']} "
-    f"({s['no_text']} without text, {s['no_training_claims']} without a training claim dropped); "
-    f"{s['dropped_as_training_claims']} validation claims dropped as training claims"
+config, inputs, run = notebook.start(
+    "04_memory_fever", PROFILE, presets.MEMORY_PRESETS, presets.notebook_overrides(MODELS, SEEDS), study.study_inputs
 )
-print(
-    f"{len(inputs.eval)} validation claims on the kept pages, {len(inputs.train)} training claims on them, "
-    f"{len(inputs.demo_pool)} training claims on other pages for demonstrations; seeds {config.seeds}"
-)
+print(f"profile {run.profile}: {inputs.source}")
+print(findings.selection_summary(inputs, config))
 
 # %% [markdown]
 # ## A page, its claims, and the prompt
@@ -98,10 +83,9 @@ print(
 # %%
 page = next(iter(inputs.pages))
 print(inputs.pages[page]["text"][:600], "...\n")
-display(pd.DataFrame([c for c in inputs.eval if c["page"] == page][:6]))
-labels = pd.DataFrame(inputs.eval).groupby("label").size().rename("validation claims")
-display(labels.to_frame().T)
-print(fever_prompt(inputs.eval[0]["claim"], M.demonstrations(inputs.demo_pool, 2, config.demo_seed)))
+display(findings.page_claims(inputs, page))
+display(findings.label_counts(inputs))
+print(findings.example_prompt(inputs, config))
 
 # %% [markdown]
 # ## The k-shot sweep across model sizes (the note's first table)
@@ -109,28 +93,19 @@ print(fever_prompt(inputs.eval[0]["claim"], M.demonstrations(inputs.demo_pool, 2
 # Each pretrained model, without memory, on every validation claim for k = 0 to 5 demonstrations.
 
 # %%
-sweeps = [M.sweep(inputs, config, name) for name in config.models]
-sweep_scores = M.scores(M.answer_rows(sweeps))
+sweeps = [study.sweep(inputs, config, name) for name in config.models]
+sweep_scores = study.scores(study.answer_rows(sweeps))
 run.save_table(sweep_scores, "kshot")
 display(Markdown("**This run: accuracy** (micro- and macro-F1 in `kshot.csv`)"))
-display(sweep_scores.pivot_table(index="model", columns="shots", values="accuracy", sort=False).round(3))
+display(findings.pivot(sweep_scores, "accuracy"))
 display(Markdown("**Share of answers that could not be parsed**"))
-display(sweep_scores.pivot_table(index="model", columns="shots", values="unparsed", sort=False).round(3))
+display(findings.pivot(sweep_scores, "unparsed"))
 display(Markdown("**The lab note: F1 (equal to its accuracy) on FEVER's 99 pages**"))
-display(pd.DataFrame(M.PAPER_SWEEP, index=range(6)).T.rename_axis(columns="shots"))
-fig = lines_with_ci(
-    sweep_scores,
-    x="shots",
-    y="accuracy",
-    hue="model",
-    low="accuracy_low",
-    high="accuracy_high",
-    title="k-shot accuracy, pretrained models",
-    xlabel="demonstrations (k)",
-)
-run.save_figure(fig, "kshot")
-by_label = M.scores([a for a in M.answer_rows(sweeps) if a["shots"] == config.memory_shots], by=("model", "label"))
-by_label = by_label[["model", "label", "n", "accuracy", "accuracy_low", "accuracy_high", "unparsed"]]
+display(findings.paper_tables()["sweep"])
+run.save_figure(findings.kshot_figure(sweep_scores), "kshot")
+
+# %%
+by_label = findings.label_scores(sweeps, config)
 run.save_table(by_label, "by_label")
 display(
     Markdown(
@@ -138,7 +113,7 @@ display(
         "supports and refutes need the fact, not enough info can be told from the claim's wording)"
     )
 )
-display(by_label.pivot_table(index="model", columns="label", values="accuracy", sort=False).round(3))
+display(findings.pivot(by_label, "accuracy", columns="label"))
 
 # %% [markdown]
 # ## Memory modules (the note's second table)
@@ -147,69 +122,22 @@ display(by_label.pivot_table(index="model", columns="label", values="accuracy", 
 # pretrained model's one-shot score beside each memory's, and counts how many answers the memory changed.
 
 # %%
-memory_runs = [
-    M.run_job(inputs, config, name, variant, seed)
-    for name in config.memory_models
-    for variant in config.variants
-    for seed in config.seeds
-]
-first = memory_runs[0]
-placement = pd.DataFrame(
-    [
-        {
-            "model": r["model"],
-            "blocks": r["n_blocks"],
-            "after block (1-indexed)": r["layer"] + 1,
-            "depth": (r["layer"] + 1) / r["n_blocks"],
-            "memory parameters": r["memory_parameters"],
-        }
-        for r in memory_runs
-    ]
-).drop_duplicates("model")
-display(placement.round(2))
-training = pd.DataFrame(
-    [
-        {
-            "model": r["model"],
-            "variant": r["variant"],
-            "seed": r["seed"],
-            "examples": r["train_examples"],
-            "steps": r["train"]["steps"],
-            "first_loss": r["train"]["losses"][0]["loss"],
-            "final_loss": r["train"]["losses"][-1]["loss"],
-            "gate": r["gate"],
-            "seconds": round(r["train"]["seconds"], 1),
-        }
-        for r in memory_runs
-    ]
-)
+memory_runs = study.memory_runs(inputs, config)
+display(findings.placement_table(memory_runs).round(2))
+training = findings.training_table(memory_runs)
 run.save_table(training, "memory_training")
 display(training.round(3))
 
 # %%
-answers = M.answer_rows(sweeps + memory_runs)
-at_k = [a for a in answers if a["shots"] == config.memory_shots and a["model"] in config.memory_models]
-memory_scores = M.scores(at_k, by=("model", "method", "seed"))
-memory_scores["changed"] = [
-    M.changed_share(answers, r.model, r.method, config.memory_shots) if r.method != "pretrained" else 0.0
-    for r in memory_scores.itertuples()
-]
+answers = study.answer_rows(sweeps + memory_runs)
+memory_scores = findings.memory_table(answers, config)
 run.save_table(memory_scores, "memory")
 display(Markdown(f"**This run: {config.memory_shots}-shot accuracy, and the share of answers each memory changed**"))
-display(memory_scores.pivot_table(index="model", columns="method", values="accuracy", sort=False).round(3))
-display(memory_scores.pivot_table(index="model", columns="method", values="changed", sort=False).round(3))
+display(findings.pivot(memory_scores, "accuracy", columns="method"))
+display(findings.pivot(memory_scores, "changed", columns="method"))
 display(Markdown("**The lab note: 1-shot F1 (its accuracy) with memory, weight decay 0.05**"))
-display(pd.DataFrame(M.PAPER_MEMORY, index=["1-shot (base)", "Document", "Template", "Doc + Template"]).T)
-fig = bars_with_ci(
-    memory_scores[memory_scores.seed == config.seeds[0]],
-    x="model",
-    y="accuracy",
-    hue="method",
-    low="accuracy_low",
-    high="accuracy_high",
-    title=f"{config.memory_shots}-shot accuracy with and without memory (seed {config.seeds[0]})",
-)
-run.save_figure(fig, "memory")
+display(findings.paper_tables()["memory"])
+run.save_figure(findings.memory_figure(memory_scores, config), "memory")
 
 # %% [markdown]
 # ## Weight decay 0.01, a gate that starts at 0, and a full-weight update without a module
@@ -220,61 +148,16 @@ run.save_figure(fig, "memory")
 # start.
 
 # %%
-ablation_runs = [
-    M.run_job(inputs, config, name, variant, seed, weight_decay=config.ablation_weight_decay)
-    for name in config.ablation_models
-    for variant in config.variants
-    for seed in config.seeds
-]
-gate_runs = [
-    M.run_job(inputs, config, name, variant, seed, gate=0.0)
-    for name in config.gate_ablation_models
-    for variant in config.variants
-    for seed in config.seeds
-]
-full_runs = [
-    M.run_job(inputs, config, name, variant, seed, full_update=True)
-    for name in config.full_update_models
-    for variant in config.full_update_variants
-    for seed in config.seeds
-]
-answers += M.answer_rows(ablation_runs + gate_runs + full_runs)
-extra = M.scores(M.answer_rows(ablation_runs + gate_runs + full_runs), by=("model", "method", "seed"))
-extra["changed"] = [M.changed_share(answers, r.model, r.method, config.memory_shots) for r in extra.itertuples()]
-# each ablated memory against the same memory trained with the profile's settings
-default = {
-    r["method"]: M.method_name(config, r["variant"], config.train.weight_decay) for r in ablation_runs + gate_runs
-}
-extra["changed_vs_default"] = [
-    M.changed_share(answers, r.model, r.method, config.memory_shots, against=default[r.method])
-    if r.method in default
-    else float("nan")
-    for r in extra.itertuples()
-]
-run.save_table(extra, "ablations")
-display(
-    extra[
-        [
-            "model",
-            "method",
-            "accuracy",
-            "accuracy_low",
-            "accuracy_high",
-            "macro_f1",
-            "unparsed",
-            "changed",
-            "changed_vs_default",
-        ]
-    ].round(3)
-)
+weight_decay_runs, gate_runs, full_runs = study.ablation_runs(inputs, config)
+ablated = weight_decay_runs + gate_runs + full_runs
+answers += study.answer_rows(ablated)
+ablations = findings.ablation_table(answers, config, weight_decay_runs + gate_runs, full_runs)
+run.save_table(ablations, "ablations")
+display(ablations[findings.ABLATION_COLUMNS].round(3))
 display(Markdown("**The lab note: weight decay 0.01 (base, best with 0.05, document, template, doc + template)**"))
-display(
-    pd.DataFrame(
-        M.PAPER_WEIGHT_DECAY, index=["1-shot (base)", "best with 0.05", "Document", "Template", "Doc + Template"]
-    ).T
-)
+display(findings.paper_tables()["weight_decay"])
 display(Markdown("**The lab note: full-weight update, 1-shot accuracy**"))
-display(pd.Series(M.PAPER_FULL_UPDATE).rename("accuracy").to_frame())
+display(findings.paper_tables()["full_update"])
 
 # %% [markdown]
 # ## What this run shows
@@ -284,112 +167,20 @@ display(pd.Series(M.PAPER_FULL_UPDATE).rename("accuracy").to_frame())
 # the mean difference is positive; **not shown**: otherwise.
 
 # %%
-base = "pretrained"
-first_seed = lambda runs: [r for r in runs if r["seed"] == config.seeds[0]]  # noqa: E731
-beats = lambda r: M.compare(
-    answers,
-    config.memory_shots,
-    (r["model"], r["method"]),
-    (r["model"], base),  # noqa: E731
-    f"{r['model']}, {r['method']}: beats the pretrained model",
-)
-memory_claims = [beats(r) for r in first_seed(memory_runs)]
-ablation_claims = [beats(r) for r in first_seed(ablation_runs + gate_runs + full_runs)]
-small, large = config.size_pair or (None, None)
-size_claims = (
-    [M.compare(answers, k, (large, base), (small, base), f"{k}-shot: {large} beats {small}") for k in config.shots]
-    if small in config.models and large in config.models
-    else []
-)
+memory_claims, ablation_claims, size_claims = study.paper_claims(answers, config, memory_runs, ablated)
 claims = memory_claims + ablation_claims + size_claims
-claims_table = pd.DataFrame(claims)
-run.save_table(claims_table, "paper_claims")
-display(
-    Markdown(
-        "\n".join(
-            f"* {c['claim']}: **{c['verdict']}** ({c['higher']:.1f} vs {c['lower']:.1f}, difference "
-            f"{c['difference']:+.1f}, 95% interval {c['difference_ci'][0]:+.1f} to {c['difference_ci'][1]:+.1f})"
-            for c in claims
-        )
-    )
-)
-helped = [c for c in memory_claims if c["verdict"] == "shown"]
-hurt = [c for c in memory_claims if c["verdict"] == "opposite shown"]
-with_module = extra[~extra.method.str.startswith("full update")]
-changed = pd.concat([memory_scores[memory_scores.method != base]["changed"], with_module["changed"]])
-lines = [
-    f"Every trained memory changed some answers: from {100 * changed.min():.1f}% to {100 * changed.max():.1f}% of "
-    f"the {config.memory_shots}-shot answers."
-    if changed.min() > 0
-    else f"Some trained memory changed no answer at all (the least: {100 * changed.min():.1f}%)."
-]
-gains = [v - row[0] for name, row in M.PAPER_MEMORY.items() if name.startswith("llama") for v in row[1:]]
-wd_gains = [v - row[0] for row in M.PAPER_WEIGHT_DECAY.values() for v in row[2:]]
-note_base = M.PAPER_MEMORY["llama2_chat 7b"][0]  # the note's best one-shot model
-lines.append(
-    f"With the profile's settings, a memory beat its pretrained model beyond noise in {len(helped)} of "
-    f"{len(memory_claims)} runs"
-    + (f" ({', '.join(c['better'][0] + ' ' + c['better'][1] for c in helped)})" if helped else "")
-    + f", and fell below it beyond noise in {len(hurt)}. The note's memory gains on Llama-2 run from "
-    f"{min(gains):+.3f} to {max(gains):+.3f} ({min(wd_gains):+.3f} to {max(wd_gains):+.3f} with weight decay "
-    "0.01), none on Pythia. Its per-claim answers are not published, so no paired interval can be computed "
-    f"for them; one accuracy of {note_base:.3f} on {M.PAPER_CLAIMS:,} claims has a 95% interval of about "
-    f"±{1.96 * (note_base * (1 - note_base) / M.PAPER_CLAIMS) ** 0.5:.3f}."
-)
-for r in extra[extra.method.isin(default)].itertuples():
-    lines.append(
-        f"{r.model}, {r.method}: accuracy {r.accuracy:.3f}; it changed {100 * r.changed_vs_default:.1f}% of the "
-        f"answers of the memory trained with the profile's settings."
-    )
-spread = sweep_scores.groupby("model", sort=False)["accuracy"].agg(lambda v: v.max() - v.min())
-lines.append(
-    f"Across k = {min(config.shots)} to {max(config.shots)}, each pretrained model's accuracy moves by "
-    f"{100 * spread.min():.1f} to {100 * spread.max():.1f} points"
-    + (
-        f"; {large} against {small} is " + ", ".join(f"{c['verdict']} at k = {c['shots']}" for c in size_claims)
-        if size_claims
-        else ""
-    )
-    + "."
-)
-knows = [a for a in answers if a["method"] == base and a["shots"] == config.memory_shots and a["label"] != "c"]
-if knows:
-    facts = pd.DataFrame(knows).groupby("model", sort=False)["correct"].mean()
-    lines.append(
-        f"On the claims that need the fact (supports and refutes), the pretrained models are right on "
-        f"{100 * facts.min():.1f}% to {100 * facts.max():.1f}% at {config.memory_shots}-shot, where a coin "
-        "between the two, never answering (c), would be right on 50%."
-    )
-display(Markdown("\n\n".join(lines)))
-if {a["period"] for a in answers} - {""}:  # the tiny world knows which pages the zoo read
-    one = [
-        a
-        for a in answers
-        if a["shots"] == config.memory_shots
-        and a["model"] in config.memory_models
-        and a["method"] in [base] + [r["method"] for r in memory_runs]
-    ]
-    by_period = M.scores(one, by=("model", "method", "period"))
+run.save_table(pd.DataFrame(claims), "paper_claims")
+display(Markdown(report.claims_markdown(claims, digits=1)))
+display(Markdown(findings.prose(answers, config, sweep_scores, memory_scores, ablations, memory_claims, size_claims)))
+
+# %%
+by_period = findings.period_scores(answers, config, memory_runs)
+if by_period is not None:  # the tiny world knows which pages the zoo read
     run.save_table(by_period, "by_period")
     display(Markdown("**Accuracy on pages the models read in pretraining (pre) and on pages they never read (post)**"))
-    display(by_period.pivot_table(index=["model", "method"], columns="period", values="accuracy", sort=False).round(3))
-run.log(
-    source=inputs.source,
-    selection=inputs.selection,
-    claims=claims,
-    eval_claims=len(inputs.eval),
-    kshot=sweep_scores.to_dict("records"),
-    memory=memory_scores.to_dict("records"),
-    ablations=extra.to_dict("records"),
-    layer=first["layer"],
-    n_blocks=first["n_blocks"],
-    memory_parameters=first["memory_parameters"],
-    changed_min=float(changed.min()),
-    changed_max=float(changed.max()),
-    memory_helped=len(helped),
-    memory_hurt=len(hurt),
-    memory_runs=len(memory_claims),
-    fact_claims_accuracy=pd.DataFrame(knows).groupby("model")["correct"].mean().to_dict() if knows else {},
-    training_seconds=float(sum(r["train"]["seconds"] for r in memory_runs + ablation_runs + gate_runs + full_runs)),
+    display(findings.pivot(by_period, "accuracy", columns="period", index=["model", "method"]))
+metrics = findings.run_metrics(
+    inputs, config, answers, claims, memory_claims, sweep_scores, memory_scores, ablations, memory_runs + ablated
 )
+run.log(**metrics)
 print(f"results: {run.finish().parent}")

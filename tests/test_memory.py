@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 from conftest import make_model, make_tokenizer
 
-from kilib.memory import study as M
+from kilib.memory import fever, presets, study
+from kilib.memory import model as memory_model
 from kilib.runtime import KilibError
 
 TEXT = ["who won the cup in the year of the final", "the rovers won it 3-1"]
@@ -26,23 +27,23 @@ def _randomise(memory, seed=0, scale=0.5):
 
 
 def test_memory_layer_is_at_three_quarters_depth():
-    assert M.memory_layer(32) == 23  # Llama-2 7B: after block 24 of 32
-    assert M.memory_layer(40) == 29  # 13B: after block 30 of 40
-    assert M.memory_layer(12) == 8  # Pythia-160m
-    assert M.memory_layer(6) == 3  # Pythia-70m: after block 4 of 6
-    assert M.memory_layer(4) == 2
-    assert M.memory_layer(2) == 0 and M.memory_layer(1) == 0
+    assert memory_model.memory_layer(32) == 23  # Llama-2 7B: after block 24 of 32
+    assert memory_model.memory_layer(40) == 29  # 13B: after block 30 of 40
+    assert memory_model.memory_layer(12) == 8  # Pythia-160m
+    assert memory_model.memory_layer(6) == 3  # Pythia-70m: after block 4 of 6
+    assert memory_model.memory_layer(4) == 2
+    assert memory_model.memory_layer(2) == 0 and memory_model.memory_layer(1) == 0
     for n in (12, 16, 24, 32, 36, 40):
-        assert 0.7 <= (M.memory_layer(n) + 1) / n <= 0.8
+        assert 0.7 <= (memory_model.memory_layer(n) + 1) / n <= 0.8
     with pytest.raises(KilibError, match="nowhere"):
-        M.memory_layer(0)
+        memory_model.memory_layer(0)
     with pytest.raises(KilibError, match="depth"):
-        M.memory_layer(8, depth=1.5)
+        memory_model.memory_layer(8, depth=1.5)
 
 
 def test_memory_module_is_layernorm_of_the_bottleneck_times_the_gate():
     torch.manual_seed(0)
-    mem = M.MemoryModule(64, 128, gate=1.0)
+    mem = memory_model.MemoryModule(64, 128, gate=1.0)
     _randomise(mem)
     h = torch.randn(2, 5, 64)
     up = h @ mem.up.weight.T + mem.up.bias
@@ -51,8 +52,11 @@ def test_memory_module_is_layernorm_of_the_bottleneck_times_the_gate():
     normed = (down - down.mean(-1, keepdim=True)) / torch.sqrt(down.var(-1, unbiased=False, keepdim=True) + 1e-5)
     expected = (normed * mem.ln.weight + mem.ln.bias) * mem.gate
     assert torch.allclose(mem(h), expected, atol=1e-5)
-    assert M.MemoryModule(64).gate.item() == 1.0  # the note's starting gate
-    assert sum(p.numel() for p in M.MemoryModule(64).parameters()) == 64 * 128 + 128 + 128 * 64 + 64 + 2 * 64 + 1
+    assert memory_model.MemoryModule(64).gate.item() == 1.0  # the note's starting gate
+    assert (
+        sum(p.numel() for p in memory_model.MemoryModule(64).parameters())
+        == 64 * 128 + 128 + 128 * 64 + 64 + 2 * 64 + 1
+    )
 
 
 class _Wrapped(nn.Module):
@@ -81,7 +85,7 @@ def test_memory_adds_to_the_residual_stream_after_its_block(family):
     with torch.no_grad():
         alone = base(**batch).logits
     reference = copy.deepcopy(base)
-    model = M.attach_memory(base, 128, seed=0)
+    model = memory_model.attach_memory(base, 128, seed=0)
     assert model.layer == 0  # 2 blocks: after the first
     _randomise(model.memory)
     blocks = decoder_layers(reference)
@@ -135,7 +139,7 @@ def test_hook_handles_blocks_returning_a_tensor_or_a_tuple(block):
     with torch.no_grad():
         first = toy.model.layers[0](h)
         first = first[0] if isinstance(first, tuple) else first
-    model = M.attach_memory(toy, 128, depth=0.5, seed=0)
+    model = memory_model.attach_memory(toy, 128, depth=0.5, seed=0)
     _randomise(model.memory)
     assert model.layer == 0
     with torch.no_grad():
@@ -147,7 +151,7 @@ def test_hook_handles_blocks_returning_a_tensor_or_a_tuple(block):
 def test_hook_never_hides_an_error():
     tok = make_tokenizer()
     base = make_model("llama", tok)
-    model = M.MemoryLM(base, M.MemoryModule(65), 0)  # the wrong width: the hook's matmul fails
+    model = memory_model.MemoryLM(base, memory_model.MemoryModule(65), 0)  # the wrong width: the hook's matmul fails
     with pytest.raises(RuntimeError):
         model(**_batch(tok))
 
@@ -157,7 +161,7 @@ def test_hook_never_hides_an_error():
 
     model.remove()
     with pytest.raises(ValueError, match="memory failed"):
-        M.MemoryLM(base, Broken(), 1)(**_batch(tok))
+        memory_model.MemoryLM(base, Broken(), 1)(**_batch(tok))
 
 
 def _train(model, tok, tmp_path, steps=20):
@@ -177,7 +181,7 @@ def test_a_trained_memory_changes_the_logits_and_only_the_memory_trains(tmp_path
     batch = _batch(tok)
     with torch.no_grad():
         alone = base(**batch).logits
-    model = M.attach_memory(base, 128, gate=0.0, seed=0)  # starts as the base model
+    model = memory_model.attach_memory(base, 128, gate=0.0, seed=0)  # starts as the base model
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, alone)
     start = {k: v.clone() for k, v in model.memory.state_dict().items()}
@@ -189,9 +193,9 @@ def test_a_trained_memory_changes_the_logits_and_only_the_memory_trains(tmp_path
         trained = model(**batch).logits
     assert (trained - alone).abs().max() > 1e-2  # the trained memory moves the logits
     # the saved memory, loaded back onto the base (its hook removed first), gives the same logits
-    M.save_memory(model, tmp_path / "memory")
+    memory_model.save_memory(model, tmp_path / "memory")
     model.remove()
-    again = M.load_memory(base, tmp_path / "memory")
+    again = memory_model.load_memory(base, tmp_path / "memory")
     with torch.no_grad():
         assert torch.allclose(again(**batch).logits, trained, atol=1e-6)
     assert json.loads((tmp_path / "memory" / "memory.json").read_text())["layer"] == again.layer
@@ -200,9 +204,9 @@ def test_a_trained_memory_changes_the_logits_and_only_the_memory_trains(tmp_path
 
     wider = AutoModelForCausalLM.from_config(type(base.config)(**{**base.config.to_dict(), "hidden_size": 128}))
     with pytest.raises(KilibError, match="hidden size 64"):
-        M.load_memory(wider, tmp_path / "memory")
+        memory_model.load_memory(wider, tmp_path / "memory")
     with pytest.raises(KilibError, match="holds no memory"):
-        M.load_memory(base, tmp_path)
+        memory_model.load_memory(base, tmp_path)
 
 
 def test_memory_trains_on_a_4bit_base(saved_model, tmp_path):
@@ -213,7 +217,7 @@ def test_memory_trains_on_a_4bit_base(saved_model, tmp_path):
     batch = _batch(tok)
     with torch.no_grad():
         alone = base(**batch).logits
-    model = M.attach_memory(base, 128, seed=0)
+    model = memory_model.attach_memory(base, 128, seed=0)
     result = _train(model, tok, tmp_path, steps=10)
     assert result.losses[-1]["loss"] < result.losses[0]["loss"]
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
@@ -232,35 +236,37 @@ def test_select_pages_follows_the_note_pipeline():
     validation = [_claim("A")] * 3 + [_claim("B")] * 5 + [_claim("C")] * 4 + [_claim("D")] * 4 + [_claim("E")]
     train = [_claim(p) for p in ("A", "B", "D", "E")]
     texts = {"A": "text", "B": "  ", "C": "text", "D": "text", "E": "text"}
-    kept, counts = M.select_pages(validation, train, texts, top=4)
+    kept, counts = fever.select_pages(validation, train, texts, top=4)
     # top 4 by claim count: B (5), C (4, seen before D), D (4), A (3); B is empty, C has no training claim
     assert kept == ["D", "A"]
     assert counts == {"n_full": 5, "n_top": 4, "n_trunc": 2, "no_text": 1, "no_training_claims": 1}
     with pytest.raises(KilibError, match="none of the top"):
-        M.select_pages(validation, [], texts, top=4)
+        fever.select_pages(validation, [], texts, top=4)
     with pytest.raises(KilibError, match="no validation claims"):
-        M.select_pages([], train, texts, top=4)
+        fever.select_pages([], train, texts, top=4)
 
 
 def test_demonstrations_cycle_the_labels_and_grow_by_one():
-    pool = [_claim(f"P{i}", label, f"claim {i} {label}") for i in range(4) for label in M.DEMO_LABELS]
-    five = M.demonstrations(pool, 5)
+    pool = [_claim(f"P{i}", label, f"claim {i} {label}") for i in range(4) for label in fever.DEMO_LABELS]
+    five = fever.demonstrations(pool, 5)
     assert [label for _, label in five] == ["supports", "refutes", "not enough info", "supports", "refutes"]
     assert len({c for c, _ in five}) == 5
     for k in range(6):
-        assert M.demonstrations(pool, k) == five[:k]  # k counts demonstrations; k-shot extends (k-1)-shot
-    assert M.demonstrations(pool, 3, seed=1) != M.demonstrations(pool, 3, seed=0)
+        assert fever.demonstrations(pool, k) == five[:k]  # k counts demonstrations; k-shot extends (k-1)-shot
+    assert fever.demonstrations(pool, 3, seed=1) != fever.demonstrations(pool, 3, seed=0)
     with pytest.raises(KilibError, match="too few 'refutes'"):
-        M.demonstrations([c for c in pool if c["label"] != "refutes"], 2)
+        fever.demonstrations([c for c in pool if c["label"] != "refutes"], 2)
 
 
 def test_cache_keys_hold_the_demonstrations_used_not_their_pool():
-    pool = [_claim(f"P{i}", label, f"claim {i} {label}") for i in range(40) for label in M.DEMO_LABELS]
-    inputs = M.MemoryInputs(models={}, pages={}, eval=[], train=[], demo_pool=pool, selection={}, source="")
-    config = M.MEMORY_PRESETS["smoke"]
-    key = M._eval_key(inputs, config)
-    assert "demo_pool" not in key and key["demos"] == M.demonstrations(pool, max((*config.shots, config.memory_shots)))
-    assert M._eval_key(inputs, dataclasses.replace(config, demo_seed=1))["demos"] != key["demos"]
+    pool = [_claim(f"P{i}", label, f"claim {i} {label}") for i in range(40) for label in fever.DEMO_LABELS]
+    inputs = study.MemoryInputs(models={}, pages={}, eval=[], train=[], demo_pool=pool, selection={}, source="")
+    config = presets.MEMORY_PRESETS["smoke"]
+    key = study._eval_key(inputs, config)
+    assert "demo_pool" not in key and key["demos"] == fever.demonstrations(
+        pool, max((*config.shots, config.memory_shots))
+    )
+    assert study._eval_key(inputs, dataclasses.replace(config, demo_seed=1))["demos"] != key["demos"]
 
 
 def test_tiny_claims_are_unseen_disjoint_and_cover_every_page():
@@ -268,32 +274,32 @@ def test_tiny_claims_are_unseen_disjoint_and_cover_every_page():
 
     config = zoo.zoo_config("smoke")
     world = zoo.world_of(config)
-    train, validation = M.tiny_claims(world, config)
+    train, validation = fever.tiny_claims(world, config)
     seen = set(zoo.pretraining_claims(world, config, seed=config.train.seed)["claim"])
     assert seen and not seen & {c["claim"] for c in validation + train}  # no claim the zoo read
     assert not {c["claim"] for c in train} & {c["claim"] for c in validation}
     assert {c["page"] for c in validation} == {a.title for a in world.articles.values()}
     assert {c["period"] for c in validation} == {"pre", "post"}
-    assert M.tiny_claims(world, config) == (train, validation)  # deterministic
+    assert fever.tiny_claims(world, config) == (train, validation)  # deterministic
 
 
 def test_scores_count_unparseable_answers_as_wrong():
     answers = [
         {"model": "m", "shots": 1, "label": g, "parsed": p} for g, p in [("a", "a"), ("b", "b"), ("c", ""), ("a", "b")]
     ]
-    s = M.scores(answers).iloc[0]
+    s = study.scores(answers).iloc[0]
     assert s.accuracy == 0.5 and s.unparsed == 0.25
     assert s.micro_f1 == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))  # 2 TP, 1 FP, 2 FN
     assert s.accuracy_low < s.accuracy < s.accuracy_high  # a real interval: the point alone would pass "<="
 
 
 def test_evidence_pages_and_titles():
-    assert M.fever_title("Gladiator_-LRB-2000_film-RRB-") == "Gladiator (2000 film)"
+    assert fever.fever_title("Gladiator_-LRB-2000_film-RRB-") == "Gladiator (2000 film)"
     gold = {"evidence": [["Roman_Atwood", 0, "Roman Atwood is a vlogger."], ["YouTube", 1, "..."]]}
     raw = {"evidence": [[[1, 2, "Oliver_Reed", 0]], [[3, 4, "Castaway_-LRB-film-RRB-", 0]]]}
-    assert M.evidence_page(gold) == "Roman Atwood"
-    assert M.evidence_page(raw) == "Oliver Reed"
-    assert M.evidence_page({"evidence": [[[5, 6, None, None]]]}) is None  # FEVER's not-enough-info rows
+    assert fever.evidence_page(gold) == "Roman Atwood"
+    assert fever.evidence_page(raw) == "Oliver Reed"
+    assert fever.evidence_page({"evidence": [[[5, 6, None, None]]]}) is None  # FEVER's not-enough-info rows
 
 
 @pytest.fixture
@@ -326,14 +332,14 @@ def fever_folder(tmp_path, monkeypatch):
             ]
         )
     )
-    monkeypatch.setitem(M.PAPER_DATA, "claims", str(claims))
-    monkeypatch.setitem(M.PAPER_DATA, "pages", str(pages))
+    monkeypatch.setitem(fever.PAPER_DATA, "claims", str(claims))
+    monkeypatch.setitem(fever.PAPER_DATA, "pages", str(pages))
     return claims
 
 
 def test_paper_profile_reads_fever_from_local_files(fever_folder):
-    config = M.MemoryConfig(models=("EleutherAI/pythia-70m-deduped",), pages=3)
-    inputs = M.study_inputs("paper", config)
+    config = presets.MemoryConfig(models=("EleutherAI/pythia-70m-deduped",), pages=3)
+    inputs = study.study_inputs(config)
     # validation counts: Roman Atwood 4, Tetris 3, Keith Urban 3, Empty page 3: the top 3 keep all text-bearing pages
     assert inputs.selection == {
         "n_full": 4,
@@ -355,18 +361,18 @@ def test_paper_profile_rejects_malformed_claims(fever_folder):
         json.dumps({"claim": "x", "label": "MAYBE", "evidence": [["A", 0, ""]]}) + "\n"
     )
     with pytest.raises(KilibError, match="unknown claim label 'MAYBE'"):
-        M.study_inputs("paper", M.MemoryConfig(models=("m",)))
+        study.study_inputs(presets.MemoryConfig(models=("m",)))
     (fever_folder / "validation.jsonl").write_text(json.dumps({"claim": "x", "verdict": "SUPPORTS"}) + "\n")
     with pytest.raises(KilibError, match="need claim, label and evidence"):
-        M.study_inputs("paper", M.MemoryConfig(models=("m",)))
+        study.study_inputs(presets.MemoryConfig(models=("m",)))
     (fever_folder / "validation.jsonl").unlink()
     with pytest.raises(KilibError, match="no validation.jsonl"):
-        M.study_inputs("paper", M.MemoryConfig(models=("m",)))
+        study.study_inputs(presets.MemoryConfig(models=("m",)))
 
 
 def test_notebook_overrides_and_bad_config():
-    assert M.notebook_overrides() == {}
-    over = M.notebook_overrides("neox-xs, neox-m", 2)
+    assert presets.notebook_overrides() == {}
+    over = presets.notebook_overrides("neox-xs, neox-m", 2)
     assert over == {
         "seeds": (0, 1),
         "models": ("neox-xs", "neox-m"),
@@ -377,15 +383,16 @@ def test_notebook_overrides_and_bad_config():
         "size_pair": ("neox-xs", "neox-m"),
     }
     with pytest.raises(KilibError, match="SEEDS must be >= 0"):
-        M.notebook_overrides(seeds=-1)
+        presets.notebook_overrides(seeds=-1)
     with pytest.raises(KilibError, match="unknown variant"):
-        M.study_inputs("smoke", M.MemoryConfig(models=("neox-xs",), variants=("wiki",)))
+        study.study_inputs(presets.MemoryConfig(zoo="smoke", models=("neox-xs",), variants=("wiki",)))
     with pytest.raises(KilibError, match="names no model"):
-        M.study_inputs("smoke", M.MemoryConfig())
-    assert M.method_name(M.MEMORY_PRESETS["tiny"], "document", 0.01) == "memory: document (weight decay 0.01)"
-    assert M.method_name(M.MEMORY_PRESETS["tiny"], "template", 0.05) == "memory: template"
+        study.study_inputs(presets.MemoryConfig(zoo="smoke"))
+    assert study.method_name(presets.MEMORY_PRESETS["tiny"], "document", 0.01) == "memory: document (weight decay 0.01)"
+    assert study.method_name(presets.MEMORY_PRESETS["tiny"], "template", 0.05) == "memory: template"
     assert (
-        M.method_name(M.MEMORY_PRESETS["tiny"], "template", 0.05, gate=0.0) == "memory: template (gate 0 at the start)"
+        study.method_name(presets.MEMORY_PRESETS["tiny"], "template", 0.05, gate=0.0)
+        == "memory: template (gate 0 at the start)"
     )
 
 
@@ -394,18 +401,18 @@ def test_paper_profile_drops_claims_it_trains_on_and_checks_demonstrations(fever
     train = (fever_folder / "train.jsonl").read_text().splitlines()
     copied = dict(json.loads(train[0]), id=99)  # a training claim, on Roman Atwood, also in validation
     (fever_folder / "validation.jsonl").write_text("\n".join(lines + [json.dumps(copied)]) + "\n")
-    inputs = M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))
+    inputs = study.study_inputs(presets.MemoryConfig(models=("m",), pages=3))
     assert inputs.selection["dropped_as_training_claims"] == 1
     assert copied["claim"] not in {c["claim"] for c in inputs.eval}
     with pytest.raises(KilibError, match="too few 'supports' claims for 7"):  # checked before any model loads
-        M.study_inputs(
-            "paper", M.MemoryConfig(models=("m",), pages=3, shots=tuple(range(8)))
+        study.study_inputs(
+            presets.MemoryConfig(models=("m",), pages=3, shots=tuple(range(8)))
         )  # 2 per label in the pool
     (fever_folder / "validation.jsonl").write_text("")
     with pytest.raises(KilibError, match="cannot load|holds no claims"):
-        M.study_inputs("paper", M.MemoryConfig(models=("m",)))
+        study.study_inputs(presets.MemoryConfig(models=("m",)))
     with pytest.raises(KilibError, match="no answers to score"):
-        M.scores([])
+        study.scores([])
 
 
 def test_paper_pages_from_parquet_or_wikipedia(fever_folder, monkeypatch, tmp_path):
@@ -418,11 +425,11 @@ def test_paper_pages_from_parquet_or_wikipedia(fever_folder, monkeypatch, tmp_pa
     pd.DataFrame(
         {"id": ["Roman_Atwood", "Tetris"], "text": ["Roman Atwood is a vlogger.", "Tetris is a game."]}
     ).to_parquet(folder / "wiki-001.parquet")
-    monkeypatch.setitem(M.PAPER_DATA, "pages", str(folder))
-    inputs = M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))
+    monkeypatch.setitem(fever.PAPER_DATA, "pages", str(folder))
+    inputs = study.study_inputs(presets.MemoryConfig(models=("m",), pages=3))
     assert list(inputs.pages) == ["Roman Atwood", "Tetris"] and inputs.selection["no_text"] == 1  # Keith Urban: no text
     # no local dump: Wikipedia as of the pinned time; a page it lacks is dropped, a failed request is an error
-    monkeypatch.setitem(M.PAPER_DATA, "pages", "")
+    monkeypatch.setitem(fever.PAPER_DATA, "pages", "")
 
     def fetch(title, timestamp):
         if title == "Tetris":
@@ -430,7 +437,7 @@ def test_paper_pages_from_parquet_or_wikipedia(fever_folder, monkeypatch, tmp_pa
         return [{"text": f"{title} text"}]
 
     monkeypatch.setattr(documents, "fetch_wikipedia", fetch)
-    inputs = M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))
+    inputs = study.study_inputs(presets.MemoryConfig(models=("m",), pages=3))
     assert list(inputs.pages) == ["Roman Atwood", "Keith Urban"] and inputs.selection["no_text"] == 1
 
     def offline(title, timestamp):
@@ -438,4 +445,8 @@ def test_paper_pages_from_parquet_or_wikipedia(fever_folder, monkeypatch, tmp_pa
 
     monkeypatch.setattr(documents, "fetch_wikipedia", offline)
     with pytest.raises(KilibError, match="cannot reach"):
-        M.study_inputs("paper", M.MemoryConfig(models=("m",), pages=3))
+        study.study_inputs(presets.MemoryConfig(models=("m",), pages=3))
+
+
+def test_each_preset_names_what_it_runs_on():
+    assert {p: c.zoo for p, c in presets.MEMORY_PRESETS.items()} == {"tiny": "tiny", "smoke": "smoke", "paper": ""}
