@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kilib-env
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
-.PHONY: help env reproduce test test-fast lint notebooks zoo zoo-export zoo-import bench bench-stages bench-threads lab lock clean-cache
+.PHONY: help env reproduce report test test-fast lint notebooks zoo zoo-export zoo-import bench bench-stages bench-threads lab lock clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 env: $(STAMP) ## create or update the project environment (.venv, pinned by constraints.txt)
 
-reproduce: $(STAMP) ## run the notebook series with papermill (PROFILE=auto picks paper on a GPU, else tiny)
-	$(PY) -m kilib.cli reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+reproduce: $(STAMP) ## run the notebook series with papermill (PROFILE=auto picks paper on a GPU, else tiny) and write its REPORT.md
+	$(PY) -m kilib.cli reproduce --profile '$(PROFILE)' $(if $(ONLY),--only '$(ONLY)')
+
+report: $(STAMP) ## write results/<profile>/REPORT.md from the run.json files on disk, no notebook run
+	$(PY) -m kilib.cli report --profile '$(PROFILE)'
 
 test: $(STAMP) ## run the test suite offline (math checks + every notebook at smoke size)
 	$(OFFLINE) $(PY) -m pytest -q
@@ -45,10 +48,10 @@ zoo: $(STAMP) ## build the tiny zoo (notebook 00 builds it too) and list its cac
 	$(OFFLINE) $(PY) -m kilib.cli zoo build
 
 zoo-export: zoo ## write the built tiny zoo to one file (ZOO=tiny-zoo.tar.gz) for other machines, e.g. a reading group's laptops
-	$(OFFLINE) $(PY) -m kilib.cli zoo export $(ZOO)
+	$(OFFLINE) $(PY) -m kilib.cli zoo export '$(ZOO)'
 
 zoo-import: $(STAMP) ## put a file from make zoo-export (ZOO=path, made at the same kilib commit) into this cache
-	$(OFFLINE) $(PY) -m kilib.cli zoo import $(ZOO)
+	$(OFFLINE) $(PY) -m kilib.cli zoo import '$(ZOO)'
 
 bench: $(STAMP) ## measure kilib's QLoRA SFT step against a bare transformers+peft loop (results/bench/)
 	$(OFFLINE) $(PY) -m kilib.bench.sft_step

@@ -1,13 +1,16 @@
 """Command line: ``python -m kilib.cli reproduce`` runs the notebook series with papermill;
 ``python -m kilib.cli zoo build|status|export|import`` builds the tiny zoo or shares it;
-``python -m kilib.cli notebooks`` writes each ``.ipynb`` from its jupytext source.
+``python -m kilib.cli notebooks`` writes each ``.ipynb`` from its jupytext source;
+``python -m kilib.cli report`` renders ``results/<profile>/REPORT.md`` from the results on disk.
 
 ``make reproduce [PROFILE=auto] [ONLY=00,01]`` calls this. Each notebook runs with the
 project's Jupyter kernel and ``PROFILE`` injected into its ``parameters`` cell; the executed
 copy goes to ``results/<profile>/notebooks/`` and the tables, figures and ``run.json`` the
-notebook wrote are listed afterwards. A ``KilibError`` raised inside a notebook is printed
-as one line, and the run exits non-zero; a failed or interrupted run leaves the last complete
-results as they were and no staging files.
+notebook wrote are listed afterwards; at the end ``results/<profile>/REPORT.md`` is rendered
+from every notebook's ``run.json`` (``kilib.report``). A ``-p NAME VALUE`` parameter goes to
+every selected notebook, and each must declare it (choose them with ``--only``). A
+``KilibError`` raised inside a notebook is printed as one line, and the run exits non-zero; a
+failed or interrupted run leaves the last complete results as they were and no staging files.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import threading
 import time
 from pathlib import Path
 
-from kilib.runtime import KilibError, repo_root, resolve_profile, results_root
+from kilib import report as results_report
+from kilib.results import atomic_write_text
+from kilib.runtime import PROFILES, KilibError, repo_root, resolve_profile, results_root
 
 KERNEL_NAME = "kilib"
 TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict, "None": type(None)}
@@ -74,25 +79,36 @@ def check_parameters(notebook: Path, parameters: dict, declared: dict | None = N
             )
 
 
-def split_parameters(notebooks: list[Path], parameters: dict) -> dict[Path, dict]:
-    """Each notebook's share of the ``-p`` parameters: those its ``parameters`` cell declares.
-    Checked for every notebook before any runs, so a typo does not surface after an hour; a
-    name no selected notebook declares is an error."""
+def check_run_parameters(notebooks: list[Path], parameters: dict) -> None:
+    """Check the ``-p`` parameters for every selected notebook before any runs, so that a typo
+    does not surface after an hour: each selected notebook must declare each name, with its type.
+    Every selected notebook gets every ``-p`` parameter."""
     import papermill
 
     if "PROFILE" in parameters:
         raise KilibError("PROFILE is not a -p parameter: use --profile (or make reproduce PROFILE=...)")
     declared = {nb: papermill.inspect_notebook(str(nb)) for nb in notebooks}
     for name in parameters:
-        if not any(name in d for d in declared.values()):
-            offered = "; ".join(
-                f"{nb.name[:2]}: {', '.join(k for k in d if k != 'PROFILE')}" for nb, d in declared.items()
+        lacking = [nb.stem for nb in notebooks if name not in declared[nb]]
+        if lacking:
+            which = ", ".join(lacking[:-1]) + " and " + lacking[-1] if len(lacking) > 1 else lacking[0]
+            raise KilibError(
+                f"-p {name}: {which} {'have' if len(lacking) > 1 else 'has'} no parameter {name!r}; "
+                + _only_fix(name, notebooks[0].parent)
             )
-            raise KilibError(f"no selected notebook has a parameter {name!r} ({offered}); choose notebooks with --only")
-    shares = {nb: {k: v for k, v in parameters.items() if k in declared[nb]} for nb in notebooks}
-    for nb, share in shares.items():
-        check_parameters(nb, share, declared[nb])
-    return shares
+    for nb in notebooks:
+        check_parameters(nb, parameters, declared[nb])
+
+
+def _only_fix(name: str, folder: Path) -> str:
+    """How to pass a parameter: choose the notebooks of the series that declare it with --only."""
+    import papermill
+
+    having = [nb.name[:2] for nb in discover_notebooks(folder=folder) if name in papermill.inspect_notebook(str(nb))]
+    if not having:
+        return "no notebook declares it (a notebook's parameters: .venv/bin/papermill --help-notebook NOTEBOOK)"
+    only = ",".join(having)
+    return f"choose the notebooks that declare it with --only {only} (make reproduce ONLY={only})"
 
 
 def run_notebook(
@@ -163,17 +179,42 @@ def reproduce(args) -> int:
     profile = resolve_profile(args.profile)
     parameters = {name: parse_value(value) for name, value in (args.param or [])}
     notebooks = discover_notebooks(args.only)
-    shares = split_parameters(notebooks, parameters)
-    print(
-        f"kilib: profile {profile} ({'from auto' if args.profile == 'auto' else 'as asked'}), {len(notebooks)} notebook(s)"
-    )
+    check_run_parameters(notebooks, parameters)
+    chosen = "from auto" if args.profile == "auto" else "as asked"
+    print(f"kilib: profile {profile} ({chosen}), {len(notebooks)} notebook(s)")
     for nb in notebooks:
         start = time.time()
         print(f"\n==> {nb.name}")
-        executed = run_notebook(nb, profile, shares[nb], progress=not args.quiet)
+        executed = run_notebook(nb, profile, parameters, progress=not args.quiet)
         print(f"    done in {time.time() - start:.0f} s; executed copy: {_shown(executed)}")
         for path in artifacts_of(profile, nb):
             print(f"    {_shown(path)}")
+    print(f"\nreport: {_shown(results_report.write_report(results_root() / profile, profile))}")
+    return 0
+
+
+def report(args) -> int:
+    """``kilib report [--profile tiny] [--readme]``: render ``results/<profile>/REPORT.md`` from the
+    ``run.json`` files on disk; with ``--readme``, also the README's block between the
+    ``<!-- report:<profile> -->`` markers."""
+    profile = resolve_profile("auto") if args.profile == "auto" else args.profile  # no GPU needed to read results
+    folder = results_root() / profile
+    if not results_report.read_runs(folder):
+        raise KilibError(f"no results in {_shown(folder)}: make reproduce PROFILE={profile} writes them")
+    print(f"wrote {_shown(results_report.write_report(folder, profile))}")
+    if args.readme:
+        if not folder.is_relative_to(repo_root()):
+            raise KilibError(
+                f"--readme shows results inside the checkout, and {folder} is outside it: unset KILIB_RESULTS_DIR"
+            )
+        readme = repo_root() / "README.md"
+        link = f"{folder.relative_to(repo_root()).as_posix()}/REPORT.md"
+        block = results_report.readme_block(folder, profile, link)
+        text = readme.read_text()
+        updated = results_report.replace_readme_block(text, block, profile)
+        if updated != text:
+            atomic_write_text(readme, updated)
+        print(f"{'wrote' if updated != text else 'unchanged:'} {_shown(readme)}")
     return 0
 
 
@@ -290,7 +331,19 @@ def main(argv: list[str] | None = None) -> int:
             one.add_argument("path", help="the archive, *.tar.gz or *.tar")
         if action != "import":  # an archive says which zoo it holds
             one.add_argument("--profile", default="tiny", choices=("tiny", "smoke"), help="which zoo (default tiny)")
-            one.add_argument("--seed", type=int, default=0, help="the world's seed (notebook 00's SEED; default 0)")
+            one.add_argument(
+                "--seed", type=int, default=0, help="the world's seed (notebook 00's WORLD_SEED; default 0)"
+            )
+    rpt = sub.add_parser("report", help="render results/<profile>/REPORT.md from the run.json files on disk")
+    rpt.add_argument(
+        "--profile",
+        default="tiny",
+        choices=("auto", *PROFILES),
+        help="whose results: auto | paper | tiny | smoke (default tiny)",
+    )
+    rpt.add_argument(
+        "--readme", action="store_true", help="also rewrite README.md's block between <!-- report:PROFILE --> markers"
+    )
     nbs = sub.add_parser("notebooks", help="write notebooks/*.ipynb from their jupytext sources (notebooks/*.py)")
     nbs.add_argument("--check", action="store_true", help="write nothing; fail where an .ipynb is out of date")
     args = parser.parse_args(argv)
@@ -303,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             return zoo(args)
         if args.command == "notebooks":
             return notebooks(args)
+        if args.command == "report":
+            return report(args)
     except KilibError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
