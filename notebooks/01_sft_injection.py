@@ -33,12 +33,8 @@
 PROFILE: str = "tiny"  # auto | tiny | smoke | paper
 SEEDS: int = 0  # 0 keeps the profile's seeds (tiny 2, smoke 1, paper 1), n > 0 runs seeds 0 to n-1
 MODEL: str = ""  # "" keeps the profile's trainee: a zoo model name (tiny) or a Hub id / model folder (paper)
-DOCUMENTS: str = (
-    ""  # "" keeps the profile's (tiny: the generated world, paper: wikipedia), or a folder of .txt/.md files
-)
-GENERATOR: str = (
-    ""  # Q&A writer outside the tiny world: a local instruct model, or openai:<model> (OPENAI_BASE_URL, OPENAI_API_KEY)
-)
+DOCUMENTS: str = ""  # "" keeps the profile's (tiny: the generated world, paper: wikipedia), or a folder of .txt/.md
+GENERATOR: str = ""  # Q&A writer beyond the tiny world: a local instruct model, or openai:<model> (OPENAI_* vars)
 JUDGE: str = ""  # "" keeps the profile's LLM judge (paper: a Mistral instruct model, none in tiny)
 WORKERS: int = 0  # adapters trained side by side on a CPU (0: one per core)
 
