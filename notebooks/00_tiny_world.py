@@ -27,7 +27,7 @@
 
 # %% tags=["parameters"]
 PROFILE: str = "tiny"  # tiny | smoke | paper (paper shows the tiny zoo too: it is the CPU stand-in)
-SEED: int = 0  # world seed
+WORLD_SEED: int = 0  # the generated world's seed
 QUESTIONS_PER_FACT: int = 1  # held-out paraphrases asked per fact when measuring what the zoo knows
 
 # %%
@@ -36,19 +36,18 @@ import dataclasses
 import pandas as pd
 from IPython.display import display
 
-from kilib.plots import bars_with_ci, loss_curves
+from kilib.plots import loss_curves
 from kilib.results import Run
 from kilib.runtime import resolve_profile, set_threads
-from kilib.tiny import zoo
+from kilib.tiny import zoo, zoo_report
 
 profile = resolve_profile(PROFILE)
-config = dataclasses.replace(zoo.zoo_config(profile), world_seed=SEED)
+config = dataclasses.replace(zoo.zoo_config(profile), world_seed=WORLD_SEED)
 set_threads()
 world = zoo.world_of(config)
-run = Run("00_tiny_world", profile, config=config, seed=SEED)
-print(
-    f"profile {profile}: world size {config.world_size!r}, seed {SEED}, {len(world.articles)} articles, {len(world.facts)} facts"
-)
+run = Run("00_tiny_world", profile, config=config, seed=WORLD_SEED)
+print(f"profile {profile}: world size {config.world_size!r}, seed {WORLD_SEED}, ", end="")
+print(f"{len(world.articles)} articles, {len(world.facts)} facts")
 
 # %% [markdown]
 # ## An article
@@ -146,24 +145,7 @@ print(
 
 # %%
 logs = {spec.name: zoo.pretraining_log(config, spec.name) for spec in config.models}
-stages = {name: log.get("reading_stage", {"examples": 0, "seconds": 0.0}) for name, log in logs.items()}  # readers only
-zoo_table = pd.DataFrame(
-    [
-        {
-            "model": name,
-            "family": spec.family,
-            "parameters": log["parameters"],
-            "non-embedding": log["non_embedding_parameters"],
-            "corpus tokens": log["corpus_tokens"],
-            "steps": log["steps"],
-            "final loss": log["losses"][-1]["loss"],
-            "pretraining s": round(log["seconds"], 1),
-            "reading-stage examples": stages[name]["examples"],
-            "reading-stage s": round(stages[name]["seconds"], 1),
-        }
-        for spec, (name, log) in zip(config.models, logs.items())
-    ]
-)
+zoo_table = zoo_report.zoo_table(config, logs)
 run.save_table(zoo_table, "zoo")
 display(zoo_table)
 fig = loss_curves({name: log["losses"] for name, log in logs.items()}, title="pretraining loss on the pre-cutoff world")
@@ -184,39 +166,11 @@ run.save_figure(fig, "pretraining_loss")
 # which is the model the studies load.
 
 # %%
-measured = [
-    (spec.name, zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT, pretrained_only=True))
-    for spec in config.models
-]
-measured += [
-    (f"{name} + reading", zoo.knowledge_report(config, name, QUESTIONS_PER_FACT))
-    for name in config.reading.models
-    if zoo.model_dir(config, name) != zoo.pretrained_dir(config, name)
-]
-labels = {
-    "pre_closed_book": "pre-cutoff, closed book",
-    "pre_majority_baseline": "pre-cutoff, most-common answer",
-    "control_closed_book": "control, closed book",
-    "post_closed_book": "post-cutoff, closed book",
-    "post_majority_baseline": "post-cutoff, most-common answer",
-    "post_with_passage": "post-cutoff, passage in context",
-}
-knowledge = pd.DataFrame([{"model": label, "measure": labels[k], **r[k]} for label, r in measured for k in labels])
+measured = zoo_report.measured_knowledge(config, QUESTIONS_PER_FACT)
+knowledge = zoo_report.knowledge_table(measured)
 run.save_table(knowledge, "knowledge")
-fig = bars_with_ci(
-    knowledge,
-    x="model",
-    y="accuracy",
-    hue="measure",
-    hue_order=list(labels.values()),
-    title="what the zoo knows (95% bootstrap intervals)",
-)
-run.save_figure(fig, "knowledge")
-display(
-    knowledge.pivot(index="model", columns="measure", values="accuracy")
-    .loc[[m for m, _ in measured], list(labels.values())]
-    .round(3)
-)
+run.save_figure(zoo_report.knowledge_figure(knowledge), "knowledge")
+display(zoo_report.knowledge_pivot(knowledge, measured))
 
 # %% [markdown]
 # ## Does the tiny profile meet its bar?
@@ -225,54 +179,12 @@ display(
 # they come out of this run: a target that is missed is reported as missed.
 
 # %%
-largest = max(config.models, key=lambda s: logs[s.name]["parameters"]).name
-build_seconds = sum(log["seconds"] + stages[name]["seconds"] for name, log in logs.items())
-threads = "/".join(sorted({str(log["torch_threads"]) for log in logs.values()}))
+build_seconds = zoo_report.build_seconds(logs)
 print(f"zoo training time: {build_seconds:.0f} s (pretraining and reading stage, all models, when they were built)")
 pretrained = dict(measured[: len(config.models)])  # one recipe for all
-used = {
-    spec.name: zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT) for spec in config.models
-}  # as the studies load them
-big = used[largest]
-checks = {
-    **{
-        f"{name} answers held-out pre-cutoff paraphrases above the most-common-answer baseline (lower CI bound)": used[
-            name
-        ]["pre_closed_book"]["ci_low"]
-        > used[name]["pre_majority_baseline"]["accuracy"]
-        for name in config.reading.models
-    },
-    f"{largest} answers held-out pre-cutoff paraphrases with >= 50% accuracy": big["pre_closed_book"]["accuracy"]
-    >= 0.5,
-    f"{largest} on post-cutoff questions is no better than the most-common-answer baseline (upper CI bound)": big[
-        "post_closed_book"
-    ]["accuracy"]
-    <= big["post_majority_baseline"]["ci_high"],
-    f"{largest} with the right passage in context answers post-cutoff questions with >= 50% accuracy": big[
-        "post_with_passage"
-    ]["accuracy"]
-    >= 0.5,
-    "within each family, after pretraining, a larger model scores at least as high on pre-cutoff questions as a smaller one": all(
-        pretrained[a.name]["pre_closed_book"]["accuracy"] <= pretrained[b.name]["pre_closed_book"]["accuracy"]
-        for a in config.models
-        for b in config.models
-        if a.family == b.family and logs[a.name]["parameters"] < logs[b.name]["parameters"]
-    ),
-    f"the whole zoo trained in under 10 minutes (built with {threads} CPU threads)": build_seconds < 600,
-}
+used = {spec.name: zoo.knowledge_report(config, spec.name, QUESTIONS_PER_FACT) for spec in config.models}  # as loaded
+checks = zoo_report.checks(config, logs, pretrained, used)
 for text, ok in checks.items():
     print(("MET    " if ok else "MISSED ") + text)
-run.log(
-    world={"articles": len(world.articles), "facts": len(world.facts), "seed": SEED, "size": config.world_size},
-    zoo={name: {k: r[k] for k in labels} for name, r in used.items()},
-    zoo_after_pretraining={name: {k: r[k] for k in labels} for name, r in pretrained.items()},
-    pretraining_seconds={name: log["seconds"] for name, log in logs.items()},
-    reading_stage_seconds={name: stage["seconds"] for name, stage in stages.items()},
-    pretraining_loss_first_last={
-        name: [log["losses"][0]["loss"], log["losses"][-1]["loss"]] for name, log in logs.items()
-    },
-    parameters={name: log["parameters"] for name, log in logs.items()},
-    checks=checks,
-    largest_model=largest,
-)
+run.log(**zoo_report.run_metrics(world, config, logs, pretrained, used, checks))
 print(f"results: {run.finish().parent}")

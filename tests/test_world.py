@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from kilib.runtime import KilibError
-from kilib.tiny.world import (
+from kilib.tiny.world import WorldSize, evaluate_arithmetic, generate_world
+from kilib.tiny.world_text import (
     _PLANS,
     CLAIM_LABELS,
     CLAIM_TEMPLATES,
@@ -19,9 +20,6 @@ from kilib.tiny.world import (
     QUESTION_BASES,
     RELATIONS,
     SNI_TASKS,
-    WorldSize,
-    evaluate_arithmetic,
-    generate_world,
 )
 
 

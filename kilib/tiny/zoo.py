@@ -4,7 +4,9 @@ Llama and GPT-NeoX (Pythia-like) models pretrained on its pre-cutoff part.
 Everything is built once and cached under ``.cache/`` by a hash of what made it (world
 seed and size, tokenizer and model configs, pretraining recipe), saved with
 ``save_pretrained`` and loaded back through :func:`kilib.lm.models.load_causal_lm`, the same
-4-bit path the paper profile uses for Hub models (tiny-world.md, "A zoo of small models").
+4-bit path the paper profile uses for Hub models (docs/tiny-world.md, "A zoo of small models").
+What the models read is made in :mod:`kilib.tiny.corpus`; what they know is measured in
+:mod:`kilib.tiny.knowledge` and cached here by :func:`knowledge_report`.
 """
 
 from __future__ import annotations
@@ -12,24 +14,40 @@ from __future__ import annotations
 import dataclasses
 import random
 import shutil
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kilib.lm.data import FEVER_LABELS, fever_answer, fever_prompt, qa_prompt
+import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as tokenizer_models
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
+
+from kilib.lm.data import FEVER_LABELS, fever_prompt
 from kilib.lm.models import progress_bars
 from kilib.lm.training import (
     IGNORE_INDEX,
     PackingCollator,
     TrainConfig,
     lm_dataset,
-    render_answer,
-    render_prompt,
+    sft_dataset,
     train,
 )
 from kilib.results import cache_path, cached_dir, read_json, stable_hash, write_json
-from kilib.runtime import KilibError
+from kilib.runtime import KilibError, set_seed
+from kilib.tiny.corpus import chat_example as chat_example  # re-exported for the tools
+from kilib.tiny.corpus import closed_book_examples, pretraining_texts, reading_examples
+from kilib.tiny.corpus import pretraining_claims as pretraining_claims  # re-exported for the studies
+from kilib.tiny.knowledge import answer_accuracy as answer_accuracy  # re-exported for the tools
+from kilib.tiny.knowledge import majority_answers as majority_answers  # re-exported for the tests
+from kilib.tiny.knowledge import measure_knowledge
+from kilib.tiny.world import WORLD_SIZES, generate_world
 
 RECIPE_VERSION = 2  # bump when the corpus recipe changes, so cached zoos are rebuilt
 
@@ -227,8 +245,6 @@ def zoo_config(profile: str) -> ZooConfig:
 
 
 def world_of(config: ZooConfig):
-    from kilib.tiny.world import generate_world
-
     return generate_world(seed=config.world_seed, size=config.world_size)
 
 
@@ -250,10 +266,8 @@ def tokenizer_texts(world) -> list[str]:
 def build_tokenizer(world, vocab_size: int, folder: Path):
     """Train a byte-level BPE on the world's text (digits split one by one, which keeps
     arithmetic learnable) and save it as a standard ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<|unk|>"))
+    tok = Tokenizer(tokenizer_models.BPE(unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Digits(individual_digits=True),
@@ -282,150 +296,9 @@ def build_tokenizer(world, vocab_size: int, folder: Path):
 
 
 # ---------------------------------------------------------------------------------------
-# Pretraining corpus
-# ---------------------------------------------------------------------------------------
-def chat_example(tokenizer, prompt: str, answer: str) -> str:
-    return render_prompt(tokenizer, prompt) + render_answer(tokenizer, prompt, answer)
-
-
-def pretraining_claims(world, config: ZooConfig, seed: int = 0):
-    """The FEVER-like claims the zoo reads in pretraining (few-shot prompts with answers, on
-    every pre-cutoff page): notebook 04 evaluates only claims outside them."""
-    return world.claims(doc_ids=world.pretraining_doc_ids(), per_page=config.claims_per_page, seed=seed)
-
-
-def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> list[str]:
-    """The pre-cutoff world as documents: articles, closed-book Q&A in the chat format,
-    reading comprehension with the section in context, few-shot FEVER-like claims and
-    numeric arithmetic. Post-cutoff facts never appear (they are the new knowledge)."""
-    rng = random.Random(seed)
-    doc_ids = world.pretraining_doc_ids()
-    texts = [world.articles[d].text for d in doc_ids]
-    pre_facts = [world.facts[f] for f in sorted(world.facts) if world.facts[f].period == "pre"]
-    for fact in pre_facts:
-        questions = world.questions(fact.id, "train")
-        for q in rng.sample(questions, min(config.qa_per_fact, len(questions))):
-            texts.append(chat_example(tokenizer, qa_prompt(q), fact.object))
-        section = section_text(world, fact)
-        for q in rng.sample(questions, min(config.rc_per_fact, len(questions))):
-            texts.append(chat_example(tokenizer, qa_prompt(q, [section]), fact.object))
-    claims = pretraining_claims(world, config, seed).to_list()
-    for i, row in enumerate(claims):
-        k = rng.randint(0, 3)
-        demos = [(d["claim"], d["label"]) for d in rng.sample(claims[:i] + claims[i + 1 :], k)]
-        texts.append(fever_prompt(row["claim"], demos) + " " + fever_answer(row["label"]))
-    for row in world.numeric_arithmetic(config.arithmetic_examples, seed=seed).to_list():
-        texts.append(f"{row['prompt']} = {row['target']}")
-    rng.shuffle(texts)
-    return texts
-
-
-def reading_examples(
-    world, n: int, seed: int = 0, split: str = "train", first_world: int = 1, known_series: float = 0.0
-) -> list[dict]:
-    """``n`` reading-comprehension rows (prompt with the section in context, answer) about
-    editions that do not exist in ``world`` (:class:`ReadingStage`).
-
-    Each row comes from a fresh world (seeds ``world.seed + first_world``, then the next ones) whose teams,
-    players, cities, venues and countries are renamed, one to one per fresh world, to a
-    random entity of the same type in ``world``; series names stay fresh (but see
-    ``known_series`` below), and a fact whose edition title ``world`` has too is skipped. Only edition facts are used (an entity page
-    would be about one of ``world``'s entities and contradict it). Fresh worlds are added
-    until ``n`` rows are reached, so no fact repeats. ``split="eval"`` asks with eval
-    paraphrases (a development set, with ``first_world`` far from the training worlds).
-
-    A share ``known_series`` of the fresh worlds (drawn per world) is renamed further: its
-    series to ``world``'s series of the same sport, and each series' teams and players to
-    that series' own, so the editions read as unseen editions of series ``world`` has."""
-    if n <= 0:
-        return []
-    from kilib.tiny.world import generate_world, whole_items_pattern
-
-    rng = random.Random(seed)
-    titles = {a.title for a in world.articles.values()}
-    our_names, our_series = world.entity_names, world.series
-    series_names = {s["name"] for s in our_series}
-    rows: list[dict] = []
-    k = first_world - 1
-    while len(rows) < n:
-        k += 1
-        fresh = generate_world(seed=world.seed + k, size=world.size, cutoff_year=world.cutoff_year)
-        mapping: dict[str, str] = {}
-        for kind in ("cities", "venues", "teams", "players", "countries"):
-            targets = list(our_names[kind])
-            rng.shuffle(targets)
-            mapping.update(zip(fresh.entity_names[kind], targets))
-        known = known_series > 0 and random.Random(f"known-series|{seed}|{k}").random() < known_series
-        if known:
-            for ours, theirs in zip(our_series, fresh.series):
-                mapping[theirs["name"]] = ours["name"]
-                for kind in ("teams", "players"):
-                    targets = list(ours[kind])
-                    rng.shuffle(targets)
-                    mapping.update(zip(theirs[kind], targets))
-        pattern = whole_items_pattern(mapping)
-
-        def rename(text: str) -> str:
-            return pattern.sub(lambda m: mapping[m.group(0)], text)
-
-        batch = []
-        for fid in sorted(fresh.facts):
-            fact = fresh.facts[fid]
-            if (
-                fresh.articles[fact.doc_id].kind != "edition"
-                or (rename(fact.subject) if known else fact.subject) in titles
-                or (not known and fact.subject.split(" ", 1)[1] in series_names)
-            ):
-                continue
-            question = rng.choice(fresh.questions(fid, split))
-            batch.append(
-                {
-                    "prompt": qa_prompt(rename(question), [rename(section_text(fresh, fact))]),
-                    "answer": rename(fact.object),
-                    "relation": fact.relation,
-                }
-            )
-        if not batch:
-            raise KilibError(f"fresh world {world.seed + k} gave no reading example: the world sizes are too small")
-        rng.shuffle(batch)
-        rows += batch[: n - len(rows)]
-    return rows
-
-
-def closed_book_examples(world, n: int, seed: int = 0) -> list[dict]:
-    """``n`` closed-book rows on pre-cutoff facts with train paraphrases, cycling through the
-    facts in a shuffled order (each fact as evenly often as ``n`` allows)."""
-    rng = random.Random(seed)
-    pre = [world.facts[f] for f in sorted(world.facts) if world.facts[f].period == "pre"]
-    rows: list[dict] = []
-    while len(rows) < n:
-        rng.shuffle(pre)
-        for fact in pre[: n - len(rows)]:
-            rows.append(
-                {
-                    "prompt": qa_prompt(rng.choice(world.questions(fact.id, "train"))),
-                    "answer": fact.object,
-                    "relation": fact.relation,
-                    "fact_id": fact.id,
-                }
-            )
-    return rows
-
-
-def section_text(world, fact) -> str:
-    """The text of the section that states ``fact`` (the passage RAG should retrieve)."""
-    for section in world.articles[fact.doc_id].sections:
-        if section.title == fact.section:
-            return section.text
-    raise KilibError(f"fact {fact.id} names section {fact.section!r}, absent from {fact.doc_id}")
-
-
-# ---------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------
 def model_config(spec: ModelSpec, tokenizer, block_size: int):
-    from transformers import GPTNeoXConfig, LlamaConfig
-
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden,
@@ -446,8 +319,6 @@ def model_config(spec: ModelSpec, tokenizer, block_size: int):
 
 
 def _world_key(config: ZooConfig) -> dict[str, Any]:
-    from kilib.tiny.world import WORLD_SIZES
-
     return {
         "seed": config.world_seed,
         "size": config.world_size,
@@ -534,11 +405,6 @@ def zoo_entries(config: ZooConfig) -> list[tuple[str, str, Path]]:
 
 
 def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kilib.runtime import set_seed
-
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     world = world_of(config)
     texts = pretraining_texts(world, tokenizer, config, seed=config.train.seed)
@@ -570,11 +436,6 @@ def _pretrain(config: ZooConfig, spec: ModelSpec, tok_dir: Path, folder: Path) -
 
 
 def _read_stage(config: ZooConfig, base: Path, folder: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from kilib.lm.training import sft_dataset
-    from kilib.runtime import set_seed
-
     stage = config.reading
     tokenizer = AutoTokenizer.from_pretrained(base)
     world = world_of(config)
@@ -614,58 +475,8 @@ def pretraining_log(config: ZooConfig, name: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # What the zoo knows
 # ---------------------------------------------------------------------------------------
-def qa_items(world, fact_ids, split: str = "eval", per_fact: int = 1, with_passage: bool = False) -> list[dict]:
-    """Question items for ``fact_ids``: prompt (closed-book, or with the fact's section in
-    context), gold answer, relation."""
-    items = []
-    for fid in fact_ids:
-        fact = world.facts[fid]
-        for q in world.questions(fid, split)[:per_fact]:
-            passages = [section_text(world, fact)] if with_passage else []
-            items.append(
-                {
-                    "fact_id": fid,
-                    "relation": fact.relation,
-                    "question": q,
-                    "prompt": qa_prompt(q, passages),
-                    "answer": fact.object,
-                }
-            )
-    return items
-
-
-def majority_answers(world, period: str = "pre") -> dict[str, str]:
-    """Each relation's most common object among ``period`` facts (the "always give the most
-    common answer" baseline)."""
-    by_relation: dict[str, Counter] = {}
-    for fact in world.facts.values():
-        if fact.period == period:
-            by_relation.setdefault(fact.relation, Counter())[fact.object] += 1
-    return {rel: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for rel, c in by_relation.items()}
-
-
-def answer_accuracy(
-    model, tokenizer, items: list[dict], batch_size: int = 32, max_new_tokens: int = 12
-) -> dict[str, Any]:
-    """Greedy answers scored by normalised exact match, with a bootstrap interval."""
-    from kilib.lm.inference import generate
-    from kilib.lm.scoring import exact_match
-    from kilib.stats import accuracy_with_ci
-
-    prompts = [render_prompt(tokenizer, it["prompt"]) for it in items]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return accuracy_with_ci([exact_match(o, it["answer"]) for o, it in zip(outputs, items)])
-
-
-def baseline_accuracy(items: list[dict], answers: dict[str, str]) -> dict[str, Any]:
-    from kilib.lm.scoring import exact_match
-    from kilib.stats import accuracy_with_ci
-
-    return accuracy_with_ci([exact_match(answers.get(it["relation"], ""), it["answer"]) for it in items])
-
-
 def knowledge_report(config: ZooConfig, name: str, per_fact: int = 1, pretrained_only: bool = False) -> dict[str, Any]:
-    """What zoo member ``name`` knows, each with a bootstrap interval (tiny-world.md checks):
+    """What zoo member ``name`` knows, each with a bootstrap interval (docs/tiny-world.md checks):
     closed-book accuracy on held-out paraphrases of pre-cutoff facts (beside the
     most-common-answer baseline, the chance level), on the control document, on the
     post-cutoff documents (beside the same baseline), and on
@@ -683,21 +494,4 @@ def knowledge_report(config: ZooConfig, name: str, per_fact: int = 1, pretrained
 
 
 def _knowledge(config: ZooConfig, name: str, folder: Path, per_fact: int) -> dict[str, Any]:
-    from kilib.lm.models import load_causal_lm
-
-    world = world_of(config)
-    model, tok = load_causal_lm(folder)
-    pre = [f for f in sorted(world.facts) if world.facts[f].period == "pre"]
-    control = [f.id for f in world.facts_of(world.control_doc_id)]
-    post = [f.id for d in world.post_cutoff_doc_ids for f in world.facts_of(d)]
-    pre_items, post_items = qa_items(world, pre, "eval", per_fact), qa_items(world, post, "eval", per_fact)
-    majority = majority_answers(world, "pre")
-    return {
-        "model": name,
-        "pre_closed_book": answer_accuracy(model, tok, pre_items),
-        "pre_majority_baseline": baseline_accuracy(pre_items, majority),
-        "control_closed_book": answer_accuracy(model, tok, qa_items(world, control, "eval", per_fact)),
-        "post_closed_book": answer_accuracy(model, tok, post_items),
-        "post_majority_baseline": baseline_accuracy(post_items, majority),
-        "post_with_passage": answer_accuracy(model, tok, qa_items(world, post, "eval", per_fact, with_passage=True)),
-    }
+    return measure_knowledge(world_of(config), name, folder, per_fact)
