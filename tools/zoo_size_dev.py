@@ -3,7 +3,8 @@
 Pretrains one zoo member (the tiny preset's corpus and schedule; SPEC_JSON overrides fields of
 its ModelSpec, and a "train" key in it fields of the TrainConfig) and measures closed-book
 accuracy on one *unused* train paraphrase per pre-cutoff fact: a paraphrase of the train split
-that the pretraining corpus does not hold (the corpus samples 6 of 16). Notebook 00 reports eval paraphrases, which this never asks.
+that the pretraining corpus does not hold (the corpus samples 6 of 16). Notebook 00 reports eval
+paraphrases, which this never asks.
 ``seen_train`` is the same on a paraphrase the corpus does hold (memorisation). One JSON line
 per run is appended to OUT_JSONL.
 
