@@ -83,6 +83,32 @@ _LLAMA = (
     "meta-llama/Llama-2-13b-chat-hf",
 )
 _TINY_ZOO = ("neox-xs", "neox-s", "neox-m", "llama-s", "llama-m")
+# The tiny and smoke presets train the memories and the full update alike (the full update's own
+# rate is a paper-profile choice).
+_TINY_TRAIN = TrainConfig(
+    epochs=8,
+    batch_size=8,
+    lr=1e-3,
+    scheduler="cosine",
+    warmup_steps=10,
+    weight_decay=0.05,
+    max_grad_norm=10.0,
+    save_every_epoch=False,
+    progress=False,
+    logging_steps=5,
+)
+_SMOKE_TRAIN = TrainConfig(
+    epochs=2,
+    batch_size=16,
+    lr=1e-3,
+    scheduler="cosine",
+    warmup_steps=2,
+    weight_decay=0.05,
+    max_grad_norm=10.0,
+    save_every_epoch=False,
+    progress=False,
+    logging_steps=2,
+)
 MEMORY_PRESETS: dict[str, MemoryConfig] = {
     # Set for the notebook's minutes. A first development run (60 pages, 5 epochs at batch 16: 10
     # steps for a Document memory, which left it far above the base's loss) moved to more steps, nearer
@@ -101,30 +127,8 @@ MEMORY_PRESETS: dict[str, MemoryConfig] = {
         block_size=256,
         eval_batch_size=64,
         max_new_tokens=4,
-        train=TrainConfig(
-            epochs=8,
-            batch_size=8,
-            lr=1e-3,
-            scheduler="cosine",
-            warmup_steps=10,
-            weight_decay=0.05,
-            max_grad_norm=10.0,
-            save_every_epoch=False,
-            progress=False,
-            logging_steps=5,
-        ),
-        full_train=TrainConfig(
-            epochs=8,
-            batch_size=8,
-            lr=1e-3,
-            scheduler="cosine",
-            warmup_steps=10,
-            weight_decay=0.05,
-            max_grad_norm=10.0,
-            save_every_epoch=False,
-            progress=False,
-            logging_steps=5,
-        ),
+        train=_TINY_TRAIN,
+        full_train=_TINY_TRAIN,
     ),
     "smoke": MemoryConfig(
         zoo="smoke",
@@ -139,30 +143,8 @@ MEMORY_PRESETS: dict[str, MemoryConfig] = {
         block_size=128,
         eval_batch_size=64,
         max_new_tokens=4,
-        train=TrainConfig(
-            epochs=2,
-            batch_size=16,
-            lr=1e-3,
-            scheduler="cosine",
-            warmup_steps=2,
-            weight_decay=0.05,
-            max_grad_norm=10.0,
-            save_every_epoch=False,
-            progress=False,
-            logging_steps=2,
-        ),
-        full_train=TrainConfig(
-            epochs=2,
-            batch_size=16,
-            lr=1e-3,
-            scheduler="cosine",
-            warmup_steps=2,
-            weight_decay=0.05,
-            max_grad_norm=10.0,
-            save_every_epoch=False,
-            progress=False,
-            logging_steps=2,
-        ),
+        train=_SMOKE_TRAIN,
+        full_train=_SMOKE_TRAIN,
     ),
     "paper": MemoryConfig(
         models=_PYTHIA + _LLAMA,
