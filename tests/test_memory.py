@@ -1,4 +1,5 @@
-"""The memory study (methods.md §4) against direct computations: the module, the hook, the data pipeline."""
+"""The memory study (docs/methods.md, "## 04 Memory modules on FEVER") against direct computations:
+the module, the hook, the data pipeline."""
 
 import dataclasses
 import json
