@@ -149,8 +149,10 @@ def test_report_is_written_atomically_and_deterministically(tmp_path, monkeypatc
     assert "wall time 1 min 00 s" in report.write_report(folder).read_text()
 
 
-def test_report_command(tmp_path, capsys):
-    """`kilib report` renders what is on disk under KILIB_RESULTS_DIR (the tests' own folder)."""
+def test_report_command(tmp_path, capsys, monkeypatch):
+    """`kilib report` renders what is on disk under KILIB_RESULTS_DIR (here a folder of this test's
+    own, apart from the one the notebook tests write)."""
+    monkeypatch.setenv("KILIB_RESULTS_DIR", str(tmp_path / "results"))
     assert cli.main(["report", "--profile", "paper"]) == 2  # nothing there yet
     assert "error: no results in" in capsys.readouterr().err
     folder = results_root() / "smoke"
