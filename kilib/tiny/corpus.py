@@ -2,13 +2,13 @@
 corpus made of the pre-cutoff world, and the reading stage's examples, passages about editions
 no world holds (with names renamed onto this world's) and closed-book replay.
 
-:mod:`kilib.tiny.zoo` trains on them; every draw is seeded, so a corpus is the same each time.
+:mod:`kilib.tiny.zoo` trains on them (``config`` below is its :class:`~kilib.tiny.zoo.ZooConfig`); every
+draw is seeded, so a corpus is the same each time.
 """
 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
 from kilib.lm.data import fever_answer, fever_prompt, qa_prompt
 from kilib.lm.training import render_answer, render_prompt
@@ -16,21 +16,18 @@ from kilib.runtime import KilibError
 from kilib.tiny.knowledge import section_text
 from kilib.tiny.world import generate_world, whole_items_pattern
 
-if TYPE_CHECKING:
-    from kilib.tiny.zoo import ZooConfig
-
 
 def chat_example(tokenizer, prompt: str, answer: str) -> str:
     return render_prompt(tokenizer, prompt) + render_answer(tokenizer, prompt, answer)
 
 
-def pretraining_claims(world, config: ZooConfig, seed: int = 0):
+def pretraining_claims(world, config, seed: int = 0):
     """The FEVER-like claims the zoo reads in pretraining (few-shot prompts with answers, on
     every pre-cutoff page): notebook 04 evaluates only claims outside them."""
     return world.claims(doc_ids=world.pretraining_doc_ids(), per_page=config.claims_per_page, seed=seed)
 
 
-def pretraining_texts(world, tokenizer, config: ZooConfig, seed: int = 0) -> list[str]:
+def pretraining_texts(world, tokenizer, config, seed: int = 0) -> list[str]:
     """The pre-cutoff world as documents: articles, closed-book Q&A in the chat format,
     reading comprehension with the section in context, few-shot FEVER-like claims and
     numeric arithmetic. Post-cutoff facts never appear (they are the new knowledge)."""

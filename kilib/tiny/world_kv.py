@@ -17,8 +17,6 @@ from kilib.tiny.world_tasks import _check_n, _check_split, _dataset
 if TYPE_CHECKING:
     import datasets
 
-    from kilib.tiny.world import World
-
 
 def evaluate_arithmetic(expression: str) -> int:
     """Value of a space-separated expression of integers joined by ``+``, ``-`` and ``x``.
@@ -48,10 +46,10 @@ class WorldKV:
     """The key-value tasks, mixed into :class:`kilib.tiny.world.World`, whose ``seed``, ``size``,
     ``_kv_table`` (key -> value) and ``_kv_train`` (the train keys) they read."""
 
-    def with_kv_keys(self, names: Sequence[str]) -> World:
-        """This world with its KV keys renamed: the i-th key in sorted order becomes ``names[i]``,
-        keeping its value and its split (CALM's keys are single tokens of a model's vocabulary,
-        which the generator cannot know)."""
+    def with_kv_keys(self, names: Sequence[str]):
+        """A copy of this :class:`~kilib.tiny.world.World` with its KV keys renamed: the i-th key in
+        sorted order becomes ``names[i]``, keeping its value and its split (CALM's keys are single
+        tokens of a model's vocabulary, which the generator cannot know)."""
         old = sorted(self._kv_table)
         names = list(names)
         if len(names) != len(old) or len(set(names)) != len(names):

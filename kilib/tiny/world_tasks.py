@@ -28,8 +28,6 @@ from kilib.tiny.world_text import (
 if TYPE_CHECKING:
     import datasets
 
-    from kilib.tiny.world import Fact
-
 # Object types: wrong answers (refutes, distractors) come from the same type, and for teams and
 # players from the same series, so a wrong choice is never absurd.
 _TEAM_RELATIONS = frozenset({"champion", "runner_up", "third_place", "fourth_place", "opening_match_winner", "team"})
@@ -74,7 +72,7 @@ class WorldTasks:
     read: ``articles``, ``facts``, ``_facts_by_doc``, ``_context``, ``_pools``, ``_given_names``
     and ``_post_only`` (``_post_only_re``)."""
 
-    def _alternatives(self, fact: Fact) -> list[str]:
+    def _alternatives(self, fact) -> list[str]:
         """Wrong objects of the fact's type, in a fixed order (refutes claims, distractors).
 
         The relations are functional (one object per subject), so any other object is false."""
@@ -177,7 +175,7 @@ class WorldTasks:
             len(NEI_TEMPLATES[self.articles[doc_id].kind]),
         )
 
-    def _claim_text(self, fact: Fact, template: str, obj: str) -> str:
+    def _claim_text(self, fact, template: str, obj: str) -> str:
         text = template.format(s=fact.subject, o=obj, unit=self._context[fact.doc_id].get("unit", ""))
         return text[0].upper() + text[1:]
 
