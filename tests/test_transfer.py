@@ -483,6 +483,72 @@ def test_paper_task_loaders_map_hub_rows_to_the_task_fields(tmp_path, monkeypatc
         tasks.task_row("gsm", {"question": "q", "answer": "no marker"})
 
 
+def _sni_rows(tasks_and_sizes):
+    return [
+        {
+            "task_name": f"task{t:03d}",
+            "id": f"{t}-{i}",
+            "definition": f"Do task {t}.",
+            "inputs": f"x{i}",
+            "targets": [f"y{i}"],
+        }
+        for t, n in tasks_and_sizes
+        for i in range(n)
+    ]
+
+
+def _sni_task(row) -> int:
+    return int(row["instruction"].removeprefix("Do task ").removesuffix("."))
+
+
+def test_sni_draw_spreads_over_task_ordered_data(tmp_path, monkeypatch):
+    """SNI's rows come task by task: a local copy is shuffled over every row, and the Hub's one
+    file per task is drawn across its files, so that the seed, training and evaluation rows
+    cover many tasks, not the first few a 10,000-row shuffle buffer reaches."""
+    import datasets
+
+    from kilib.lm.data import write_jsonl
+
+    local = tmp_path / "sni"
+    local.mkdir()
+    ordered = _sni_rows([(t, 400) for t in range(40)])  # 16,000 rows in task order, one file
+    write_jsonl(local / "train.jsonl", ordered)
+    write_jsonl(local / "test.jsonl", ordered)
+    monkeypatch.setattr(
+        tasks, "PAPER_DATASETS", {**tasks.PAPER_DATASETS, "sni": {**tasks.PAPER_DATASETS["sni"], "path": str(local)}}
+    )
+    rows = tasks.hub_task_rows("sni", {"seed": 16, "train": 200, "eval": 100, "demos": 0})
+    for role, at_least in (("seed", 10), ("train", 35), ("eval", 30)):
+        drawn = {_sni_task(r) for r in rows[role]}
+        assert len(drawn) >= at_least and max(drawn) >= 30, (role, sorted(drawn))
+
+    # the Hub: one file per task, streamed, each task giving its share (task 3 has one row to give)
+    per_task = tmp_path / "per-task"
+    per_task.mkdir()
+    for t in range(12):
+        write_jsonl(per_task / f"train-task{t:03d}.jsonl", _sni_rows([(t, 1 if t == 3 else 50)]))
+    files = [str(f) for f in sorted(per_task.iterdir())]
+    data = datasets.load_dataset("json", data_files=files, split="train", streaming=True)
+    assert data.num_shards == 12
+    drawn = tasks.spread_draw(data, 36, seed=0)
+    counts = {t: sum(_sni_task(tasks.task_row("sni", r)) == t for r in drawn) for t in range(12)}
+    assert len(drawn) == 36 and counts[3] == 1 and all(counts[t] >= 3 for t in counts if t != 3)
+    assert len({r["definition"] for r in drawn[:12]}) >= 6  # shuffled together, not file by file
+    assert tasks.spread_draw(data, 36, seed=0) == drawn and tasks.spread_draw(data, 36, seed=1) != drawn
+    hub = []  # hub_task_rows streams a Hub id through spread_draw
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda path, name=None, split=None, streaming=False: hub.append((path, split, streaming)) or data,
+    )
+    monkeypatch.setattr(
+        tasks, "PAPER_DATASETS", {**tasks.PAPER_DATASETS, "sni": {**tasks.PAPER_DATASETS["sni"], "path": "org/sni"}}
+    )
+    rows = tasks.hub_task_rows("sni", {"seed": 4, "train": 20, "eval": 12, "demos": 0})
+    assert hub == [("org/sni", "train", True), ("org/sni", "test", True)]
+    assert len({_sni_task(r) for r in rows["train"]}) >= 9 and len({_sni_task(r) for r in rows["eval"]}) == 12
+
+
 def test_cache_keys_follow_the_prompt_format(tmp_path, monkeypatch, cache_keys):
     """The extraction, a training run and a baseline key on the text the model is shown, so that
     a change of prompt format (GSM's open-instruct header, say) misses the cache."""
@@ -570,8 +636,18 @@ def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
         p.startswith("Answer the following questions.\n\nQuestion: There are 15 trees") for p, _ in eight
     )
     assert config.chat_format == "tulu" and all(cue == "Answer:" and p.endswith("?") for p, cue in eight)
+    checkpointing, train = [], study.train  # the paper's micro-batches train with gradient checkpointing on
+    monkeypatch.setattr(
+        study,
+        "train",
+        lambda model, *a, **kw: (
+            checkpointing.append(any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()))
+            or train(model, *a, **kw)
+        ),
+    )
     run = study.run_job(inputs, config, "gsm", "sensitive", 0)
     assert run["initialised"] > 0 and run["train"]["steps"] == 2
+    assert config.train.gradient_checkpointing and checkpointing == [True]
     assert sorted((a["shots"], a["item"]) for a in run["answers"]) == [(k, i) for k in (0, 8) for i in range(3)]
     base = study.baseline(inputs, config, "gsm", "student")
     assert len(base["answers"]) == 6 and all(set(a) >= {"prediction", "correct"} for a in base["answers"])

@@ -13,6 +13,11 @@ from kilib.transfer.tasks import TASKS, TINY_TASKS
 # plain LoRA; + the teacher's most sensitive window; + its most sensitive rows and columns (the paper's
 # ablation of the dimension reduction); + a random window (the control)
 METHODS = ("lora", "sensitive", "top", "random")
+# The most tokens one training micro-batch may hold (batch_size x max_length) in the paper profile: a 7B
+# student keeps about 4.5 MB of activations per token without gradient checkpointing (34 x hidden bytes per
+# layer in 16 bits, Korthikanti et al. 2022, over 32 layers), 147 GB for batch 16 x 2,048 tokens; with
+# checkpointing, 8,192 tokens keep about 2 GB of block inputs and one block's recompute.
+MICRO_BATCH_TOKENS = 8_192
 # Where a generated answer ends in the tiny profile: a blank line (the demonstrations' separator) or
 # the next question.
 STOP = ("\n\n", "\nQuestion:")
@@ -23,7 +28,9 @@ class TransferConfig:
     """One profile of the transfer study (docs/methods.md, "## 02 Parametric knowledge transfer").
     The paper: Llama-2 13B into 7B, 32 seed samples, LoRA rank 16 on every linear layer, the
     embeddings and the output head, 3 epochs at 3e-4, global batch 64, 3% warmup, 1,000 training
-    samples per task, examples of up to 2,048 tokens (their ``train.sh``: ``--cutoff_len 2048``)."""
+    samples per task, examples of up to 2,048 tokens (their ``train.sh``: ``--cutoff_len 2048``).
+    The global batch of 64 is 16 accumulated micro-batches of 4 with gradient checkpointing, so
+    that a micro-batch holds at most :data:`MICRO_BATCH_TOKENS` tokens."""
 
     teacher: str = "llama-m"  # zoo name (tiny, smoke) or Hub id / folder (paper)
     student: str = "llama-s"
@@ -47,16 +54,22 @@ class TransferConfig:
     stop: tuple[str, ...] = STOP
     train: TrainConfig = TrainConfig(
         epochs=3,
-        batch_size=16,
-        grad_accum=4,
+        batch_size=4,
+        grad_accum=16,  # global batch 4 x 16 = 64
         lr=3e-4,
         warmup_ratio=0.03,
         scheduler="linear",
         max_length=2048,
+        gradient_checkpointing=True,
         save_every_epoch=False,
         progress=False,
         logging_steps=5,
     )
+    # The teacher's full sensitivities are kept for this many student blocks at a time
+    # (kilib.transfer.extraction.cut_factors): 5.1 GB of float32 running sums for 4 blocks of a
+    # 13B teacher, against 42 GB for all 32 at once, at one pass over the seed samples per
+    # group. The factors are the same for any group size.
+    sensitivity_group_blocks: int = 4
     # What the models and data are: "tiny" or "smoke", the generated world and that zoo (teacher
     # and student name zoo models); "", the Hub's models and datasets. Enters no cache key.
     zoo: str = "tiny"

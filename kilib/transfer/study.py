@@ -5,7 +5,8 @@ tables, claims and prose the notebook shows.
 * :func:`study_inputs`: the teacher, the student and each task's disjoint seed, training,
   demonstration and evaluation rows (the tiny world and zoo, or the Hub).
 * :func:`extraction`: the teacher's sensitivity, the selected blocks and every way of cutting
-  the student's matrices (:mod:`kilib.transfer.method`), saved as rank-r factors; cached.
+  the student's matrices (:mod:`kilib.transfer.method`), group by group of blocks
+  (:mod:`kilib.transfer.extraction`), saved as rank-r factors; cached.
 * :func:`run_job` (a LoRA trained from peft's start or from the extracted factors, then
   evaluated) and :func:`baseline` (the untrained student or teacher); cached.
 * :func:`results_table`, :func:`compare`, :func:`paper_claims` and the notebook's other tables.
@@ -41,17 +42,15 @@ from kilib.runtime import KilibError, set_seed
 from kilib.stats import bootstrap_ci, paired_comparison
 from kilib.tiny import zoo
 from kilib.transfer import tasks
+from kilib.transfer.extraction import LiveBytes, cut_factors, student_skeleton
 from kilib.transfer.method import (
     best_submatrix,
     block_scores,
-    extract,
     init_lora_from,
     load_factors,
-    lora_factors,
     save_factors,
     select_layers,
     sensitivity,
-    teacher_name,
 )
 from kilib.transfer.presets import METHODS, TransferConfig
 
@@ -212,31 +211,49 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
 
 def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods, folder: Path) -> None:
     teacher, tokenizer = _load(inputs.teacher, config)
-    student, _ = _load(inputs.student, config)
+    student = student_skeleton(inputs.student)  # names and shapes only: no student weight is loaded
     samples = _samples(tokenizer, task, inputs.rows[task]["seed"], config.train.max_length, config.chat_format)
     # Two passes, so that a 13B teacher's sensitivity fits beside it on one GPU (docs/methods.md,
     # "## 02 Parametric knowledge transfer", memory): totals per parameter choose the blocks, then
-    # only the matrices the student's shapes are cut from are kept whole.
+    # only the matrices the student's shapes are cut from are kept whole, a group of
+    # config.sensitivity_group_blocks student blocks at a time, each group cut and kept as its
+    # rank-r factors (a 7B student's cut matrices in float32 would take 27 GB per way of cutting)
+    # before the next group's sensitivities are allocated.
     blocks = block_scores(sensitivity(teacher, samples, summed=True), len(decoder_layers(teacher)))
     selected = select_layers(blocks, len(decoder_layers(student)))
-    needed = sorted({teacher_name(n, selected) for n, p in student.named_parameters() if len(logical_shape(p)) == 2})
-    scores = sensitivity(teacher, samples, names=needed)
-    # Only each matrix's rank-r factors are kept (the LoRA starts from them): a 7B student's cut
-    # matrices in float32 would take 27 GB per way of cutting.
-    for how in methods:
-        save_factors(
-            extract(teacher, student, scores, selected, how=how, seed=0, each=lora_factors(student, config.rank)),
-            folder / f"{how}.safetensors",
-        )
     probe = "model.layers.{}.mlp.down_proj.weight"
     heat = {
         "name": probe.format(selected[0]),
         "shape": list(logical_shape(dict(student.named_parameters())[probe.format(0)])),
     }
-    torch.save(scores[heat["name"]].cpu(), folder / "probe_sensitivity.pt")
+
+    def keep_probe(scores) -> None:
+        if heat["name"] in scores:
+            torch.save(scores[heat["name"]].cpu(), folder / "probe_sensitivity.pt")
+
+    meter = LiveBytes()
+    factors = cut_factors(
+        teacher,
+        student,
+        samples,
+        selected,
+        methods,
+        config.rank,
+        config.sensitivity_group_blocks,
+        on_totals=meter,
+        on_scores=keep_probe,
+    )
+    for how in methods:
+        save_factors(factors[how], folder / f"{how}.safetensors")
     write_json(
         folder / "extraction.json",
-        {"block_scores": blocks, "selected": selected, "probe": heat, "seed_samples": len(inputs.rows[task]["seed"])},
+        {
+            "block_scores": blocks,
+            "selected": selected,
+            "probe": heat,
+            "seed_samples": len(inputs.rows[task]["seed"]),
+            "sensitivity_peak_bytes": meter.peak,  # the most bytes of running sums held at once
+        },
     )
 
 
@@ -311,11 +328,12 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
         "eval_rows": inputs.rows[task]["eval"],
         "demos": inputs.rows[task]["demos"],
         "extraction": extraction(inputs, config, task).name if method != "lora" else None,
-        # the models are keyed by model_ref above, so the preset's zoo stays out
+        # the models are keyed by model_ref above, so the preset's zoo stays out; the sensitivity's
+        # group size changes no number (kilib.transfer.extraction.cut_factors)
         "config": {
             k: v
             for k, v in dataclasses.asdict(config).items()
-            if k not in ("teacher", "student", "tasks", "methods", "seeds", "zoo")
+            if k not in ("teacher", "student", "tasks", "methods", "seeds", "zoo", "sensitivity_group_blocks")
         },
         "prompts": _prompts_hash(
             tasks.train_pairs(task, inputs.rows[task]["train"], config.chat_format),
@@ -330,7 +348,10 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
 def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str, seed: int, folder: Path) -> None:
     model, tokenizer = _load(inputs.student, config)
     set_seed(seed)
-    model = attach_lora(model, r=config.rank, include_embeddings=True)
+    # with gradient checkpointing, a 4-bit base goes through peft's preparation for it (inputs that require grad)
+    model = attach_lora(
+        model, r=config.rank, include_embeddings=True, gradient_checkpointing=config.train.gradient_checkpointing
+    )
     initialised = []
     if method != "lora":
         initialised = init_lora_from(

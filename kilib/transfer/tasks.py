@@ -6,8 +6,8 @@ prompts and formats, answers and scoring, and the rows each task draws from the 
   :func:`train_pair`.
 * Answers: :func:`task_answer` (the training target) and :func:`score` (GSM's last number,
   MMLU's letter, SNI's exact match and ROUGE-L, the closed-book questions' exact match).
-* Rows: :data:`PAPER_DATASETS`, :func:`task_row`, :func:`hub_task_rows` (the paper profile) and
-  :func:`qa_rows` (the tiny world's closed-book questions).
+* Rows: :data:`PAPER_DATASETS`, :func:`task_row`, :func:`hub_task_rows`, :func:`spread_draw`
+  (the paper profile) and :func:`qa_rows` (the tiny world's closed-book questions).
 """
 
 from __future__ import annotations
@@ -234,13 +234,15 @@ def rouge_l(prediction: str, reference: str) -> float:
 # The paper profile's data (docs/methods.md, "## 02 Parametric knowledge transfer"): Hub dataset,
 # config, and the split each role draws from. A local folder of parquet or jsonl files with the
 # same split names works in its place.
-# ``stream``: read in streaming mode and shuffled through a 10,000-row buffer (with the shards'
-# order), for SNI's millions of rows. A buffer draws only from its first rows plus the sample,
-# so for one ordered file (MMLU's test set is sorted by subject) it would never reach the end:
-# GSM8K and MMLU are loaded whole and shuffled over every row. ``demos_by_subject``: the whole
-# demonstration split in its order, and each question's k demonstrations are the first k of its
-# subject (MMLU's dev set has five per subject), as in open-instruct's MMLU evaluation. GSM8K's
-# demonstrations are no split but :data:`GSM_COT_EXEMPLARS`, as in open-instruct's GSM8K evaluation.
+# ``stream``: from the Hub, read in streaming mode and drawn across the split's files
+# (:func:`spread_draw`), for SNI's millions of rows in one file per task; a local copy is read
+# whole and shuffled over every row. A shuffle buffer alone draws only from its first rows plus
+# the sample, so on data ordered task by task (or MMLU's test set, sorted by subject) it would
+# never reach the end: GSM8K and MMLU are loaded whole and shuffled over every row.
+# ``demos_by_subject``: the whole demonstration split in its order, and each question's k
+# demonstrations are the first k of its subject (MMLU's dev set has five per subject), as in
+# open-instruct's MMLU evaluation. GSM8K's demonstrations are no split but
+# :data:`GSM_COT_EXEMPLARS`, as in open-instruct's GSM8K evaluation.
 PAPER_DATASETS = {
     "gsm": {
         "path": "openai/gsm8k",
@@ -316,17 +318,42 @@ def task_row(task: str, row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def spread_draw(data, n: int, seed: int = 0, buffer_size: int = 1_000) -> list[dict]:
+    """``n`` rows of a streamed split (a ``datasets.IterableDataset``) drawn across its files:
+    the files in an order shuffled with ``seed``, an equal share of ``n`` from each (the first
+    ``n % files`` give one more; a file with too few rows passes what it lacks to the next), each
+    file's share drawn through a ``buffer_size``-row shuffle buffer, and the rows shuffled
+    together. For SNI's one file per task, the draw spreads over the tasks evenly, where one
+    buffer over the whole split would draw from the first few tasks only."""
+    files = data.num_shards
+    order = list(range(files))
+    random.Random(f"spread-files|{seed}").shuffle(order)
+    rows: list[dict] = []
+    owed = 0
+    for k, index in enumerate(order):
+        want = n // files + (k < n % files) + owed
+        if want == 0:
+            continue
+        shard = data.shard(num_shards=files, index=index).shuffle(seed=seed, buffer_size=buffer_size)
+        got = list(shard.take(want))
+        rows += got
+        owed = want - len(got)
+    random.Random(f"spread-rows|{seed}").shuffle(rows)
+    return rows
+
+
 def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[str, list[dict]]:
     """``sizes`` rows per role (seed, train, demos, eval) from the task's Hub dataset, shuffled
-    with ``seed``: over the whole split, or streamed through a buffer where the dataset says
-    ``stream`` (SNI's training split alone has millions of rows). Seed, training and, where they
-    share a split, demonstration rows are disjoint."""
+    with ``seed``: over the whole split, or, where the dataset says ``stream`` and is read from
+    the Hub (SNI's training split alone has millions of rows), streamed and spread across the
+    split's files (:func:`spread_draw`). A local copy is always read whole and shuffled over every
+    row. Seed, training and, where they share a split, demonstration rows are disjoint."""
     # imported here: only the paper profile reads the Hub, and importing datasets takes seconds
     from datasets import load_dataset
 
     spec = PAPER_DATASETS[task]
     local = Path(str(spec["path"])).expanduser()
-    streaming = bool(spec.get("stream", True))
+    streaming = bool(spec.get("stream", True)) and not local.is_dir()
 
     def open_split(split: str):
         if not local.is_dir():
@@ -339,7 +366,7 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
                 f"for {task}: add it, or point kilib.transfer.tasks.PAPER_DATASETS at another folder"
             )
         builder = "parquet" if kinds == {".parquet"} else "json"
-        return load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=streaming)
+        return load_dataset(builder, data_files=[str(p) for p in files], split="train")
 
     def stream(split: str, n: int | None):
         """``n`` rows drawn with the seed; ``None``: every row, in the split's order."""
@@ -353,7 +380,7 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
         if n is None:
             return [task_row(task, r) for r in data]
         if streaming:
-            return [task_row(task, r) for r in data.shuffle(seed=seed, buffer_size=10_000).take(n)]
+            return [task_row(task, r) for r in spread_draw(data, n, seed)]
         return [task_row(task, r) for r in data.shuffle(seed=seed).select(range(min(n, len(data))))]
 
     order = ["seed", "train"] + (["demos"] if spec["demos"] == spec["train"] else [])
