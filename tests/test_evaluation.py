@@ -13,7 +13,17 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from kilib.lm.inference import choose_by_loglik, generate, next_token_choice, sequence_logprob
+from kilib.calm.model import ComposedLM
+from kilib.lm import inference
+from kilib.lm.inference import (
+    choose_by_loglik,
+    fit_batch_size,
+    generate,
+    kv_bytes_per_token,
+    next_token_choice,
+    sequence_logprob,
+)
+from kilib.lm.models import attach_lora
 from kilib.lm.scoring import contains_answer, exact_match, last_number, normalize_answer, parse_choice, token_f1
 from kilib.runtime import KilibError
 from kilib.stats import accuracy_with_ci, bootstrap_ci, classification_ci, f1_scores
@@ -589,3 +599,249 @@ def test_next_token_choice_is_the_argmax_of_a_direct_forward_pass(model, tokeniz
     assert index == 1
     with pytest.raises(KilibError, match="distinct candidate token ids"):
         next_token_choice(model, tokenizer, PROMPTS, [candidates[0], candidates[0]])
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring passes: no KV cache, logits only where scored
+# ----------------------------------------------------------------------------------------------
+
+
+class HeadRows:
+    """Counts the rows the output head projects and keeps each forward's output."""
+
+    def __init__(self, model):
+        self.rows, self.outputs = 0, []
+        self.handles = [
+            model.get_output_embeddings().register_forward_hook(self.count),
+            model.register_forward_hook(self.keep),
+        ]
+
+    def count(self, module, args, output):
+        self.rows += args[0].shape[:-1].numel()
+
+    def keep(self, module, args, output):
+        self.outputs.append(output)
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+class NoKeywordsLM(torch.nn.Module):
+    """A causal LM whose forward takes neither ``logits_to_keep`` nor ``use_cache``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+SCORED_PROMPTS = ["hi", "the quick brown fox jumps over", "Question: what is 3 + 4? Answer:", "A:"]
+SCORED_CONTINUATIONS = [" there friend", " the lazy dog", " 7", " (b) refutes the claim entirely"]
+
+
+def _scored(tokenizer, monkeypatch=None, sliced=False, model=None, wrap=lambda m: m):
+    """(sequence_logprob scores, next_token_choice output, head rows of each, outputs) in one run."""
+    if sliced:
+        monkeypatch.setattr(inference, "SLICED_LOGITS_DEVICES", ("cpu", "cuda"))
+    counter = HeadRows(model)
+    try:
+        scores = sequence_logprob(wrap(model), tokenizer, SCORED_PROMPTS, SCORED_CONTINUATIONS, batch_size=3)
+        score_rows, counter.rows = counter.rows, 0
+        choices = next_token_choice(wrap(model), tokenizer, SCORED_PROMPTS, [5, 6, 7], batch_size=3)
+    finally:
+        counter.remove()
+    return scores, choices, score_rows, counter.rows, counter.outputs
+
+
+def test_scoring_builds_no_cache_and_projects_only_the_scored_positions(model, tokenizer, monkeypatch):
+    full_scores, full_choices, full_rows, _, outputs = _scored(tokenizer, model=model)
+    assert outputs and all(o.past_key_values is None for o in outputs)  # no KV cache is built
+    lengths = [len(tokenizer(p)["input_ids"]) for p in SCORED_PROMPTS]
+    n_cont = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in SCORED_CONTINUATIONS]
+    totals = sorted((p + c for p, c in zip(lengths, n_cont)), reverse=True)
+    assert full_rows == 3 * totals[0] + totals[3]  # on the CPU: every position of both padded batches
+
+    scores, choices, score_rows, choice_rows, outputs = _scored(tokenizer, monkeypatch, True, model)
+    assert all(o.past_key_values is None for o in outputs)
+    assert score_rows == sum(n_cont)  # the positions that predict a continuation token, no more
+    assert choice_rows == len(SCORED_PROMPTS)  # each prompt's last position
+    assert scores == pytest.approx(full_scores, abs=1e-5)
+    direct = [_direct_logprob(model, tokenizer, p, c) for p, c in zip(SCORED_PROMPTS, SCORED_CONTINUATIONS)]
+    assert scores == pytest.approx(direct, abs=1e-4)
+    assert [c for c, _ in choices] == [c for c, _ in full_choices]
+    for (_, probs), (_, full) in zip(choices, full_choices):
+        assert probs == pytest.approx(full, rel=1e-5)
+
+
+def test_logits_to_keep_reaches_the_model_through_wrappers_or_is_not_passed(model, tokenizer, monkeypatch):
+    from kilib.memory.model import attach_memory
+
+    takes = inference._forward_takes
+    assert takes(model, "logits_to_keep") and takes(model, "use_cache")
+    lora = attach_lora(LlamaForCausalLM(model.config), r=4)
+    assert takes(lora, "logits_to_keep")
+    memory = attach_memory(LlamaForCausalLM(model.config))
+    assert takes(memory, "logits_to_keep")
+    composed = ComposedLM(LlamaForCausalLM(model.config), LlamaForCausalLM(model.config), every=1)
+    assert takes(composed, "logits_to_keep")
+    memory.remove()
+    composed.remove()
+    assert not takes(NoKeywordsLM(model), "logits_to_keep") and not takes(NoKeywordsLM(model), "use_cache")
+
+    # A forward without the keywords gets the full logits, and the same scores as the model itself.
+    reference = _scored(tokenizer, model=model)
+    scores, choices, score_rows, _, _ = _scored(tokenizer, monkeypatch, True, model, wrap=NoKeywordsLM)
+    assert scores == reference[0] and choices == reference[1]
+    assert score_rows == reference[2]
+
+
+def test_scoring_through_wrappers_matches_the_model(model, tokenizer):
+    """The memory model and CALM's composition score with use_cache off as their own forward
+    computes: the same as calling them directly, position by position."""
+    from kilib.memory.model import attach_memory
+
+    torch.manual_seed(1)
+    composed = ComposedLM(model, LlamaForCausalLM(model.config).eval(), every=1, zero_init=False)
+    memory = None
+    try:
+        for wrapped in (composed, "memory"):
+            if wrapped == "memory":
+                composed.remove()
+                wrapped = memory = attach_memory(model)
+            (got,) = sequence_logprob(wrapped, tokenizer, ["Claim: Paris is"], [" the capital of France"])
+            expected = _direct_logprob(wrapped, tokenizer, "Claim: Paris is", " the capital of France")
+            assert got == pytest.approx(expected, abs=1e-4)
+            assert got != pytest.approx(_direct_logprob(model, tokenizer, "Claim: Paris is", " the capital"), abs=1e-3)
+    finally:
+        composed.remove()
+        if memory is not None:
+            memory.remove()
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches sized to the GPU's free memory
+# ----------------------------------------------------------------------------------------------
+
+
+class ConfigOnly:
+    """What fit_batch_size reads of a model: its config, dtype and device."""
+
+    def __init__(self, config, dtype=torch.bfloat16, device="cuda"):
+        self.config, self.dtype, self.device = config, dtype, torch.device(device)
+
+
+LLAMA_7B = LlamaConfig(
+    hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000
+)
+GQA_8B = LlamaConfig(  # Llama-3-8B: 8 key-value heads for 32 query heads
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+)
+WIDE_HEADS = LlamaConfig(  # a head width set apart from hidden_size / heads (as Gemma's)
+    hidden_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=4, head_dim=256, vocab_size=1000
+)
+GIB = 2**30
+
+
+def _direct_fit(layers, kv_heads, head_dim, vocab, element, tokens, free, logit_rows=1):
+    per_row = 2 * layers * kv_heads * head_dim * element * tokens + logit_rows * vocab * (element + 4)
+    return max(1, min(64, int(0.8 * free) // per_row))
+
+
+@pytest.mark.parametrize(
+    "config, layout",
+    [(LLAMA_7B, (32, 32, 128, 32000)), (GQA_8B, (32, 8, 128, 128256)), (WIDE_HEADS, (28, 4, 256, 1000))],
+)
+@pytest.mark.parametrize("free_gib", [0.25, 8, 20, 70])
+@pytest.mark.parametrize("dtype, element", [(torch.bfloat16, 2), (torch.float32, 4)])
+def test_fit_batch_size_against_a_direct_computation(config, layout, free_gib, dtype, element):
+    layers, kv_heads, head_dim, vocab = layout
+    assert kv_bytes_per_token(config, dtype) == 2 * layers * kv_heads * head_dim * element
+    free = int(free_gib * GIB)
+    for prompt, new in ((512, 32), (2048, 256), (40, 1)):
+        got = fit_batch_size(ConfigOnly(config, dtype), 16, prompt, new, free_bytes=free)
+        assert got == _direct_fit(layers, kv_heads, head_dim, vocab, element, prompt + new, free)
+        scoring = fit_batch_size(ConfigOnly(config, dtype), 16, prompt, 0, free_bytes=free, logit_rows=new)
+        assert scoring == _direct_fit(layers, kv_heads, head_dim, vocab, element, prompt, free, logit_rows=new)
+
+
+def test_fit_batch_size_worked_examples():
+    # Llama-7B in bf16: 0.5 MiB of KV cache per token; 544 tokens and 32000 x 6 bytes of logits a row
+    assert kv_bytes_per_token(LLAMA_7B, torch.bfloat16) == 2**19
+    assert fit_batch_size(ConfigOnly(LLAMA_7B), 16, 512, 32, free_bytes=8 * GIB) == 24  # 6.87e9 // 285404672
+    assert fit_batch_size(ConfigOnly(LLAMA_7B), 16, 512, 32, free_bytes=70 * GIB) == 64  # the cap
+    assert fit_batch_size(ConfigOnly(LLAMA_7B), 16, 4096, 512, free_bytes=GIB // 4) == 1  # at least one row
+    # GQA keeps a quarter of the keys and values: four times the rows of the same model without it
+    gqa = LlamaConfig(**{**LLAMA_7B.to_dict(), "num_key_value_heads": 8})
+    assert fit_batch_size(ConfigOnly(gqa), 16, 512, 32, free_bytes=2 * GIB) == 24  # 1.72e9 // 71495168
+    assert fit_batch_size(ConfigOnly(LLAMA_7B), 16, 512, 32, free_bytes=2 * GIB) == 6  # 1.72e9 // 285404672
+
+
+def test_fit_batch_size_keeps_the_request_on_the_cpu(model):
+    assert fit_batch_size(model, 16, 512, 32) == 16
+    assert fit_batch_size(ConfigOnly(LLAMA_7B, device="cpu"), 5, 512, 32) == 5
+    assert fit_batch_size(model, 16, 512, 32, free_bytes=GIB) == 64  # measured memory is used wherever given
+    with pytest.raises(KilibError, match="prompt_tokens"):
+        fit_batch_size(model, 16, 0, 32, free_bytes=GIB)
+
+
+def test_composed_model_counts_both_caches_and_the_bridged_states(model):
+    augment = LlamaForCausalLM(model.config).eval()
+    composed = ComposedLM(model, augment, every=1)
+    try:
+        one = kv_bytes_per_token(model.config, torch.float32)
+        states = len(composed.plan) * model.config.hidden_size * 4
+        assert composed.cache_bytes_per_token() == 2 * one + states
+        free = 10**7
+        per_row = composed.cache_bytes_per_token() * 12 + model.config.vocab_size * 8
+        assert fit_batch_size(composed, 16, 10, 2, free_bytes=free) == min(64, int(0.8 * free) // per_row)
+    finally:
+        composed.remove()
+
+
+def test_auto_batch_size_sizes_generation_and_scoring(model, tokenizer, monkeypatch):
+    calls, rows = [], []
+    real = inference.fit_batch_size
+
+    def fit(m, requested, prompt_tokens, new_tokens, **kwargs):
+        calls.append((requested, prompt_tokens, new_tokens, kwargs.get("logit_rows", 1)))
+        assert real(m, requested, prompt_tokens, new_tokens, **kwargs) == requested  # on the CPU
+        return 2
+
+    reference = generate(model, tokenizer, PROMPTS, max_new_tokens=5)
+    monkeypatch.setattr(inference, "fit_batch_size", fit)
+    handle = model.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        assert generate(model, tokenizer, PROMPTS, max_new_tokens=5, batch_size="auto") == reference
+        longest = max(len(tokenizer(p)["input_ids"]) for p in PROMPTS)
+        assert calls == [(16, longest, 5, 1)] and max(rows) == 2
+        calls.clear()
+        rows.clear()
+        got = sequence_logprob(model, tokenizer, SCORED_PROMPTS, SCORED_CONTINUATIONS, batch_size="auto")
+        assert got == sequence_logprob(model, tokenizer, SCORED_PROMPTS, SCORED_CONTINUATIONS, batch_size=2)
+        totals = [
+            len(tokenizer(p)["input_ids"]) + len(tokenizer(c, add_special_tokens=False)["input_ids"])
+            for p, c in zip(SCORED_PROMPTS, SCORED_CONTINUATIONS)
+        ]
+        assert calls == [(16, max(totals), 0, max(totals))]  # full logits on the CPU: every position
+        assert set(rows) == {2}
+        calls.clear()
+        next_token_choice(model, tokenizer, SCORED_PROMPTS, [5, 6, 7], batch_size="auto")
+        assert calls[0][2:] == (0, max(len(tokenizer(p)["input_ids"]) for p in SCORED_PROMPTS))
+    finally:
+        handle.remove()
+    with pytest.raises(KilibError, match="'auto'"):
+        sequence_logprob(model, tokenizer, ["a"], [" b"], batch_size="big")

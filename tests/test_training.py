@@ -1,5 +1,6 @@
 """SFT masking, LM blocks and the training loop (resume included)."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,17 +10,21 @@ from conftest import make_metaspace_tokenizer, make_model, make_tokenizer
 from tokenizers import processors
 from transformers import PreTrainedTokenizerFast, TrainerCallback
 
+from kilib.lm import training
+from kilib.lm.models import WrappedLM
 from kilib.lm.training import (
     IGNORE_INDEX,
     PackingCollator,
     TrainConfig,
     check_packing,
+    checkpointing_on,
     collator,
     freeze_all_but,
     latest_checkpoint,
     lm_dataset,
     render_answer,
     render_prompt,
+    resolve_optimizer,
     sft_dataset,
     tokenize_sft,
     train,
@@ -311,3 +316,68 @@ def test_a_templated_answer_is_tokenised_as_it_follows_the_template(template):
     assert alone != ex["input_ids"][n:]  # what tokenising the answer on its own gives instead
     first = tok.convert_ids_to_tokens(ex["input_ids"][n:])[0]
     assert first.startswith("Answer" if template == "tulu" else "▁Answer"), first
+
+
+# ---------------------------------------------------------------------------------------
+# The optimizer and gradient checkpointing
+# ---------------------------------------------------------------------------------------
+class RecordArgs(TrainerCallback):
+    def __init__(self):
+        self.optim = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.optim = str(args.optim.value if hasattr(args.optim, "value") else args.optim)
+
+
+class NoCheckpointing(WrappedLM):
+    """A kilib wrapper that defines no gradient checkpointing."""
+
+    wrapped = "base"
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+
+
+def test_auto_optimizer_is_fused_adamw_on_cuda_and_foreach_adamw_on_the_cpu(monkeypatch):
+    assert resolve_optimizer("auto", "cuda") == "adamw_torch_fused"
+    assert resolve_optimizer("auto", torch.device("cuda", 0)) == "adamw_torch_fused"
+    assert resolve_optimizer("auto", "cpu") == "adamw_torch"
+    for device in ("cpu", "cuda"):
+        assert resolve_optimizer("adamw_torch", device) == "adamw_torch"  # an explicit name is kept
+        assert resolve_optimizer("adafactor", device) == "adafactor"
+    assert TrainConfig.__dataclass_fields__["optimizer"].default == "auto"
+
+    monkeypatch.setattr(training, "cuda_available", lambda: False)
+    assert TrainConfig().optimizer == "adamw_torch"  # the CPU profiles' optimizer, and their cache keys, as before
+    assert dataclasses.asdict(TrainConfig(lr=1e-3))["optimizer"] == "adamw_torch"
+    monkeypatch.setattr(training, "cuda_available", lambda: True)
+    assert TrainConfig().optimizer == "adamw_torch_fused"
+    assert TrainConfig(optimizer="adamw_torch").optimizer == "adamw_torch"
+    assert dataclasses.replace(TrainConfig(), lr=1e-3).optimizer == "adamw_torch_fused"
+
+
+def test_training_on_the_cpu_uses_foreach_adamw(tmp_path):
+    tok = make_tokenizer()
+    data = sft_dataset(tok, [{"prompt": "who won?", "answer": "the rovers"}] * 2)
+    record = RecordArgs()
+    config = TrainConfig(max_steps=1, progress=False, save_every_epoch=False)
+    train(make_model("llama", tok), data, config, tmp_path, tokenizer=tok, callbacks=[record])
+    assert record.optim == ("adamw_torch_fused" if torch.cuda.is_available() else "adamw_torch")
+
+
+def test_gradient_checkpointing_is_on_or_refused(tmp_path):
+    from kilib.memory.model import attach_memory
+
+    tok = make_tokenizer()
+    data = sft_dataset(tok, [{"prompt": "who won?", "answer": "the rovers"}] * 2)
+    config = TrainConfig(max_steps=1, progress=False, save_every_epoch=False, gradient_checkpointing=True)
+    unsupported = NoCheckpointing(make_model("llama", tok))
+    freeze_all_but(unsupported, ["lm_head"])
+    with pytest.raises(KilibError, match="NoCheckpointing cannot checkpoint gradients.*gradient_checkpointing=False"):
+        train(unsupported, data, config, tmp_path / "refused", tokenizer=tok)
+    assert not (tmp_path / "refused").exists()  # refused before anything ran
+
+    memory = attach_memory(make_model("llama", tok))
+    result = train(memory, data, config, tmp_path / "memory", tokenizer=tok)
+    assert result.steps == 1 and checkpointing_on(memory)

@@ -25,6 +25,7 @@ that return a tensor (transformers 5) or a tuple.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from pathlib import Path
@@ -36,7 +37,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache
 
+from kilib.lm.inference import kv_bytes_per_token, model_dtype
 from kilib.lm.models import WrappedLM, block_hidden, check_same_tokenizer, decoder_layers, with_block_hidden
+from kilib.lm.training import enable_gradient_checkpointing
 from kilib.results import atomic_path, read_json, write_json
 from kilib.runtime import KilibError
 
@@ -221,6 +224,50 @@ class ComposedLM(WrappedLM):
             self._enabled = False
             self._states, self._augment_cache, self._mask, self._encoded = [], None, None, None
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        """Checkpoint the anchor's blocks, non-reentrant
+        (:func:`kilib.lm.training.enable_gradient_checkpointing`), with the hooks' state of each
+        forward pass restored whenever the backward pass recomputes a block. Transformers versions
+        that checkpoint a block's call rather than its forward run the block's hooks again in the
+        recompute, after ``forward`` has turned them off: the injection would add nothing there,
+        and the bridges' gradients would come from a block that never ran. m_A runs without
+        gradients and is not checkpointed."""
+        enable_gradient_checkpointing(self.anchor, gradient_checkpointing_kwargs)
+        wrapped = 0
+        for module in self.anchor.modules():
+            checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(module, "gradient_checkpointing", False) is True and callable(checkpoint):
+                if getattr(checkpoint, "func", None) != self._checkpoint:
+                    module._gradient_checkpointing_func = functools.partial(self._checkpoint, checkpoint)
+                wrapped += 1
+        if not wrapped:
+            raise KilibError(
+                "the anchor's blocks checkpoint through no _gradient_checkpointing_func, so CALM's hooks cannot be "
+                "kept right in the recompute: set gradient_checkpointing=False in CALM's TrainConfig"
+            )
+
+    def _checkpoint(self, checkpoint, function, *args, **kwargs):
+        """``checkpoint(function, *args, **kwargs)`` with ``function`` run under the hooks' state
+        of this call, in the forward pass and again when the backward pass recomputes it."""
+        state = self._hook_state()
+
+        def run(*inner_args, **inner_kwargs):
+            saved = self._hook_state()
+            self._set_hook_state(state)
+            try:
+                return function(*inner_args, **inner_kwargs)
+            finally:
+                self._set_hook_state(saved)
+
+        return checkpoint(run, *args, **kwargs)
+
+    def _hook_state(self) -> tuple:
+        return self._enabled, list(self._states), self._mask, self._encoded
+
+    def _set_hook_state(self, state: tuple) -> None:
+        self._enabled, states, self._mask, self._encoded = state
+        self._states = list(states)
+
     def remove(self) -> None:
         """Detach the hooks: the anchor and m_A are themselves again."""
         for h in self._handles:
@@ -230,6 +277,15 @@ class ComposedLM(WrappedLM):
     @property
     def added_parameters(self) -> int:
         return sum(p.numel() for p in self.bridges.parameters())
+
+    def cache_bytes_per_token(self) -> int:
+        """Bytes one token of one row keeps during generation (what
+        :func:`kilib.lm.inference.fit_batch_size` sizes batches by): the anchor's KV cache, m_A's
+        own, and m_A's block outputs that the bridges read, one per bridge."""
+        augment_dtype = model_dtype(self.augment)
+        states = len(self.plan) * width(self.augment) * torch.empty((), dtype=augment_dtype).element_size()
+        anchor_kv = kv_bytes_per_token(self.anchor.config, model_dtype(self.anchor))
+        return anchor_kv + kv_bytes_per_token(self.augment.config, augment_dtype) + states
 
     # -- hooks ----------------------------------------------------------------------
     def _before_anchor(self, module, args, kwargs):

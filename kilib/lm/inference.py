@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Sequence
 
 import torch
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from kilib.lm.models import padding_side
+from kilib.lm.models import WrappedLM, padding_side
 from kilib.runtime import KilibError
+
+AUTO = "auto"  # batch_size="auto": sized to the GPU's free memory by fit_batch_size
+DEFAULT_BATCH_SIZE = 16  # what "auto" gives where no GPU memory is measured (a model on the CPU)
+MAX_AUTO_BATCH = 64  # the largest batch "auto" gives
+MEMORY_FRACTION = 0.8  # the share of the GPU's free memory "auto" plans to fill
+# Devices where scoring asks the output head for the scored positions only (logits_to_keep). Not
+# the CPU: a matrix product over fewer rows can round differently in the last bit there (oneDNN
+# picks its kernel and thread split by the row count: 1-3 rows, or 17 rows on 16 threads, differ
+# from the same rows inside a larger product), so the CPU profiles' scores stay exactly those of
+# the full logits, whose [batch, positions, vocabulary] tensor is small on their models.
+SLICED_LOGITS_DEVICES = ("cuda",)
 
 # ----------------------------------------------------------------------------------------------
 # Model helpers: generation and log-likelihood
@@ -22,6 +35,127 @@ def _model_device(model):
     if device is None:
         device = next(model.parameters()).device
     return device
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype the model computes in (its KV cache's): ``model.dtype``, else its first floating-point parameter's."""
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes in one row: keys and values of every layer,
+    2 x layers x kv_heads x head_dim x bytes per element (grouped-query attention keeps
+    ``num_key_value_heads`` heads, fewer than the query heads)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def cache_bytes_per_token(model) -> int:
+    """Bytes one token of one row keeps while a batch is generated: the model's own
+    ``cache_bytes_per_token()`` where it defines one (CALM's composition keeps two caches),
+    else its KV cache from its config."""
+    own = getattr(model, "cache_bytes_per_token", None)
+    if callable(own):
+        return int(own())
+    return kv_bytes_per_token(model.config, model_dtype(model))
+
+
+def fit_batch_size(
+    model,
+    requested: int,
+    prompt_tokens: int,
+    new_tokens: int,
+    *,
+    free_bytes: int | None = None,
+    logit_rows: int = 1,
+    cap: int = MAX_AUTO_BATCH,
+    fraction: float = MEMORY_FRACTION,
+) -> int:
+    """The largest batch (1 to ``cap``) whose rows fit in ``fraction`` of the GPU's free memory.
+
+    One row takes its KV cache over ``prompt_tokens + new_tokens`` positions
+    (:func:`cache_bytes_per_token`) and ``logit_rows`` rows of logits over the vocabulary, in the
+    model's dtype and as the float32 copy that generation and scoring take of them. ``free_bytes``
+    defaults to the free memory of the model's GPU: ``torch.cuda.mem_get_info()``'s, plus what
+    torch's allocator holds reserved and unused. For a model on the CPU (and no ``free_bytes``)
+    ``requested`` is returned unchanged. The rest of the free memory is left to the activations
+    of a forward pass; without a cache (scoring), the KV term stands for those activations,
+    which it exceeds (one layer's at a time against every layer's keys and values).
+    """
+    if free_bytes is None:
+        device = torch.device(_model_device(model))
+        if device.type != "cuda":
+            return requested
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+        free_bytes += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if prompt_tokens < 1 or new_tokens < 0 or logit_rows < 0:
+        raise KilibError(
+            f"fit_batch_size got prompt_tokens={prompt_tokens}, new_tokens={new_tokens}, logit_rows={logit_rows}: "
+            "pass the longest row's token count (at least 1) and non-negative counts"
+        )
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    logit_bytes = int(config.vocab_size) * (torch.empty((), dtype=model_dtype(model)).element_size() + 4)
+    per_row = cache_bytes_per_token(model) * (prompt_tokens + new_tokens) + logit_rows * logit_bytes
+    return max(1, min(int(cap), int(fraction * free_bytes) // per_row))
+
+
+def _resolve_batch_size(model, batch_size, shape) -> int:
+    """``batch_size`` as given, or for "auto" :func:`fit_batch_size` with ``shape()``'s
+    (prompt_tokens, new_tokens, logit_rows), computed only then."""
+    if isinstance(batch_size, str):
+        if batch_size != AUTO:
+            raise KilibError(f"batch_size must be a positive integer or {AUTO!r}, got {batch_size!r}")
+        prompt_tokens, new_tokens, logit_rows = shape()
+        return fit_batch_size(model, DEFAULT_BATCH_SIZE, prompt_tokens, new_tokens, logit_rows=logit_rows)
+    return batch_size
+
+
+def _forward_takes(model, name: str) -> bool:
+    """Whether ``model(..., name=...)`` reaches a forward that takes ``name``: named in its
+    signature, or passed on through ``**kwargs`` by a peft wrapper (LoRA, not prompt learning,
+    which shifts the positions) or a kilib :class:`~kilib.lm.models.WrappedLM` to the model it wraps."""
+    seen: set[int] = set()
+    while model is not None and id(model) not in seen:
+        seen.add(id(model))
+        params = inspect.signature(model.forward).parameters
+        if name in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+        if isinstance(model, WrappedLM):
+            model = model._model
+        elif isinstance(model, PeftModel) and not model.active_peft_config.is_prompt_learning:
+            model = model.get_base_model()
+        else:
+            return False
+    return False
+
+
+def _slices_logits(model) -> bool:
+    """Whether scoring passes ``logits_to_keep``: on a device of :data:`SLICED_LOGITS_DEVICES`,
+    to a forward that takes it (:func:`_forward_takes`)."""
+    device = torch.device(_model_device(model))
+    return device.type in SLICED_LOGITS_DEVICES and _forward_takes(model, "logits_to_keep")
+
+
+def _logits_at(model, input_ids, attention_mask, keep, *, slice_logits: bool, no_cache: bool):
+    """The logits at the True positions of ``keep`` [B, T], row by row: [N, V] for N True
+    positions. No KV cache is built (``no_cache``: ``use_cache=False``), and with ``slice_logits``
+    (:func:`_slices_logits`) the output head projects only those positions; otherwise the full
+    logits are computed and indexed. The hidden states are the same either way."""
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if no_cache:
+        kwargs["use_cache"] = False
+    if slice_logits:
+        kwargs["logits_to_keep"] = keep  # a 2-D bool mask: the kept positions, flattened row by row
+    logits = model(**kwargs).logits
+    return logits[keep.to(logits.device)] if logits.dim() == 3 else logits
 
 
 def _batches(order: list[int], batch_size: int, progress: bool, desc: str):
@@ -77,7 +211,7 @@ def generate(
     *,
     max_new_tokens: int = 32,
     stop: Sequence[str] = (),
-    batch_size: int = 16,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
     progress: bool = False,
 ) -> list[str]:
     """Greedy generation for each prompt; returns only the new text, cut before the first stop string.
@@ -92,6 +226,8 @@ def generate(
     the reference behaviour. Prompts are batched longest first to limit padding; the output
     for a prompt does not depend on its batch (tested against batch size 1). The model runs
     in eval mode under ``torch.inference_mode()``; its previous mode is restored.
+    ``batch_size="auto"`` sizes the batches to the GPU's free memory for the longest prompt and
+    ``max_new_tokens`` (:func:`fit_batch_size`).
 
     transformers' own ``stop_strings=`` is not used: it matches stop strings against the tail
     of the whole sequence, prompt included, so it can stop where post-hoc truncation would not.
@@ -128,6 +264,11 @@ def generate(
     eos = _eos_ids(model, tokenizer)
     config.eos_token_id = eos or None
 
+    batch_size = _resolve_batch_size(
+        model,
+        batch_size,
+        lambda: (max(len(ids) for ids in tokenizer(prompts)["input_ids"]), int(max_new_tokens), 1),
+    )
     device = _model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
@@ -182,7 +323,14 @@ def _continuation_logprobs(model, tokenizer, prompts, continuations, batch_size,
             f"got {len(prompts)} prompts and {len(continuations)} continuations: pass one continuation per prompt"
         )
     pairs = [_pair_ids(tokenizer, str(p), str(c)) for p, c in zip(prompts, continuations)]
+    if not pairs:
+        return []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    slice_logits, no_cache = _slices_logits(model), _forward_takes(model, "use_cache")
+    longest = max(len(ids) for ids, _ in pairs)
+    batch_size = _resolve_batch_size(
+        model, batch_size, lambda: (longest, 0, max(n for _, n in pairs) if slice_logits else longest)
+    )
     device = _model_device(model)
     order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
@@ -192,13 +340,26 @@ def _continuation_logprobs(model, tokenizer, prompts, continuations, batch_size,
         with torch.inference_mode():
             for batch in _batches(order, batch_size, progress, "log-likelihood"):
                 input_ids, attention_mask = _right_padded([pairs[i][0] for i in batch], pad_id)
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+                # logits at position t predict token t + 1: a continuation of n tokens ending at
+                # position L - 1 is predicted at positions L - n - 1 to L - 2
+                keep = torch.zeros_like(input_ids, dtype=torch.bool)
                 for row, i in enumerate(batch):
                     ids, n_cont = pairs[i]
-                    start = len(ids) - n_cont
-                    # logits at position t predict token t + 1
-                    step_logits = logits[row, start - 1 : len(ids) - 1].float()
-                    targets = torch.tensor(ids[start:], dtype=torch.long, device=step_logits.device)
+                    keep[row, len(ids) - n_cont - 1 : len(ids) - 1] = True
+                logits = _logits_at(
+                    model,
+                    input_ids.to(device),
+                    attention_mask.to(device),
+                    keep.to(device),
+                    slice_logits=slice_logits,
+                    no_cache=no_cache,
+                )
+                offset = 0
+                for i in batch:
+                    ids, n_cont = pairs[i]
+                    step_logits = logits[offset : offset + n_cont].float()
+                    offset += n_cont
+                    targets = torch.tensor(ids[len(ids) - n_cont :], dtype=torch.long, device=step_logits.device)
                     logprobs = torch.log_softmax(step_logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
                     results[i] = (float(logprobs.sum()), n_cont)
                 del logits
@@ -212,7 +373,7 @@ def sequence_logprob(
     tokenizer,
     prompts: Sequence[str],
     continuations: Sequence[str],
-    batch_size: int = 16,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
 ) -> list[float]:
     """Sum of log p(continuation tokens | prompt) for each (prompt, continuation) pair.
 
@@ -220,7 +381,10 @@ def sequence_logprob(
     continuation without special tokens, separately, and the ids are concatenated, so the
     boundary is exact (tokenising the joined string could merge tokens across it). Batches are
     right-padded with an attention mask; padding never enters a score. Log-softmax is taken in
-    float32. The model runs in eval mode under ``torch.inference_mode()``.
+    float32. The model runs in eval mode under ``torch.inference_mode()``, without a KV cache; on a
+    GPU its output head projects only the positions that predict a continuation token, where its
+    forward takes ``logits_to_keep`` (peft and kilib's wrappers pass it on; see
+    :data:`SLICED_LOGITS_DEVICES`). ``batch_size="auto"``: see :func:`fit_batch_size`.
     """
     prompts, continuations = list(prompts), list(continuations)
     return [score for score, _ in _continuation_logprobs(model, tokenizer, prompts, continuations, batch_size)]
@@ -232,7 +396,7 @@ def choose_by_loglik(
     prompt: str | Sequence[str],
     choices: Sequence[Sequence[str]] | Sequence[str],
     normalize: bool = False,
-    batch_size: int = 16,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
 ) -> list[int]:
     """Multiple choice by log-likelihood (MMLU-style): the index of the best choice per prompt.
 
@@ -275,7 +439,7 @@ def next_token_choice(
     tokenizer,
     prompts: Sequence[str],
     candidates: Sequence[int],
-    batch_size: int = 16,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
 ) -> list[tuple[int, list[float]]]:
     """Multiple choice by the next token (open-instruct's MMLU evaluation, which Zhong et al. use):
     per prompt, the index of the candidate token the model finds most likely right after the prompt
@@ -285,7 +449,8 @@ def next_token_choice(
     One forward pass per prompt, where :func:`choose_by_loglik` takes one per choice. Prompts are
     tokenised as :func:`generate` tokenises them (BOS included) and right-padded, so that every
     row's last real position keeps its own position ids. Softmax in float32, eval mode,
-    ``torch.inference_mode()``.
+    ``torch.inference_mode()``, no KV cache; on a GPU the output head projects only each row's last
+    position (as :func:`sequence_logprob`). ``batch_size="auto"``: see :func:`fit_batch_size`.
     """
     prompts, candidates = [str(p) for p in prompts], [int(c) for c in candidates]
     if not candidates or len(set(candidates)) != len(candidates):
@@ -296,7 +461,12 @@ def next_token_choice(
     encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
     if any(not ids for ids in encoded):
         raise KilibError("a prompt tokenises to no tokens, so nothing predicts its next token: use non-empty prompts")
+    if not encoded:
+        return []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    slice_logits, no_cache = _slices_logits(model), _forward_takes(model, "use_cache")
+    longest = max(len(ids) for ids in encoded)
+    batch_size = _resolve_batch_size(model, batch_size, lambda: (longest, 0, 1 if slice_logits else longest))
     device = _model_device(model)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     out: list[tuple[int, list[float]]] = [(0, [])] * len(encoded)
@@ -307,9 +477,18 @@ def next_token_choice(
         with torch.inference_mode():
             for batch in _batches(order, batch_size, False, "next token"):
                 input_ids, attention_mask = _right_padded([encoded[i] for i in batch], pad_id)
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-                last = torch.tensor([len(encoded[i]) - 1 for i in batch], device=logits.device)
-                probs = torch.softmax(logits[torch.arange(len(batch), device=logits.device), last].float(), dim=-1)
+                keep = torch.zeros_like(input_ids, dtype=torch.bool)
+                for row, i in enumerate(batch):
+                    keep[row, len(encoded[i]) - 1] = True  # each row's last real position
+                logits = _logits_at(
+                    model,
+                    input_ids.to(device),
+                    attention_mask.to(device),
+                    keep.to(device),
+                    slice_logits=slice_logits,
+                    no_cache=no_cache,
+                )
+                probs = torch.softmax(logits.float(), dim=-1)
                 chosen = probs[:, index.to(probs.device)].cpu()
                 for row, i in enumerate(batch):
                     values = chosen[row].tolist()

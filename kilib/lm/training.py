@@ -20,9 +20,24 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, Trainer, Train
 from transformers.trainer_callback import PrinterCallback
 
 from kilib.lm.models import check_trainable_4bit_layout
-from kilib.runtime import KilibError
+from kilib.runtime import KilibError, cuda_available
 
 IGNORE_INDEX = -100  # label value the cross-entropy ignores: prompt and padding tokens
+AUTO_OPTIMIZER = "auto"
+
+
+def training_device() -> str:
+    """Where :func:`train` trains: CUDA wherever a GPU is present (``Trainer``'s choice), else the CPU."""
+    return "cuda" if cuda_available() else "cpu"
+
+
+def resolve_optimizer(name: str, device: str | torch.device) -> str:
+    """The ``Trainer`` optimizer that ``name`` stands for on ``device``: "auto" is transformers'
+    fused AdamW on CUDA ("adamw_torch_fused": one kernel per step for all parameters) and its
+    foreach AdamW elsewhere ("adamw_torch", the CPU profiles' optimizer); any other name is kept."""
+    if name != AUTO_OPTIMIZER:
+        return name
+    return "adamw_torch_fused" if torch.device(device).type == "cuda" else "adamw_torch"
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,9 @@ class TrainConfig:
     warmup_steps: int = 0  # overrides warmup_ratio when > 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    optimizer: str = "adamw_torch"
+    # "auto" is resolved when the config is made (resolve_optimizer on training_device()): fused
+    # AdamW on CUDA, "adamw_torch" on the CPU, so a CPU config and its cache keys read as before
+    optimizer: str = AUTO_OPTIMIZER
     max_length: int = 512  # tokens per example; longer examples are cut
     seed: int = 0
     logging_steps: int = 10
@@ -46,6 +63,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     progress: bool = True
     max_steps: int = -1  # > 0 stops after that many optimiser steps (benchmarks, smoke runs)
+
+    def __post_init__(self):
+        object.__setattr__(self, "optimizer", resolve_optimizer(self.optimizer, training_device()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,6 +286,40 @@ def check_packing(model) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Gradient checkpointing
+# ---------------------------------------------------------------------------------------
+def checkpointing_on(model) -> bool:
+    """Whether any block of ``model`` checkpoints its activations (transformers' flag)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
+def enable_gradient_checkpointing(model, checkpoint_kwargs: dict | None = None) -> None:
+    """Turn on non-reentrant gradient checkpointing of ``model``'s blocks, or raise: through
+    transformers' ``activation_checkpointing_enable`` (peft models pass it on), else the model's
+    ``gradient_checkpointing_enable`` (kilib's wrappers define one that keeps their hooks right).
+    Raises where the model has neither, refuses, or has no block checkpointing afterwards."""
+    kwargs = dict(checkpoint_kwargs or {})
+    if kwargs.get("use_reentrant"):
+        raise KilibError("kilib checkpoints gradients without reentrancy: drop use_reentrant=True")
+    kwargs["use_reentrant"] = False
+    name = type(model).__name__
+    fix = "set gradient_checkpointing=False in its TrainConfig"
+    activation = getattr(model, "activation_checkpointing_enable", None)
+    gradient = getattr(model, "gradient_checkpointing_enable", None)
+    if not callable(activation) and not callable(gradient):
+        raise KilibError(f"{name} cannot checkpoint gradients (it has no gradient_checkpointing_enable): {fix}")
+    try:
+        if callable(activation):
+            activation(activation_checkpointing_kwargs=kwargs)
+        else:
+            gradient(gradient_checkpointing_kwargs=kwargs)
+    except ValueError as e:  # transformers: the architecture does not support it
+        raise KilibError(f"{name} does not support gradient checkpointing: {fix}") from e
+    if not checkpointing_on(model):
+        raise KilibError(f"gradient checkpointing did not come on in any block of {name}: {fix}")
+
+
+# ---------------------------------------------------------------------------------------
 # The training entry point
 # ---------------------------------------------------------------------------------------
 @dataclass
@@ -315,6 +369,8 @@ def train(
 
     Checkpoints go to ``output_dir`` at each epoch end; with ``resume`` a rerun continues
     from the newest one. The base stays frozen wherever its parameters do not require grad.
+    ``config.gradient_checkpointing`` turns it on (:func:`enable_gradient_checkpointing`) or
+    raises; the optimizer is ``config.optimizer`` as :func:`resolve_optimizer` reads it.
     """
     # Re-apply torch's own thread count. A process that never called torch.set_num_threads
     # computes some backward passes in another summation order than one that did, with the same
@@ -327,6 +383,8 @@ def train(
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise KilibError("no parameter requires grad: attach an adapter or a module to train first")
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     output_dir = Path(output_dir)
     steps_per_epoch = math.ceil(len(dataset) / (config.batch_size * config.grad_accum))
     total_steps = max(1, math.ceil(steps_per_epoch * config.epochs))
@@ -341,7 +399,7 @@ def train(
         warmup_steps=config.warmup_steps if config.warmup_steps > 0 else round(config.warmup_ratio * total_steps),
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
-        optim=config.optimizer,
+        optim=resolve_optimizer(config.optimizer, training_device()),
         logging_steps=max(1, min(config.logging_steps, total_steps)),
         save_strategy="epoch" if config.save_every_epoch else "no",
         save_total_limit=1,
@@ -352,11 +410,9 @@ def train(
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=training_device() == "cpu",
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )
-    if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
     if isinstance(data_collator, PackingCollator):
         check_packing(model)
     model_config = getattr(model, "config", None)

@@ -23,6 +23,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from kilib.lm.models import WrappedLM, block_hidden, decoder_layers, with_block_hidden
+from kilib.lm.training import enable_gradient_checkpointing
 from kilib.results import atomic_path, read_json, write_json
 from kilib.runtime import KilibError
 
@@ -96,6 +97,14 @@ class MemoryLM(WrappedLM):
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None) -> None:
+        """Checkpoint the base's blocks, non-reentrant
+        (:func:`kilib.lm.training.enable_gradient_checkpointing`). The memory's hook keeps no
+        state, so where a block's recompute runs its hooks again (transformers versions that
+        checkpoint a block's call rather than its forward) it adds the same update: the
+        gradients equal those without checkpointing either way (tested)."""
+        enable_gradient_checkpointing(self.base, gradient_checkpointing_kwargs)
 
     def _add_memory(self, module, args, output):
         hidden = block_hidden(output)
