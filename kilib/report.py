@@ -121,8 +121,10 @@ def run_facts(record: Mapping[str, Any]) -> list[str]:
     cpu += f", {hw.get('cpu_count', '?')} cores, {hw.get('torch_threads', '?')} torch threads"
     gpu = f"GPU {hw['gpu']} ({hw.get('gpu_memory_gib', '?')} GiB)" if hw.get("gpu") else "no GPU"
     torch = (record.get("packages") or {}).get("torch")
+    standins = record.get("standins") or {}
+    made = f" on {standins.get('scale')} stand-ins (random weights, synthetic data)" if standins else ""
     return [
-        f"* Run: profile {record.get('profile', '?')}, commit {commit}, wall time "
+        f"* Run: profile {record.get('profile', '?')}{made}, commit {commit}, wall time "
         f"{_duration(record.get('wall_time_s'))}, peak memory {', '.join(peak) or 'not recorded'}",
         f"* Machine: CPU {cpu}; {gpu}" + (f"; torch {torch}" if torch else ""),
     ]
@@ -201,6 +203,14 @@ def render_report(folder: str | Path, profile: str | None = None) -> str:
         "below, **direction only** when only the mean difference is positive, **not shown** otherwise. "
         "Each notebook says what its verdicts mean.",
     ]
+    standin = sorted(nb for nb, record in runs.items() if record.get("standins"))
+    if standin:
+        head.insert(
+            1,
+            f"**Made with stand-ins ({', '.join(standin)}): no number here is a paper number.** These runs used "
+            "random-weight stand-ins of the papers' models and synthetic, format-true copies of their data "
+            "(kilib.standin, docs/standins.md): they show that the paper profile's code runs and what it costs.",
+        )
     if not runs:
         return "\n\n".join([*head, "No notebook has results here yet."]) + "\n"
     sections = [notebook_section(nb, record) for nb, record in runs.items()]

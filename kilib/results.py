@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kilib.runtime import cache_root, repo_root, results_root
+from kilib.standin import switch
 
 PACKAGES = (
     "kilib",
@@ -197,6 +198,22 @@ def provenance() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 # A run and its output folder
 # ---------------------------------------------------------------------------------------
+STANDIN_NOTE = "STANDINS.md"
+
+
+def standin_note(standins: Mapping[str, Any]) -> str:
+    """The note a stand-in run's results folder carries: what made its numbers, and that they are
+    no paper's numbers."""
+    models = "\n".join(f"- {hub_id}: stand-in `{folder}`" for hub_id, folder in standins.get("models", {}).items())
+    return (
+        "# Made with stand-ins: no number here is a paper number\n\n"
+        f"Every table and figure in this folder was made by the paper profile's code on **random-weight "
+        f"stand-ins** of the paper's models ({standins.get('scale')} scale) and **synthetic, format-true copies** "
+        "of its datasets (kilib.standin). They show that the code runs at these shapes and what it costs; "
+        "their accuracies mean nothing about the papers.\n\n" + (models + "\n" if models else "")
+    )
+
+
 class Run:
     """One notebook's results: ``results/<profile>/<notebook>/``.
 
@@ -257,9 +274,13 @@ class Run:
             self.artifacts.append(name)
 
     def record(self) -> dict[str, Any]:
+        standins = switch.describe()  # the switch may be on in a profile that resolved no Hub id: no mark then
+        if not (self.profile == "standin" or standins.get("models")):
+            standins = {}
         return {
             "notebook": self.notebook,
             "profile": self.profile,
+            **({"standins": standins} if standins else {}),
             "seed": self.seed,
             "config": to_jsonable(self.config),
             "metrics": self.metrics,
@@ -270,8 +291,14 @@ class Run:
         }
 
     def finish(self) -> Path:
-        """Write ``run.json`` and put the results in place: the run is complete."""
-        write_json(self.dir / "run.json", self.record())
+        """Write ``run.json`` and put the results in place: the run is complete. A run on stand-ins
+        also gets ``STANDINS.md``, which says that none of its numbers is a paper number."""
+        record = self.record()
+        if "standins" in record:
+            atomic_write_text(self.dir / STANDIN_NOTE, standin_note(record["standins"]))
+            self._note(self.dir / STANDIN_NOTE)
+            record["artifacts"] = sorted(self.artifacts)
+        write_json(self.dir / "run.json", record)
         old = self.final.parent / f".{self.notebook}.old"
         shutil.rmtree(old, ignore_errors=True)
         if self.final.exists():

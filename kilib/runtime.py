@@ -12,8 +12,11 @@ import os
 import random
 from pathlib import Path
 
-PROFILES = ("paper", "tiny", "smoke")
-"""The profiles every study implements. ``auto`` resolves to one of them."""
+PROFILES = ("paper", "standin", "tiny", "smoke")
+"""The profiles. ``auto`` resolves to paper or tiny. ``standin`` is the paper profile's code with its
+counts cut, on random-weight stand-ins of the paper's models and synthetic copies of its data
+(:mod:`kilib.standin`): real shapes on a GPU, scaled-down ones on a CPU. Notebook 00 (the tiny
+world) has no paper or standin profile."""
 
 
 class KilibError(RuntimeError):

@@ -450,4 +450,9 @@ def test_paper_pages_from_parquet_or_wikipedia(fever_folder, monkeypatch, tmp_pa
 
 
 def test_each_preset_names_what_it_runs_on():
-    assert {p: c.zoo for p, c in presets.MEMORY_PRESETS.items()} == {"tiny": "tiny", "smoke": "smoke", "paper": ""}
+    assert {p: c.zoo for p, c in presets.MEMORY_PRESETS.items()} == {
+        "tiny": "tiny",
+        "smoke": "smoke",
+        "paper": "",
+        "standin": "",
+    }

@@ -320,3 +320,78 @@ def test_04_memory_fever_smoke():
     training = pd.read_csv(results_root() / "smoke" / "04_memory_fever" / "memory_training.csv")
     assert (training.final_loss < training.first_loss).all()  # the memories learn
     assert {"kshot.png", "memory.png", "paper_claims.csv", "by_period.csv", "by_label.csv"} <= set(record["artifacts"])
+
+
+def run_standin(number: str, hub_ids: set[str]) -> dict:
+    """A notebook of the stand-in series (the paper profile's code, its counts cut, on small
+    random-weight stand-ins and synthetic data): its run.json, results and report say so."""
+    path = cli.discover_notebooks(number)[0]
+    executed = cli.run_notebook(path, "standin", progress=False)
+    folder = results_root() / "standin" / path.stem
+    record = json.loads((folder / "run.json").read_text())
+    assert record["profile"] == "standin" and record["standins"]["scale"] == "small"
+    assert set(record["standins"]["models"]) == hub_ids
+    assert "random" in record["standins"]["weights"] and "synthetic" in record["standins"]["data"]
+    assert "STANDINS.md" in record["artifacts"]
+    assert "no number here is a paper number" in (folder / "STANDINS.md").read_text()
+    for artifact in record["artifacts"]:
+        assert (folder / artifact).exists()
+    # the notebook's first words after its imports say what made its numbers
+    outputs = [
+        "".join(o.get("text", ""))
+        for c in json.loads(executed.read_text())["cells"]
+        if c["cell_type"] == "code"
+        for o in c.get("outputs", [])
+        if o.get("name") == "stdout"
+    ]
+    assert outputs[0].startswith("STAND-IN RUN (small scale)")
+    from kilib import report
+
+    assert "no number here is a paper number" in report.render_report(results_root() / "standin", "standin")
+    return record
+
+
+@pytest.mark.notebook
+def test_01_sft_injection_standin():
+    record = run_standin("01", {"meta-llama/Llama-2-7b-chat-hf", "mistralai/Mistral-7B-Instruct-v0.3"})
+    m = record["metrics"]
+    assert m["adapters"] == 2 * 2 * 3  # documents x rules x scales: the paper's grid, two documents
+    assert "standin-writer:Qwen/Qwen2.5-7B-Instruct" in m["source"]  # the Q&A writer, named as such
+    assert record["config"]["score"] == "judge" and record["config"]["sections"] == 1
+    assert {
+        "fig1_token_on_token.png",
+        "fig2_token_coverage.png",
+        "fig3_fact_on_fact.png",
+        "fig4_token_on_fact.png",
+        "answers.csv",
+        "paper_claims.csv",
+        "control_before_after.png",
+    } <= set(record["artifacts"])
+
+
+@pytest.mark.notebook
+def test_02_knowledge_transfer_standin():
+    record = run_standin("02", {"meta-llama/Llama-2-13b-hf", "meta-llama/Llama-2-7b-hf"})
+    m = record["metrics"]
+    assert m["tasks"] == ["gsm", "mmlu", "sni"]  # the paper's three tasks, read from the synthetic copies
+    assert record["config"]["chat_format"] == "tulu" and record["config"]["train"]["gradient_checkpointing"]
+    for selected in m["selected_blocks"].values():  # the 13B stand-in's 5 blocks onto the 7B's 4
+        assert len(selected) == 4 and selected == sorted(set(selected)) and max(selected) < 5
+    assert {r["method"] for r in m["table1"]} == {"student", "teacher", "lora", "sensitive", "top", "random"}
+    assert {"table1.png", "sensitivity_window.png", "answers.csv", "paper_claims.csv"} <= set(record["artifacts"])
+
+
+@pytest.mark.notebook
+def test_03_calm_composition_standin():
+    record = run_standin("03", {"meta-llama/Llama-2-7b-hf", "TinyLlama/TinyLlama_v1.1"})
+    assert record["config"]["every"] == 4 and record["config"]["augment_quantization"] == "none"
+    assert {"table1.png", "training_loss.png", "answers.md", "paper_claims.md"} <= set(record["artifacts"])
+
+
+@pytest.mark.notebook
+def test_04_memory_fever_standin():
+    from kilib.memory import presets
+
+    models = set(presets.MEMORY_PRESETS["standin"].models)
+    record = run_standin("04", models)
+    assert {"kshot.png", "memory.png", "paper_claims.csv", "ablations.csv", "by_label.csv"} <= set(record["artifacts"])

@@ -201,8 +201,16 @@ def test_paper_claims_compare_the_right_conditions():
 
 def test_presets_follow_the_paper():
     for name, preset in P.INJECTION_PRESETS.items():
-        assert preset.lora_r == 16 and preset.train.batch_size == 1 and preset.train.epochs == 3, name
+        assert preset.lora_r == 16 and preset.train.batch_size == 1, name
+        assert preset.train.epochs == (1 if name == "standin" else 3), name  # the stand-in run's one cut in training
         assert preset.quantization == "4bit" and preset.scales == (1, 5, 10), name
+    paper, standin = P.INJECTION_PRESETS["paper"], P.INJECTION_PRESETS["standin"]
+    assert (standin.model, standin.generator, standin.judge, standin.score) == (
+        paper.model,
+        paper.generator,
+        paper.judge,
+        paper.score,
+    )
     assert len(P.INJECTION_PRESETS["tiny"].seeds) >= 2
 
 

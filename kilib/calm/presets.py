@@ -77,7 +77,7 @@ class CalmConfig:
     augment_quantization: str = ""
     seeds: tuple[int, ...] = (0,)
     max_new_tokens: int = 24
-    eval_batch_size: int = 64
+    eval_batch_size: int | str = 64  # "auto": the largest batch the GPU's free memory holds
     # On a CPU the runs train side by side (kilib.jobs.side_by_side): ``workers`` processes at
     # once (0: one per core), each run on ``threads`` torch threads wherever it runs, so that
     # its numbers do not depend on the machine's core count. A GPU runs them one by one.
@@ -253,6 +253,7 @@ PRESETS: dict[str, CalmConfig] = {
         train_examples=5000,
         eval_examples=500,
         max_new_tokens=40,
+        eval_batch_size="auto",
         train=TrainConfig(
             epochs=1,
             batch_size=8,
@@ -265,3 +266,17 @@ PRESETS: dict[str, CalmConfig] = {
         ),
     ),
 }
+
+# The paper's code with its counts cut, for random-weight stand-ins of its models (make reproduce
+# PROFILE=standin; kilib.standin): every stage, run and ablation of the paper profile, at a few
+# examples each, so that the real shapes run on a GPU in minutes and the scaled-down ones on a CPU.
+PRESETS["standin"] = dataclasses.replace(
+    PRESETS["paper"],
+    kv_keys=20,
+    kv_value_max=20,
+    augment_stage=Stage(24, dataclasses.replace(PRESETS["paper"].augment_stage.train, batch_size=8, logging_steps=1)),
+    train_examples=16,
+    eval_examples=6,
+    max_new_tokens=8,
+    train=dataclasses.replace(PRESETS["paper"].train, batch_size=8, logging_steps=1),
+)

@@ -37,6 +37,7 @@ from mwparserfromhell.wikicode import Wikicode
 from kilib.lm.data import read_jsonl, write_jsonl
 from kilib.results import cached_dir, read_json, write_json
 from kilib.runtime import KilibError
+from kilib.standin import switch
 
 __all__ = [
     "PaperArticle",
@@ -89,6 +90,7 @@ PAPER_ARTICLES = (
 # the paper's arXiv submission (late March 2024), so the articles are complete accounts of the
 # events of the kind the authors could have fetched. The paper gives no date of its own.
 PINNED_TIMESTAMP = "2024-03-01T00:00:00Z"
+STANDIN_ARTICLES = "wikipedia-2023"  # the stand-in switch's name for the six articles
 
 # Sections shorter than this after cleaning are dropped: what is left of a section made of a
 # table or a list of links is a caption or a label, from which no Q&A pair can be written.
@@ -570,7 +572,14 @@ def load_documents(
 ) -> Documents:
     """The documents to inject: ``"paper"`` fetches the six articles of Mecklenburg et al. §2
     (:data:`PAPER_ARTICLES`, at ``timestamp``; cached after the first run), anything else is
-    a folder of your own ``.md``/``.txt`` files (:func:`load_folder`)."""
+    a folder of your own ``.md``/``.txt`` files (:func:`load_folder`). While stand-ins are on
+    (:mod:`kilib.standin.switch`), ``"paper"`` is the six synthetic articles kilib.standin writes,
+    the 2018 one the control as the paper's 2018 World Cup is."""
+    if isinstance(spec, str) and spec.strip().lower() == "paper" and switch.scale():
+        docs = load_folder(switch.dataset_path(STANDIN_ARTICLES), min_chars=min_chars)
+        for doc_id in docs.doc_ids():
+            docs.sources[doc_id]["post_cutoff"] = not doc_id.startswith("2018")
+        return docs
     if isinstance(spec, str) and spec.strip().lower() == "paper":
         docs = Documents()
         for article in PAPER_ARTICLES:

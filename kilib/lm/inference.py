@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -13,6 +14,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from kilib.lm.models import WrappedLM, padding_side
 from kilib.runtime import KilibError
+from kilib.standin import switch
 
 AUTO = "auto"  # batch_size="auto": sized to the GPU's free memory by fit_batch_size
 DEFAULT_BATCH_SIZE = 16  # what "auto" gives where no GPU memory is measured (a model on the CPU)
@@ -22,7 +24,9 @@ MEMORY_FRACTION = 0.8  # the share of the GPU's free memory "auto" plans to fill
 # the CPU: a matrix product over fewer rows can round differently in the last bit there (oneDNN
 # picks its kernel and thread split by the row count: 1-3 rows, or 17 rows on 16 threads, differ
 # from the same rows inside a larger product), so the CPU profiles' scores stay exactly those of
-# the full logits, whose [batch, positions, vocabulary] tensor is small on their models.
+# the full logits, whose [batch, positions, vocabulary] tensor is small on their models. A stand-in
+# run (kilib.standin.switch) slices on the CPU too: it runs the paper's path, has no committed
+# numbers to keep, and its small stand-ins keep the real vocabularies (32,000-152,064 entries).
 SLICED_LOGITS_DEVICES = ("cuda",)
 
 # ----------------------------------------------------------------------------------------------
@@ -141,7 +145,8 @@ def _slices_logits(model) -> bool:
     """Whether scoring passes ``logits_to_keep``: on a device of :data:`SLICED_LOGITS_DEVICES`,
     to a forward that takes it (:func:`_forward_takes`)."""
     device = torch.device(_model_device(model))
-    return device.type in SLICED_LOGITS_DEVICES and _forward_takes(model, "logits_to_keep")
+    sliced = device.type in SLICED_LOGITS_DEVICES or bool(switch.scale())
+    return sliced and _forward_takes(model, "logits_to_keep")
 
 
 def _logits_at(model, input_ids, attention_mask, keep, *, slice_logits: bool, no_cache: bool):
@@ -202,6 +207,18 @@ class StopOnText(StoppingCriteria):
                 new = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
                 self.done[row] = any(s in new for s in self.stop)
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+class _NewTokensOverLength(logging.Filter):
+    """Drops transformers' note that ``max_new_tokens`` overrides a model's ``max_length``: the
+    Llama-2 models ship ``max_length`` 4,096 in their generation config, so every batch said so,
+    and ``max_new_tokens`` is what :func:`generate` means."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("Both `max_new_tokens`")
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_NewTokensOverLength())
 
 
 def generate(

@@ -20,11 +20,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from kilib.lm.inference import generate
+from kilib.lm.inference import AUTO, fit_batch_size, generate
 from kilib.lm.models import load_causal_lm, padding_side
 from kilib.lm.training import render_prompt
 from kilib.results import stable_hash
 from kilib.runtime import KilibError
+
+CPU_BATCH = 8  # a local generator's batch where no GPU memory is measured
 
 __all__ = [
     "Generator",
@@ -81,13 +83,13 @@ class LocalGenerator:
         temperature: float = 0.7,
         top_p: float = 0.95,
         seed: int = 0,
-        batch_size: int = 8,
+        batch_size: int | str = AUTO,
         device: str | None = None,
     ) -> None:
         if temperature < 0:
             raise KilibError(f"temperature must be >= 0 (0 decodes greedily), got {temperature!r}")
-        if int(max_new_tokens) < 1 or int(batch_size) < 1:
-            raise KilibError("max_new_tokens and batch_size must be at least 1")
+        if int(max_new_tokens) < 1 or (batch_size != AUTO and int(batch_size) < 1):
+            raise KilibError(f'max_new_tokens and batch_size must be at least 1 (or batch_size "{AUTO}")')
         self.name = str(model_id_or_path)
         self.revision = revision
         self.quantization = quantization
@@ -95,7 +97,7 @@ class LocalGenerator:
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.seed = int(seed)
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size if batch_size == AUTO else int(batch_size)
         self.device = device
         self._model = self._tokenizer = None
         self._asked: dict[str, int] = {}
@@ -136,13 +138,25 @@ class LocalGenerator:
             return [
                 t.strip()
                 for t in generate(
-                    model, tokenizer, rendered, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
+                    model,
+                    tokenizer,
+                    rendered,
+                    max_new_tokens=self.max_new_tokens,
+                    batch_size=self._batch(model, rendered),
                 )
             ]
         key = stable_hash(prompts)
         occurrence = self._asked.get(key, 0)
         self._asked[key] = occurrence + 1
         return self._sample(model, tokenizer, rendered, _derived_seed(self.seed, key, occurrence))
+
+    def _batch(self, model, rendered: list[str]) -> int:
+        """The batch size: as given, or for "auto" the largest whose KV caches fit the GPU's free
+        memory (:func:`kilib.lm.inference.fit_batch_size`; 8 on the CPU)."""
+        if self.batch_size != AUTO:
+            return int(self.batch_size)
+        longest = max(len(ids) for ids in self._tokenizer(rendered)["input_ids"])
+        return fit_batch_size(model, CPU_BATCH, longest, self.max_new_tokens)
 
     def close(self) -> None:
         """Free the model (and its GPU memory) before the next stage loads another."""
@@ -172,8 +186,9 @@ class LocalGenerator:
         replies: list[str] = []
         with torch.random.fork_rng(devices=cuda_devices), torch.inference_mode(), padding_side(tokenizer, "left"):
             torch.manual_seed(seed)
-            for start in range(0, len(rendered), self.batch_size):
-                encoded = tokenizer(rendered[start : start + self.batch_size], return_tensors="pt", padding=True)
+            batch = self._batch(model, rendered)
+            for start in range(0, len(rendered), batch):
+                encoded = tokenizer(rendered[start : start + batch], return_tensors="pt", padding=True)
                 encoded = {k: v.to(device) for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
                 output = model.generate(**encoded, generation_config=config)
                 new = output[:, encoded["input_ids"].shape[1] :]

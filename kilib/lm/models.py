@@ -32,6 +32,7 @@ from transformers.utils import logging as hf_logging
 
 from kilib.results import stable_hash
 from kilib.runtime import KilibError, cache_root, cuda_available, hub_offline
+from kilib.standin import switch
 
 QUANTIZATIONS = ("4bit", "8bit", "none")
 
@@ -130,10 +131,10 @@ def _hub_error(name: str, err: BaseException) -> KilibError | None:
 
 
 def _local_or_hub(name_or_path: str | Path, marks: tuple[str, ...] = ("config.json",)) -> str:
-    """A model folder as its expanded path, a Hub id as given; a path that is not a model
-    folder (one of ``marks`` in it) is a one-line error rather than the Hub client's complaint
-    about repo ids."""
-    text = str(name_or_path)
+    """A model folder as its expanded path, a Hub id as given, or its stand-in's folder while
+    stand-ins are on (:mod:`kilib.standin.switch`); a path that is not a model folder (one of
+    ``marks`` in it) is a one-line error rather than the Hub client's complaint about repo ids."""
+    text = str(switch.model_folder(str(name_or_path)) or name_or_path)
     local = Path(text).expanduser()
     if local.exists():
         if not any((local / m).exists() for m in marks):
@@ -186,9 +187,9 @@ def model_ref(name_or_path: str | Path, revision: str | None = None, token: str 
     """What names a model in a cache key, so that a cached result is never reused for other
     weights: a Hub id as ``id@commit`` (the commit ``revision`` resolves to, see
     :func:`hub_commit`: a model updated on the Hub gets new keys), a folder under kilib's own
-    cache (the zoo, a training stage: its path is already the hash of what made it) as its
-    path, any other folder as :func:`folder_fingerprint`."""
-    text = str(name_or_path)
+    cache (the zoo, a training stage, a stand-in: its path is already the hash of what made it)
+    as its path, any other folder as :func:`folder_fingerprint`."""
+    text = str(switch.model_folder(str(name_or_path)) or name_or_path)
     local = Path(text).expanduser()
     if local.is_dir():
         if local.resolve().is_relative_to(cache_root().resolve()):
@@ -442,9 +443,12 @@ def load_adapter(model, folder: str | Path):
 
 @contextlib.contextmanager
 def peft_quietly():
-    """peft reads a transformers property deprecated in v5; its warning says nothing to a user."""
+    """peft reads a transformers property and calls a method deprecated in v5; their warnings
+    say nothing to a user."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        # and prepare_model_for_kbit_training calls the v5-deprecated gradient_checkpointing_enable
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*", category=FutureWarning)
         yield
 
 

@@ -19,6 +19,7 @@ from datasets import load_dataset
 from kilib.lm import documents  # called as documents.fetch_wikipedia, so a test can stand in for Wikipedia
 from kilib.lm.data import FEVER_LABELS, fever_answer, fever_prompt
 from kilib.runtime import KilibError
+from kilib.standin import switch
 from kilib.tiny import zoo
 
 # The paper profile's data (docs/methods.md, "## 04 Memory modules on FEVER"): FEVER claims with
@@ -70,7 +71,7 @@ def evidence_page(row: Mapping[str, Any]) -> str | None:
 
 
 def claims_split(split: str) -> list[dict]:
-    source = str(PAPER_DATA["claims"])
+    source = switch.dataset_path(str(PAPER_DATA["claims"]))  # a stand-in run: the synthetic copy
     local = Path(source).expanduser()
     try:
         if local.is_dir():
@@ -113,7 +114,7 @@ def page_texts(titles: Sequence[str]) -> dict[str, str]:
     """Each title's page text: from the local dump in ``PAPER_DATA["pages"]`` (a .jsonl or .parquet
     file, or a folder of them, with ``id`` and ``text``), else from Wikipedia at ``timestamp``. A
     title the source lacks gets no text, which the note's step 3 drops (``select_pages``)."""
-    source = str(PAPER_DATA["pages"])
+    source = str(PAPER_DATA["pages"]) or (switch.dataset_path("fever-pages") if switch.scale() else "")
     if source:
         path = Path(source).expanduser()
         files = sorted(p for p in (path.iterdir() if path.is_dir() else [path]) if p.suffix in (".jsonl", ".parquet"))

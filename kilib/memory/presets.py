@@ -4,6 +4,7 @@ overrides (:func:`notebook_overrides`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +47,7 @@ class MemoryConfig:
     quantization: str = "4bit"
     seeds: tuple[int, ...] = (0,)
     max_new_tokens: int = 8
-    eval_batch_size: int = 16
+    eval_batch_size: int | str = 16  # "auto": the largest batch the GPU's free memory holds
     # The note says Adam with weight decay; kilib uses the Trainer's AdamW (decoupled decay).
     train: TrainConfig = TrainConfig(
         epochs=25,
@@ -157,6 +158,7 @@ MEMORY_PRESETS: dict[str, MemoryConfig] = {
         gate_ablation_models=("EleutherAI/pythia-70m-deduped",),
         full_update_models=("EleutherAI/pythia-70m-deduped", "EleutherAI/pythia-410m-deduped"),
         size_pair=(_PYTHIA[0], _PYTHIA[-1]),
+        eval_batch_size="auto",
     ),
 }
 
@@ -178,3 +180,21 @@ def notebook_overrides(models: str = "", seeds: int = 0) -> dict[str, Any]:
             size_pair=(names[0], names[-1]) if len(names) > 1 else (),
         )
     return {k: v for k, v in out.items() if v}
+
+
+# The paper's code with its counts cut, for random-weight stand-ins of its models (make reproduce
+# PROFILE=standin; kilib.standin): the sweep's smallest and largest Pythia and a Llama, memories in the
+# smallest Pythia and the Llama, every variant, ablation (on the smallest Pythia) and baseline, a few pages
+# and claims, one epoch.
+MEMORY_PRESETS["standin"] = dataclasses.replace(
+    MEMORY_PRESETS["paper"],
+    models=(_PYTHIA[0], _PYTHIA[-1], _LLAMA[0]),
+    memory_models=(_PYTHIA[0], _LLAMA[0]),
+    ablation_models=(_PYTHIA[0],),
+    full_update_models=(_PYTHIA[0],),
+    size_pair=(_PYTHIA[0], _PYTHIA[-1]),
+    pages=2,
+    eval_claims=8,
+    train=dataclasses.replace(MEMORY_PRESETS["paper"].train, epochs=1, warmup_steps=1, logging_steps=1),
+    full_train=dataclasses.replace(MEMORY_PRESETS["paper"].full_train, epochs=1, warmup_steps=1, logging_steps=1),
+)

@@ -20,6 +20,7 @@ from kilib.lm.llm import Generator, ask, check_generator, family_of, fill_prompt
 from kilib.lm.scoring import normalize_answer
 from kilib.results import cached_dir, read_json, stable_hash, write_json
 from kilib.runtime import KilibError
+from kilib.standin import switch
 
 __all__ = [
     "JUDGE_PROMPT",
@@ -192,7 +193,13 @@ def judge_rows(rows, config: Any, qa_generator: str | None = None):
     by_triple = {tuple(t): v for t, v in zip(stored["items"], stored["verdicts"])}
     verdicts = [by_triple[(r["question"], r["answer"], r["prediction"])] for r in rows]
     out = [dict(r, judge=float(v is True)) for r, v in zip(rows, verdicts)]  # unparseable counts as wrong
-    agreement = judge_agreement(verdicts, [r["contains"] for r in rows])
+    if switch.scale() and all(v is None for v in verdicts):
+        # a random-weight stand-in judge (kilib.standin) writes no verdict: every answer counts as wrong,
+        # and the agreement with the lexical score is undefined
+        nan = float("nan")
+        agreement = {"agreement": nan, "n": 0, "cohen_kappa": nan}
+    else:
+        agreement = judge_agreement(verdicts, [r["contains"] for r in rows])
     return out, dict(
         agreement, unparseable=sum(v is None for v in verdicts), judge=stored["judge"], prompt=JUDGE_PROMPT
     )

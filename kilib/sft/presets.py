@@ -3,6 +3,7 @@ and :func:`notebook_overrides`, which maps the notebook's parameters onto a pres
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ class InjectionConfig:
     quantization: str = "4bit"  # the trainee is loaded in 4-bit NF4 in every profile (QLoRA)
     corpus: str = "world"  # "world" (the tiny world), "wikipedia" or "paper" (the paper's six articles), or a folder
     documents: tuple[str, ...] = ()  # doc ids to study; empty: all (the five new documents and the control)
+    sections: int = 0  # outside the tiny world: the first n sections of each document (0: all)
     generator: str = ""  # LLM that writes the Q&A outside the tiny world: a local instruct model or openai:<model>
     judge: str = ""  # LLM judge (another model family than the generator's); "" scores lexically only
     score: str = "exact"  # the score of the figures: exact (normalised match), contains, or judge
@@ -44,7 +46,7 @@ class InjectionConfig:
     rag_k: int = 1  # passages per RAG prompt (the zoo read one section per prompt in pretraining)
     rag_passage_words: int = 0  # 0: a passage is a section; n: long sections cut into n-word passages
     max_new_tokens: int = 16  # answers are short entities, numbers and scores
-    eval_batch_size: int = 32
+    eval_batch_size: int | str = 32  # "auto": the largest batch the GPU's free memory holds
     workers: int = 0  # adapters trained at once: 0 picks one per CPU core on a CPU, 1 on a GPU
 
     def __post_init__(self) -> None:
@@ -73,11 +75,24 @@ INJECTION_PRESETS = {
         judge="mistralai/Mistral-7B-Instruct-v0.3",
         score="judge",
         max_new_tokens=64,
-        eval_batch_size=8,
+        eval_batch_size="auto",
         workers=1,
         train=TrainConfig(epochs=3, batch_size=1, lr=2e-4, save_every_epoch=True, progress=True, logging_steps=20),
     ),
 }
+
+# The paper's code with its counts cut, for random-weight stand-ins of its models (make reproduce
+# PROFILE=standin; kilib.standin): one new article and the control, their first sections, the
+# paper's three scales and both rules, one epoch, answers of up to 16 tokens. The Q&A comes from
+# kilib.standin's writer (a random model cannot follow the generation prompts); the judge is the
+# Mistral stand-in.
+INJECTION_PRESETS["standin"] = dataclasses.replace(
+    INJECTION_PRESETS["paper"],
+    documents=("2023_meridian_cricket_cup", "2018_intercontinental_football_cup"),
+    sections=1,
+    max_new_tokens=16,  # a random model never stops early: every answer runs to this limit
+    train=dataclasses.replace(INJECTION_PRESETS["paper"].train, epochs=1, save_every_epoch=False, progress=False),
+)
 
 
 def notebook_overrides(

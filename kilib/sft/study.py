@@ -33,6 +33,8 @@ from kilib.sft.rules import (
     fact_based_sets,
     token_based_sets,
 )
+from kilib.standin import switch
+from kilib.standin.writer import StandinWriter
 from kilib.stats import accuracy_with_ci, difference_ci, verdict
 from kilib.tiny import zoo
 
@@ -315,12 +317,16 @@ def llm_inputs(config: InjectionConfig) -> StudyInputs:
             "folder to inject your own documents"
         )
     docs = documents.load_documents("paper" if config.corpus in ("wikipedia", "paper") else config.corpus)
+    if config.sections:  # the first sections of each document only (the stand-in profile's cut)
+        docs = documents.Documents([r for d in docs.doc_ids() for r in docs.of(d)[: config.sections]], docs.sources)
     doc_ids = list(config.documents) or docs.doc_ids()
     unknown = [d for d in doc_ids if d not in docs.doc_ids()]
     if unknown:
         raise KilibError(f"unknown document(s) {', '.join(unknown)}: choose among {', '.join(docs.doc_ids())}")
     tokenizer = load_tokenizer(config.model, revision=config.revision)
-    generator = llm.make_generator(config.generator)
+    # random-weight stand-ins cannot follow the generation prompts: a stand-in run's Q&A comes from
+    # kilib.standin's writer, in the generator's reply format (docs/standins.md)
+    generator = StandinWriter(config.generator) if switch.scale() else llm.make_generator(config.generator)
     training, evaluation, facts = {}, {}, {}
     try:
         for doc_id in doc_ids:

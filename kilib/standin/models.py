@@ -38,10 +38,13 @@ KNOWN: tuple[str, ...] = (
 )
 """The Hub models that have a stand-in (one ``configs/<org>--<name>.json`` each)."""
 SCALES = ("real", "small")
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 """Bump when a change alters what a build writes, so cached folders of the old build are not reused."""
 SMALL_HEAD_DIM = 8
 SMALL_WIDTH_OVER_4096 = 128  # a small stand-in's hidden size where the real one is wider than 4096 (13B, 12B)
+# A small stand-in keeps an eighth of the real depth, and at least 4 blocks: CALM composes every 4th block of
+# its m_A (TinyLlama's 22 blocks would leave 3), and a study's block mapping needs a few to choose from.
+SMALL_MIN_LAYERS = 4
 SMALL_WIDTH = 64
 SHARD_BYTES = 2 * 2**30
 """Largest weight file of a build; a real-scale build holds about one shard in memory."""
@@ -75,7 +78,7 @@ def small_fields(hub_id: str) -> dict[str, Any]:
     hidden, heads, layers = fields["hidden_size"], fields["num_attention_heads"], fields["num_hidden_layers"]
     width = SMALL_WIDTH_OVER_4096 if hidden > 4096 else SMALL_WIDTH
     small_heads = width // SMALL_HEAD_DIM
-    small_layers = max(2, int(layers / 8 + 0.5))
+    small_layers = max(SMALL_MIN_LAYERS, int(layers / 8 + 0.5))
     fields.update(
         hidden_size=width,
         num_attention_heads=small_heads,

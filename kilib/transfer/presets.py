@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ class TransferConfig:
     quantization: str = "4bit"  # teacher and student, in every profile
     seeds: tuple[int, ...] = (0,)
     max_new_tokens: tuple[tuple[str, int], ...] = (("gsm", 512), ("mmlu", 4), ("sni", 64), ("qa", 12))
-    eval_batch_size: int = 16
+    eval_batch_size: int | str = 16  # "auto": the largest batch the GPU's free memory holds
     # "tulu": train and evaluate in open-instruct's Tulu chat format, as the authors do (their
     # finetune.py --use_chat_prompt; open-instruct's --use_chat_format); "": the task prompt as it
     # is, in the tokenizer's own chat template where it has one (the tiny zoo's).
@@ -119,7 +120,12 @@ TRANSFER_PRESETS = {
     ),
     # The authors' chat format, and open-instruct's GSM8K evaluation: up to 512 new tokens, cut at EOS.
     "paper": TransferConfig(
-        teacher="meta-llama/Llama-2-13b-hf", student="meta-llama/Llama-2-7b-hf", chat_format="tulu", stop=(), zoo=""
+        teacher="meta-llama/Llama-2-13b-hf",
+        student="meta-llama/Llama-2-7b-hf",
+        chat_format="tulu",
+        stop=(),
+        eval_batch_size="auto",
+        zoo="",
     ),
 }
 
@@ -136,3 +142,19 @@ def notebook_overrides(teacher: str = "", student: str = "", tasks: str = "", se
         raise KilibError(f"unknown task(s) {', '.join(unknown)} in TASKS: choose among {', '.join(TASKS + TINY_TASKS)}")
     out = {"teacher": teacher, "student": student, "tasks": names, "seeds": tuple(range(seeds))}
     return {k: v for k, v in out.items() if v}
+
+
+# The paper's code with its counts cut, for random-weight stand-ins of its models (make reproduce
+# PROFILE=standin; kilib.standin): the three tasks and four methods, the Tulu format, the few-shot
+# prompts and the micro-batched, checkpointed training, at a few samples each and one optimiser step of
+# two micro-batches of rows cut at 512 tokens.
+TRANSFER_PRESETS["standin"] = dataclasses.replace(
+    TRANSFER_PRESETS["paper"],
+    seed_samples=1,
+    train_samples=4,
+    eval_samples=1,
+    max_new_tokens=(("gsm", 16), ("mmlu", 4), ("sni", 16), ("qa", 12)),
+    train=dataclasses.replace(
+        TRANSFER_PRESETS["paper"].train, epochs=1, batch_size=2, grad_accum=2, max_length=512, logging_steps=1
+    ),
+)

@@ -24,6 +24,7 @@ from rouge_score import rouge_scorer
 from kilib.lm.data import qa_prompt
 from kilib.lm.scoring import exact_match, last_number, parse_choice
 from kilib.runtime import KilibError
+from kilib.standin import switch
 
 TASKS = ("gsm", "mmlu", "sni")  # the paper's (AlpacaFarm needs a judge)
 # Beyond the paper, tiny world only: closed-book questions on pre-cutoff facts, trained on some facts and
@@ -352,7 +353,8 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
     from datasets import load_dataset
 
     spec = PAPER_DATASETS[task]
-    local = Path(str(spec["path"])).expanduser()
+    # a stand-in run reads the synthetic copy kilib.standin writes in the Hub dataset's format
+    local = Path(switch.dataset_path(str(spec["path"]))).expanduser()
     streaming = bool(spec.get("stream", True)) and not local.is_dir()
 
     def open_split(split: str):
