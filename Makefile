@@ -10,11 +10,11 @@ STAMP := $(VENV)/.kilib-env
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
 .DEFAULT_GOAL := help
-.PHONY: help env reproduce report test test-fast lint notebooks zoo zoo-export zoo-import bench bench-stages bench-threads lab lock clean-cache
+.PHONY: help env reproduce report test test-fast lint notebooks zoo zoo-export zoo-import bench bench-stages bench-threads budget lab lock clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: PROFILE=auto|paper|tiny|smoke (default auto)  ONLY=00,01 (default all)  ZOO=tiny-zoo.tar.gz"
+	@echo "  variables: PROFILE=auto|paper|standin|tiny|smoke (default auto)  ONLY=00,01 (default all; standin: 01-04)  ZOO=tiny-zoo.tar.gz"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,9 @@ bench-stages: $(STAMP) ## time and peak memory of notebook 01's paper-profile st
 
 bench-threads: $(STAMP) ## on a CPU: one run on every core against one run per core side by side (results/bench/)
 	$(OFFLINE) $(PY) -m kilib.bench.threads
+
+budget: $(STAMP) ## what each paper-profile stage needs of a GPU (memory, hours) at real shapes: results/budget/ and the README's table
+	$(OFFLINE) $(PY) -m kilib.budget.cli --readme
 
 lab: $(STAMP) ## open JupyterLab on notebooks/ with the project's kernel
 	$(VENV)/bin/jupyter lab notebooks/
