@@ -84,24 +84,31 @@ def build_model(folder: Path, shape: dict, device: str = "cpu", positions: int |
         torch.manual_seed(0)
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     else:
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device("meta"):
-                model = LlamaForCausalLM(config)
-        finally:
-            torch.set_default_dtype(default)
-        model = model.to_empty(device=device)
-        generator = torch.Generator(device=device).manual_seed(0)
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() == 1:
-                    p.fill_(1.0)
-                else:
-                    p.normal_(0.0, 0.02, generator=generator)
+        model = random_llama(config, device)
     model.save_pretrained(folder)
     del model
     char_tokenizer().save_pretrained(folder)
+
+
+def random_llama(config, device: str):
+    """A Llama of ``config`` made in bfloat16 on ``device`` without a float32 copy first (a 7B
+    model in float32 needs 27 GB and minutes on a CPU): normal(0, 0.02) weights, norms of one."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    model = model.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=generator)
+    return model
 
 
 def char_tokenizer(chat_template: str | None = None):

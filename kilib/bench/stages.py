@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kilib.bench.sft_step import char_tokenizer
+from kilib.bench.sft_step import char_tokenizer, random_llama
 from kilib.results import hardware, package_versions, write_json
 from kilib.runtime import cuda_available, results_root
 
@@ -56,8 +56,7 @@ SECTION = (
 def build_model(folder: Path, shape: dict, device: str) -> None:
     """A random Llama of ``shape`` in bfloat16, initialised on ``device`` (a 7B model built
     on a CPU takes minutes), and a character-level tokenizer with a chat template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     if (folder / "config.json").exists():
         return
@@ -72,18 +71,7 @@ def build_model(folder: Path, shape: dict, device: str) -> None:
         pad_token_id=0,
         eos_token_id=1,
     )
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)  # a 7B model in float32 would need 27 GB before the cast
-    try:
-        with torch.device("meta"):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
-    model = model.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02, generator=generator)
+    model = random_llama(config, device)
     model.save_pretrained(folder)
     del model
     char_tokenizer(TEMPLATE).save_pretrained(folder)
