@@ -26,7 +26,7 @@
 # from the same models.
 
 # %% tags=["parameters"]
-PROFILE: str = "tiny"  # tiny | smoke | paper (paper shows the tiny zoo too: it is the CPU stand-in)
+PROFILE: str = "tiny"  # tiny | smoke | paper (paper shows the tiny zoo too: the world the CPU profiles use)
 WORLD_SEED: int = 0  # the generated world's seed
 QUESTIONS_PER_FACT: int = 1  # held-out paraphrases asked per fact when measuring what the zoo knows
 

@@ -30,7 +30,7 @@
 # control, Q&A drawn by the same two rules from the world's question paraphrases. Same training and evaluation code.
 
 # %% tags=["parameters"]
-PROFILE: str = "tiny"  # auto | tiny | smoke | paper
+PROFILE: str = "tiny"  # auto | tiny | smoke | paper | standin (paper code on stand-ins: docs/standins.md)
 SEEDS: int = 0  # 0 keeps the profile's seeds (tiny 2, smoke 1, paper 1), n > 0 runs seeds 0 to n-1
 MODEL: str = ""  # "" keeps the profile's trainee: a zoo model name (tiny) or a Hub id / model folder (paper)
 DOCUMENTS: str = ""  # "" keeps the profile's (tiny: the generated world, paper: wikipedia), or a folder of .txt/.md

@@ -41,7 +41,7 @@
 # it can only have from the teacher's parameters. It is the most direct test of the paper's premise the tiny world allows.
 
 # %% tags=["parameters"]
-PROFILE: str = "tiny"  # auto | tiny | smoke | paper
+PROFILE: str = "tiny"  # auto | tiny | smoke | paper | standin (paper code on stand-ins: docs/standins.md)
 TEACHER: str = ""  # "" keeps the profile's teacher (a zoo model name in tiny)
 STUDENT: str = ""  # "" keeps the profile's student
 TASKS: str = ""  # "" keeps the profile's tasks, or a comma-separated subset of gsm,mmlu,sni

@@ -68,7 +68,7 @@
 #   * The paper composed PaLM2-XXS into PaLM2-XS, and its own table sizes are not in our notes.
 
 # %% tags=["parameters"]
-PROFILE: str = "tiny"  # auto | tiny | smoke | paper
+PROFILE: str = "tiny"  # auto | tiny | smoke | paper | standin (paper code on stand-ins: docs/standins.md)
 ANCHOR: str = ""  # "" keeps the profile's anchor (a zoo model name in tiny)
 AUGMENT: str = ""  # "" keeps the profile's augmenting model
 SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1

@@ -58,7 +58,7 @@
 #   epochs (the note gives no settings for it; the tiny run uses the memory's).
 
 # %% tags=["parameters"]
-PROFILE: str = "tiny"  # auto | tiny | smoke | paper
+PROFILE: str = "tiny"  # auto | tiny | smoke | paper | standin (paper code on stand-ins: docs/standins.md)
 MODELS: str = ""  # "" keeps the profile's models; else a comma-separated list for every table
 SEEDS: int = 0  # 0 keeps the profile's seeds (one), n > 0 runs seeds 0 to n-1
 
