@@ -62,7 +62,7 @@ bench-stages: $(STAMP) ## time and peak memory of notebook 01's paper-profile st
 bench-threads: $(STAMP) ## on a CPU: one run on every core against one run per core side by side (results/bench/)
 	$(OFFLINE) $(PY) -m kilib.bench.threads
 
-budget: $(STAMP) ## what each paper-profile stage needs of a GPU (memory, hours) at real shapes: results/budget/ and the README's table
+budget: $(STAMP) ## each paper-profile stage's GPU memory and hours at real shapes (estimated; measured too on a GPU): results/budget/
 	$(OFFLINE) $(PY) -m kilib.budget.cli --readme
 
 lab: $(STAMP) ## open JupyterLab on notebooks/ with the project's kernel

@@ -217,3 +217,56 @@ def test_the_committed_budget_is_current():
     assert cli.render_readme(readme, report) == readme.read_text(), "run make budget"
     committed = json.loads((repo_root() / "results" / "budget" / "estimated.json").read_text())
     assert committed["stages"] == json.loads(json.dumps(report["stages"])), "run make budget"
+
+
+def test_measuring_on_stand_ins_records_every_stage(tmp_path, monkeypatch):
+    """The measured budget's mechanics, at the small scale: each stage run through kilib's code on
+    its stand-in, the JSON written after each, a repeated shape measured once, an out-of-memory
+    recorded and the run going on, study-specific stages left to the estimate, the deadline kept."""
+    from kilib.budget import measure
+
+    works = [
+        Work("02", "train", "meta-llama/Llama-2-7b-hf", "lora-train", 2, 16, 1, "step", lora_embeddings=True),
+        Work(
+            "01", "train again", "meta-llama/Llama-2-7b-chat-hf", "lora-train", 2, 16, 1, "step", lora_embeddings=True
+        ),
+        Work("01", "generate", "mistralai/Mistral-7B-Instruct-v0.3", "generate", 2, 8, 1, "request", new_tokens=3),
+        Work("02", "score", "meta-llama/Llama-2-13b-hf", "score", 2, 8, 1, "batch", logits_kept=1),
+        Work("02", "sensitivity", "meta-llama/Llama-2-13b-hf", "sensitivity", 1, 12, 1, "sample"),
+        Work("03", "stage", "TinyLlama/TinyLlama_v1.1", "full-train", 2, 8, 1, "step", quantization="none"),
+        Work("03", "compositions", "meta-llama/Llama-2-7b-hf", "module-train", 2, 8, 1, "step", trained=10),
+    ]
+    out = tmp_path / "measured.json"
+    written = []
+    real_write = measure.write_json
+    monkeypatch.setattr(
+        measure, "write_json", lambda path, obj: written.append(len(obj["stages"])) or real_write(path, obj)
+    )
+    report = measure.measure(works, out, scale="small", units=1)
+    assert written == list(range(1, len(works) + 1))  # after every stage
+    stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
+    assert report["kind"] == "measured" and report["scale"] == "small"
+    for name in ("train", "generate", "score", "sensitivity", "stage"):
+        assert stages[name]["status"] == "ok" and stages[name]["unit_seconds"] > 0, name
+    assert stages["train again"]["same_as"] == "02 train"  # the chat model has its base's shape
+    assert stages["compositions"]["status"].startswith("not measured")
+
+    def no_room(work, model):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setitem(measure.STEPS, "score", no_room)
+    report = measure.measure(works[2:5], out, scale="small", units=1)
+    status = {s["stage"]: s["status"] for s in report["stages"]}
+    assert status == {"generate": "ok", "score": "out of memory", "sensitivity": "ok"}
+    report = measure.measure(works[:2], out, scale="small", units=1, deadline_s=-1)
+    assert {s["status"] for s in report["stages"]} == {"not reached before the deadline"}
+    with pytest.raises(KilibError, match="units must be at least 1"):
+        measure.measure(works, out, units=0)
+
+
+def test_measuring_without_a_gpu_is_refused_in_the_results_folder(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU measures")
+    assert cli.main(["--measure", "yes"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: measuring needs a CUDA GPU") and err.count("\n") == 1

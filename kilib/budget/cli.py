@@ -1,10 +1,10 @@
 """``make budget``: what each stage of the paper series needs, per notebook, written to ``results/budget/``.
 
-On a machine without CUDA it writes the analytic estimate (:mod:`kilib.budget.estimate`) for an
-H100 at the paper's real shapes: ``results/budget/estimated.json`` and the table
-``results/budget/README.md``, every figure marked ``estimated``. The README's budget block is the
-same table (``--readme`` rewrites it). Measured figures, where a GPU run wrote
-``results/budget/<device>.json``, stand beside the estimate in the table.
+It always writes the analytic estimate (:mod:`kilib.budget.estimate`) for an H100 at the paper's
+real shapes: ``results/budget/estimated.json`` and the table ``results/budget/README.md``, every
+figure marked ``estimated``; ``--readme`` rewrites the README's summary of it. Where a CUDA GPU is
+present it also measures each stage on stand-ins at the real shapes (:mod:`kilib.budget.measure`)
+into ``results/budget/<device>.json``, every figure there marked ``measured``.
 """
 
 from __future__ import annotations
@@ -124,21 +124,60 @@ def render_readme(readme: Path, report: dict) -> str:
     return pattern.sub(lambda _: f"{README_START}\n{summary(report)}\n{README_END}", text)
 
 
+def device_slug() -> str:
+    """The measured file's name: the GPU's name in lower case, words joined by hyphens."""
+    import torch
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def run_measurement(out: Path, deadline_s: float, units: int) -> dict:
+    """Measure every stage on stand-ins (:mod:`kilib.budget.measure`), the riskiest first, into
+    ``out/<device>.json``, written after each stage."""
+    from kilib.budget.measure import measure
+    from kilib.budget.series import paper_stages
+
+    estimated = {(r["notebook"], r["stage"]): r["reserved_gib"] for r in budget()}
+    return measure(
+        paper_stages(), out / f"{device_slug()}.json", units=units, deadline_s=deadline_s, estimates=estimated
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kilib.budget.cli", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(results_root() / "budget"), help="folder for the JSON and the table")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's budget block")
+    parser.add_argument(
+        "--measure",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="measure each stage on stand-ins too (auto: where a CUDA GPU is present)",
+    )
+    parser.add_argument("--deadline", type=float, default=540.0, help="seconds of measuring before the rest is skipped")
+    parser.add_argument("--units", type=int, default=2, help="units timed per measured stage")
     args = parser.parse_args(argv)
     try:
+        import torch
+
         report = write(Path(args.out))
         if args.readme:
             readme = repo_root() / "README.md"
             readme.write_text(render_readme(readme, report))
+        measuring = args.measure == "yes" or (args.measure == "auto" and torch.cuda.is_available())
+        if measuring and not torch.cuda.is_available() and args.out == str(results_root() / "budget"):
+            raise KilibError(
+                "measuring needs a CUDA GPU to say anything: run it on one, or pass --out to a scratch folder "
+                "to check the mechanics at the small scale"
+            )
+        measured = run_measurement(Path(args.out), args.deadline, args.units) if measuring else None
     except KilibError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(report))
     print(json.dumps({"written": str(Path(args.out) / "estimated.json")}))
+    if measured is not None:
+        print(json.dumps({"measured": [(s["notebook"], s["stage"], s["status"]) for s in measured["stages"]]}))
     return 0
 
 
