@@ -9,6 +9,15 @@ from kilib import cli
 from kilib.runtime import KilibError, results_root
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOK_01_FILES = {  # the figures and tables notebook 01 writes in every profile
+    "fig1_token_on_token.png",
+    "fig2_token_coverage.png",
+    "fig3_fact_on_fact.png",
+    "fig4_token_on_fact.png",
+    "answers.csv",
+    "paper_claims.csv",
+    "control_before_after.png",
+}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -175,15 +184,7 @@ def test_01_sft_injection_smoke():
         assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1.0
     # real injection: 10x fact-based training answers held-out paraphrases the original model cannot
     assert acc[("fact", 10, "fact")]["accuracy"] > acc[("original", 0, "fact")]["ci_high"]
-    assert {
-        "fig1_token_on_token.png",
-        "fig2_token_coverage.png",
-        "fig3_fact_on_fact.png",
-        "fig4_token_on_fact.png",
-        "answers.csv",
-        "paper_claims.csv",
-        "control_before_after.png",
-    } <= set(record["artifacts"])
+    assert NOTEBOOK_01_FILES <= set(record["artifacts"])
 
 
 @pytest.mark.notebook
@@ -358,15 +359,7 @@ def test_01_sft_injection_standin():
     assert m["adapters"] == 2 * 2 * 3  # documents x rules x scales: the paper's grid, two documents
     assert "standin-writer:Qwen/Qwen2.5-7B-Instruct" in m["source"]  # the Q&A writer, named as such
     assert record["config"]["score"] == "judge" and record["config"]["sections"] == 1
-    assert {
-        "fig1_token_on_token.png",
-        "fig2_token_coverage.png",
-        "fig3_fact_on_fact.png",
-        "fig4_token_on_fact.png",
-        "answers.csv",
-        "paper_claims.csv",
-        "control_before_after.png",
-    } <= set(record["artifacts"])
+    assert NOTEBOOK_01_FILES <= set(record["artifacts"])
 
 
 @pytest.mark.notebook
