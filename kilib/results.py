@@ -273,10 +273,13 @@ class Run:
         if name not in self.artifacts:
             self.artifacts.append(name)
 
+    def _standins(self) -> dict[str, Any]:
+        """What stand-ins made this run; nothing where the switch is on in a profile that resolved no Hub id."""
+        standins = switch.describe()
+        return standins if self.profile == "standin" or standins.get("models") else {}
+
     def record(self) -> dict[str, Any]:
-        standins = switch.describe()  # the switch may be on in a profile that resolved no Hub id: no mark then
-        if not (self.profile == "standin" or standins.get("models")):
-            standins = {}
+        standins = self._standins()
         return {
             "notebook": self.notebook,
             "profile": self.profile,
@@ -293,12 +296,11 @@ class Run:
     def finish(self) -> Path:
         """Write ``run.json`` and put the results in place: the run is complete. A run on stand-ins
         also gets ``STANDINS.md``, which says that none of its numbers is a paper number."""
-        record = self.record()
-        if "standins" in record:
-            atomic_write_text(self.dir / STANDIN_NOTE, standin_note(record["standins"]))
+        standins = self._standins()
+        if standins:
+            atomic_write_text(self.dir / STANDIN_NOTE, standin_note(standins))
             self._note(self.dir / STANDIN_NOTE)
-            record["artifacts"] = sorted(self.artifacts)
-        write_json(self.dir / "run.json", record)
+        write_json(self.dir / "run.json", self.record())
         old = self.final.parent / f".{self.notebook}.old"
         shutil.rmtree(old, ignore_errors=True)
         if self.final.exists():

@@ -28,13 +28,16 @@ gives is an estimate; :mod:`kilib.budget.series` marks it so beside any measured
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kilib.lm.inference import row_bytes, rows_that_fit
 from kilib.runtime import KilibError, repo_root
+from kilib.standin import models as standin_models
 
 GIB = 2**30
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # packed values, 8-bit absmax per 64, float32 absmax per 256 blocks
@@ -124,16 +127,16 @@ def shape_of(config: dict[str, Any], name: str = "") -> Shape:
 
 
 def config_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "standin" / "configs"
+    """Where kilib keeps the paper models' published configs (:data:`kilib.standin.models.CONFIGS`)."""
+    return standin_models.CONFIGS
 
 
+@functools.cache
 def paper_shape(hub_id: str) -> Shape:
-    """The real shape of a paper model, from the config kilib keeps of it (kilib/standin/configs)."""
-    path = config_dir() / f"{hub_id.replace('/', '--')}.json"
-    if not path.exists():
-        known = sorted(p.stem.replace("--", "/") for p in config_dir().glob("*.json"))
-        raise KilibError(f"no config kept for {hub_id}: use one of {', '.join(known)}")
-    return shape_of(json.loads(path.read_text()), hub_id)
+    """The real shape of a paper model, from the config kilib keeps of it (:func:`kilib.standin.models.spec`)."""
+    if hub_id not in standin_models.KNOWN:
+        raise KilibError(f"no config kept for {hub_id}: use one of {', '.join(sorted(standin_models.KNOWN))}")
+    return shape_of(standin_models.spec(hub_id), hub_id)
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,6 +165,7 @@ def _bench_flops() -> Rate:
     )
 
 
+@functools.cache
 def rates() -> dict[str, Rate]:
     """The three rates of the time model, each with its source."""
     return {
@@ -258,11 +262,12 @@ def fitting_batch(
     shape: Shape, tokens: int, new_tokens: int, *, also: float = 0.0, cap: int = 64, quantization: str = "4bit"
 ) -> int:
     """The batch ``batch_size="auto"`` (:func:`kilib.lm.inference.fit_batch_size`) takes on a card of
-    :data:`TARGET_GIB`: the largest (1 to ``cap``) whose KV caches and last-position logits fit in
-    0.8 of what the weights (and ``also`` bytes of other models) leave."""
+    :data:`TARGET_GIB`, by the same rule (:func:`~kilib.lm.inference.row_bytes`,
+    :func:`~kilib.lm.inference.rows_that_fit`) over what the weights (and ``also`` bytes of other
+    models) leave."""
     free = TARGET_GIB * GIB / RESERVED_OVER - OVERHEAD_BYTES - weight_bytes(shape, quantization) - also
-    per_row = kv_cache_bytes(shape, 1, tokens + new_tokens) + shape.vocab * (BF16 + FP32)
-    return max(1, min(cap, int(0.8 * free // per_row)))
+    per_row = row_bytes(int(kv_cache_bytes(shape, 1, 1)), tokens + new_tokens, shape.vocab, BF16)
+    return rows_that_fit(free, per_row, cap)
 
 
 def estimate(work: Work, shape: Shape, others: dict[str, Shape] | None = None) -> Estimate:
@@ -271,19 +276,17 @@ def estimate(work: Work, shape: Shape, others: dict[str, Shape] | None = None) -
     others = others or {}
     parts: dict[str, float] = {}
     notes: list[str] = []
-    train = work.kind in ("lora-train", "full-train", "module-train")
-    parts["weights"] = weight_bytes(
-        shape, work.quantization, upcast=train and work.upcast and work.kind == "lora-train"
-    )
+    upcast = work.kind == "lora-train" and work.upcast  # prepare_model_for_kbit_training's float32 copies
+    parts["weights"] = weight_bytes(shape, work.quantization, upcast=upcast)
     for name in work.also_loaded:
         parts[f"weights of {name}"] = weight_bytes(others[name], "none")
     rows_tokens = work.batch * work.tokens
-    act_dtype = FP32 if (work.kind == "lora-train" and work.upcast) else BF16
+    act_dtype = FP32 if upcast else BF16
     if work.kind == "lora-train":
         parts["LoRA and AdamW"] = shape.lora_parameters(work.rank, work.lora_embeddings) * ADAMW_TRAINED_BYTES
         parts["activations"] = activation_bytes(shape, rows_tokens, work.checkpointing, act_dtype)
         parts["logits"] = 3 * rows_tokens * shape.vocab * FP32
-        if work.upcast:
+        if upcast:
             notes.append("residual stream in float32 (prepare_model_for_kbit_training upcasts the embeddings)")
     elif work.kind == "full-train":
         parts["gradients and AdamW"] = shape.parameters * (BF16 + 2 * BF16)

@@ -144,16 +144,31 @@ def _notebook02(c: Counts) -> list[Work]:
     t = p.train
     tasks = [task for task in p.tasks if task in ("gsm", "mmlu", "sni")]
     mean_tokens = {"gsm": c.gsm_tokens, "mmlu": c.mmlu_tokens, "sni": c.sni_tokens}
-    trained = [m for m in p.methods]
-    train_tokens = sum(mean_tokens[task] for task in tasks) * p.train_samples * t.epochs * len(trained)
+    train_tokens = sum(mean_tokens[task] for task in tasks) * p.train_samples * t.epochs * len(p.methods)
     rows = t.batch_size * t.max_length  # a packed micro-batch
     cuts = [m for m in p.methods if m != "lora"]
     student = paper_shape(p.student)
     matrices = student.layers * 7 + 2  # seven linears a block, the embeddings and the head
     groups = math.ceil(student.layers / p.sensitivity_group_blocks)  # the second pass, group by group
     mmlu_batch = _batch(p.eval_batch_size, paper_shape(p.teacher), c.mmlu_eval_prompt, 0)
-    evals = len(trained) + 2  # the methods, the untrained student and the teacher
+    evals = len(p.methods) + 2  # the methods, the untrained student and the teacher
     new = dict(p.max_new_tokens)
+
+    def answers(stage: str, prompt: int, new_tokens: int, rows: str, note: str = "") -> Work:
+        """A task's generated answers: every evaluation row of every model, at the student's size."""
+        return Work(
+            "02",
+            stage,
+            p.student,
+            "generate",
+            _batch(p.eval_batch_size, student, prompt, new_tokens),
+            prompt,
+            p.eval_samples * evals,
+            "answer",
+            new_tokens=new_tokens,
+            derivation=f"{p.eval_samples} {rows} x {evals} models{note}",
+        )
+
     return [
         Work(
             "02",
@@ -192,20 +207,15 @@ def _notebook02(c: Counts) -> list[Work]:
             rank=p.rank,
             lora_embeddings=True,
             checkpointing=t.gradient_checkpointing,
-            derivation=f"{len(trained)} methods x {len(tasks)} tasks x {p.train_samples} samples x {t.epochs:g} "
+            derivation=f"{len(p.methods)} methods x {len(tasks)} tasks x {p.train_samples} samples x {t.epochs:g} "
             f"epochs, {train_tokens:,} tokens packed into {t.batch_size} x {t.max_length}",
         ),
-        Work(
-            "02",
+        answers(
             "GSM8K answers",
-            p.student,
-            "generate",
-            _batch(p.eval_batch_size, student, c.gsm_eval_prompt, new["gsm"]),
             c.gsm_eval_prompt,
-            p.eval_samples * evals,
-            "answer",
-            new_tokens=new["gsm"],
-            derivation=f"{p.eval_samples} questions x {evals} models (the teacher's counted at the student's rate)",
+            new["gsm"],
+            "questions",
+            " (the teacher's counted at the student's rate)",
         ),
         Work(
             "02",
@@ -219,18 +229,7 @@ def _notebook02(c: Counts) -> list[Work]:
             logits_kept=1,
             derivation=f"{p.eval_samples} questions x {evals} models, at the 13B teacher's size",
         ),
-        Work(
-            "02",
-            "SNI answers",
-            p.student,
-            "generate",
-            _batch(p.eval_batch_size, student, c.sni_eval_prompt, new["sni"]),
-            c.sni_eval_prompt,
-            p.eval_samples * evals,
-            "answer",
-            new_tokens=new["sni"],
-            derivation=f"{p.eval_samples} examples x {evals} models",
-        ),
+        answers("SNI answers", c.sni_eval_prompt, new["sni"], "examples"),
     ]
 
 

@@ -104,9 +104,22 @@ def fit_batch_size(
             "pass the longest row's token count (at least 1) and non-negative counts"
         )
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    logit_bytes = int(config.vocab_size) * (torch.empty((), dtype=model_dtype(model)).element_size() + 4)
-    per_row = cache_bytes_per_token(model) * (prompt_tokens + new_tokens) + logit_rows * logit_bytes
-    return max(1, min(int(cap), int(fraction * free_bytes) // per_row))
+    dtype_bytes = torch.empty((), dtype=model_dtype(model)).element_size()
+    tokens = prompt_tokens + new_tokens
+    per_row = row_bytes(cache_bytes_per_token(model), tokens, int(config.vocab_size), dtype_bytes, logit_rows)
+    return rows_that_fit(free_bytes, per_row, cap, fraction)
+
+
+def row_bytes(cache_per_token: int, tokens: int, vocab: int, dtype_bytes: int, logit_rows: int = 1) -> int:
+    """Bytes one row of a batch holds while it is generated or scored: its cache over ``tokens``
+    positions and ``logit_rows`` rows of logits over the vocabulary, in the model's dtype and as the
+    float32 copy generation and scoring take of them."""
+    return cache_per_token * tokens + logit_rows * vocab * (dtype_bytes + 4)
+
+
+def rows_that_fit(free_bytes: float, per_row: int, cap: int = MAX_AUTO_BATCH, fraction: float = MEMORY_FRACTION) -> int:
+    """The largest batch, 1 to ``cap``, of rows of ``per_row`` bytes in ``fraction`` of ``free_bytes``."""
+    return max(1, min(int(cap), int(fraction * free_bytes) // int(per_row)))
 
 
 def _resolve_batch_size(model, batch_size, shape) -> int:
