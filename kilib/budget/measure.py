@@ -112,7 +112,7 @@ def _sensitivity_step(work: Work, model) -> Callable[[], None]:
 
     ids = _rows(model, 1, work.tokens)
     sample = [{"input_ids": ids.cpu(), "labels": ids.cpu()}]
-    return lambda: sensitivity(model, sample, summed=True)
+    return lambda: sensitivity(model, sample, summed=True, checkpointing=work.checkpointing)
 
 
 def _svd_step(work: Work, model) -> Callable[[], None]:

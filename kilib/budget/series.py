@@ -179,7 +179,7 @@ def _notebook02(c: Counts) -> list[Work]:
             t.max_length,
             p.seed_samples * len(tasks) * (1 + groups),
             "sample",
-            checkpointing=False,
+            checkpointing=p.sensitivity_checkpointing,
             derivation=f"{p.seed_samples} seed samples x {len(tasks)} tasks x (1 + {groups} block groups) passes, "
             "each sample of the cut length",
         ),

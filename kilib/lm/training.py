@@ -9,6 +9,7 @@ from the newest checkpoint in its folder.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -317,6 +318,29 @@ def enable_gradient_checkpointing(model, checkpoint_kwargs: dict | None = None) 
         raise KilibError(f"{name} does not support gradient checkpointing: {fix}") from e
     if not checkpointing_on(model):
         raise KilibError(f"gradient checkpointing did not come on in any block of {name}: {fix}")
+
+
+@contextlib.contextmanager
+def checkpointed_blocks(model):
+    """``model``'s blocks checkpointed (:func:`enable_gradient_checkpointing`) for the span of
+    the ``with``, in eval mode too: transformers checkpoints a block only while it is training,
+    so the blocks themselves (not their sublayers: no dropout comes on) are marked training until
+    the span ends. Checkpointing goes off again afterwards if it was off before."""
+    was_on = checkpointing_on(model)
+    if not was_on:
+        enable_gradient_checkpointing(model)
+    blocks = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    modes = [m.training for m in blocks]
+    for m in blocks:
+        m.training = True
+    try:
+        yield model
+    finally:
+        for m, mode in zip(blocks, modes):
+            m.training = mode
+        if not was_on:
+            off = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+            off()
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ the output head), for one pass over the seed samples per group.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -90,6 +91,7 @@ def cut_factors(
     on_totals: Callable | None = None,
     on_scores: Callable | None = None,
     prefix: str = "model.layers.",
+    checkpointing: bool = False,
 ) -> dict[str, dict[str, tuple[Any, Any]]]:
     """``{how: {student name: (B, A)}}``: every student matrix cut from the teacher by each way in
     ``methods`` (random windows seeded with 0), kept as its rank-``rank`` factors on the CPU.
@@ -97,20 +99,22 @@ def cut_factors(
     The teacher's sensitivities are computed :func:`matrix_groups` group by group, one pass over
     ``samples`` each, and dropped once the group's matrices are cut, so that no more than one
     group's running sums exist at a time (``on_totals`` sees each group's as it is allocated).
-    ``on_scores(scores)`` sees each group's sensitivities before they are dropped."""
+    ``on_scores(scores)`` sees each group's sensitivities before they are dropped; ``checkpointing``
+    is :func:`kilib.transfer.method.sensitivity`'s."""
     methods = list(methods)
     factors = lora_factors(student, rank)
     draws = {how: torch.Generator().manual_seed(0) for how in methods}
     out: dict[str, dict[str, tuple[Any, Any]]] = {how: {} for how in methods}
+    measure = functools.partial(sensitivity, teacher, samples, on_totals=on_totals, checkpointing=checkpointing)
     for names in matrix_groups(student, group_blocks, prefix):
-        _cut_group(teacher, student, samples, selected, names, factors, draws, out, on_totals, on_scores, prefix)
+        _cut_group(measure, teacher, student, selected, names, factors, draws, out, on_scores, prefix)
     return out
 
 
-def _cut_group(teacher, student, samples, selected, names, factors, draws, out, on_totals, on_scores, prefix) -> None:
-    """One group of :func:`cut_factors`; its sensitivities are freed when this returns."""
-    needed = sorted({teacher_name(n, selected, prefix) for n in names})
-    scores = sensitivity(teacher, samples, names=needed, on_totals=on_totals)
+def _cut_group(measure, teacher, student, selected, names, factors, draws, out, on_scores, prefix) -> None:
+    """One group of :func:`cut_factors`, its sensitivities from ``measure(names=...)``; they are
+    freed when this returns."""
+    scores = measure(names=sorted({teacher_name(n, selected, prefix) for n in names}))
     if on_scores is not None:
         on_scores(scores)
     for how, found in out.items():

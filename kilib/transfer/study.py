@@ -209,6 +209,20 @@ def extraction(inputs: TransferInputs, config: TransferConfig, task: str) -> Pat
     return results.cached_dir("transfer", key, lambda tmp: _extract(inputs, config, task, key["methods"], tmp))
 
 
+# Preset fields outside a run's cache key: the models are keyed by model_ref, so the preset's zoo stays
+# out, and the sensitivity's group size and checkpointing change no number (kilib.transfer.extraction).
+_UNKEYED = (
+    "teacher",
+    "student",
+    "tasks",
+    "methods",
+    "seeds",
+    "zoo",
+    "sensitivity_group_blocks",
+    "sensitivity_checkpointing",
+)
+
+
 def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods, folder: Path) -> None:
     teacher, tokenizer = _load(inputs.teacher, config)
     student = student_skeleton(inputs.student)  # names and shapes only: no student weight is loaded
@@ -219,7 +233,10 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
     # config.sensitivity_group_blocks student blocks at a time, each group cut and kept as its
     # rank-r factors (a 7B student's cut matrices in float32 would take 27 GB per way of cutting)
     # before the next group's sensitivities are allocated.
-    blocks = block_scores(sensitivity(teacher, samples, summed=True), len(decoder_layers(teacher)))
+    checkpointing = config.sensitivity_checkpointing
+    blocks = block_scores(
+        sensitivity(teacher, samples, summed=True, checkpointing=checkpointing), len(decoder_layers(teacher))
+    )
     selected = select_layers(blocks, len(decoder_layers(student)))
     probe = "model.layers.{}.mlp.down_proj.weight"
     heat = {
@@ -242,6 +259,7 @@ def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods,
         config.sensitivity_group_blocks,
         on_totals=meter,
         on_scores=keep_probe,
+        checkpointing=checkpointing,
     )
     for how in methods:
         save_factors(factors[how], folder / f"{how}.safetensors")
@@ -328,13 +346,7 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
         "eval_rows": inputs.rows[task]["eval"],
         "demos": inputs.rows[task]["demos"],
         "extraction": extraction(inputs, config, task).name if method != "lora" else None,
-        # the models are keyed by model_ref above, so the preset's zoo stays out; the sensitivity's
-        # group size changes no number (kilib.transfer.extraction.cut_factors)
-        "config": {
-            k: v
-            for k, v in dataclasses.asdict(config).items()
-            if k not in ("teacher", "student", "tasks", "methods", "seeds", "zoo", "sensitivity_group_blocks")
-        },
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in _UNKEYED},
         "prompts": _prompts_hash(
             tasks.train_pairs(task, inputs.rows[task]["train"], config.chat_format),
             eval_prompts(inputs, config, task),
