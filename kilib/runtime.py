@@ -49,6 +49,14 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def synchronize() -> None:
+    """Wait for the GPU's queued work (a timer's start and end), where there is a GPU."""
+    if cuda_available():
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def require_cuda(what: str) -> None:
     """Fail with a clear message where ``what`` needs a CUDA GPU and none is present."""
     if not cuda_available():

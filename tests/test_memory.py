@@ -1,6 +1,7 @@
 """The memory study (docs/methods.md, "## 04 Memory modules on FEVER") against direct computations:
 the module, the hook, the data pipeline."""
 
+import contextlib
 import dataclasses
 import json
 
@@ -226,6 +227,80 @@ def test_memory_trains_on_a_4bit_base(saved_model, tmp_path):
     }
     with torch.no_grad():
         assert not torch.allclose(model(**batch).logits, alone, atol=1e-3)
+
+
+# -- the blocks below the memory, run once per row ------------------------------------------
+def _deep(family, tok, layers=4):
+    """A model of ``layers`` blocks (the memory after block 2 of 4), so that blocks sit below and above it."""
+    from transformers import AutoModelForCausalLM
+
+    base = make_model(family, tok)
+    torch.manual_seed(1)
+    return AutoModelForCausalLM.from_config(
+        type(base.config)(**{**base.config.to_dict(), "num_hidden_layers": layers}), dtype=torch.float32
+    ).eval()
+
+
+def _memory_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(**batch, use_cache=False)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.memory.named_parameters()}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_reusing_the_lower_blocks_gives_the_gradients_of_the_full_forward(family):
+    """With the blocks below the memory run once per row and reused, a training step's loss and
+    the memory's gradients equal the full forward's, on the step that fills the store and on the
+    next ones (rows in another order and batch, padding included); the blocks below run once per
+    distinct row; eval-mode calls and generation take the full model; the store is gone after."""
+    tok = make_tokenizer()
+    base = _deep(family, tok)
+    model = memory_model.attach_memory(base, 16, seed=0)
+    _randomise(model.memory, scale=0.3)
+    texts = TEXT + ["the final was won 3-1 by the rovers in the year of the cup"]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    full = {**enc, "labels": labels}
+    swapped = {k: v[[2, 0]] for k, v in full.items()}  # another batch: two of the rows, in another order
+    model.train()
+    want = [_memory_grads(model, b) for b in (full, swapped)]
+    runs = []
+    handle = memory_model.decoder_layers(base)[0].register_forward_hook(lambda m, a, o: runs.append(a[0].shape[0]))
+    with model.reusing_lower_blocks():
+        got = [_memory_grads(model, b) for b in (full, swapped, full)]
+        assert sum(runs) == 3  # three distinct rows, each through the lower blocks once
+        model.eval()
+        with torch.no_grad():
+            assert torch.allclose(model(**enc).logits, base(**enc).logits)  # eval: the full model, memory included
+        assert sum(runs) == 3 + 2 * 3  # both eval calls ran every block on every row
+    handle.remove()
+    model.train()
+    assert model._lower is None
+    for (loss, grads), (want_loss, want_grads) in zip(got, [*want, want[0]]):
+        torch.testing.assert_close(loss, want_loss, rtol=1e-6, atol=1e-7)
+        assert grads.keys() == want_grads.keys()
+        for n in grads:
+            torch.testing.assert_close(grads[n], want_grads[n], rtol=1e-5, atol=1e-7, msg=n)
+        assert all(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_reusing_the_lower_blocks_trains_as_the_full_forward(tmp_path):
+    """Several epochs through ``train``: the same losses as without reuse (a Llama base); a base
+    with dropout is refused with one line naming the fix."""
+    tok = make_tokenizer()
+    losses = []
+    for reuse in (False, True):
+        model = memory_model.attach_memory(_deep("llama", tok), 16, seed=0)
+        with model.reusing_lower_blocks() if reuse else contextlib.nullcontext():
+            losses.append([r["loss"] for r in _train(model, tok, tmp_path / str(reuse), steps=12).losses])
+    assert len(losses[0]) == 12
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    dropping = make_model("gpt_neox", tok)
+    dropping.config.hidden_dropout = 0.1
+    with pytest.raises(KilibError, match="has dropout.*set its dropout to 0"):
+        with memory_model.attach_memory(dropping, 16).reusing_lower_blocks():
+            pass
 
 
 # -- the data ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from kilib import cli
-from kilib.runtime import KilibError, results_root
+from kilib.runtime import KilibError, cache_root, results_root
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 NOTEBOOK_01_FILES = {  # the figures and tables notebook 01 writes in every profile
@@ -388,3 +388,8 @@ def test_04_memory_fever_standin():
     models = set(presets.MEMORY_PRESETS["standin"].models)
     record = run_standin("04", models)
     assert {"kshot.png", "memory.png", "paper_claims.csv", "ablations.csv", "by_label.csv"} <= set(record["artifacts"])
+    # the paper preset's memories train on the reused outputs of the blocks below them; its full update does not
+    runs = [json.loads(p.read_text()) for p in (cache_root() / "memory").glob("*/run.json")]
+    trained = [r for r in runs if r["model"] in models and r["method"] != "pretrained"]
+    assert {r["reused_lower_blocks"] for r in trained if not r["full_update"]} == {True}
+    assert {r["reused_lower_blocks"] for r in trained if r["full_update"]} == {False}

@@ -636,18 +636,21 @@ def test_paper_path_runs_on_local_models_and_gsm8k_files(tmp_path, monkeypatch):
         p.startswith("Answer the following questions.\n\nQuestion: There are 15 trees") for p, _ in eight
     )
     assert config.chat_format == "tulu" and all(cue == "Answer:" and p.endswith("?") for p, cue in eight)
-    checkpointing, train = [], study.train  # the paper's micro-batches train with gradient checkpointing on
+    # the paper's micro-batches train with gradient checkpointing on, their examples packed into rows
+    checkpointing, collators, train = [], [], study.train
     monkeypatch.setattr(
         study,
         "train",
         lambda model, *a, **kw: (
             checkpointing.append(any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()))
+            or collators.append(kw.get("data_collator"))
             or train(model, *a, **kw)
         ),
     )
     run = study.run_job(inputs, config, "gsm", "sensitive", 0)
     assert run["initialised"] > 0 and run["train"]["steps"] == 2
     assert config.train.gradient_checkpointing and checkpointing == [True]
+    assert [type(c).__name__ for c in collators] == ["PackingCollator"] and collators[0].row_tokens == 2048
     assert sorted((a["shots"], a["item"]) for a in run["answers"]) == [(k, i) for k in (0, 8) for i in range(3)]
     base = study.baseline(inputs, config, "gsm", "student")
     assert len(base["answers"]) == 6 and all(set(a) >= {"prediction", "correct"} for a in base["answers"])

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from kilib.bench.sft_step import char_tokenizer, random_llama
 from kilib.results import hardware, package_versions, write_json
-from kilib.runtime import cuda_available, results_root
+from kilib.runtime import cuda_available, results_root, synchronize
 
 SHAPES = {  # Llama-2-7B on a GPU; a small Llama on a CPU
     "cuda": dict(hidden=4096, layers=32, heads=32, ffn=11008, vocab=32000),
@@ -77,13 +77,6 @@ def build_model(folder: Path, shape: dict, device: str) -> None:
     char_tokenizer(TEMPLATE).save_pretrained(folder)
 
 
-def _sync() -> None:
-    if cuda_available():
-        import torch
-
-        torch.cuda.synchronize()
-
-
 def _peaks() -> dict:
     from kilib.results import peak_memory
 
@@ -104,10 +97,10 @@ def stage_generate(folder: Path, work: dict) -> dict:
     ]
     start = time.perf_counter()
     gen._loaded()
-    _sync()
+    synchronize()
     loaded = time.perf_counter()
     replies = gen.complete(prompts)
-    _sync()
+    synchronize()
     done = time.perf_counter()
     new_chars = sum(len(r) for r in replies)  # one character is one token for this tokenizer
     return {
@@ -146,7 +139,7 @@ def stage_train(folder: Path, work: dict) -> dict:
     job = adapters.adapter_job(str(folder), config, pairs, {"eval": items}, seed=0)
     start = time.perf_counter()
     adapter, _ = adapters.train_and_answer(job)
-    _sync()
+    synchronize()
     total = time.perf_counter() - start
     log = read_json(adapter / "train.json")
     return {
@@ -171,7 +164,7 @@ def stage_judge(folder: Path, work: dict) -> dict:
     ]
     start = time.perf_counter()
     judge.complete(prompts)
-    _sync()
+    synchronize()
     return {"total_s": time.perf_counter() - start, "prompts": len(prompts)}
 
 

@@ -190,7 +190,8 @@ class Work:
 
     ``kind``: ``lora-train`` (4-bit base, LoRA), ``full-train`` (every weight, 16-bit),
     ``module-train`` (4-bit base, ``trained`` added parameters such as CALM's bridges or a
-    memory module, ``backward_fraction`` of the blocks in the backward pass), ``generate``,
+    memory module, ``backward_fraction`` of the blocks in the backward pass, and in the forward
+    pass too after the first of ``reused_over_epochs`` epochs where the blocks below are reused), ``generate``,
     ``score`` (one forward, ``logits_kept`` positions per row), ``sensitivity`` (one sample,
     forward and backward, hooks' float32 g^T x of the largest matrix), ``svd`` (host-free,
     ``units`` matrices). ``tokens`` is a row's length (the prompt's, for ``generate``)."""
@@ -210,6 +211,9 @@ class Work:
     upcast: bool = True  # prepare_model_for_kbit_training's float32 norms/embeddings and residual stream
     trained: int = 0  # module-train: the added parameters
     backward_fraction: float = 1.0
+    # module-train: the blocks below the module run once per row over this many epochs and are reused
+    # after (kilib.memory.model.MemoryLM.reusing_lower_blocks); 0: every step runs them
+    reused_over_epochs: float = 0
     logits_kept: int = 0  # score: 0 = every position
     also_loaded: tuple[str, ...] = ()  # other models held at the same time (CALM's m_A), 16-bit
     quantization: str = "4bit"
@@ -332,12 +336,17 @@ def _unit_seconds(work: Work, shape: Shape, r: dict[str, Rate]) -> tuple[float, 
     n = shape.parameters
     tokens = work.batch * work.tokens
     if work.kind in ("lora-train", "module-train", "full-train", "sensitivity"):
-        per_token = {"lora-train": 4, "module-train": 2 + 2 * work.backward_fraction, "full-train": 6}.get(work.kind, 4)
+        forward = 1.0  # the share of the blocks a step runs forward
+        if work.kind == "module-train" and work.reused_over_epochs:  # the blocks below run in the first epoch only
+            forward = work.backward_fraction + (1 - work.backward_fraction) / work.reused_over_epochs
+        per_token = {"lora-train": 4, "module-train": 2 * forward + 2 * work.backward_fraction, "full-train": 6}.get(
+            work.kind, 4
+        )
         if work.checkpointing:
             per_token += 2
         rows = 1 if work.kind == "sensitivity" else work.batch
         flop_time = per_token * n * (work.tokens * rows) / flops
-        launch = train_block * shape.layers
+        launch = train_block * shape.layers * forward
         return _larger(flop_time, launch)
     if work.kind == "score":
         flop_time = 2 * n * tokens / flops

@@ -26,7 +26,7 @@ import torch
 
 from kilib.budget.estimate import GIB, Work, paper_shape
 from kilib.results import hardware, package_versions, write_json
-from kilib.runtime import KilibError
+from kilib.runtime import KilibError, synchronize
 from kilib.standin import switch
 
 MEASURED = ("lora-train", "full-train", "generate", "score", "sensitivity", "svd")
@@ -35,11 +35,6 @@ WARMUP = 1  # units run before the clock starts (kernel selection, allocator gro
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def _rows(model, batch: int, tokens: int) -> torch.Tensor:
@@ -53,11 +48,11 @@ def _timed(step: Callable[[], Any], units: int) -> float:
     """Seconds per call of ``step`` over ``units`` calls, after :data:`WARMUP` untimed ones."""
     for _ in range(WARMUP):
         step()
-    _sync()
+    synchronize()
     start = time.perf_counter()
     for _ in range(units):
         step()
-    _sync()
+    synchronize()
     return (time.perf_counter() - start) / units
 
 

@@ -208,7 +208,8 @@ def _notebook02(c: Counts) -> list[Work]:
             lora_embeddings=True,
             checkpointing=t.gradient_checkpointing,
             derivation=f"{len(p.methods)} methods x {len(tasks)} tasks x {p.train_samples} samples x {t.epochs:g} "
-            f"epochs, {train_tokens:,} tokens packed into {t.batch_size} x {t.max_length}",
+            f"epochs, {train_tokens:,} tokens, counted in units of {t.batch_size} x {t.max_length} (a micro-batch "
+            f"packs {t.batch_size} examples into rows of at most {t.max_length} tokens; its memory is that bound's)",
         ),
         answers(
             "GSM8K answers",
@@ -327,8 +328,10 @@ def _notebook04(c: Counts) -> list[Work]:
                 "step",
                 trained=module,
                 backward_fraction=1 - p.depth,
+                reused_over_epochs=t.epochs if p.reuse_lower_blocks else 0,
                 derivation=f"{n} trainings x {steps_per_training:,} steps ({t.epochs:g} epochs of "
-                f"{c.fever_train_tokens:,} tokens in {t.batch_size} x {p.block_size})",
+                f"{c.fever_train_tokens:,} tokens in {t.batch_size} x {p.block_size})"
+                + (", the blocks below the memory run in the first epoch only" if p.reuse_lower_blocks else ""),
             )
         )
     for model in p.full_update_models:

@@ -37,7 +37,7 @@ from mwparserfromhell.wikicode import Wikicode
 from kilib.lm.data import read_jsonl, write_jsonl
 from kilib.results import cached_dir, read_json, write_json
 from kilib.runtime import KilibError
-from kilib.standin import switch
+from kilib.standin import data_articles, switch
 
 __all__ = [
     "PaperArticle",
@@ -574,11 +574,12 @@ def load_documents(
     (:data:`PAPER_ARTICLES`, at ``timestamp``; cached after the first run), anything else is
     a folder of your own ``.md``/``.txt`` files (:func:`load_folder`). While stand-ins are on
     (:mod:`kilib.standin.switch`), ``"paper"`` is the six synthetic articles kilib.standin writes,
-    the 2018 one the control as the paper's 2018 World Cup is."""
+    the 2018 one the control as the paper's 2018 World Cup is (:func:`kilib.standin.data_articles.post_cutoff`)."""
     if isinstance(spec, str) and spec.strip().lower() == "paper" and switch.scale():
         docs = load_folder(switch.dataset_path(STANDIN_ARTICLES), min_chars=min_chars)
+        flags = {_slug(title): after for title, after in data_articles.post_cutoff().items()}
         for doc_id in docs.doc_ids():
-            docs.sources[doc_id]["post_cutoff"] = not doc_id.startswith("2018")
+            docs.sources[doc_id]["post_cutoff"] = flags[doc_id]
         return docs
     if isinstance(spec, str) and spec.strip().lower() == "paper":
         docs = Documents()

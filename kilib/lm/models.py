@@ -452,20 +452,28 @@ def peft_quietly():
         yield
 
 
-def decoder_layers(model):
-    """The ``nn.ModuleList`` of transformer blocks (through peft wrappers)."""
+def decoder_layers_slot(model) -> tuple[nn.Module, str]:
+    """Where the transformer blocks sit: ``(owner, name)`` with ``getattr(owner, name)`` the
+    blocks' ``nn.ModuleList`` (through peft wrappers)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     for path in ("model.layers", "gpt_neox.layers", "transformer.h", "model.decoder.layers"):
-        obj = base
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
+        *parents, name = path.split(".")
+        owner = base
+        for part in parents:
+            owner = getattr(owner, part, None)
+            if owner is None:
                 break
-        if isinstance(obj, nn.ModuleList):
-            return obj
+        if owner is not None and isinstance(getattr(owner, name, None), nn.ModuleList):
+            return owner, name
     raise KilibError(
         f"cannot find the decoder blocks of {type(base).__name__}: supported are Llama and GPT-NeoX families"
     )
+
+
+def decoder_layers(model):
+    """The ``nn.ModuleList`` of transformer blocks (through peft wrappers)."""
+    owner, name = decoder_layers_slot(model)
+    return getattr(owner, name)
 
 
 def block_hidden(output):

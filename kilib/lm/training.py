@@ -259,7 +259,9 @@ class PackingCollator:
 
 def check_packing(model) -> None:
     """Raise unless ``model`` keeps packed examples apart: the logits of two sequences packed
-    in one row (position ids restarting) must equal their logits run one by one."""
+    in one row (position ids restarting) must equal their logits run one by one, to within
+    1e-3 of the logits' scale, or (in 16-bit compute, where kernels round differently for a
+    packed row) far closer to them than the second sequence's logits when it sees the first."""
     device = next(model.parameters()).device
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, 9), generator=torch.Generator().manual_seed(0)).to(device)
@@ -276,9 +278,12 @@ def check_packing(model) -> None:
                 dim=1,
             ).float()
             packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
+            joined = model(input_ids=ids, use_cache=False).logits.float()  # the second sequence sees the first
     finally:
         model.train(was_training)
-    if (packed - alone).abs().max() > 1e-3 * max(1.0, alone.abs().max().item()):
+    error = (packed - alone).abs().max().item()
+    leak = (joined - alone)[:, 5:].abs().max().item()
+    if error > 1e-3 * max(1.0, alone.abs().max().item()) and error > 0.05 * leak:
         name = type(getattr(model, "base_model", model)).__name__
         raise KilibError(
             f"{name} does not keep packed examples apart (its attention ignores restarting position ids): "

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from kilib.lm.models import WrappedLM, block_hidden, decoder_layers, with_block_hidden
+from kilib.lm.models import WrappedLM, block_hidden, decoder_layers, decoder_layers_slot, with_block_hidden
 from kilib.lm.training import enable_gradient_checkpointing
 from kilib.results import atomic_path, read_json, write_json
 from kilib.runtime import KilibError
@@ -75,7 +77,11 @@ class MemoryModule(nn.Module):
 class MemoryLM(WrappedLM):
     """A frozen base model with a memory module after block ``layer``. ``forward`` and
     ``generate`` take the base model's arguments. The hook stays on the base's block until
-    :meth:`remove`, so the base called directly also goes through the memory."""
+    :meth:`remove`, so the base called directly also goes through the memory.
+
+    Inside :meth:`reusing_lower_blocks`, a training forward runs the frozen blocks up to
+    ``layer`` once per distinct row and keeps their output: every later epoch starts from it and
+    runs only the memory and the blocks above (docs/methods.md, "## 04 Memory modules on FEVER")."""
 
     wrapped = "base"
 
@@ -91,6 +97,8 @@ class MemoryLM(WrappedLM):
         self.memory = memory.to(device=device, dtype=torch.float32)
         self.layer = layer
         self._handle = blocks[layer].register_forward_hook(self._add_memory)
+        self._lower: dict[bytes, torch.Tensor] | None = None  # row -> the output of blocks 0..layer
+        self._store = torch.device("cpu")
 
     def remove(self) -> None:
         """Detach the hook: the base model is itself again."""
@@ -107,9 +115,88 @@ class MemoryLM(WrappedLM):
         enable_gradient_checkpointing(self.base, gradient_checkpointing_kwargs)
 
     def _add_memory(self, module, args, output):
-        hidden = block_hidden(output)
+        return with_block_hidden(output, self._with_memory(block_hidden(output)))
+
+    def _with_memory(self, hidden):
         update = self.memory(hidden.to(torch.float32)).to(hidden.dtype)
-        return with_block_hidden(output, hidden + update)  # h <- h + mem(h), after block `layer`
+        return hidden + update  # h <- h + mem(h), after block `layer`
+
+    # -- the frozen blocks below the memory, run once per row --------------------------------
+    @contextlib.contextmanager
+    def reusing_lower_blocks(self, device: str | torch.device | None = None):
+        """For the span of the ``with``, each training forward (the module in training mode)
+        takes the output of blocks 0..``layer`` of a row it has seen before from a store instead
+        of running those blocks again: they are frozen and see the same row every epoch, so a
+        step runs only the memory and the blocks above it. The gradients are those of the full
+        forward (tested); 25 epochs with the memory at 75% depth take about 2.4 times fewer
+        FLOPs. The store holds a row's hidden states (tokens x hidden, in the compute dtype) on
+        ``device`` (default the CPU: 5 MB per 512-token row of a 13B model), keyed by the row's
+        token ids and mask; it is dropped when the span ends. Refused for a base with dropout,
+        whose blocks would not give a row the same output twice."""
+        dropping = [m for m in self.base.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+        dropping += [k for k in ("attention_dropout", "hidden_dropout") if getattr(self.config, k, 0) or 0]
+        if dropping:
+            raise KilibError(
+                "this base model has dropout, so its frozen blocks give a row different outputs each epoch: "
+                "train without reusing_lower_blocks, or set its dropout to 0"
+            )
+        self._lower, self._store = {}, torch.device(device or "cpu")
+        try:
+            yield self
+        finally:
+            self._lower = None
+
+    def forward(self, *args, **kwargs):
+        if self._lower is None or not self.training or args or "input_ids" not in kwargs:
+            return self.base(*args, **kwargs)
+        ids, mask = kwargs.pop("input_ids"), kwargs.get("attention_mask")
+        hidden = self._with_memory(self._lower_outputs(ids, mask))
+        owner, name = decoder_layers_slot(self.base)
+        blocks = getattr(owner, name)
+        setattr(owner, name, nn.ModuleList(list(blocks)[self.layer + 1 :]))  # the blocks above the memory
+        try:
+            return self.base(inputs_embeds=hidden, **kwargs)
+        finally:
+            setattr(owner, name, blocks)
+
+    def _lower_outputs(self, ids, mask):
+        """The output of blocks 0..``layer`` for each row of ``ids``: from the store, or computed
+        (without gradient, for the rows not yet stored) and stored."""
+        rows = mask if mask is not None else torch.ones_like(ids)
+        keys = [_row_key(i, m) for i, m in zip(ids, rows)]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._lower]
+        if missing:
+            first = [keys.index(k) for k in missing]
+            computed = self._run_lower(ids[first], None if mask is None else mask[first])
+            for k, h in zip(missing, computed):
+                self._lower[k] = h.to(self._store, copy=True)
+        return torch.stack([self._lower[k] for k in keys]).to(ids.device, non_blocking=True)
+
+    def _run_lower(self, ids, mask):
+        block = decoder_layers(self.base)[self.layer]
+        caught = {}
+
+        def catch(module, args, output):  # runs before the memory's hook: block `layer`'s own output
+            caught["hidden"] = block_hidden(output)
+            raise _LowerDone
+
+        handle = block.register_forward_hook(catch, prepend=True)
+        try:
+            with torch.no_grad():
+                self.base(input_ids=ids, attention_mask=mask, use_cache=False)
+        except _LowerDone:
+            pass
+        finally:
+            handle.remove()
+        return caught["hidden"]
+
+
+class _LowerDone(Exception):
+    """Stops a forward once the blocks below the memory have run."""
+
+
+def _row_key(ids, mask) -> bytes:
+    return hashlib.blake2b(ids.cpu().numpy().tobytes() + mask.cpu().numpy().tobytes(), digest_size=16).digest()
 
 
 def attach_memory(base, d_memory: int = MEMORY_DIM, depth: float = DEPTH, gate: float = 1.0, seed: int = 0):

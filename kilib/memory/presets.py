@@ -48,6 +48,10 @@ class MemoryConfig:
     seeds: tuple[int, ...] = (0,)
     max_new_tokens: int = 8
     eval_batch_size: int | str = 16  # "auto": the largest batch the GPU's free memory holds
+    # Training runs the frozen blocks below the memory once per row and reuses their output every later
+    # epoch (kilib.memory.model.MemoryLM.reusing_lower_blocks): the same gradients, about 2.4 times fewer
+    # FLOPs over 25 epochs. The zoo presets run the full forward, as their committed results were made.
+    reuse_lower_blocks: bool = True
     # The note says Adam with weight decay; kilib uses the Trainer's AdamW (decoupled decay).
     train: TrainConfig = TrainConfig(
         epochs=25,
@@ -128,6 +132,7 @@ MEMORY_PRESETS: dict[str, MemoryConfig] = {
         block_size=256,
         eval_batch_size=64,
         max_new_tokens=4,
+        reuse_lower_blocks=False,
         train=_TINY_TRAIN,
         full_train=_TINY_TRAIN,
     ),
@@ -144,6 +149,7 @@ MEMORY_PRESETS: dict[str, MemoryConfig] = {
         block_size=128,
         eval_batch_size=64,
         max_new_tokens=4,
+        reuse_lower_blocks=False,
         train=_SMOKE_TRAIN,
         full_train=_SMOKE_TRAIN,
     ),

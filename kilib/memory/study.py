@@ -11,6 +11,7 @@ the notebook's runs and claims; :mod:`kilib.memory.findings` turns them into its
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import shutil
@@ -289,7 +290,9 @@ def _run(
         base, tokenizer = load_causal_lm(path, quantization=config.quantization)
         model = attach_memory(base, config.memory_dim, config.depth, gate, seed)
     data = lm_dataset(tokenizer, training_texts(inputs, config, variant), config.block_size)
-    result = train(model, data, train_config, folder / "checkpoints", tokenizer=tokenizer)
+    reuse = config.reuse_lower_blocks and not full_update
+    with model.reusing_lower_blocks() if reuse else contextlib.nullcontext():
+        result = train(model, data, train_config, folder / "checkpoints", tokenizer=tokenizer)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     if full_update:
         with progress_bars(False):
@@ -319,6 +322,7 @@ def _run(
             "gate_init": None if full_update else gate,
             **extra,
             "train_examples": len(data),
+            "reused_lower_blocks": reuse,
             "train": {"steps": result.steps, "losses": result.losses, "seconds": result.seconds},
             "answers": evaluate(model, tokenizer, inputs, config, (config.memory_shots,)),
         },

@@ -24,6 +24,16 @@ ARTICLES = (
     ("2023 Collegiate Basketball Invitational", "basketball", 2023),
     ("2018 Intercontinental Football Cup", "football", 2018),
 )
+CUTOFF_YEAR = 2023  # an event of this year or later lies after the paper trainee's pretraining data
+
+
+def post_cutoff() -> dict[str, bool]:
+    """Each article's title and whether its event lies after the trainee's pretraining cutoff:
+    the 2023 ones, as :data:`kilib.lm.documents.PAPER_ARTICLES` marks the paper's; the 2018 one
+    is the control."""
+    return {title: year >= CUTOFF_YEAR for title, _, year in ARTICLES}
+
+
 _ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
 _BROADCASTERS = ("Channel Meridian", "Aldoria Sport", "KBN", "Velmora One", "StreamArc", "Pellmar Radio")
 _HOLE_PLAYS = ("made par", "made a birdie", "saved par from a bunker", "two-putted for par", "made a bogey")

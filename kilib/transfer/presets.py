@@ -75,6 +75,10 @@ class TransferConfig:
     # a 13B teacher on a 2,048-token seed sample keeps about 1 GB of activations instead of 15 GB, for one
     # more forward per sample. The sensitivities are the same either way.
     sensitivity_checkpointing: bool = True
+    # Each micro-batch's examples packed into rows of up to train.max_length tokens
+    # (kilib.lm.training.PackingCollator), so that no padding is computed: an SNI micro-batch padded to its
+    # longest example (up to 2,048 tokens) would be mostly padding. The loss is the padded batch's.
+    packing: bool = True
     # What the models and data are: "tiny" or "smoke", the generated world and that zoo (teacher
     # and student name zoo models); "", the Hub's models and datasets. Enters no cache key.
     zoo: str = "tiny"
@@ -106,6 +110,7 @@ TRANSFER_PRESETS = {
             logging_steps=5,
         ),
         sensitivity_checkpointing=False,  # short samples: the recompute would cost time and save nothing needed
+        packing=False,  # as the committed results were made
         zoo="tiny",
     ),
     # Enough steps (24) at a high rate for the smoke student to learn the answer formats.
@@ -122,6 +127,7 @@ TRANSFER_PRESETS = {
             epochs=3, batch_size=8, lr=1e-2, scheduler="linear", save_every_epoch=False, progress=False, logging_steps=1
         ),
         sensitivity_checkpointing=False,
+        packing=False,
         zoo="smoke",
     ),
     # The authors' chat format, and open-instruct's GSM8K evaluation: up to 512 new tokens, cut at EOS.

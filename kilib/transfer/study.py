@@ -36,7 +36,7 @@ from kilib.lm.models import (
     logical_shape,
     model_ref,
 )
-from kilib.lm.training import IGNORE_INDEX, render_prompt, sft_dataset, tokenize_sft, train
+from kilib.lm.training import IGNORE_INDEX, PackingCollator, render_prompt, sft_dataset, tokenize_sft, train
 from kilib.results import read_json, stable_hash, write_json
 from kilib.runtime import KilibError, set_seed
 from kilib.stats import bootstrap_ci, paired_comparison
@@ -221,6 +221,8 @@ _UNKEYED = (
     "sensitivity_group_blocks",
     "sensitivity_checkpointing",
 )
+# Preset fields in a run's key only when on, so that the keys of the runs made before them stay as they were.
+_KEYED_WHEN_ON = ("packing",)
 
 
 def _extract(inputs: TransferInputs, config: TransferConfig, task: str, methods, folder: Path) -> None:
@@ -346,7 +348,11 @@ def run_job(inputs: TransferInputs, config: TransferConfig, task: str, method: s
         "eval_rows": inputs.rows[task]["eval"],
         "demos": inputs.rows[task]["demos"],
         "extraction": extraction(inputs, config, task).name if method != "lora" else None,
-        "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in _UNKEYED},
+        "config": {
+            k: v
+            for k, v in dataclasses.asdict(config).items()
+            if k not in _UNKEYED and not (k in _KEYED_WHEN_ON and not v)
+        },
         "prompts": _prompts_hash(
             tasks.train_pairs(task, inputs.rows[task]["train"], config.chat_format),
             eval_prompts(inputs, config, task),
@@ -377,6 +383,7 @@ def _run(inputs: TransferInputs, config: TransferConfig, task: str, method: str,
         train_config,
         folder / "checkpoints",
         tokenizer=tokenizer,
+        data_collator=PackingCollator(tokenizer, train_config.max_length) if config.packing else None,
     )
     answers = evaluate(model, tokenizer, task, inputs, config)
     write_json(
