@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -174,6 +175,42 @@ def _logits_at(model, input_ids, attention_mask, keep, *, slice_logits: bool, no
         kwargs["logits_to_keep"] = keep  # a 2-D bool mask: the kept positions, flattened row by row
     logits = model(**kwargs).logits
     return logits[keep.to(logits.device)] if logits.dim() == 3 else logits
+
+
+def _kept_logits(model, tokenizer, rows, spans, batch_size, logit_rows: int, progress: bool, desc: str):
+    """The scoring loop :func:`sequence_logprob` and :func:`next_token_choice` share: ``rows``
+    (token id lists) in batches, longest first, right-padded, in eval mode under
+    ``torch.inference_mode()`` and without a KV cache; yields ``(batch, logits)``, the indices of
+    the batch's rows and the logits at each row's positions ``spans[i]`` (start, end), concatenated
+    in batch order. ``logit_rows``: the most positions a row keeps, for ``batch_size="auto"``.
+    The model's mode is restored when the loop ends or is closed."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    slice_logits, no_cache = _slices_logits(model), _forward_takes(model, "use_cache")
+    longest = max(len(ids) for ids in rows)
+    batch_size = _resolve_batch_size(model, batch_size, lambda: (longest, 0, logit_rows if slice_logits else longest))
+    device = _model_device(model)
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in _batches(order, batch_size, progress, desc):
+                input_ids, attention_mask = _right_padded([rows[i] for i in batch], pad_id)
+                keep = torch.zeros_like(input_ids, dtype=torch.bool)
+                for row, i in enumerate(batch):
+                    keep[row, spans[i][0] : spans[i][1]] = True
+                logits = _logits_at(
+                    model,
+                    input_ids.to(device),
+                    attention_mask.to(device),
+                    keep.to(device),
+                    slice_logits=slice_logits,
+                    no_cache=no_cache,
+                )
+                yield batch, logits
+                del logits
+    finally:
+        model.train(was_training)
 
 
 def _batches(order: list[int], batch_size: int, progress: bool, desc: str):
@@ -355,46 +392,30 @@ def _continuation_logprobs(model, tokenizer, prompts, continuations, batch_size,
     pairs = [_pair_ids(tokenizer, str(p), str(c)) for p, c in zip(prompts, continuations)]
     if not pairs:
         return []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    slice_logits, no_cache = _slices_logits(model), _forward_takes(model, "use_cache")
-    longest = max(len(ids) for ids, _ in pairs)
-    batch_size = _resolve_batch_size(
-        model, batch_size, lambda: (longest, 0, max(n for _, n in pairs) if slice_logits else longest)
-    )
-    device = _model_device(model)
-    order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]))
+    # logits at position t predict token t + 1: a continuation of n tokens ending at position L - 1
+    # is predicted at positions L - n - 1 to L - 2
+    spans = [(len(ids) - n - 1, len(ids) - 1) for ids, n in pairs]
     results: list[tuple[float, int]] = [(0.0, 0)] * len(pairs)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in _batches(order, batch_size, progress, "log-likelihood"):
-                input_ids, attention_mask = _right_padded([pairs[i][0] for i in batch], pad_id)
-                # logits at position t predict token t + 1: a continuation of n tokens ending at
-                # position L - 1 is predicted at positions L - n - 1 to L - 2
-                keep = torch.zeros_like(input_ids, dtype=torch.bool)
-                for row, i in enumerate(batch):
-                    ids, n_cont = pairs[i]
-                    keep[row, len(ids) - n_cont - 1 : len(ids) - 1] = True
-                logits = _logits_at(
-                    model,
-                    input_ids.to(device),
-                    attention_mask.to(device),
-                    keep.to(device),
-                    slice_logits=slice_logits,
-                    no_cache=no_cache,
-                )
-                offset = 0
-                for i in batch:
-                    ids, n_cont = pairs[i]
-                    step_logits = logits[offset : offset + n_cont].float()
-                    offset += n_cont
-                    targets = torch.tensor(ids[len(ids) - n_cont :], dtype=torch.long, device=step_logits.device)
-                    logprobs = torch.log_softmax(step_logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-                    results[i] = (float(logprobs.sum()), n_cont)
-                del logits
-    finally:
-        model.train(was_training)
+    scored = _kept_logits(
+        model,
+        tokenizer,
+        [ids for ids, _ in pairs],
+        spans,
+        batch_size,
+        max(n for _, n in pairs),
+        progress,
+        "log-likelihood",
+    )
+    with contextlib.closing(scored):
+        for batch, logits in scored:
+            offset = 0
+            for i in batch:
+                ids, n_cont = pairs[i]
+                step_logits = logits[offset : offset + n_cont].float()
+                offset += n_cont
+                targets = torch.tensor(ids[len(ids) - n_cont :], dtype=torch.long, device=step_logits.device)
+                logprobs = torch.log_softmax(step_logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+                results[i] = (float(logprobs.sum()), n_cont)
     return results
 
 
@@ -493,37 +514,15 @@ def next_token_choice(
         raise KilibError("a prompt tokenises to no tokens, so nothing predicts its next token: use non-empty prompts")
     if not encoded:
         return []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    slice_logits, no_cache = _slices_logits(model), _forward_takes(model, "use_cache")
-    longest = max(len(ids) for ids in encoded)
-    batch_size = _resolve_batch_size(model, batch_size, lambda: (longest, 0, 1 if slice_logits else longest))
-    device = _model_device(model)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     out: list[tuple[int, list[float]]] = [(0, [])] * len(encoded)
     index = torch.tensor(candidates, dtype=torch.long)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in _batches(order, batch_size, False, "next token"):
-                input_ids, attention_mask = _right_padded([encoded[i] for i in batch], pad_id)
-                keep = torch.zeros_like(input_ids, dtype=torch.bool)
-                for row, i in enumerate(batch):
-                    keep[row, len(encoded[i]) - 1] = True  # each row's last real position
-                logits = _logits_at(
-                    model,
-                    input_ids.to(device),
-                    attention_mask.to(device),
-                    keep.to(device),
-                    slice_logits=slice_logits,
-                    no_cache=no_cache,
-                )
-                probs = torch.softmax(logits.float(), dim=-1)
-                chosen = probs[:, index.to(probs.device)].cpu()
-                for row, i in enumerate(batch):
-                    values = chosen[row].tolist()
-                    out[i] = (max(range(len(values)), key=lambda k: (values[k], -k)), values)
-                del logits
-    finally:
-        model.train(was_training)
+    spans = [(len(ids) - 1, len(ids)) for ids in encoded]  # each row's last real position
+    scored = _kept_logits(model, tokenizer, encoded, spans, batch_size, 1, False, "next token")
+    with contextlib.closing(scored):
+        for batch, logits in scored:
+            probs = torch.softmax(logits.float(), dim=-1)
+            chosen = probs[:, index.to(probs.device)].cpu()
+            for row, i in enumerate(batch):
+                values = chosen[row].tolist()
+                out[i] = (max(range(len(values)), key=lambda k: (values[k], -k)), values)
     return out

@@ -162,8 +162,8 @@ class MemoryLM(WrappedLM):
     def _lower_outputs(self, ids, mask):
         """The output of blocks 0..``layer`` for each row of ``ids``: from the store, or computed
         (without gradient, for the rows not yet stored) and stored."""
-        rows = mask if mask is not None else torch.ones_like(ids)
-        keys = [_row_key(i, m) for i, m in zip(ids, rows)]
+        rows = (mask if mask is not None else torch.ones_like(ids)).cpu().numpy()
+        keys = [_row_key(i, m) for i, m in zip(ids.cpu().numpy(), rows)]
         missing = [k for k in dict.fromkeys(keys) if k not in self._lower]
         if missing:
             first = [keys.index(k) for k in missing]
@@ -196,7 +196,8 @@ class _LowerDone(Exception):
 
 
 def _row_key(ids, mask) -> bytes:
-    return hashlib.blake2b(ids.cpu().numpy().tobytes() + mask.cpu().numpy().tobytes(), digest_size=16).digest()
+    """A row's key in the store: a hash of its token ids and attention mask (numpy arrays)."""
+    return hashlib.blake2b(ids.tobytes() + mask.tobytes(), digest_size=16).digest()
 
 
 def attach_memory(base, d_memory: int = MEMORY_DIM, depth: float = DEPTH, gate: float = 1.0, seed: int = 0):
