@@ -189,8 +189,9 @@ def notebook_overrides(models: str = "", seeds: int = 0) -> dict[str, Any]:
 
 
 # The paper's code with its counts cut, for random-weight stand-ins of its models (make reproduce
-# PROFILE=standin; kilib.standin): the sweep's smallest and largest Pythia and a Llama, memories in the
-# smallest Pythia and the Llama, every variant, ablation (on the smallest Pythia) and baseline, a few pages
+# PROFILE=standin; kilib.standin): the sweep's smallest and largest Pythia and a Llama at 0, 1 and 2 shots,
+# memories in the smallest Pythia and the Llama on the Document and the Template store (Document + Template
+# is their union, through the same code), every ablation (on the smallest Pythia) and baseline, a few pages
 # and claims, one epoch.
 MEMORY_PRESETS["standin"] = dataclasses.replace(
     MEMORY_PRESETS["paper"],
@@ -199,6 +200,9 @@ MEMORY_PRESETS["standin"] = dataclasses.replace(
     ablation_models=(_PYTHIA[0],),
     full_update_models=(_PYTHIA[0],),
     size_pair=(_PYTHIA[0], _PYTHIA[-1]),
+    shots=(0, 1, 2),
+    variants=("document", "template"),
+    full_update_variants=("template",),
     pages=2,
     eval_claims=8,
     train=dataclasses.replace(MEMORY_PRESETS["paper"].train, epochs=1, warmup_steps=1, logging_steps=1),
