@@ -235,6 +235,19 @@ def test_measuring_on_stand_ins_records_every_stage(tmp_path, monkeypatch):
         Work("02", "sensitivity", "meta-llama/Llama-2-13b-hf", "sensitivity", 1, 12, 1, "sample"),
         Work("03", "stage", "TinyLlama/TinyLlama_v1.1", "full-train", 2, 8, 1, "step", quantization="none"),
         Work("03", "compositions", "meta-llama/Llama-2-7b-hf", "module-train", 2, 8, 1, "step", trained=10),
+        Work(
+            "04",
+            "memory",
+            "EleutherAI/pythia-70m-deduped",
+            "module-train",
+            2,
+            8,
+            1,
+            "step",
+            backward_fraction=0.25,
+            reused_over_epochs=25,
+            module="memory",
+        ),
     ]
     out = tmp_path / "measured.json"
     written = []
@@ -246,8 +259,9 @@ def test_measuring_on_stand_ins_records_every_stage(tmp_path, monkeypatch):
     assert written == list(range(1, len(works) + 1))  # after every stage
     stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
     assert report["kind"] == "measured" and report["scale"] == "small"
-    for name in ("train", "generate", "score", "sensitivity", "stage"):
+    for name in ("train", "generate", "score", "sensitivity", "stage", "memory"):
         assert stages[name]["status"] == "ok" and stages[name]["unit_seconds"] > 0, name
+        assert stages[name]["hours"] == round(stages[name]["unit_seconds"] * stages[name]["units"] / 3600, 2)
     assert stages["train again"]["same_as"] == "02 train"  # the chat model has its base's shape
     assert stages["compositions"]["status"].startswith("not measured")
 

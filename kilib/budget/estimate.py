@@ -214,6 +214,7 @@ class Work:
     # module-train: the blocks below the module run once per row over this many epochs and are reused
     # after (kilib.memory.model.MemoryLM.reusing_lower_blocks); 0: every step runs them
     reused_over_epochs: float = 0
+    module: str = ""  # module-train: the module, "memory" (notebook 04) or "calm" (notebook 03)
     logits_kept: int = 0  # score: 0 = every position
     also_loaded: tuple[str, ...] = ()  # other models held at the same time (CALM's m_A), 16-bit
     quantization: str = "4bit"

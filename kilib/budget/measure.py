@@ -6,8 +6,10 @@ on a GPU) through kilib's own code: a LoRA or full training step, a generation b
 forward without a cache, one sensitivity sample, one truncated SVD. Stages run one after another in
 one process, the riskiest (the largest estimated peak) first, with the allocator's peaks reset
 between them; the JSON is written after each stage, an out-of-memory is recorded as such and the run
-goes on, and stages not reached before the deadline say so. Stages of study-specific models (CALM's
-bridges, the memory module) are not measured here: their rows keep the estimate.
+goes on, and stages not reached before the deadline say so. Notebook 04's memory training runs
+kilib's memory model (:mod:`kilib.memory.model`), reusing the blocks below the memory as the paper
+preset does: its unit is a step averaged over the preset's epochs, the first of which also runs the
+blocks below. CALM's compositions are not measured here: their rows keep the estimate.
 
 On a CPU the same code runs at the small scale, as a check of the mechanics (its times and memory
 say nothing about a GPU).
@@ -37,10 +39,10 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _rows(model, batch: int, tokens: int) -> torch.Tensor:
+def _rows(model, batch: int, tokens: int, seed: int = 0) -> torch.Tensor:
     """Random token ids, ``batch`` x ``tokens``, from the model's vocabulary (no special ids)."""
     vocab = model.get_input_embeddings().weight.shape[0]
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab, (batch, max(2, tokens)), generator=generator).to(next(model.parameters()).device)
 
 
@@ -119,6 +121,32 @@ def _svd_step(work: Work, model) -> Callable[[], None]:
     return lambda: svd_factors(matrix, work.rank)
 
 
+def _memory_seconds(work: Work, base, units: int) -> float:
+    """Seconds per memory-training step averaged over ``work.reused_over_epochs`` epochs: a step on
+    rows not yet stored (the first epoch: every block runs) and a step on stored rows (the blocks
+    below the memory reused), each timed over ``units`` steps."""
+    from kilib.memory.model import attach_memory
+
+    model = attach_memory(base, depth=1 - work.backward_fraction)
+    base.config.use_cache = False
+    model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=1e-5)
+    fresh = iter(range(1, 2 * (WARMUP + units) + 2))  # seeds of rows the store has not seen
+
+    def step(ids) -> None:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    stored = _rows(base, work.batch, work.tokens)
+    with model.reusing_lower_blocks():
+        first = _timed(lambda: step(_rows(base, work.batch, work.tokens, next(fresh))), units)
+        reused = _timed(lambda: step(stored), units)
+    epochs = work.reused_over_epochs or 1
+    return reused + (first - reused) / epochs if work.reused_over_epochs else first
+
+
 STEPS = {
     "lora-train": _train_step,
     "full-train": _train_step,
@@ -134,7 +162,7 @@ def measure_one(work: Work, units: int = 2) -> dict[str, Any]:
     unit is the stage's: a step, a batch of requests (divided by the batch), a sample, a matrix."""
     from kilib.lm.models import load_causal_lm
 
-    if work.kind not in MEASURED:
+    if work.kind not in MEASURED and not (work.kind == "module-train" and work.module == "memory"):
         return {"status": f"not measured: a {work.kind} stage needs its study's model"}
     cuda = torch.cuda.is_available()
     if cuda:
@@ -143,7 +171,10 @@ def measure_one(work: Work, units: int = 2) -> dict[str, Any]:
     model = None
     try:
         model, _ = load_causal_lm(work.model, quantization=work.quantization)
-        seconds = _timed(STEPS[work.kind](work, model), units)
+        if work.kind == "module-train":
+            seconds = _memory_seconds(work, model, units)
+        else:
+            seconds = _timed(STEPS[work.kind](work, model), units)
         if work.kind == "generate":
             seconds /= work.batch  # the unit is one request of the batch
         out = {"status": "ok", "unit_seconds": seconds}
@@ -192,7 +223,7 @@ def measure(
         for work in order:
             # one measurement per architecture and work: a chat model has its base's shape
             architecture = dataclasses.replace(paper_shape(work.model), name="")
-            shape = (architecture, work.kind, work.batch, work.tokens, work.new_tokens, work.checkpointing)
+            shape = (architecture, work.kind, work.module, work.batch, work.tokens, work.new_tokens, work.checkpointing)
             if time.monotonic() - started > deadline_s:
                 result = {"status": "not reached before the deadline"}
             elif shape in seen:
@@ -211,9 +242,12 @@ def measure(
                     "tokens": work.tokens,
                     "new_tokens": work.new_tokens,
                     "unit": work.unit,
+                    "units": work.units,
                     **result,
                 }
             )
+            if "unit_seconds" in result:  # projected to the paper's counts, as the estimate is
+                report["stages"][-1]["hours"] = round(result["unit_seconds"] * work.units / 3600, 2)
             report["seconds"] = round(time.monotonic() - started, 1)
             write_json(out, report)
     return report

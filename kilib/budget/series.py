@@ -267,6 +267,7 @@ def _notebook03(c: Counts) -> list[Work]:
             "step",
             trained=bridges,
             also_loaded=(p.augment,),
+            module="calm",
             derivation=f"{trainings} trainings x {p.train_examples:,} examples at batch {p.train.batch_size}; "
             f"{bridges:,} bridge parameters",
         ),
@@ -329,6 +330,7 @@ def _notebook04(c: Counts) -> list[Work]:
                 trained=module,
                 backward_fraction=1 - p.depth,
                 reused_over_epochs=t.epochs if p.reuse_lower_blocks else 0,
+                module="memory",
                 derivation=f"{n} trainings x {steps_per_training:,} steps ({t.epochs:g} epochs of "
                 f"{c.fever_train_tokens:,} tokens in {t.batch_size} x {p.block_size})"
                 + (", the blocks below the memory run in the first epoch only" if p.reuse_lower_blocks else ""),
