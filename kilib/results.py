@@ -21,6 +21,7 @@ import platform
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -28,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from kilib.runtime import cache_root, repo_root, results_root
+from kilib.runtime import KilibError, cache_root, repo_root, results_root
 from kilib.standin import switch
 
 PACKAGES = (
@@ -93,7 +94,16 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON in ``path``; a file that is not JSON (a damaged cache or results file) is a
+    :class:`~kilib.runtime.KilibError` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KilibError(
+            f"{path} is damaged ({type(e).__name__} at {getattr(e, 'pos', '?')}): delete it (or, in the cache, "
+            "its folder) and run again to recompute it"
+        ) from None
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -346,12 +356,83 @@ def is_cached(kind: str, key: Any, root: Path | None = None) -> bool:
     return (cache_path(kind, key, root) / "key.json").exists()
 
 
+MANIFEST = "manifest.json"  # a cache entry's files: size and (up to HASHED_UP_TO bytes) SHA-256
+HASHED_UP_TO = 1 << 20  # files up to this size are hashed on every lookup; larger ones are checked by size
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Record every file of ``folder`` (but ``key.json`` and the manifest) with its size and
+    SHA-256 in ``manifest.json``."""
+    files = {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).as_posix() not in ("key.json", MANIFEST)
+    }
+    write_json(folder / MANIFEST, files)
+    return files
+
+
+def entry_damage(folder: Path, hash_all: bool = False) -> str | None:
+    """What is wrong with the finished cache entry ``folder``, or None: a ``key.json`` or
+    manifest that is not JSON, a file of the manifest missing, of another size, or (files up to
+    :data:`HASHED_UP_TO` bytes, every file with ``hash_all``) of another content. An entry made
+    before manifests were written is checked for its ``key.json`` only."""
+    files: dict[str, Any] = {}
+    for name in ("key.json", MANIFEST):
+        if name == MANIFEST and not (folder / name).exists():
+            break
+        try:
+            loaded = json.loads((folder / name).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            return f"{name} is damaged"
+        files = loaded if name == MANIFEST else files
+    for name, recorded in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != recorded["bytes"]:
+            return f"{name} has {size:,} bytes, not {recorded['bytes']:,}"
+        if (hash_all or size <= HASHED_UP_TO) and file_sha256(path) != recorded["sha256"]:
+            return f"{name} has changed"
+    return None
+
+
 def move_into_place(work: Path, final: Path) -> None:
     """Rename the finished folder ``work`` onto the cache folder ``final`` (on one file system,
-    so it appears whole), replacing a leftover ``final`` that has no ``key.json``."""
+    so it appears whole), replacing a leftover or damaged ``final``."""
     if final.exists():
         shutil.rmtree(final)
     os.replace(work, final)
+
+
+@contextlib.contextmanager
+def key_lock(final: Path) -> Iterator[None]:
+    """Hold the lock of the cache entry ``final`` (``<cache>/.locks/<kind>/<hash>.lock``): one
+    process builds an entry at a time, and a second waits for it (saying so). The operating
+    system releases the lock of a process that dies."""
+    from filelock import FileLock, Timeout
+
+    folder = final.parent.parent / ".locks" / final.parent.name
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / f"{final.name}.lock"))
+    try:
+        lock.acquire(timeout=2)
+    except Timeout:
+        print(f"kilib: waiting for another process building {final}", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cached_dir(
@@ -360,26 +441,41 @@ def cached_dir(
     """Return ``<cache>/<kind>/<hash(key)>``, building it once with ``build(folder)``.
 
     ``build`` fills a work folder that is renamed into place only when it returns, so an
-    interrupted build is never mistaken for a finished one; ``key.json`` records the inputs.
-    With ``resumable`` the work folder (``.<hash>.partial``) survives a failure, so a build
-    that checkpoints into it (a training run) continues where it stopped.
+    interrupted build is never mistaken for a finished one; ``manifest.json`` then records its
+    files (sizes and hashes), and ``key.json``, written last, the inputs. A finished entry found
+    damaged (:func:`entry_damage`) is said in one line and built again. Builds of one key hold
+    its lock (:func:`key_lock`), so two processes never build it at once; the holder clears the
+    work folders that killed builds of that key left behind. With ``resumable`` the work folder
+    (``.<hash>.partial``) survives a failure, so a build that checkpoints into it (a training
+    run) continues where it stopped.
     """
     final = cache_path(kind, key, root)
     base = final.parent
-    if (final / "key.json").exists():
+    if (final / "key.json").exists() and entry_damage(final) is None:
         return final
     base.mkdir(parents=True, exist_ok=True)
-    if resumable:
-        work = base / f".{final.name}.partial"
-        work.mkdir(exist_ok=True)
-    else:
-        work = Path(tempfile.mkdtemp(dir=base, prefix=f".{final.name}."))
-    try:
-        build(work)
-        write_json(work / "key.json", key)
-        move_into_place(work, final)
-    except BaseException:
-        if not resumable:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
+    with key_lock(final):
+        if (final / "key.json").exists():
+            problem = entry_damage(final)
+            if problem is None:  # built by another process while this one waited
+                return final
+            print(f"kilib: cache entry {final} is damaged ({problem}): building it again", file=sys.stderr, flush=True)
+        partial = base / f".{final.name}.partial"
+        for stale in base.glob(f".{final.name}.*"):  # work folders of killed builds of this key
+            if stale.is_dir() and stale != partial:
+                shutil.rmtree(stale, ignore_errors=True)
+        if resumable:
+            work = partial
+            work.mkdir(exist_ok=True)
+        else:
+            work = Path(tempfile.mkdtemp(dir=base, prefix=f".{final.name}."))
+        try:
+            build(work)
+            write_manifest(work)
+            write_json(work / "key.json", key)
+            move_into_place(work, final)
+        except BaseException:
+            if not resumable:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
     return final

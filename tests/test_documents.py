@@ -165,7 +165,13 @@ def test_fetch_pins_the_revision_and_caches_it(private_cache):
         source["revision_timestamp"] == "2024-02-27T10:11:12Z" and source["pinned_timestamp"] == "2024-03-01T00:00:00Z"
     )
     folder = Path(source["cache"])
-    assert {p.name for p in folder.iterdir()} == {"api.json", "sections.jsonl", "source.json", "key.json"}
+    assert {p.name for p in folder.iterdir()} == {
+        "api.json",
+        "sections.jsonl",
+        "source.json",
+        "key.json",
+        "manifest.json",
+    }
     assert json.loads((folder / "api.json").read_text())["query"]["pages"][0]["revisions"][0]["revid"] == 1201
 
     # A second fetch of the same (title, timestamp) is a cache hit: no request, even offline.

@@ -12,7 +12,17 @@ from kilib import runtime
 from kilib.config import apply_overrides, select_preset
 from kilib.lm.data import read_jsonl, write_jsonl
 from kilib.plots import bars_with_ci, lines_with_ci
-from kilib.results import Run, atomic_write_text, cached_dir, git_state, markdown_table, stable_hash
+from kilib.results import (
+    Run,
+    atomic_write_text,
+    cache_path,
+    cached_dir,
+    git_state,
+    markdown_table,
+    read_json,
+    stable_hash,
+    write_json,
+)
 from kilib.runtime import KilibError
 
 
@@ -177,6 +187,89 @@ def test_cached_dir_builds_once_and_never_keeps_half_a_build(tmp_path):
     with pytest.raises(RuntimeError):
         cached_dir("demo", {"b": 1}, broken, root=tmp_path)
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [first.name]
+
+
+def _entry(tmp_path, calls):
+    def build(folder):
+        calls.append(1)
+        write_json(folder / "run.json", {"answers": list(range(50))})
+        (folder / "weights.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MB: checked by its size
+        (folder / "sub").mkdir()
+        (folder / "sub" / "notes.txt").write_text("notes")
+
+    return lambda: cached_dir("runs", {"r": 2}, build, root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (lambda f: (f / "run.json").write_text((f / "run.json").read_text()[:40]), "run.json has 40 bytes"),
+        (lambda f: (f / "sub" / "notes.txt").unlink(), "sub/notes.txt is missing"),
+        (lambda f: (f / "sub" / "notes.txt").write_text("NOTES"), "sub/notes.txt has changed"),
+        (lambda f: (f / "weights.bin").write_bytes(b"x"), "weights.bin has 1 bytes"),
+        (lambda f: (f / "manifest.json").write_text("{"), "manifest.json is damaged"),
+        (lambda f: (f / "key.json").write_text('{"r": '), "key.json is damaged"),
+    ],
+    ids=["truncated", "deleted", "altered", "truncated-large", "manifest", "key"],
+)
+def test_a_damaged_cache_entry_is_said_in_one_line_and_built_again(tmp_path, capsys, damage, said):
+    calls = []
+    entry = _entry(tmp_path, calls)
+    folder = entry()
+    manifest = read_json(folder / "manifest.json")
+    assert set(manifest) == {"run.json", "weights.bin", "sub/notes.txt"}
+    assert entry() == folder and calls == [1]
+    damage(folder)
+    assert entry() == folder and calls == [1, 1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(folder) in err[0] and said in err[0] and "building it again" in err[0]
+    assert read_json(folder / "run.json") == {"answers": list(range(50))} and entry() == folder and calls == [1, 1]
+
+
+def test_killed_builds_leave_nothing_that_outlives_the_next_build(tmp_path):
+    """Work folders of builds killed mid-way (no Python cleanup) are cleared by the next build of
+    their key; another key's are left alone, as a build of it may be running."""
+    calls = []
+    entry = _entry(tmp_path, calls)
+    final = cache_path("runs", {"r": 2}, tmp_path)
+    final.parent.mkdir(parents=True)
+    for stale in (f".{final.name}.a1b2c3", f".{final.name}.zz9"):
+        (final.parent / stale).mkdir()
+        (final.parent / stale / "half.bin").write_bytes(b"half")
+    (final.parent / ".0123456789abcdef.q1w2").mkdir()  # another key's build
+    entry()
+    assert sorted(p.name for p in final.parent.iterdir()) == [".0123456789abcdef.q1w2", final.name]
+
+
+def test_two_builders_of_one_key_build_it_once(tmp_path):
+    """Two threads asking for one key at once: one builds while the other waits, then finds it."""
+    import threading
+    import time
+
+    calls = []
+
+    def build(folder):
+        calls.append(1)
+        time.sleep(0.5)
+        (folder / "out.txt").write_text("done")
+
+    got = []
+    threads = [
+        threading.Thread(target=lambda: got.append(cached_dir("race", {"k": 1}, build, root=tmp_path)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and len(got) == 2 and got[0] == got[1] and (got[0] / "out.txt").read_text() == "done"
+
+
+def test_a_damaged_json_file_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"metrics": {"accuracy": 0.5')
+    with pytest.raises(KilibError, match=r"run\.json is damaged .*delete it"):
+        read_json(path)
 
 
 def test_resumable_build_keeps_its_work_folder(tmp_path):

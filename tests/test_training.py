@@ -144,6 +144,41 @@ def test_training_lowers_the_loss_and_resumes(tmp_path, family):
     assert [h["loss"] for h in resumed.losses[8:]] == pytest.approx([h["loss"] for h in straight.losses[8:]], rel=1e-4)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:100]),
+        lambda c: (c / "optimizer.pt").unlink(),
+        lambda c: (c / "trainer_state.json").unlink(),
+        lambda c: (c / "kilib-checkpoint.json").unlink(),  # a save cut off before its record
+    ],
+    ids=["truncated-optimizer", "no-optimizer", "no-state", "unfinished"],
+)
+def test_a_damaged_checkpoint_is_said_removed_and_not_resumed(tmp_path, capsys, damage):
+    """A rerun never resumes from a checkpoint that is incomplete: it says so in one line, removes
+    it and starts over, giving the uninterrupted run's losses (a fresh optimizer would not)."""
+
+    class CrashAfterSaving(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 4:
+                raise _Crash
+
+    tok = make_tokenizer()
+    data = sft_dataset(tok, [{"prompt": "who won the cup?", "answer": "the rovers"}] * 8)
+    config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, progress=False, logging_steps=1)
+    straight = train(make_model("llama", tok), data, config, tmp_path / "straight", tokenizer=tok)
+    with pytest.raises(_Crash):
+        train(make_model("llama", tok), data, config, tmp_path / "run", tokenizer=tok, callbacks=[CrashAfterSaving()])
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    assert latest_checkpoint(tmp_path / "run") == checkpoint
+    damage(checkpoint)
+    capsys.readouterr()
+    again = train(make_model("llama", tok), data, config, tmp_path / "run", tokenizer=tok)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("kilib:")]
+    assert len(err) == 1 and "checkpoint-4 cannot resume the run" in err[0]
+    assert again.steps == 8 and again.losses == straight.losses
+
+
 def test_only_parameters_that_require_grad_train(tmp_path):
     tok = make_tokenizer()
     model = make_model("llama", tok)

@@ -106,6 +106,26 @@ def test_best_submatrix_matches_the_authors_double_loop():
         assert method.best_submatrix(scores, rows, cols) == corner, (trial, scores, rows, cols)
     with pytest.raises(KilibError, match="does not fit"):
         method.best_submatrix(torch.zeros(3, 3), 4, 1)
+    # a numpy array is taken as its tensor; what is not a 2-D array of numbers is one line
+    scores = torch.rand(5, 7, generator=g)
+    assert method.best_submatrix(scores.numpy(), 2, 3) == method.best_submatrix(scores, 2, 3)
+    with pytest.raises(KilibError, match="must be a 2-D array of numbers, got str"):
+        method.best_submatrix("scores", 1, 1)
+    with pytest.raises(KilibError, match=r"must be 2-D .*got shape \(5,\)"):
+        method.best_submatrix(torch.ones(5), 1, 1)
+
+
+def test_a_transferred_start_refuses_lora_dropout():
+    """With dropout the trained adapter and the frozen -B A one draw different masks in training,
+    so the student would not be unchanged at step 0: refused in one line, before any change."""
+    from kilib.lm.models import attach_lora
+
+    tok = make_tokenizer()
+    model = attach_lora(make_model("llama", tok), r=4, dropout=0.1, target_modules=["q_proj"])
+    extracted = {"model.layers.0.self_attn.q_proj.weight": torch.randn(64, 64)}
+    with pytest.raises(KilibError, match="dropout 0.1, which breaks the start's equality.*lora_dropout=0"):
+        method.init_lora_from(model, extracted, rank=4)
+    assert method.RESIDUAL not in model.peft_config
 
 
 def test_svd_factors_start_a_lora_that_leaves_the_student_unchanged():

@@ -120,6 +120,10 @@ def _escape(m, data):
         ("key changed", r"key.json does not hash to the folder's name"),
         ("escape", r"outside the folders its manifest lists"),
         ("no key", r"has no key.json"),
+        ("flipped weights", r"model.safetensors differs from the manifest's size or SHA-256: it was altered"),
+        ("zeroed weights", r"model.safetensors differs from the manifest's size or SHA-256: it was altered"),
+        ("garbage key", r"key.json does not parse"),
+        ("manifest without files", r"kilib-zoo.json lists no folders with their files"),
     ],
 )
 def test_a_bad_archive_is_one_clear_error_and_writes_nothing(archive, tmp_path, monkeypatch, case, message):
@@ -135,6 +139,30 @@ def test_a_bad_archive_is_one_clear_error_and_writes_nothing(archive, tmp_path, 
         rewrite(path, bad, _break_key)
     elif case == "escape":
         rewrite(path, bad, _escape)
+    elif case in ("flipped weights", "zeroed weights"):
+
+        def tamper(m, data):
+            if not (m.name.startswith("zoo/") and m.name.endswith("model.safetensors")):
+                return m, data
+            cut = len(data) // 2  # past the header: weights, the same size as before
+            if case == "zeroed weights":
+                return m, data[:cut] + bytes(len(data) - cut)
+            return m, data[:cut] + bytes(b ^ 0xFF for b in data[cut : cut + 64]) + data[cut + 64 :]
+
+        rewrite(path, bad, tamper)
+    elif case == "garbage key":
+        rewrite(path, bad, lambda m, d: (m, b"{not json") if m.name.endswith("/key.json") else (m, d))
+    elif case == "manifest without files":
+
+        def strip(m, data):
+            if m.name != zoo_archive.MANIFEST:
+                return m, data
+            manifest = json.loads(data)
+            for entry in manifest["entries"]:
+                entry.pop("files")
+            return m, json.dumps(manifest).encode()
+
+        rewrite(path, bad, strip)
     else:
         rewrite(path, bad, lambda m, d: None if m.name.startswith("zoo/") and m.name.endswith("/key.json") else (m, d))
     cache = fresh_cache(tmp_path, monkeypatch)

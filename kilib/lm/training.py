@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +20,10 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
 from kilib.lm.models import check_trainable_4bit_layout
+from kilib.results import read_json, write_json
 from kilib.runtime import KilibError, cuda_available
 
 IGNORE_INDEX = -100  # label value the cross-entropy ignores: prompt and padding tokens
@@ -359,9 +362,50 @@ class TrainResult:
     seconds: float
 
 
+CHECKPOINT_FILES = "kilib-checkpoint.json"  # a finished checkpoint's files and their sizes, written after it
+
+
+class _MarkComplete(TrainerCallback):
+    """Records a checkpoint's files and sizes once ``Trainer`` has written all of it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            files = {
+                p.relative_to(folder).as_posix(): p.stat().st_size
+                for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.name != CHECKPOINT_FILES
+            }
+            write_json(folder / CHECKPOINT_FILES, files)
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """What keeps ``folder`` from resuming a run, or None: no record of its files (a save that
+    was cut off), or a file missing or of another size than recorded."""
+    try:
+        files = read_json(folder / CHECKPOINT_FILES)
+    except (OSError, KilibError):
+        return "it was not finished (no complete record of its files)"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} bytes, not {size:,}"
+    return None
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint in ``output_dir``: one that is damaged or was cut off
+    (:func:`checkpoint_damage`) is said in one line and removed, and the one before it taken."""
     checkpoints = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return checkpoints[-1] if checkpoints else None
+    for folder in reversed(checkpoints):
+        problem = checkpoint_damage(folder)
+        if problem is None:
+            return folder
+        print(f"kilib: checkpoint {folder} cannot resume the run ({problem}): removing it", file=sys.stderr, flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 class KilibTrainer(Trainer):
@@ -453,7 +497,7 @@ def train(
         args=args,
         train_dataset=dataset,
         data_collator=data_collator or (collator(tokenizer) if tokenizer is not None else None),
-        callbacks=callbacks,
+        callbacks=[_MarkComplete(), *(callbacks or [])],
     )
     if not config.progress:  # with tqdm off, transformers prints every log line instead
         trainer.remove_callback(PrinterCallback)

@@ -11,8 +11,9 @@ The file is a tar archive of the zoo's cache folders (the tokenizer, each model 
 pretraining and after its reading stage, and the knowledge reports notebook 00 computed for
 them) with a manifest, ``kilib-zoo.json``. A cache folder's name is the hash of its
 ``key.json``, the inputs that made it, so an import checks each folder against its name and
-this checkout's zoo against the archive's before writing anything. Each folder is renamed into
-the cache only once it is whole, so a failed import leaves the cache as it was.
+this checkout's zoo against the archive's before writing anything, and each file against the size
+and SHA-256 the manifest lists for it, so an altered archive is refused. Each folder is renamed
+into the cache only once it is whole, so a failed import leaves the cache as it was.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kilib.results import atomic_path, git_state, hardware, move_into_place, stable_hash, write_json
+from kilib.results import atomic_path, file_sha256, git_state, hardware, move_into_place, stable_hash, write_json
 from kilib.runtime import KilibError, cache_root
 from kilib.tiny.zoo import ZooConfig, model_dir, zoo_config, zoo_entries
 
-FORMAT = 1
+FORMAT = 2  # 2: each folder's files with their sizes and SHA-256
 MANIFEST = "kilib-zoo.json"
 KINDS = ("tokenizer", "zoo", "reports")
 SUFFIXES = {".tar": "w", ".tar.gz": "w:gz", ".tgz": "w:gz"}
@@ -102,8 +103,11 @@ def export_zoo(config: ZooConfig, path: str | Path, profile: str = "tiny") -> di
         "format": FORMAT,
         "profile": profile,
         "world_seed": config.world_seed,
-        "entries": [{"what": e["what"], "kind": e["kind"], "name": e["name"]} for e in status]
-        + [{"what": "knowledge report", "kind": "reports", "name": r.name} for r in reports],
+        "entries": [
+            {"what": e["what"], "kind": e["kind"], "name": e["name"], "files": _files(root / e["kind"] / e["name"])}
+            for e in status
+        ]
+        + [{"what": "knowledge report", "kind": "reports", "name": r.name, "files": _files(r)} for r in reports],
         "kilib": git_state(),
         "exported_on": hardware(),
     }
@@ -114,6 +118,27 @@ def export_zoo(config: ZooConfig, path: str | Path, profile: str = "tiny") -> di
             for entry in manifest["entries"]:
                 tar.add(root / entry["kind"] / entry["name"], arcname=f"{entry['kind']}/{entry['name']}")
     return {"path": path, "bytes": path.stat().st_size, "manifest": manifest}
+
+
+def _files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file of a cache folder with its size and SHA-256, as the manifest lists them."""
+    return {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _check_files(path: Path, staged: Path, prefix: str, files: dict[str, Any]) -> None:
+    """Refuse a staged folder whose files are not exactly those the manifest lists, byte for byte."""
+    found = {p.relative_to(staged).as_posix(): p for p in staged.rglob("*") if p.is_file()}
+    for name in sorted(set(found) | set(files)):
+        recorded, file = files.get(name), found.get(name)
+        if file is None or recorded is None:
+            why = "missing" if file is None else "not in the manifest"
+            raise _damaged(path, f"{prefix}/{name} is {why}")
+        if file.stat().st_size != recorded["bytes"] or file_sha256(file) != recorded["sha256"]:
+            raise _damaged(path, f"{prefix}/{name} differs from the manifest's size or SHA-256: it was altered")
 
 
 def _corrupt(e: BaseException) -> str:
@@ -150,7 +175,12 @@ def _read_archive(path: Path) -> tuple[tarfile.TarFile, list[tarfile.TarInfo], d
                 f"manifest format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
                 f"this kilib reads format {FORMAT}",
             )
-        listed = {(e.get("kind"), e.get("name")) for e in manifest.get("entries", [])}
+        entries = manifest.get("entries")
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("files"), dict) for e in entries
+        ):
+            raise _damaged(path, f"{MANIFEST} lists no folders with their files")
+        listed = {(e.get("kind"), e.get("name")) for e in entries}
         for kind, name in listed:
             if (
                 kind not in KINDS
@@ -175,7 +205,10 @@ def _read_archive(path: Path) -> tuple[tarfile.TarFile, list[tarfile.TarInfo], d
             key_member = by_name.get(f"{kind}/{name}/key.json")
             if key_member is None:
                 raise _damaged(path, f"{kind}/{name} has no key.json")
-            key = json.loads(tar.extractfile(key_member).read())
+            try:
+                key = json.loads(tar.extractfile(key_member).read())
+            except (ValueError, AttributeError):
+                raise _damaged(path, f"{kind}/{name}/key.json does not parse") from None
             if stable_hash(key) != name:
                 raise _damaged(path, f"{kind}/{name}/key.json does not hash to the folder's name")
     except BaseException:
@@ -212,22 +245,25 @@ def import_zoo(path: str | Path) -> dict[str, Any]:
             {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         )  # members were checked; Python >= 3.12 checks too
         try:
+            # every folder extracted and checked against the manifest before any is moved in
             for entry in manifest["entries"]:
                 kind, name = entry["kind"], entry["name"]
-                final = root / kind / name
-                if (final / "key.json").exists():
+                if (root / kind / name / "key.json").exists():
                     present.append(entry)
                     continue
                 prefix = f"{kind}/{name}"
                 chosen = [m for m in members if m.name == prefix or m.name.startswith(prefix + "/")]
                 tar.extractall(staging, members=chosen, **safe)
                 staged = staging / kind / name
+                _check_files(path, staged, prefix, entry["files"])
                 if stable_hash(json.loads((staged / "key.json").read_text())) != name:
                     raise _damaged(path, f"{prefix}/key.json changed while it was read")
-                final.parent.mkdir(parents=True, exist_ok=True)
-                move_into_place(staged, final)
-                shutil.rmtree(final.parent / f".{name}.partial", ignore_errors=True)  # an interrupted build of it
                 imported.append(entry)
+            for entry in imported:
+                final = root / entry["kind"] / entry["name"]
+                final.parent.mkdir(parents=True, exist_ok=True)
+                move_into_place(staging / entry["kind"] / entry["name"], final)
+                shutil.rmtree(final.parent / f".{entry['name']}.partial", ignore_errors=True)  # an interrupted build
         except (tarfile.TarError, EOFError, zlib.error) as e:
             raise _damaged(path, _corrupt(e)) from None
         finally:

@@ -245,7 +245,16 @@ def select_layers(block_scores: Sequence[float], n: int) -> list[int]:
 def best_submatrix(scores, rows: int, cols: int) -> tuple[int, int]:
     """Top-left corner of the ``rows`` x ``cols`` window of the 2-D ``scores`` with the largest
     sum; the first such window in row-major order (Zhong et al. §3.1, direct extraction of
-    submatrices)."""
+    submatrices). ``scores`` may be a tensor or anything ``torch.as_tensor`` takes (a numpy array)."""
+    if not isinstance(scores, torch.Tensor):
+        try:
+            scores = torch.as_tensor(scores)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise KilibError(
+                f"scores must be a 2-D array of numbers, got {type(scores).__name__}: pass a tensor or a numpy array"
+            ) from e
+    if scores.dim() != 2:
+        raise KilibError(f"scores must be 2-D (one score per weight of a matrix), got shape {tuple(scores.shape)}")
     height, width = scores.shape
     _check_fits(rows, cols, height, width)
     table = torch.zeros(height + 1, width + 1, dtype=torch.float64)
@@ -427,6 +436,14 @@ def init_lora_from(model, extracted: Mapping[str, Any], rank: int, adapter: str 
         raise KilibError("this model's LoRA was already started from extracted factors: attach a fresh LoRA first")
     if model.peft_config[adapter].r != rank:
         raise KilibError(f"the LoRA has rank {model.peft_config[adapter].r}, not {rank}: attach it with r={rank}")
+    dropout = getattr(model.peft_config[adapter], "lora_dropout", 0.0) or 0.0
+    if dropout > 0:
+        # the trained adapter and the frozen -B A one would draw different dropout masks in training,
+        # so W - B A + B A would not be W at step 0
+        raise KilibError(
+            f"the LoRA has dropout {dropout:g}, which breaks the start's equality in training: attach it with "
+            "lora_dropout=0"
+        )
     with peft_quietly():
         model.add_adapter(RESIDUAL, copy.deepcopy(model.peft_config[adapter]))
     done = []

@@ -491,7 +491,7 @@ def sensitivity_window_figure(extractions: Mapping[str, Path], task_names: Seque
     fig, axes = plt.subplots(1, len(task_names), figsize=(4 * len(task_names), 3), squeeze=False)
     for ax, task in zip(axes[0], task_names):
         meta = read_json(extractions[task] / "extraction.json")
-        scores = torch.load(extractions[task] / "probe_sensitivity.pt")
+        scores = torch.load(extractions[task] / "probe_sensitivity.pt", weights_only=True)
         rows, cols = meta["probe"]["shape"]
         r0, c0 = best_submatrix(scores, rows, cols)
         ax.imshow(np.log10(scores.numpy() + 1e-12), aspect="auto", cmap="viridis")
