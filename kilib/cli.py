@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import signal
@@ -115,12 +116,41 @@ def _only_fix(name: str, folder: Path) -> str:
 def run_notebook(
     notebook: Path, profile: str, parameters: dict | None = None, out_dir: Path | None = None, progress: bool = True
 ) -> Path:
-    """Execute one notebook; the executed copy is written only when it succeeds."""
+    """Execute one notebook; the executed copy is written only when it succeeds. One run of a
+    notebook and profile at a time (:func:`_results_lock`)."""
+    params = {"PROFILE": profile, **(parameters or {})}
+    check_parameters(notebook, params)
+    with _results_lock(profile, notebook):
+        return _run_locked(notebook, profile, params, out_dir, progress)
+
+
+@contextlib.contextmanager
+def _results_lock(profile: str, notebook: Path):
+    """Hold the lock of ``results/<profile>/<notebook>`` (under ``results/.locks/``) for a run, or
+    refuse in one line while another run holds it: two runs of one notebook at once would clear
+    each other's staging folder. The operating system releases the lock of a process that dies."""
+    from filelock import FileLock, Timeout
+
+    folder = results_root() / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / f"{profile}-{notebook.stem}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise KilibError(
+            f"another run is writing {results_root() / profile / notebook.stem} now: wait for it to end, "
+            "or set KILIB_RESULTS_DIR to another folder to run beside it"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_locked(notebook: Path, profile: str, params: dict, out_dir: Path | None, progress: bool) -> Path:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    params = {"PROFILE": profile, **(parameters or {})}
-    check_parameters(notebook, params)
     out_dir = out_dir or results_root() / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / notebook.name

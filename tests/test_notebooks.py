@@ -109,6 +109,26 @@ def test_interrupted_run_is_one_line(monkeypatch, capsys):
 
 
 @pytest.mark.notebook
+def test_a_second_run_of_a_notebook_is_refused_while_one_runs(capsys):
+    """Two runs of one notebook at once would clear each other's staging folder: while one holds
+    its results' lock, another is one line naming the folder and the way around, writes nothing,
+    and the notebook runs once the lock is free (here it fails on its parameter, after the lock)."""
+    from filelock import FileLock
+
+    path = cli.discover_notebooks("01")[0]
+    lock = FileLock(str(results_root() / ".locks" / f"smoke-{path.stem}.lock"))
+    (results_root() / ".locks").mkdir(parents=True, exist_ok=True)
+    with lock:
+        assert cli.main(["reproduce", "--profile", "smoke", "--only", "01", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "another run is writing" in err[0] and "01_sft_injection" in err[0]
+        assert "KILIB_RESULTS_DIR" in err[0]
+        assert not (results_root() / "smoke" / ".01_sft_injection.partial").exists()
+    with pytest.raises(KilibError, match="SEEDS=-1"):
+        cli.run_notebook(path, "smoke", {"SEEDS": -1}, progress=False)
+
+
+@pytest.mark.notebook
 def test_failed_notebook_leaves_no_staging_or_copy(capsys):
     """An error inside a notebook is one line; the run's staging folder and the executed copy
     are removed, and the last complete results stay."""
