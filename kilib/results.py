@@ -271,10 +271,14 @@ class Run:
         return csv
 
     def save_figure(self, fig, name: str) -> Path:
-        """Write a matplotlib figure as ``<name>.png`` and ``<name>.svg``."""
+        """Write a matplotlib figure as ``<name>.png`` and ``<name>.svg``, byte for byte the same
+        for the same figure: no date in the SVG, and its element ids from a fixed salt."""
+        import matplotlib
+
         for ext in ("png", "svg"):
-            with atomic_path(self.dir / f"{name}.{ext}") as tmp:
-                fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+            with atomic_path(self.dir / f"{name}.{ext}") as tmp, matplotlib.rc_context({"svg.hashsalt": "kilib"}):
+                metadata = {"Date": None} if ext == "svg" else {}
+                fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight", metadata=metadata)
             self._note(self.dir / f"{name}.{ext}")
         return self.dir / f"{name}.png"
 
@@ -380,11 +384,11 @@ def write_manifest(folder: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def entry_damage(folder: Path, hash_all: bool = False) -> str | None:
+def entry_damage(folder: Path) -> str | None:
     """What is wrong with the finished cache entry ``folder``, or None: a ``key.json`` or
     manifest that is not JSON, a file of the manifest missing, of another size, or (files up to
-    :data:`HASHED_UP_TO` bytes, every file with ``hash_all``) of another content. An entry made
-    before manifests were written is checked for its ``key.json`` only."""
+    :data:`HASHED_UP_TO` bytes) of another content. An entry made before manifests were written
+    is checked for its ``key.json`` only."""
     files: dict[str, Any] = {}
     for name in ("key.json", MANIFEST):
         if name == MANIFEST and not (folder / name).exists():
@@ -394,6 +398,10 @@ def entry_damage(folder: Path, hash_all: bool = False) -> str | None:
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             return f"{name} is damaged"
         files = loaded if name == MANIFEST else files
+    if not isinstance(files, dict) or not all(
+        isinstance(r, dict) and {"bytes", "sha256"} <= set(r) for r in files.values()
+    ):
+        return f"{MANIFEST} is damaged"
     for name, recorded in files.items():
         path = folder / name
         if not path.is_file():
@@ -401,7 +409,7 @@ def entry_damage(folder: Path, hash_all: bool = False) -> str | None:
         size = path.stat().st_size
         if size != recorded["bytes"]:
             return f"{name} has {size:,} bytes, not {recorded['bytes']:,}"
-        if (hash_all or size <= HASHED_UP_TO) and file_sha256(path) != recorded["sha256"]:
+        if size <= HASHED_UP_TO and file_sha256(path) != recorded["sha256"]:
             return f"{name} has changed"
     return None
 

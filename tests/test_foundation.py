@@ -112,6 +112,30 @@ def test_a_failed_rerun_keeps_the_last_results_and_a_finished_one_replaces_them(
     assert sorted(p.name for p in final.parent.iterdir()) == ["99_demo"]  # no staging or old folder left
 
 
+def test_figures_are_byte_for_byte_repeatable(tmp_path):
+    """The same figure saved twice gives the same PNG and SVG bytes (no date, fixed SVG ids), and
+    notebook 01's Fig 2, whose dots seaborn jitters, is drawn the same twice without touching
+    numpy's global random state."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+
+    from kilib.sft.tables import coverage_figure
+
+    coverage = pd.DataFrame({"doc_id": ["a"] * 6 + ["b"] * 6, "scale": ["1x", "5x", "10x"] * 4, "pairs": range(12)})
+    saved = []
+    for i in range(2):
+        np.random.seed(i)
+        state = np.random.get_state()[1].copy()
+        with Run("99_demo", "smoke", root=tmp_path / str(i)) as run:
+            run.save_figure(coverage_figure(coverage, [1, 5, 10], {"a": "A", "b": "B"}), "fig2")
+        assert (np.random.get_state()[1] == state).all()
+        final = tmp_path / str(i) / "smoke" / "99_demo"
+        saved.append({ext: (final / f"fig2.{ext}").read_bytes() for ext in ("png", "svg")})
+    assert saved[0] == saved[1]
+
+
 def test_tables_and_figures(tmp_path):
     import matplotlib
 
