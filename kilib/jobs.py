@@ -7,13 +7,17 @@ answering 1.1-1.2x), so on a CPU they train in spawned processes, one per core. 
 exactly ``threads`` torch threads wherever it runs, in a worker or in this process: torch sums
 some gradients in another order with another thread count, so a run's numbers would otherwise
 depend on how many ran beside it or how many were already cached. On a GPU the runs go one by
-one in this process.
+one in this process. A worker ends as soon as the process that started it is gone, however it
+ended, so that a killed run leaves no worker behind.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +33,19 @@ def cpu_threads() -> int | None:
     """torch's thread count where a training run's numbers depend on it (on a CPU), for its
     cache key; None on a GPU."""
     return None if runtime.cuda_available() else torch.get_num_threads()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker's initializer: a daemon thread ends the worker as soon as the process that
+    started it is gone (killed, even with SIGKILL), so that no worker outlives its run and goes
+    on training into the cache beside a rerun."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="kilib-exit-with-parent", daemon=True).start()
 
 
 def _run(fn: Callable[..., Any], args: tuple, kwargs: dict, threads: int) -> Any:
@@ -60,7 +77,12 @@ def side_by_side(
         finally:
             torch.set_num_threads(saved)
         return results
-    pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = cf.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         futures = {pool.submit(_run, fn, args, kwargs, threads): i for i, (fn, args, kwargs) in enumerate(calls)}
         for finished, future in enumerate(cf.as_completed(futures), 1):

@@ -31,3 +31,40 @@ def test_a_failing_call_raises_here_and_bad_counts_are_refused():
         side_by_side([(int, ("1",), {})], workers=-1)
     with pytest.raises(KilibError, match="threads must be at least 1"):
         side_by_side([(int, ("1",), {})], threads=0)
+
+
+def test_no_worker_outlives_a_killed_run(tmp_path):
+    """A run killed with SIGKILL (no Python cleanup) while its workers are busy leaves no worker:
+    each ends within seconds of its parent, instead of training on into the cache."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = (
+        "import time\n"
+        "from kilib.jobs import side_by_side\n"
+        "side_by_side([(time.sleep, (120,), {}), (time.sleep, (120,), {})], workers=2)\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", script])
+    workers: list = []
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(0.5)
+            workers = [
+                c for c in psutil.Process(run.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())
+            ]
+        assert len(workers) == 2, "the workers did not start"
+        time.sleep(3)  # both busy in their sleep
+        run.send_signal(signal.SIGKILL)
+        run.wait(10)
+        gone, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive, [w.pid for w in alive]
+    finally:  # whatever happened, no worker is left running after the test
+        for proc in [*workers, *psutil.Process().children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
