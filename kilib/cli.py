@@ -18,17 +18,19 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import errno
 import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from kilib import report as results_report
 from kilib.results import atomic_write_text
-from kilib.runtime import PROFILES, KilibError, repo_root, resolve_profile, results_root
+from kilib.runtime import PROFILES, KilibError, cache_root, repo_root, resolve_profile, results_root
 
 KERNEL_NAME = "kilib"
 TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict, "None": type(None)}
@@ -173,6 +175,11 @@ def _run_locked(notebook: Path, profile: str, params: dict, out_dir: Path | None
             raise KilibError(f"{notebook.name}: {e.evalue}") from None
         if tmp.exists():
             os.replace(tmp, failed)
+        if "No space left on device" in str(e.evalue) or "Errno 28" in str(e.evalue):
+            raise KilibError(
+                f"{notebook.name} ran out of disk space in cell {e.exec_count} ({e.evalue}): free space, or set "
+                "KILIB_CACHE_DIR and KILIB_RESULTS_DIR to folders on another disk; finished steps are cached"
+            ) from None
         raise KilibError(
             f"{notebook.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (executed copy: {failed})"
         ) from None
@@ -206,12 +213,28 @@ def _shown(path: Path) -> Path:
     return path.relative_to(repo_root()) if path.is_relative_to(repo_root()) else path
 
 
+def check_writable(folder: Path, variable: str) -> None:
+    """Fail in one line, before anything runs, unless ``folder`` is (or can be made) a folder
+    this process can write into."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kilib-write-check."):
+            pass
+    except OSError as e:
+        raise KilibError(
+            f"cannot write into {folder} ({e.strerror or type(e).__name__}): make it a writable folder, "
+            f"or set {variable} to one"
+        ) from None
+
+
 def reproduce(args) -> int:
     profile = resolve_profile(args.profile)
     parameters = {name: parse_value(value) for name, value in (args.param or [])}
     # the stand-in series is the paper's studies: notebook 00 shows the tiny world, whose zoo it does not use
     notebooks = discover_notebooks(args.only or (STANDIN_SERIES if profile == "standin" else None))
     check_run_parameters(notebooks, parameters)
+    check_writable(results_root() / profile, "KILIB_RESULTS_DIR")
+    check_writable(cache_root(), "KILIB_CACHE_DIR")
     chosen = "from auto" if args.profile == "auto" else "as asked"
     print(f"kilib: profile {profile} ({chosen}), {len(notebooks)} notebook(s)")
     for nb in notebooks:
@@ -392,6 +415,16 @@ def main(argv: list[str] | None = None) -> int:
             return report(args)
     except KilibError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(
+            f"error: {e.strerror}{where}: free space or fix the folder's permissions, or set KILIB_RESULTS_DIR "
+            "and KILIB_CACHE_DIR to folders on another disk; finished steps are cached, so a rerun goes on",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

@@ -413,3 +413,47 @@ def test_04_memory_fever_standin():
     trained = [r for r in runs if r["model"] in models and r["method"] != "pretrained"]
     assert {r["reused_lower_blocks"] for r in trained if not r["full_update"]} == {True}
     assert {r["reused_lower_blocks"] for r in trained if r["full_update"]} == {False}
+
+
+@pytest.mark.parametrize("which", ["results-file", "results-read-only", "cache-file"])
+def test_an_unwritable_results_or_cache_folder_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsys, which):
+    """A file where the results (or cache) folder should be, or a read-only results folder: one
+    line naming the folder and the variable that moves it, exit 2, no notebook started."""
+    import os
+    import stat
+
+    started = []
+    monkeypatch.setattr(cli, "run_notebook", lambda *a, **k: started.append(a))
+    if which == "results-file":
+        (tmp_path / "results").write_text("not a folder")
+        monkeypatch.setenv("KILIB_RESULTS_DIR", str(tmp_path / "results"))
+        variable = "KILIB_RESULTS_DIR"
+    elif which == "cache-file":
+        (tmp_path / "cache").write_text("not a folder")
+        monkeypatch.setenv("KILIB_CACHE_DIR", str(tmp_path / "cache"))
+        variable = "KILIB_CACHE_DIR"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "results" / "smoke"
+        folder.mkdir(parents=True)
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        monkeypatch.setenv("KILIB_RESULTS_DIR", str(tmp_path / "results"))
+        variable = "KILIB_RESULTS_DIR"
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "00"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write into") and variable in err[0]
+    assert not started
+
+
+def test_a_full_disk_is_one_line(monkeypatch, capsys):
+    """No space left while a notebook runs: one line that says what to do, exit 2."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/cache/sft-adapters/.ab12/adapter.safetensors")
+
+    monkeypatch.setattr(cli, "run_notebook", full)
+    assert cli.main(["reproduce", "--profile", "smoke", "--only", "00"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device writing /data/cache" in err[0] and "KILIB_CACHE_DIR" in err[0]
