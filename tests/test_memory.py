@@ -4,6 +4,7 @@ the module, the hook, the data pipeline."""
 import contextlib
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -446,6 +447,23 @@ def test_paper_profile_rejects_malformed_claims(fever_folder):
         study.study_inputs(presets.MemoryConfig(models=("m",)))
 
 
+def test_malformed_local_fever_files_are_one_line_naming_them(fever_folder):
+    """A claims file or a pages file whose JSON lines are cut off: one line naming the file and a
+    local fix (not the Hub's), instead of the datasets reader's traceback."""
+    good = (fever_folder / "validation.jsonl").read_text()
+    (fever_folder / "validation.jsonl").write_text(good[: len(good) // 2])
+    with pytest.raises(
+        KilibError, match=r"cannot read validation.jsonl in .* as json .*claim, label and evidence"
+    ) as e:
+        study.study_inputs(presets.MemoryConfig(models=("m",)))
+    assert "\n" not in str(e.value) and "Hub" not in str(e.value)
+    (fever_folder / "validation.jsonl").write_text(good)
+    pages = Path(fever.PAPER_DATA["pages"])
+    pages.write_text(pages.read_text()[:30])
+    with pytest.raises(KilibError, match=r"cannot read wiki-pages.jsonl .* as json .*id and text"):
+        study.study_inputs(presets.MemoryConfig(models=("m",), pages=3))
+
+
 def test_notebook_overrides_and_bad_config():
     assert presets.notebook_overrides() == {}
     over = presets.notebook_overrides("neox-xs, neox-m", 2)
@@ -485,7 +503,7 @@ def test_paper_profile_drops_claims_it_trains_on_and_checks_demonstrations(fever
             presets.MemoryConfig(models=("m",), pages=3, shots=tuple(range(8)))
         )  # 2 per label in the pool
     (fever_folder / "validation.jsonl").write_text("")
-    with pytest.raises(KilibError, match="cannot load|holds no claims"):
+    with pytest.raises(KilibError, match="validation.jsonl in .* is empty: rewrite them"):
         study.study_inputs(presets.MemoryConfig(models=("m",)))
     with pytest.raises(KilibError, match="no answers to score"):
         study.scores([])

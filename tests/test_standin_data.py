@@ -282,3 +282,20 @@ def test_the_data_modules_import_no_study_package():
                 names = [node.module]
             for name in names:
                 assert name.split(".")[:2] not in [["kilib", s] for s in STUDIES], f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("task, key", [("gsm", "gsm8k"), ("sni", "sni")])
+def test_a_damaged_local_data_file_is_one_line_naming_it(hub, paths, tmp_path, monkeypatch, task, key):
+    """A local copy whose training file is cut off (GSM8K's JSON lines, SNI's Parquet): one line
+    naming the file, what the reader said and a local fix, not the datasets reader's traceback."""
+    import shutil
+
+    copy = tmp_path / key
+    shutil.copytree(paths[key], copy)
+    train = sorted(p for p in copy.iterdir() if p.name.split(".")[0].split("-")[0] == "train")[0]
+    train.write_bytes(train.read_bytes()[: train.stat().st_size // 2])
+    monkeypatch.setitem(hub.PAPER_DATASETS[task], "path", str(copy))
+    builder = "parquet" if train.suffix == ".parquet" else "json"
+    with pytest.raises(KilibError, match=rf"cannot read .* as {builder} .*PAPER_DATASETS") as e:
+        hub.hub_task_rows(task, {"seed": 1, "train": 2, "demos": 1, "eval": 1})
+    assert "\n" not in str(e.value) and train.name in str(e.value) and "Hub" not in str(e.value)

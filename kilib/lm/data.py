@@ -73,3 +73,25 @@ def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict]:
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def load_local_dataset(files: Sequence[Path], fix: str):
+    """The rows of local data files (all ``.jsonl``/``.json`` or all ``.parquet``) as one
+    ``datasets.Dataset``. A file its format cannot read (a JSON line cut off, a damaged Parquet
+    file) is a :class:`KilibError` naming the files, what the reader said, and ``fix``."""
+    from datasets import load_dataset  # imported here: importing datasets takes seconds
+
+    files = [Path(p) for p in files]
+    empty = [p.name for p in files if p.stat().st_size == 0]
+    if empty:
+        raise KilibError(f"{', '.join(empty)} in {files[0].parent} is empty: {fix}")
+    builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    try:
+        return load_dataset(builder, data_files=[str(p) for p in files], split="train")
+    except Exception as e:  # noqa: BLE001 - datasets wraps the reader's error (DatasetGenerationError, ArrowInvalid)
+        cause = e.__cause__ or e.__context__ or e
+        reason = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
+        names = ", ".join(p.name for p in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        raise KilibError(
+            f"cannot read {names} in {files[0].parent} as {builder} ({type(cause).__name__}: {reason}): {fix}"
+        ) from None

@@ -17,7 +17,7 @@ from typing import Any
 from datasets import load_dataset
 
 from kilib.lm import documents  # called as documents.fetch_wikipedia, so a test can stand in for Wikipedia
-from kilib.lm.data import FEVER_LABELS, fever_answer, fever_prompt
+from kilib.lm.data import FEVER_LABELS, fever_answer, fever_prompt, load_local_dataset
 from kilib.runtime import KilibError
 from kilib.standin import switch
 from kilib.tiny import zoo
@@ -81,10 +81,15 @@ def claims_split(split: str) -> list[dict]:
                     f"{local} has no {split}.jsonl or {split}.parquet: add it, or point "
                     "kilib.memory.fever.PAPER_DATA['claims'] at another folder"
                 )
-            builder = "parquet" if files[0].suffix == ".parquet" else "json"
-            data = load_dataset(builder, data_files=[str(p) for p in files], split="train")
+            data = load_local_dataset(
+                files,
+                "rewrite them as rows with claim, label and evidence, or point "
+                "kilib.memory.fever.PAPER_DATA['claims'] at another folder",
+            )
         else:
             data = load_dataset(source, split=split)
+    except KilibError:
+        raise
     except (OSError, ValueError, ConnectionError, StopIteration) as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise KilibError(
@@ -124,8 +129,10 @@ def page_texts(titles: Sequence[str]) -> dict[str, str]:
                 f"{path} holds no single kind of page file (.jsonl or .parquet with id and text): point "
                 "kilib.memory.fever.PAPER_DATA['pages'] at FEVER's wiki-pages"
             )
-        data = load_dataset(
-            "parquet" if kinds == {".parquet"} else "json", data_files=[str(p) for p in files], split="train"
+        data = load_local_dataset(
+            files,
+            "rewrite them as rows with id and text, or point kilib.memory.fever.PAPER_DATA['pages'] at "
+            "FEVER's wiki-pages",
         )
         if not {"id", "text"} <= set(data.column_names):
             raise KilibError(f"{path} pages need the fields id and text; found {', '.join(data.column_names)}")

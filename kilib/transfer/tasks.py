@@ -21,7 +21,7 @@ from typing import Any
 
 from rouge_score import rouge_scorer
 
-from kilib.lm.data import qa_prompt
+from kilib.lm.data import load_local_dataset, qa_prompt
 from kilib.lm.scoring import exact_match, last_number, parse_choice
 from kilib.runtime import KilibError
 from kilib.standin import switch
@@ -367,13 +367,18 @@ def hub_task_rows(task: str, sizes: Mapping[str, int], seed: int = 0) -> dict[st
                 f"{local} has no single-format {split}.jsonl or {split}.parquet (or {split}-*.parquet) "
                 f"for {task}: add it, or point kilib.transfer.tasks.PAPER_DATASETS at another folder"
             )
-        builder = "parquet" if kinds == {".parquet"} else "json"
-        return load_dataset(builder, data_files=[str(p) for p in files], split="train")
+        return load_local_dataset(
+            files,
+            f"rewrite them as valid {split} rows for {task}, or point kilib.transfer.tasks.PAPER_DATASETS "
+            "at another folder",
+        )
 
     def stream(split: str, n: int | None):
         """``n`` rows drawn with the seed; ``None``: every row, in the split's order."""
         try:
             data = open_split(split)
+        except KilibError:
+            raise
         except (OSError, ValueError, ConnectionError) as e:
             raise KilibError(
                 f"cannot load {spec['path']} ({split}) for {task}: {str(e).splitlines()[0][:200]}. "
