@@ -64,7 +64,7 @@ def test_no_worker_outlives_a_killed_run(tmp_path):
         run.wait(10)
         gone, alive = psutil.wait_procs(workers, timeout=15)
         assert not alive, [w.pid for w in alive]
-    finally:  # whatever happened, no worker is left running after the test
-        for proc in [*workers, *psutil.Process().children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
+    finally:  # whatever happened, neither the run nor its workers are left running (this process's own helpers are)
+        for proc in [run, *workers]:
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                 proc.kill()
