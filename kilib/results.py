@@ -372,14 +372,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """Record every file of ``folder`` (but ``key.json`` and the manifest) with its size and
-    SHA-256 in ``manifest.json``."""
-    files = {
-        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+def file_records(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Every file under ``folder`` (but those named in ``skip``, relative paths) with its size and
+    SHA-256, by relative path: what a cache entry's manifest and a zoo archive's list."""
+    return {
+        name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.relative_to(folder).as_posix() not in ("key.json", MANIFEST)
+        if p.is_file() and (name := p.relative_to(folder).as_posix()) not in skip
     }
+
+
+def write_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Record every file of ``folder`` (but ``key.json`` and the manifest) in ``manifest.json``."""
+    files = file_records(folder, skip=("key.json", MANIFEST))
     write_json(folder / MANIFEST, files)
     return files
 
@@ -389,15 +394,16 @@ def entry_damage(folder: Path) -> str | None:
     manifest that is not JSON, a file of the manifest missing, of another size, or (files up to
     :data:`HASHED_UP_TO` bytes) of another content. An entry made before manifests were written
     is checked for its ``key.json`` only."""
-    files: dict[str, Any] = {}
-    for name in ("key.json", MANIFEST):
-        if name == MANIFEST and not (folder / name).exists():
-            break
-        try:
-            loaded = json.loads((folder / name).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            return f"{name} is damaged"
-        files = loaded if name == MANIFEST else files
+    try:
+        json.loads((folder / "key.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return "key.json is damaged"
+    if not (folder / MANIFEST).exists():
+        return None
+    try:
+        files = json.loads((folder / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return f"{MANIFEST} is damaged"
     if not isinstance(files, dict) or not all(
         isinstance(r, dict) and {"bytes", "sha256"} <= set(r) for r in files.values()
     ):

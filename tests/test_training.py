@@ -121,20 +121,26 @@ class _Crash(Exception):
     pass
 
 
+class CrashAfterSaving(TrainerCallback):
+    """Stops a run right after its checkpoint at ``step`` is saved."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Crash
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt_neox"])
 def test_training_lowers_the_loss_and_resumes(tmp_path, family):
-    class CrashAfterSaving(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 8:
-                raise _Crash
-
     tok = make_tokenizer()
     data = sft_dataset(tok, [{"prompt": "who won the cup?", "answer": "the rovers"}] * 8)
     config = TrainConfig(epochs=3, batch_size=2, lr=1e-2, progress=False, logging_steps=1)
     straight = train(make_model(family, tok), data, config, tmp_path / "straight", tokenizer=tok)
     assert straight.steps == 12 and straight.losses[-1]["loss"] < straight.losses[0]["loss"]
     with pytest.raises(_Crash):  # the same run, stopped after its second epoch's checkpoint
-        train(make_model(family, tok), data, config, tmp_path / "run", tokenizer=tok, callbacks=[CrashAfterSaving()])
+        train(make_model(family, tok), data, config, tmp_path / "run", tokenizer=tok, callbacks=[CrashAfterSaving(8)])
     assert latest_checkpoint(tmp_path / "run").name == "checkpoint-8"
     # The rerun resumes from the checkpoint (weights, optimizer, schedule, log): a model initialised
     # differently logs the first 8 losses of the uninterrupted run, and the last 4 as well, which
@@ -158,17 +164,12 @@ def test_a_damaged_checkpoint_is_said_removed_and_not_resumed(tmp_path, capsys, 
     """A rerun never resumes from a checkpoint that is incomplete: it says so in one line, removes
     it and starts over, giving the uninterrupted run's losses (a fresh optimizer would not)."""
 
-    class CrashAfterSaving(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == 4:
-                raise _Crash
-
     tok = make_tokenizer()
     data = sft_dataset(tok, [{"prompt": "who won the cup?", "answer": "the rovers"}] * 8)
     config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, progress=False, logging_steps=1)
     straight = train(make_model("llama", tok), data, config, tmp_path / "straight", tokenizer=tok)
     with pytest.raises(_Crash):
-        train(make_model("llama", tok), data, config, tmp_path / "run", tokenizer=tok, callbacks=[CrashAfterSaving()])
+        train(make_model("llama", tok), data, config, tmp_path / "run", tokenizer=tok, callbacks=[CrashAfterSaving(4)])
     checkpoint = tmp_path / "run" / "checkpoint-4"
     assert latest_checkpoint(tmp_path / "run") == checkpoint
     damage(checkpoint)

@@ -35,10 +35,6 @@ MEASURED = ("lora-train", "full-train", "generate", "score", "sensitivity", "svd
 WARMUP = 1  # units run before the clock starts (kernel selection, allocator growth)
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _rows(model, batch: int, tokens: int, seed: int = 0) -> torch.Tensor:
     """Random token ids, ``batch`` x ``tokens``, from the model's vocabulary (no special ids)."""
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -143,8 +139,7 @@ def _memory_seconds(work: Work, base, units: int) -> float:
     with model.reusing_lower_blocks():
         first = _timed(lambda: step(_rows(base, work.batch, work.tokens, next(fresh))), units)
         reused = _timed(lambda: step(stored), units)
-    epochs = work.reused_over_epochs or 1
-    return reused + (first - reused) / epochs if work.reused_over_epochs else first
+    return reused + (first - reused) / work.reused_over_epochs if work.reused_over_epochs else first
 
 
 STEPS = {

@@ -73,6 +73,23 @@ def _notebook01(c: Counts) -> list[Work]:
     adapters = len(DEFAULT_SCALES) * 2 * len(p.seeds)  # per document: 2 rules x 3 scales
     answers = adapters * eval_questions + eval_questions  # each document's adapters, and the original model
     generator, trainee, judge = (paper_shape(m) for m in (p.generator, p.model, p.judge))
+
+    def answering(stage: str, prompt: int, units: int, derivation: str) -> Work:
+        """The trainee's generated answers to ``units`` questions of ``prompt`` tokens."""
+        batch = _batch(p.eval_batch_size, trainee, prompt, p.max_new_tokens)
+        return Work(
+            "01",
+            stage,
+            p.model,
+            "generate",
+            batch,
+            prompt,
+            units,
+            "answer",
+            new_tokens=p.max_new_tokens,
+            derivation=derivation,
+        )
+
     return [
         Work(
             "01",
@@ -100,30 +117,13 @@ def _notebook01(c: Counts) -> list[Work]:
             derivation=f"({token_pairs:,} token-based + {fact_pairs:,} fact-based pairs over 1x+5x+10x) "
             f"x {p.train.epochs:g} epochs",
         ),
-        Work(
-            "01",
+        answering(
             "answers",
-            p.model,
-            "generate",
-            _batch(p.eval_batch_size, trainee, c.qa_tokens, p.max_new_tokens),
             c.qa_tokens,
             answers,
-            "answer",
-            new_tokens=p.max_new_tokens,
-            derivation=f"{adapters} adapters per document and the original model x both 1x evaluation sets",
+            f"{adapters} adapters per document and the original model x both 1x evaluation sets",
         ),
-        Work(
-            "01",
-            "RAG answers",
-            p.model,
-            "generate",
-            _batch(p.eval_batch_size, trainee, c.rag_prompt, p.max_new_tokens),
-            c.rag_prompt,
-            eval_questions,
-            "answer",
-            new_tokens=p.max_new_tokens,
-            derivation="both 1x evaluation sets",
-        ),
+        answering("RAG answers", c.rag_prompt, eval_questions, "both 1x evaluation sets"),
         Work(
             "01",
             "judge",

@@ -29,7 +29,16 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kilib.results import atomic_path, file_sha256, git_state, hardware, move_into_place, stable_hash, write_json
+from kilib.results import (
+    atomic_path,
+    file_records,
+    file_sha256,
+    git_state,
+    hardware,
+    move_into_place,
+    stable_hash,
+    write_json,
+)
 from kilib.runtime import KilibError, cache_root
 from kilib.tiny.zoo import ZooConfig, model_dir, zoo_config, zoo_entries
 
@@ -104,10 +113,15 @@ def export_zoo(config: ZooConfig, path: str | Path, profile: str = "tiny") -> di
         "profile": profile,
         "world_seed": config.world_seed,
         "entries": [
-            {"what": e["what"], "kind": e["kind"], "name": e["name"], "files": _files(root / e["kind"] / e["name"])}
+            {
+                "what": e["what"],
+                "kind": e["kind"],
+                "name": e["name"],
+                "files": file_records(root / e["kind"] / e["name"]),
+            }
             for e in status
         ]
-        + [{"what": "knowledge report", "kind": "reports", "name": r.name, "files": _files(r)} for r in reports],
+        + [{"what": "knowledge report", "kind": "reports", "name": r.name, "files": file_records(r)} for r in reports],
         "kilib": git_state(),
         "exported_on": hardware(),
     }
@@ -118,15 +132,6 @@ def export_zoo(config: ZooConfig, path: str | Path, profile: str = "tiny") -> di
             for entry in manifest["entries"]:
                 tar.add(root / entry["kind"] / entry["name"], arcname=f"{entry['kind']}/{entry['name']}")
     return {"path": path, "bytes": path.stat().st_size, "manifest": manifest}
-
-
-def _files(folder: Path) -> dict[str, dict[str, Any]]:
-    """Every file of a cache folder with its size and SHA-256, as the manifest lists them."""
-    return {
-        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _check_files(path: Path, staged: Path, prefix: str, files: dict[str, Any]) -> None:
